@@ -1,0 +1,199 @@
+"""The `homeport` admin command: run the server, manage tokens and workspaces."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import toml
+import typer
+
+from homeport.config import Settings
+
+app = typer.Typer(help="Homeport: run unmodified Modal programs on your own machines.", no_args_is_help=True)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(workspace_app, name="workspace")
+
+DEFAULT_DATA_DIR = Path(os.environ.get("HOMEPORT_DATA_DIR", Path.home() / ".homeport"))
+DataDir = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="Where the server keeps its state.")
+DatabaseUrl = typer.Option(None, "--database-url", help="SQLAlchemy URL; default: SQLite under the data dir.")
+PROFILE = "homeport"
+
+
+def _settings(data_dir: Path, database_url: str | None, **kwargs: object) -> Settings:
+    return Settings(data_dir=data_dir, database_url=database_url, **kwargs)  # type: ignore[arg-type]
+
+
+def _auth(data_dir: Path, database_url: str | None):  # type: ignore[no-untyped-def]
+    from homeport.server.auth import AuthService
+    from homeport.server.state import open_engine
+
+    engine = open_engine(_settings(data_dir, database_url))
+    auth = AuthService(engine)
+    auth.ensure_default_workspace()
+    return auth
+
+
+@app.command()
+def serve(
+    data_dir: Path = DataDir,
+    port: int = typer.Option(7480, "--port", help="gRPC port the modal client connects to."),
+    blob_port: int = typer.Option(0, "--blob-port", help="HTTP port for blob URLs (default: port + 1)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    database_url: str | None = DatabaseUrl,
+    max_containers: int = typer.Option(32, "--max-containers", help="Containers this node runs at once."),
+) -> None:
+    """Run the server in the foreground; writes DATA_DIR/client.env once ready."""
+    from homeport.server.main import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(
+        data_dir, database_url, port=port, blob_port=blob_port, host=host, max_containers=max_containers
+    )
+    asyncio.run(run_server(settings))
+
+
+def _modal_config_path() -> Path:
+    return Path(os.environ.get("MODAL_CONFIG_PATH", Path.home() / ".modal.toml"))
+
+
+def _write_profile(client_env: dict[str, str]) -> None:
+    """Add (or refresh) the `homeport` profile, leaving every other profile as it was."""
+    path = _modal_config_path()
+    config = toml.load(path) if path.exists() else {}
+    others_active = any(isinstance(v, dict) and v.get("active") for k, v in config.items() if k != PROFILE)
+    profile = config.get(PROFILE, {})
+    profile.update(
+        token_id=client_env["MODAL_TOKEN_ID"],
+        token_secret=client_env["MODAL_TOKEN_SECRET"],
+        server_url=client_env["MODAL_SERVER_URL"],
+    )
+    if not others_active:
+        profile["active"] = True
+    config[PROFILE] = profile
+    path.write_text(toml.dumps(config))
+    if others_active:
+        typer.echo(f"Another modal profile is active; use `MODAL_PROFILE={PROFILE} modal run ...` or `modal profile activate {PROFILE}`.")
+
+
+@app.command()
+def up(
+    data_dir: Path = DataDir,
+    port: int = typer.Option(7480, "--port"),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Start the server in the background and add a `homeport` profile to ~/.modal.toml."""
+    from homeport.server.main import read_client_env
+
+    settings = _settings(data_dir, database_url, port=port)
+    layout = settings.layout
+    layout.ensure()
+    if layout.pid_file.exists():
+        pid = int(layout.pid_file.read_text())
+        try:
+            os.kill(pid, 0)
+            typer.echo(f"Homeport is already running (pid {pid}); stop it with `homeport down`.")
+            raise typer.Exit(0)
+        except ProcessLookupError:
+            layout.pid_file.unlink()
+    layout.client_env.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "homeport", "serve", "--data-dir", str(layout.root), "--port", str(port)]
+    if database_url:
+        command += ["--database-url", database_url]
+    with open(layout.server_log, "ab") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=log_file, start_new_session=True)
+    layout.pid_file.write_text(str(process.pid))
+    deadline = time.monotonic() + 60
+    while not layout.client_env.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            typer.echo(f"Homeport failed to start; see {layout.server_log}", err=True)
+            raise typer.Exit(1)
+        time.sleep(0.1)
+    _write_profile(read_client_env(layout.client_env))
+    typer.echo(f"Homeport is running at {settings.server_url} (pid {process.pid}, log {layout.server_log}).")
+    typer.echo("`modal run app.py` now runs against it.")
+
+
+@app.command()
+def down(data_dir: Path = DataDir) -> None:
+    """Stop the background server started by `homeport up`."""
+    layout = Settings(data_dir=data_dir).layout
+    if not layout.pid_file.exists():
+        typer.echo("Homeport is not running.")
+        return
+    pid = int(layout.pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    except ProcessLookupError:
+        pass
+    layout.pid_file.unlink(missing_ok=True)
+    typer.echo("Homeport stopped.")
+
+
+@token_app.command("create")
+def token_create(
+    workspace: str = typer.Option("main", "--workspace", "-w"),
+    label: str = typer.Option("", "--label"),
+    data_dir: Path = DataDir,
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Create a token for a workspace and print it (the secret is shown only once)."""
+    try:
+        token_id, secret = _auth(data_dir, database_url).create_token(workspace, label)
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"MODAL_TOKEN_ID={token_id}\nMODAL_TOKEN_SECRET={secret}")
+
+
+@token_app.command("list")
+def token_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
+    """List tokens (never their secrets)."""
+    for info in _auth(data_dir, database_url).list_tokens():
+        state = "revoked" if info.revoked else "active"
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created_at))
+        typer.echo(f"{info.token_id}  {info.workspace_name:<16} {state:<8} {created}  {info.label}")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
+    """Revoke a token: every call made with it is refused from now on."""
+    try:
+        _auth(data_dir, database_url).revoke_token(token_id)
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Revoked {token_id}.")
+
+
+@workspace_app.command("create")
+def workspace_create(name: str, data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
+    """Create a workspace; then `homeport token create -w NAME` gives it a token."""
+    try:
+        workspace_id = _auth(data_dir, database_url).create_workspace(name)
+    except ValueError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Created workspace {name} ({workspace_id}).")
+
+
+@workspace_app.command("list")
+def workspace_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
+    """List workspaces."""
+    for workspace_id, name in _auth(data_dir, database_url).list_workspaces():
+        typer.echo(f"{workspace_id}  {name}")
+
+
+def main() -> None:
+    app()

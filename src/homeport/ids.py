@@ -1,0 +1,48 @@
+"""Object ids. Every id Homeport hands out is made here, with Modal's prefixes.
+
+The client checks some prefixes (e.g. `fu-` for functions, `fc-` for function
+calls, `im-` for images), so ids keep Modal's shape: `<prefix>-<random>`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+PREFIXES = {
+    "app": "ap",
+    "function": "fu",
+    "class": "cs",
+    "function_call": "fc",
+    "input": "in",
+    "task": "ta",
+    "image": "im",
+    "mount": "mo",
+    "blob": "bl",
+    "workspace": "ac",
+    "environment": "en",
+    "token": "ak",
+    "token_secret": "as",
+    "container_secret": "ct",
+    "secret": "st",
+    "dict": "di",
+    "queue": "qu",
+    "volume": "vo",
+    "request": "rq",
+}
+
+
+_ALPHANUMERIC = string.ascii_letters + string.digits
+_TASK_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def new_id(kind: str) -> str:
+    # The CLI tells an app id from an app name by `^ap-[a-zA-Z0-9]{22}$`, and client
+    # tracebacks recognise task ids as `ta-[0-9A-Z]{26}`; no other dashes are allowed.
+    if kind == "task":
+        return "ta-" + "".join(secrets.choice(_TASK_ALPHABET) for _ in range(26))
+    return f"{PREFIXES[kind]}-" + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(22))
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(24)

@@ -1,0 +1,145 @@
+"""Blob storage: payloads and files too large for a gRPC message, addressed by blob id.
+
+The client uploads and downloads blobs through URLs the server hands out (S3-style:
+`PUT` answers an `ETag` that is the MD5 of the body, which the client checks). Here
+the URLs point at Homeport's own HTTP listener and carry an HMAC signature, so only a
+holder of the URL can use it. The local-directory store is the default; an S3 store
+for cluster mode would hand out presigned S3 URLs instead and keep the same interface.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from homeport import ids
+from homeport.config import DataLayout
+from homeport.server.store import schema
+
+CHUNK_SIZE = 1024 * 1024
+# How long an upload or download URL stays valid.
+URL_LIFETIME_S = 3600
+
+
+class LocalBlobStore:
+    def __init__(self, layout: DataLayout, engine: sa.Engine, base_url: str, signing_key: bytes) -> None:
+        self.layout = layout
+        self.engine = engine
+        self.base_url = base_url
+        self._key = signing_key
+
+    # --- ids and URLs ---------------------------------------------------------------
+
+    def create(self, workspace_id: str | None, size: int | None = None, md5_base64: str = "") -> str:
+        blob_id = ids.new_id("blob")
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.blobs.insert().values(
+                    id=blob_id, workspace_id=workspace_id, size=size, md5_base64=md5_base64, created_at=time.time()
+                )
+            )
+        return blob_id
+
+    def _signature(self, blob_id: str, operation: str, expires: int) -> str:
+        message = f"{operation}:{blob_id}:{expires}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def url(self, blob_id: str, operation: str) -> str:
+        expires = int(time.time()) + URL_LIFETIME_S
+        signature = self._signature(blob_id, operation, expires)
+        return f"{self.base_url}/blobs/{blob_id}?op={operation}&expires={expires}&sig={signature}"
+
+    def check_signature(self, blob_id: str, operation: str, expires: str, signature: str) -> bool:
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(self._signature(blob_id, operation, int(expires)), signature)
+
+    # --- content ---------------------------------------------------------------------
+
+    def exists(self, blob_id: str) -> bool:
+        return self.layout.blob(blob_id).exists()
+
+    def path(self, blob_id: str) -> Path:
+        return self.layout.blob(blob_id)
+
+    def put_bytes(self, data: bytes, workspace_id: str | None = None) -> str:
+        """Store data written by the server itself (e.g. a large result it made)."""
+        blob_id = self.create(workspace_id, size=len(data))
+        temporary = self.layout.uploads / f"{blob_id}.part"
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        self._publish(blob_id, temporary)
+        return blob_id
+
+    def read_bytes(self, blob_id: str) -> bytes:
+        return self.layout.blob(blob_id).read_bytes()
+
+    async def receive(self, blob_id: str, chunks: AsyncIterator[bytes]) -> str:
+        """Stream an upload to disk; it becomes visible only once whole and synced.
+
+        Returns the MD5 hex digest of what was received (the S3 ETag)."""
+        temporary = self.layout.uploads / f"{blob_id}.{os.getpid()}.{time.monotonic_ns()}.part"
+        digest = hashlib.md5()
+        size = 0
+        try:
+            with open(temporary, "wb") as file:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    file.write(chunk)
+                file.flush()
+                os.fsync(file.fileno())
+            self._publish(blob_id, temporary)
+        finally:
+            temporary.unlink(missing_ok=True)
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.blobs.update().where(schema.blobs.c.id == blob_id).values(size=size, complete=True)
+            )
+        return digest.hexdigest()
+
+    def _publish(self, blob_id: str, temporary: Path) -> None:
+        final = self.layout.blob(blob_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temporary, final)
+
+
+def blob_routes(store: LocalBlobStore) -> list[web.RouteDef]:
+    """HTTP endpoints behind the URLs `LocalBlobStore.url` signs."""
+
+    def authorize(request: web.Request, operation: str) -> str:
+        blob_id = request.match_info["blob_id"]
+        query = request.rel_url.query
+        if query.get("op") != operation or not store.check_signature(
+            blob_id, operation, query.get("expires", ""), query.get("sig", "")
+        ):
+            raise web.HTTPForbidden(text="invalid or expired blob URL; ask the server for a new one")
+        return blob_id
+
+    async def put_blob(request: web.Request) -> web.Response:
+        blob_id = authorize(request, "put")
+        etag = await store.receive(blob_id, request.content.iter_chunked(CHUNK_SIZE))
+        expected_md5 = request.headers.get("Content-MD5")
+        if expected_md5:
+            if base64.b64encode(bytes.fromhex(etag)).decode() != expected_md5:
+                raise web.HTTPBadRequest(text="The Content-MD5 you specified did not match what we received.")
+        return web.Response(status=200, headers={"ETag": f'"{etag}"'})
+
+    async def get_blob(request: web.Request) -> web.StreamResponse:
+        blob_id = authorize(request, "get")
+        path = store.path(blob_id)
+        if not path.exists():
+            raise web.HTTPNotFound(text=f"blob {blob_id} not found")
+        return web.FileResponse(path, chunk_size=CHUNK_SIZE)
+
+    return [web.put("/blobs/{blob_id}", put_blob), web.get("/blobs/{blob_id}", get_blob)]

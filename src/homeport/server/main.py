@@ -1,0 +1,89 @@
+"""Assembles the server: gRPC for the modal client, HTTP for blobs, the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+from grpclib.server import Server
+
+from homeport.config import Settings
+from homeport.server.blobstore import blob_routes
+from homeport.server.servicer import HomeportServicer
+from homeport.server.state import ServerState, build_state
+
+log = logging.getLogger("homeport.server")
+
+
+def read_client_env(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line:
+                key, value = line.split("=", 1)
+                values[key.strip()] = value.strip()
+    return values
+
+
+def write_client_env(state: ServerState) -> None:
+    """Write DIR/client.env for the default workspace, keeping a still-valid token."""
+    path = state.settings.layout.client_env
+    current = read_client_env(path)
+    token_id, secret = current.get("MODAL_TOKEN_ID", ""), current.get("MODAL_TOKEN_SECRET", "")
+    try:
+        state.auth.verify_token(token_id, secret)
+    except Exception:
+        token_id, secret = state.auth.create_token("main", label="client.env")
+    content = (
+        f"MODAL_SERVER_URL={state.settings.server_url}\n"
+        f"MODAL_TOKEN_ID={token_id}\n"
+        f"MODAL_TOKEN_SECRET={secret}\n"
+    )
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(content)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+async def serve(settings: Settings) -> None:
+    state = build_state(settings)
+    state.scheduler.recover()
+    servicer = HomeportServicer(state)
+    grpc_server = Server([servicer])
+    await grpc_server.start(settings.host, settings.port)
+
+    http_app = web.Application(client_max_size=0)
+    http_app.add_routes(blob_routes(state.blobs))
+    runner = web.AppRunner(http_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.effective_blob_port)
+    await site.start()
+
+    write_client_env(state)
+    log.info(
+        "homeport serving gRPC on %s, blobs on %s, data in %s",
+        settings.server_url,
+        settings.blob_base_url,
+        settings.layout.root,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with asyncio.TaskGroup() as group:
+            scheduler_task = group.create_task(state.scheduler.run())
+            await stop.wait()
+            log.info("shutting down")
+            scheduler_task.cancel()
+    finally:
+        await state.scheduler.shutdown()
+        grpc_server.close()
+        await grpc_server.wait_closed()
+        await runner.cleanup()
+        state.engine.dispose()
+

@@ -1,0 +1,53 @@
+"""Wake-ups for long-polls: "something changed under this key, look again".
+
+A notification is only a hint; the database stays the source of truth, so a waiter
+always re-reads it and every wait has a deadline. Listen *before* reading the
+database, so a change between the read and the wait is not missed. On a single server
+the hints are in-process; a multi-node deployment would carry the same keys over
+PostgreSQL LISTEN/NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+
+
+class Listener:
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a notification (or one that already came); clears it. True if notified."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout=max(timeout, 0))
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[Listener]] = defaultdict(set)
+
+    def notify(self, key: str) -> None:
+        for listener in self._listeners.get(key, ()):
+            listener._event.set()
+
+    @contextlib.contextmanager
+    def listen(self, *keys: str) -> Iterator[Listener]:
+        listener = Listener()
+        for key in keys:
+            self._listeners[key].add(listener)
+        try:
+            yield listener
+        finally:
+            for key in keys:
+                listeners = self._listeners.get(key)
+                if listeners is not None:
+                    listeners.discard(listener)
+                    if not listeners:
+                        del self._listeners[key]

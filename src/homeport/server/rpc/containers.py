@@ -1,0 +1,143 @@
+"""RPCs containers make: hello, heartbeat, taking inputs, returning outputs, reporting
+start-up failures. Each is authorised by the container's own credential and may touch
+only the function that container serves."""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf import empty_pb2
+from modal_proto import api_pb2
+
+from homeport.server import errors
+from homeport.server.context import RequestContext
+from homeport.server.rpc import handler
+from homeport.server.scheduler import stop_key
+from homeport.server.services import functions as catalog
+from homeport.server.services.calls import queue_key
+
+# A container's FunctionGetInputs is answered (maybe empty) within this; it asks again at once.
+GET_INPUTS_POLL_S = 20.0
+
+
+@handler("ContainerHello")
+async def container_hello(context: RequestContext, request: empty_pb2.Empty) -> empty_pb2.Empty:
+    task = context.require_task()
+    context.state.scheduler.on_hello(task.task_id)
+    return empty_pb2.Empty()
+
+
+@handler("ContainerHeartbeat")
+async def container_heartbeat(
+    context: RequestContext, request: api_pb2.ContainerHeartbeatRequest
+) -> api_pb2.ContainerHeartbeatResponse:
+    task = context.require_task()
+    cancelled = context.state.calls.cancelled_inputs_of(task.task_id)
+    response = api_pb2.ContainerHeartbeatResponse()
+    if cancelled:
+        response.cancel_input_event.input_ids.extend(cancelled)
+    return response
+
+
+@handler("FunctionGetInputs")
+async def function_get_inputs(
+    context: RequestContext, request: api_pb2.FunctionGetInputsRequest
+) -> api_pb2.FunctionGetInputsResponse:
+    task = context.require_task()
+    if request.function_id != task.function_id:
+        raise errors.permission_denied(f"container {task.task_id} serves {task.function_id}, not {request.function_id}")
+    scheduler = context.state.scheduler
+    # Client 1.6.4 asserts that a response carries at most max(1, batch_max_size) inputs.
+    limit = max(1, request.batch_max_size)
+    deadline = time.monotonic() + GET_INPUTS_POLL_S
+    while True:
+        running = scheduler.container(task.task_id)
+        with context.state.notifier.listen(queue_key(task.function_id), stop_key(task.task_id)) as listener:
+            if running is None or running.stop_reason:
+                return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
+            claimed = context.state.calls.claim(task.function_id, task.task_id, limit)
+            if claimed:
+                scheduler.on_claimed(task.task_id, [c.input_id for c in claimed])
+                return api_pb2.FunctionGetInputsResponse(
+                    inputs=[
+                        api_pb2.FunctionGetInputsItem(
+                            input_id=c.input_id,
+                            input=c.payload,
+                            function_call_id=c.function_call_id,
+                            function_call_invocation_type=c.invocation_type,  # type: ignore[arg-type]
+                            retry_count=c.attempt,
+                            function_map_idx=c.idx,
+                        )
+                        for c in claimed
+                    ]
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return api_pb2.FunctionGetInputsResponse()
+            await listener.wait(remaining)
+
+
+def _return_undelivered_inputs(
+    context: RequestContext, request: api_pb2.FunctionGetInputsRequest, response: api_pb2.FunctionGetInputsResponse
+) -> None:
+    task = context.require_task()
+    for item in response.inputs:
+        if item.input_id:
+            context.state.scheduler.return_input(task.task_id, item.input_id)
+
+
+function_get_inputs.on_undelivered = _return_undelivered_inputs  # type: ignore[attr-defined]
+
+
+@handler("FunctionPutOutputs")
+async def function_put_outputs(context: RequestContext, request: api_pb2.FunctionPutOutputsRequest) -> empty_pb2.Empty:
+    task = context.require_task()
+    function = context.state.apps.function(task.function_id)
+    definition, _ = catalog.effective_definition(context.state.apps, function)
+    policy = definition.retry_policy if definition.HasField("retry_policy") else None
+    for item in request.outputs:
+        # Outputs carry no function_call_id in 1.6.4: they are matched by input id, and
+        # only from the container that holds the input.
+        context.state.calls.finish(item.input_id, item.result, item.data_format, policy, task_id=task.task_id)
+        context.state.scheduler.on_output(task.task_id, item.input_id)
+    return empty_pb2.Empty()
+
+
+@handler("TaskResult")
+async def task_result(context: RequestContext, request: api_pb2.TaskResultRequest) -> empty_pb2.Empty:
+    task = context.require_task()
+    context.state.scheduler.on_task_result(task.task_id, request.result)
+    return empty_pb2.Empty()
+
+
+@handler("ContainerStop")
+async def container_stop(context: RequestContext, request: api_pb2.ContainerStopRequest) -> api_pb2.ContainerStopResponse:
+    scheduler = context.state.scheduler
+    running = scheduler.container(request.task_id)
+    if running is None:
+        raise errors.not_found(f"container {request.task_id} is not running")
+    context.state.apps.get(context.workspace_id, running.app_id)
+    scheduler.request_stop(running, "stopped on request")
+    if not request.graceful:
+        running.container.interrupt()
+    return api_pb2.ContainerStopResponse()
+
+
+@handler("TaskList")
+async def task_list(context: RequestContext, request: api_pb2.TaskListRequest) -> api_pb2.TaskListResponse:
+    tasks = []
+    for running in context.state.scheduler.containers.values():
+        if request.app_id and running.app_id != request.app_id:
+            continue
+        app = context.state.apps.get("", running.app_id)
+        if app.workspace_id != context.workspace_id:
+            continue
+        tasks.append(
+            api_pb2.TaskStats(
+                task_id=running.task_id,
+                app_id=running.app_id,
+                app_description=app.name or app.description,
+                started_at=time.time() - (time.monotonic() - running.started_at),
+            )
+        )
+    return api_pb2.TaskListResponse(tasks=tasks)

@@ -1,0 +1,474 @@
+"""The scheduler: starts containers for queued inputs, watches them, and cleans up.
+
+It owns the containers of this node (a container's process is node-local by nature);
+everything another node would need to know (inputs, their state, tasks) lives in the
+database. Background loops run in one TaskGroup owned by the server, so an error in
+any of them is seen, logged and ends the server rather than vanishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pickle
+import time
+from collections import deque
+
+import sqlalchemy as sa
+from modal_proto import api_pb2
+
+from homeport import ids
+from homeport.server.auth import hash_secret
+from homeport.server.services import functions as catalog
+from homeport.server.services.apps import AppService
+from homeport.server.services.calls import CLAIMED, PENDING, CallService, queue_key
+from homeport.server.services.logs import FD_INFO, LogService
+from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
+from homeport.server.store import schema
+from homeport.worker.runtime import Container, ContainerSpec, MountedFile, Runtime
+
+log = logging.getLogger("homeport.scheduler")
+
+FAILURE = api_pb2.GenericResult.GENERIC_STATUS_FAILURE
+TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
+TIMEOUT = api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT
+
+DEFAULT_TIMEOUT_S = 300
+DEFAULT_IDLE_S = 60
+# After asking a container to stop (kill switch, then SIGINT), how long before SIGKILL.
+STOP_GRACE_S = 10.0
+STDERR_TAIL_BYTES = 2000
+
+
+def stop_key(task_id: str) -> str:
+    return f"stop:{task_id}"
+
+
+@dataclasses.dataclass
+class RunningContainer:
+    task_id: str
+    function_id: str
+    app_id: str
+    container: Container
+    definition: api_pb2.Function
+    started_at: float
+    max_inputs: int  # inputs it runs at once
+    idle_timeout_s: float
+    inputs: dict[str, float] = dataclasses.field(default_factory=dict)  # input id -> claimed at
+    hello: bool = False
+    last_active: float = dataclasses.field(default_factory=time.monotonic)
+    stop_reason: str | None = None  # set once we decided to stop it
+    stop_requested_at: float | None = None
+    init_failure: api_pb2.GenericResult | None = None
+    stderr_tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
+
+    @property
+    def free_slots(self) -> int:
+        return 0 if self.stop_reason else max(self.max_inputs - len(self.inputs), 0)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        notifier,  # type: ignore[no-untyped-def]
+        apps: AppService,
+        calls: CallService,
+        logs: LogService,
+        mounts: MountService,
+        runtime: Runtime,
+        blob_path,  # type: ignore[no-untyped-def]
+        client_package_dir,  # type: ignore[no-untyped-def]
+        task_dir,  # type: ignore[no-untyped-def]
+        server_url: str,
+        max_containers: int,
+        result_retention_s: float,
+    ) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self.apps = apps
+        self.calls = calls
+        self.logs = logs
+        self.mounts = mounts
+        self.runtime = runtime
+        self.blob_path = blob_path
+        self.client_package_dir = client_package_dir
+        self.task_dir = task_dir
+        self.server_url = server_url
+        self.max_containers = max_containers
+        self.result_retention_s = result_retention_s
+        self.containers: dict[str, RunningContainer] = {}
+        self._wake = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart: containers of the previous run are gone (they die with the
+        server); their running inputs are failed or retried per their retry policy."""
+        t = schema.tasks
+        with self.engine.begin() as connection:
+            connection.execute(
+                t.update().where(t.c.state != "stopped").values(state="stopped", stopped_at=time.time(),
+                                                                stop_reason="the server restarted")
+            )
+        for row in self.calls.running_inputs():
+            self._finish_input(
+                row.id,
+                row.function_id,
+                api_pb2.GenericResult(status=FAILURE, exception="the server restarted while this input was running"),
+            )
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            self._tasks = group
+            group.create_task(self._loop("placement", self._place, 1.0))
+            group.create_task(self._loop("timeouts", self._enforce_deadlines, 0.5))
+            group.create_task(self._loop("schedules", self._run_schedules, 1.0))
+            group.create_task(self._loop("housekeeping", self._housekeeping, 10.0))
+
+    async def _loop(self, name: str, step, interval: float) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            try:
+                await step()
+            except Exception:
+                log.exception("scheduler loop %s failed; continuing", name)
+            if name == "placement":
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+            else:
+                await asyncio.sleep(interval)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        for running in list(self.containers.values()):
+            running.container.kill()
+
+    # --- placement ----------------------------------------------------------------------
+
+    async def _place(self) -> None:
+        pending = self.calls.pending_counts()
+        for function_id, count in pending.items():
+            mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
+            free = sum(c.free_slots for c in mine)
+            try:
+                function = self.apps.function(function_id)
+                definition, params = catalog.effective_definition(self.apps, function)
+                app = self.apps.get("", function.app_id)
+            except Exception as error:
+                log.warning("cannot place inputs of %s: %s", function_id, error)
+                continue
+            if not app.live:
+                continue
+            per_container = max(definition.max_concurrent_inputs, definition.batch_max_size, 1)
+            wanted = -(-max(count - free, 0) // per_container)
+            limit = definition.concurrency_limit or self.max_containers
+            wanted = min(wanted, limit - len(mine), self.max_containers - len(self.containers))
+            for _ in range(max(wanted, 0)):
+                await self._start(function, definition, params, app.environment_name, app.workspace_id)
+
+    async def _start(
+        self,
+        function: "catalog.FunctionRow",  # type: ignore[name-defined]
+        definition: api_pb2.Function,
+        params: bytes,
+        environment_name: str,
+        workspace_id: str,
+    ) -> None:
+        task_id = ids.new_id("task")
+        secret = ids.new_secret()
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.tasks.insert().values(
+                    id=task_id,
+                    workspace_id=workspace_id,
+                    app_id=function.app_id,
+                    function_id=function.id,
+                    secret_hash=hash_secret(secret),
+                    state="starting",
+                    created_at=time.time(),
+                )
+            )
+        dependencies = [d.object_id for d in definition.object_dependencies]
+        arguments = api_pb2.ContainerArguments(
+            task_id=task_id,
+            function_id=function.id,
+            app_id=function.app_id,
+            function_def=definition,
+            serialized_params=params,
+            environment_name=environment_name,
+            app_layout=catalog.app_layout(self.apps, function.app_id, dependencies),
+        )
+        files: list[MountedFile] = []
+        for mount_id in definition.mount_ids:
+            name, mount_files = self.mounts.files(mount_id)
+            if name == CLIENT_MOUNT_NAME:
+                continue  # served from the client package at /pkg
+            files.extend(
+                MountedFile(str(f["path"]), self.blob_path(str(f["blob_id"])), int(f["mode"]))  # type: ignore[call-overload]
+                for f in mount_files
+            )
+        environment = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": "/root:/pkg",
+            "MODAL_IS_REMOTE": "1",
+            "MODAL_SERVER_URL": self.server_url,
+            "MODAL_DISABLE_API_PROXY": "1",
+            "MODAL_ENVIRONMENT": environment_name,
+            "MODAL_TASK_ID": task_id,
+            # The container's own credential: client 1.6.4 adds these headers to every RPC
+            # a container makes. Never the user's token.
+            "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",
+        }
+        spec = ContainerSpec(
+            task_id=task_id,
+            app_id=function.app_id,
+            function_id=function.id,
+            container_arguments=arguments.SerializeToString(),
+            environment=environment,
+            files=files,
+            client_package_dir=self.client_package_dir,
+            work_dir=self.task_dir(task_id),
+        )
+        timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
+        running: RunningContainer | None = None
+
+        def on_output(fd: int, text: str) -> None:
+            if running is not None and fd == 2:
+                running.stderr_tail.append(text)
+            self.logs.append(function.app_id, task_id, function.id, fd, text)
+
+        container = await self.runtime.start(spec, on_output)
+        running = RunningContainer(
+            task_id=task_id,
+            function_id=function.id,
+            app_id=function.app_id,
+            container=container,
+            definition=definition,
+            started_at=time.monotonic(),
+            max_inputs=max(definition.max_concurrent_inputs, 1),
+            idle_timeout_s=definition.task_idle_timeout_secs or DEFAULT_IDLE_S,
+        )
+        running.definition.timeout_secs = timeout
+        self.containers[task_id] = running
+        log.info("started container %s for %s (%s)", task_id, definition.function_name, function.id)
+        assert self._tasks is not None
+        self._tasks.create_task(self._watch(running))
+
+    async def _watch(self, running: RunningContainer) -> None:
+        code = await running.container.wait()
+        self.containers.pop(running.task_id, None)
+        reason = running.stop_reason or f"exited with code {code}"
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.tasks.update()
+                .where(schema.tasks.c.id == running.task_id)
+                .values(state="stopped", exit_code=code, stop_reason=reason, stopped_at=time.time())
+            )
+        log.info("container %s stopped: %s", running.task_id, reason)
+        orphans = self.calls.claimed_by(running.task_id)
+        if running.init_failure is not None:
+            self._fail_pending(running.function_id, running.init_failure)
+        elif code != 0 and running.stop_reason is None:
+            tail = "".join(running.stderr_tail)[-STDERR_TAIL_BYTES:].strip()
+            message = f"the container for {running.definition.function_name} exited with code {code}"
+            self.logs.append(running.app_id, running.task_id, running.function_id, FD_INFO, message + "\n")
+            result = api_pb2.GenericResult(
+                status=FAILURE, exception=message + (f"; its last output:\n{tail}" if tail else "")
+            )
+            if orphans:
+                for row in orphans:
+                    self._finish_input(row.id, running.function_id, result, running.task_id)
+            elif not running.hello or not running.inputs:
+                # It died before taking any input: starting another would crash the same way.
+                self._fail_pending(running.function_id, result)
+            orphans = []
+        for row in orphans:
+            # Stopped by us for a reason that is not this input's fault (another input's
+            # timeout, scale-down): it runs again elsewhere, without using a retry.
+            self._requeue(row.id, running.function_id, running.task_id)
+        self.wake()
+
+    def _finish_input(
+        self, input_id: str, function_id: str, result: api_pb2.GenericResult, task_id: str | None = None
+    ) -> None:
+        policy = None
+        try:
+            definition, _ = catalog.effective_definition(self.apps, self.apps.function(function_id))
+            policy = definition.retry_policy if definition.HasField("retry_policy") else None
+        except Exception:
+            pass
+        self.calls.finish(input_id, result, api_pb2.DATA_FORMAT_PICKLE, policy, task_id=task_id)
+
+    def _requeue(self, input_id: str, function_id: str, task_id: str) -> None:
+        self.return_input(task_id, input_id)
+        self.notifier.notify(queue_key(function_id))
+
+    def _fail_pending(self, function_id: str, result: api_pb2.GenericResult) -> None:
+        """Fail every queued input of a function whose containers cannot start."""
+        claimer = f"failed-start:{function_id}"
+        for claimed in self.calls.claim(function_id, claimer, limit=100_000):
+            self.calls.finish(claimed.input_id, result, api_pb2.DATA_FORMAT_PICKLE, None, task_id=claimer)
+
+    # --- container-facing events ----------------------------------------------------------
+
+    def container(self, task_id: str) -> RunningContainer | None:
+        return self.containers.get(task_id)
+
+    def on_hello(self, task_id: str) -> None:
+        running = self.containers.get(task_id)
+        if running is not None:
+            running.hello = True
+            with self.engine.begin() as connection:
+                connection.execute(schema.tasks.update().where(schema.tasks.c.id == task_id).values(state="running"))
+
+    def on_claimed(self, task_id: str, input_ids: list[str]) -> None:
+        running = self.containers.get(task_id)
+        if running is not None:
+            now = time.monotonic()
+            for input_id in input_ids:
+                running.inputs[input_id] = now
+            running.last_active = now
+
+    def return_input(self, task_id: str, input_id: str) -> None:
+        """An input whose hand-over to the container failed goes back to the queue."""
+        running = self.containers.get(task_id)
+        if running is not None:
+            running.inputs.pop(input_id, None)
+        i = schema.inputs
+        with self.engine.begin() as connection:
+            connection.execute(
+                i.update()
+                .where(i.c.id == input_id, i.c.state == CLAIMED, i.c.task_id == task_id)
+                .values(state=PENDING, task_id=None)
+            )
+        self.wake()
+
+    def on_output(self, task_id: str, input_id: str) -> None:
+        running = self.containers.get(task_id)
+        if running is not None:
+            running.inputs.pop(input_id, None)
+            running.last_active = time.monotonic()
+            if running.free_slots:
+                self.wake()
+
+    def on_task_result(self, task_id: str, result: api_pb2.GenericResult) -> None:
+        running = self.containers.get(task_id)
+        if running is not None and result.status != api_pb2.GenericResult.GENERIC_STATUS_SUCCESS:
+            running.init_failure = result
+
+    def request_stop(self, running: RunningContainer, reason: str) -> None:
+        if running.stop_reason is None:
+            running.stop_reason = reason
+            running.stop_requested_at = time.monotonic()
+            self.notifier.notify(stop_key(running.task_id))
+
+    # --- deadlines, scale-down, stops -----------------------------------------------------
+
+    async def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for running in list(self.containers.values()):
+            timeout = running.definition.timeout_secs
+            for input_id, claimed_at in list(running.inputs.items()):
+                if now - claimed_at > timeout:
+                    running.inputs.pop(input_id, None)
+                    message = f"{running.definition.function_name} timed out after {timeout} s"
+                    self.logs.append(running.app_id, running.task_id, running.function_id, FD_INFO, message + "\n")
+                    self._finish_input(
+                        input_id,
+                        running.function_id,
+                        api_pb2.GenericResult(status=TIMEOUT, exception=f"Function timed out after {timeout} seconds"),
+                        running.task_id,
+                    )
+                    # The client cannot interrupt one input reliably: replace the container.
+                    self.request_stop(running, f"input {input_id} timed out")
+                    running.container.kill()
+            if not running.stop_reason and not running.inputs and now - running.last_active > running.idle_timeout_s:
+                self.request_stop(running, "idle")
+            if running.stop_requested_at is not None:
+                waited = now - running.stop_requested_at
+                if waited > STOP_GRACE_S * 2:
+                    running.container.kill()
+                elif waited > STOP_GRACE_S:
+                    running.container.interrupt()
+            for input_id in self.calls.cancelled_inputs_of(running.task_id):
+                running.inputs.pop(input_id, None)
+                self._finish_cancelled(input_id, running)
+
+    def _finish_cancelled(self, input_id: str, running: RunningContainer) -> None:
+        self.calls.finish(
+            input_id,
+            api_pb2.GenericResult(status=TERMINATED, exception="the function call was cancelled"),
+            api_pb2.DATA_FORMAT_PICKLE,
+            None,
+            task_id=running.task_id,
+        )
+        self.request_stop(running, "its input was cancelled")
+        running.container.interrupt()
+
+    async def stop_app(self, app_id: str, reason: str) -> None:
+        self.apps.stop(app_id)
+        result = api_pb2.GenericResult(status=TERMINATED, exception=f"app {app_id} stopped: {reason}")
+        for function in self.apps.app_functions(app_id):
+            self._fail_pending(function.id, result)
+        for running in list(self.containers.values()):
+            if running.app_id == app_id:
+                for input_id in list(running.inputs):
+                    running.inputs.pop(input_id, None)
+                    self.calls.finish(input_id, result, api_pb2.DATA_FORMAT_PICKLE, None, task_id=running.task_id)
+                self.request_stop(running, reason)
+                running.container.interrupt()
+
+    async def cancel_call(self, function_call_id: str, terminate_containers: bool) -> None:
+        for task_id in self.calls.cancel(function_call_id):
+            running = self.containers.get(task_id)
+            if running is not None:
+                for input_id in self.calls.cancelled_inputs_of(task_id):
+                    running.inputs.pop(input_id, None)
+                    self._finish_cancelled(input_id, running)
+
+    def running_task_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for running in self.containers.values():
+            counts[running.app_id] = counts.get(running.app_id, 0) + 1
+        return counts
+
+    # --- schedules and housekeeping --------------------------------------------------------
+
+    async def _run_schedules(self) -> None:
+        now = time.time()
+        for function in self.apps.due_schedules(now):
+            definition = function.definition
+            if definition is None:
+                continue
+            next_at = catalog.next_schedule_time(definition.schedule, now)
+            self.apps.set_schedule_next(function.id, next_at or now + 3600)
+            app = self.apps.get("", function.app_id)
+            call_id = self.calls.create_call(
+                app.workspace_id,
+                function.id,
+                function.app_id,
+                api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC,
+                api_pb2.FUNCTION_CALL_TYPE_UNARY,
+            )
+            payload = api_pb2.FunctionInput(args=pickle.dumps(((), {})), data_format=api_pb2.DATA_FORMAT_PICKLE)
+            self.calls.enqueue(call_id, function.id, [(0, payload)])
+            log.info("schedule fired for %s (%s)", definition.function_name, call_id)
+            self.wake()
+
+    async def _housekeeping(self) -> None:
+        for app_id in self.apps.stale_ephemeral_apps():
+            await self.stop_app(app_id, "its client stopped sending heartbeats")
+        cutoff = time.time() - self.result_retention_s
+        with self.engine.begin() as connection:
+            connection.execute(schema.outputs.delete().where(schema.outputs.c.created_at < cutoff))
+            connection.execute(schema.call_data.delete().where(schema.call_data.c.created_at < cutoff))

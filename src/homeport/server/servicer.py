@@ -1,0 +1,134 @@
+"""The gRPC surface: maps every RPC of the client's `ModalClient` service to a handler.
+
+Every call is authenticated (a user token, or a container's own credential), checked
+for a supported client version, and wrapped so that a failing handler is logged with
+its request id and answered INTERNAL instead of crashing the server. RPCs without a
+handler answer UNIMPLEMENTED with a message naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpclib.const
+from grpclib import GRPCError, Status
+from grpclib.exceptions import StreamTerminatedError
+from h2.exceptions import StreamClosedError
+from grpclib.server import Stream
+from modal_proto import api_grpc
+
+from homeport import SUPPORTED_CLIENT_VERSION, ids
+from homeport.server import errors
+from homeport.server.context import RequestContext
+from homeport.server.rpc import load_all
+from homeport.server.state import ServerState
+
+log = logging.getLogger("homeport.rpc")
+
+# Raised when answering a caller that has already gone (a container that was killed,
+# a client that hung up).
+CALLER_GONE = (StreamTerminatedError, StreamClosedError, ConnectionError)
+
+# The client calls these before it has (or without needing) credentials.
+UNAUTHENTICATED_RPCS = {"ClientHello", "TokenFlowCreate", "TokenFlowWait"}
+
+
+class _HandlerCollector:
+    """Stands in for `self` when asking the generated base class for its route table."""
+
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+class HomeportServicer:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.handlers = load_all()
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        routes = api_grpc.ModalClientBase.__mapping__(_HandlerCollector())  # type: ignore[arg-type]
+        return {
+            path: grpclib.const.Handler(
+                self._endpoint(route.func, route.cardinality), route.cardinality, route.request_type, route.reply_type
+            )
+            for path, route in routes.items()
+        }
+
+    def _endpoint(self, rpc_name: str, cardinality: grpclib.const.Cardinality) -> Callable[[Stream], Any]:
+        handler = self.handlers.get(rpc_name)
+        streams_reply = cardinality in (
+            grpclib.const.Cardinality.UNARY_STREAM,
+            grpclib.const.Cardinality.STREAM_STREAM,
+        )
+
+        async def endpoint(stream: Stream) -> None:
+            request_id = ids.new_id("request")
+            started = time.monotonic()
+            try:
+                request = await stream.recv_message()
+                if handler is None:
+                    raise errors.unimplemented(rpc_name)
+                context = self._authenticate(rpc_name, request_id, stream.metadata or {})
+                if streams_reply:
+                    await handler(context, request, stream.send_message)
+                else:
+                    response = await handler(context, request)
+                    try:
+                        await stream.send_message(response)
+                    except CALLER_GONE:
+                        # The caller went away before the answer reached it; a handler that
+                        # handed out work (inputs) takes it back.
+                        undelivered = getattr(handler, "on_undelivered", None)
+                        if undelivered is not None:
+                            undelivered(context, request, response)
+                        raise
+            except GRPCError:
+                raise
+            except CALLER_GONE:
+                log.debug("request %s (%s): the caller went away", request_id, rpc_name)
+            except Exception:
+                log.exception("request %s (%s) failed", request_id, rpc_name)
+                raise GRPCError(Status.INTERNAL, f"internal error in {rpc_name} (request {request_id})")
+            finally:
+                elapsed_ms = (time.monotonic() - started) * 1000
+                if elapsed_ms > 1000 and rpc_name not in LONG_POLL_RPCS:
+                    log.info("slow rpc %s took %.0f ms (request %s)", rpc_name, elapsed_ms, request_id)
+
+        return endpoint
+
+    def _authenticate(self, rpc_name: str, request_id: str, metadata: Any) -> RequestContext:
+        version = metadata.get("x-modal-client-version", "")
+        if version != SUPPORTED_CLIENT_VERSION:
+            raise errors.failed_precondition(
+                f"modal client version {version or '(none)'} is not supported by this Homeport server; "
+                f"install the supported version with `pip install modal=={SUPPORTED_CLIENT_VERSION}`"
+            )
+        idempotency_key = metadata.get("x-idempotency-key", "")
+        task_id = metadata.get("x-homeport-task-id")
+        if task_id:
+            task = self.state.auth.verify_task(task_id, metadata.get("x-homeport-task-secret", ""))
+            return RequestContext(
+                self.state, request_id, task.workspace_id, task=task.identity, idempotency_key=idempotency_key
+            )
+        token_id = metadata.get("x-modal-token-id", "")
+        token_secret = metadata.get("x-modal-token-secret", "")
+        if not token_id and rpc_name in UNAUTHENTICATED_RPCS:
+            return RequestContext(self.state, request_id, workspace_id="")
+        workspace_id = self.state.auth.verify_token(token_id, token_secret)
+        return RequestContext(
+            self.state, request_id, workspace_id, token_id=token_id, idempotency_key=idempotency_key
+        )
+
+
+LONG_POLL_RPCS = {
+    "AppGetLogs",
+    "FunctionGetInputs",
+    "FunctionGetOutputs",
+    "ImageJoinStreaming",
+    "FunctionCallGetDataOut",
+    "FunctionCallGetDataIn",
+    "AppHeartbeat",
+}

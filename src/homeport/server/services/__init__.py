@@ -1,0 +1,1 @@
+"""Domain services: the decisions behind the RPCs, testable without gRPC."""

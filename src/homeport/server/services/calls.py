@@ -1,0 +1,361 @@
+"""Function calls and their inputs and outputs: the durable input queue.
+
+An input is `pending` until a container claims it, `claimed` while it runs, and `done`
+once its final output is stored. Every transition is committed before the RPC that
+caused it answers, so a server restart loses nothing that was acknowledged: claimed
+inputs of containers that died with the server go back to `pending`.
+
+Retries are done here, on the server (the client is told `sync_client_retries_enabled
+= False`, so client 1.6.4 never calls FunctionRetryInputs): a failed attempt with
+retries left goes back to `pending` after the policy's backoff instead of producing an
+output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import sqlalchemy as sa
+from modal_proto import api_pb2
+
+from homeport import ids
+from homeport.server import errors
+from homeport.server.notify import Notifier
+from homeport.server.store import schema
+
+PENDING, CLAIMED, DONE = "pending", "claimed", "done"
+
+
+def queue_key(function_id: str) -> str:
+    return f"queue:{function_id}"
+
+
+def outputs_key(function_call_id: str) -> str:
+    return f"outputs:{function_call_id}"
+
+
+def data_key(function_call_id: str, direction: str) -> str:
+    return f"data-{direction}:{function_call_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedInput:
+    input_id: str
+    function_call_id: str
+    idx: int
+    attempt: int
+    payload: api_pb2.FunctionInput
+    invocation_type: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredOutput:
+    seq: int
+    input_id: str
+    idx: int
+    result: api_pb2.GenericResult
+    data_format: int
+    retry_count: int
+
+
+def retry_delay_s(policy: api_pb2.FunctionRetryPolicy, attempt: int) -> float:
+    """Delay before retry number `attempt` (1-based), as modal.Retries documents it."""
+    initial = (policy.initial_delay_ms or 1000) / 1000
+    coefficient = policy.backoff_coefficient or 2.0
+    maximum = (policy.max_delay_ms or 60_000) / 1000
+    return float(min(initial * coefficient ** (attempt - 1), maximum))
+
+
+class CallService:
+    def __init__(self, engine: sa.Engine, notifier: Notifier) -> None:
+        self.engine = engine
+        self.notifier = notifier
+
+    # --- calls and inputs ----------------------------------------------------------
+
+    def create_call(
+        self, workspace_id: str, function_id: str, app_id: str, invocation_type: int, call_type: int
+    ) -> str:
+        function_call_id = ids.new_id("function_call")
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.function_calls.insert().values(
+                    id=function_call_id,
+                    workspace_id=workspace_id,
+                    function_id=function_id,
+                    app_id=app_id,
+                    invocation_type=invocation_type,
+                    call_type=call_type,
+                    created_at=time.time(),
+                )
+            )
+        return function_call_id
+
+    def call(self, workspace_id: str, function_call_id: str) -> sa.Row:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(schema.function_calls).where(schema.function_calls.c.id == function_call_id)
+            ).first()
+        if row is None or row.workspace_id != workspace_id:
+            raise errors.not_found(f"function call {function_call_id} not found")
+        return row
+
+    def enqueue(
+        self, function_call_id: str, function_id: str, items: list[tuple[int, api_pb2.FunctionInput]]
+    ) -> list[str]:
+        now = time.time()
+        rows = [
+            dict(
+                id=ids.new_id("input"),
+                function_call_id=function_call_id,
+                function_id=function_id,
+                idx=idx,
+                payload=function_input.SerializeToString(),
+                state=PENDING,
+                attempt=0,
+                not_before=0.0,
+                created_at=now,
+            )
+            for idx, function_input in items
+        ]
+        if rows:
+            with self.engine.begin() as connection:
+                connection.execute(schema.inputs.insert(), rows)
+            self.notifier.notify(queue_key(function_id))
+        return [row["id"] for row in rows]
+
+    def pending_counts(self) -> dict[str, int]:
+        """Number of runnable inputs per function."""
+        i = schema.inputs
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(i.c.function_id, sa.func.count())
+                .where(i.c.state == PENDING, i.c.not_before <= time.time())
+                .group_by(i.c.function_id)
+            )
+            return {row[0]: row[1] for row in rows}
+
+    def next_retry_at(self) -> float | None:
+        i = schema.inputs
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                sa.select(sa.func.min(i.c.not_before)).where(i.c.state == PENDING, i.c.not_before > time.time())
+            ).scalar()
+        return float(value) if value is not None else None
+
+    def claim(self, function_id: str, task_id: str, limit: int) -> list[ClaimedInput]:
+        i, c = schema.inputs, schema.function_calls
+        now = time.time()
+        claimed: list[ClaimedInput] = []
+        with self.engine.begin() as connection:
+            candidates = connection.execute(
+                sa.select(i.c.id, i.c.function_call_id, i.c.idx, i.c.attempt, i.c.payload, c.c.invocation_type)
+                .join(c, c.c.id == i.c.function_call_id)
+                .where(i.c.function_id == function_id, i.c.state == PENDING, i.c.not_before <= now)
+                .order_by(i.c.created_at, i.c.idx)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in candidates:
+                taken = connection.execute(
+                    i.update()
+                    .where(i.c.id == row.id, i.c.state == PENDING)
+                    .values(state=CLAIMED, task_id=task_id, claimed_at=now)
+                )
+                if taken.rowcount:
+                    payload = api_pb2.FunctionInput()
+                    payload.ParseFromString(row.payload)
+                    claimed.append(
+                        ClaimedInput(row.id, row.function_call_id, row.idx, row.attempt, payload, row.invocation_type)
+                    )
+        return claimed
+
+    def claimed_by(self, task_id: str) -> list[sa.Row]:
+        i = schema.inputs
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(i.c.id, i.c.function_call_id, i.c.function_id, i.c.claimed_at, i.c.attempt).where(
+                    i.c.task_id == task_id, i.c.state == CLAIMED
+                )
+            ).all()
+
+    def running_inputs(self) -> list[sa.Row]:
+        i = schema.inputs
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(i.c.id, i.c.function_id, i.c.task_id, i.c.claimed_at).where(i.c.state == CLAIMED)
+            ).all()
+
+    # --- outputs ---------------------------------------------------------------------
+
+    def finish(
+        self,
+        input_id: str,
+        result: api_pb2.GenericResult,
+        data_format: int,
+        retry_policy: api_pb2.FunctionRetryPolicy | None,
+        task_id: str | None = None,
+    ) -> bool:
+        """Record an attempt's result. A failure with retries left re-queues the input.
+
+        Returns False if the input was not running here (already finished or re-queued)."""
+        i = schema.inputs
+        now = time.time()
+        retryable = result.status in (
+            api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+            api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT,
+            api_pb2.GenericResult.GENERIC_STATUS_TERMINATED,
+            api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
+        )
+        with self.engine.begin() as connection:
+            condition = [i.c.id == input_id, i.c.state == CLAIMED]
+            if task_id is not None:
+                condition.append(i.c.task_id == task_id)
+            row = connection.execute(
+                sa.select(i.c.function_call_id, i.c.function_id, i.c.idx, i.c.attempt, schema.function_calls.c.cancelled)
+                .join(schema.function_calls, schema.function_calls.c.id == i.c.function_call_id)
+                .where(*condition)
+            ).first()
+            if row is None:
+                return False
+            retries = retry_policy.retries if retry_policy is not None else 0
+            if retryable and row.attempt < retries and not row.cancelled:
+                attempt = row.attempt + 1
+                connection.execute(
+                    i.update()
+                    .where(i.c.id == input_id)
+                    .values(
+                        state=PENDING, task_id=None, attempt=attempt, not_before=now + retry_delay_s(retry_policy, attempt)
+                    )
+                )
+                requeued = True
+            else:
+                connection.execute(i.update().where(i.c.id == input_id).values(state=DONE))
+                connection.execute(
+                    schema.outputs.insert().values(
+                        function_call_id=row.function_call_id,
+                        input_id=input_id,
+                        idx=row.idx,
+                        result=result.SerializeToString(),
+                        data_format=data_format,
+                        retry_count=row.attempt,
+                        created_at=now,
+                    )
+                )
+                requeued = False
+        if requeued:
+            self.notifier.notify(queue_key(row.function_id))
+        else:
+            self.notifier.notify(outputs_key(row.function_call_id))
+        return True
+
+    def outputs_after(self, function_call_id: str, after_seq: int, limit: int) -> list[StoredOutput]:
+        o = schema.outputs
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(o.c.seq, o.c.input_id, o.c.idx, o.c.result, o.c.data_format, o.c.retry_count)
+                .where(o.c.function_call_id == function_call_id, o.c.seq > after_seq)
+                .order_by(o.c.seq)
+                .limit(limit)
+            ).all()
+        outputs = []
+        for row in rows:
+            result = api_pb2.GenericResult()
+            result.ParseFromString(row.result)
+            outputs.append(StoredOutput(row.seq, row.input_id, row.idx, result, row.data_format, row.retry_count))
+        return outputs
+
+    def delete_outputs(self, seqs: list[int]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(schema.outputs.delete().where(schema.outputs.c.seq.in_(seqs)))
+
+    def unfinished_count(self, function_call_id: str) -> int:
+        i = schema.inputs
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.select(sa.func.count()).where(i.c.function_call_id == function_call_id, i.c.state != DONE)
+                ).scalar_one()
+            )
+
+    def input_count(self, function_call_id: str) -> int:
+        i = schema.inputs
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(sa.select(sa.func.count()).where(i.c.function_call_id == function_call_id)).scalar_one()
+            )
+
+    def cancel(self, function_call_id: str) -> list[str]:
+        """Cancel a call: pending inputs end as TERMINATED; returns the tasks running its inputs."""
+        i = schema.inputs
+        result = api_pb2.GenericResult(
+            status=api_pb2.GenericResult.GENERIC_STATUS_TERMINATED, exception="the function call was cancelled"
+        )
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.function_calls.update()
+                .where(schema.function_calls.c.id == function_call_id)
+                .values(cancelled=True)
+            )
+            rows = connection.execute(
+                sa.select(i.c.id, i.c.state, i.c.task_id).where(
+                    i.c.function_call_id == function_call_id, i.c.state != DONE
+                )
+            ).all()
+        for row in rows:
+            if row.state == PENDING:
+                with self.engine.begin() as connection:
+                    connection.execute(i.update().where(i.c.id == row.id).values(state=CLAIMED, task_id=None))
+                self.finish(row.id, result, api_pb2.DATA_FORMAT_PICKLE, None)
+        return sorted({row.task_id for row in rows if row.state == CLAIMED and row.task_id})
+
+    def cancelled_inputs_of(self, task_id: str) -> list[str]:
+        i, c = schema.inputs, schema.function_calls
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(i.c.id)
+                .join(c, c.c.id == i.c.function_call_id)
+                .where(i.c.task_id == task_id, i.c.state == CLAIMED, c.c.cancelled.is_(True))
+            )
+            return [row.id for row in rows]
+
+    def requeue_orphans(self, live_task_ids: set[str]) -> int:
+        """Inputs claimed by containers that no longer exist go back to the queue (server restart)."""
+        i = schema.inputs
+        with self.engine.begin() as connection:
+            rows = connection.execute(sa.select(i.c.id, i.c.task_id).where(i.c.state == CLAIMED)).all()
+            orphans = [row.id for row in rows if row.task_id not in live_task_ids]
+            if orphans:
+                connection.execute(i.update().where(i.c.id.in_(orphans)).values(state=PENDING, task_id=None))
+        return len(orphans)
+
+    # --- data channels (generator values) -----------------------------------------------
+
+    def put_data(self, function_call_id: str, direction: str, chunks: list[api_pb2.DataChunk]) -> None:
+        now = time.time()
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.call_data.insert(),
+                [
+                    dict(function_call_id=function_call_id, direction=direction, chunk=chunk.SerializeToString(), created_at=now)
+                    for chunk in chunks
+                ],
+            )
+        self.notifier.notify(data_key(function_call_id, direction))
+
+    def data_after(self, function_call_id: str, direction: str, last_index: int) -> list[api_pb2.DataChunk]:
+        d = schema.call_data
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(d.c.chunk)
+                .where(d.c.function_call_id == function_call_id, d.c.direction == direction)
+                .order_by(d.c.seq)
+            ).all()
+        chunks = []
+        for row in rows:
+            chunk = api_pb2.DataChunk()
+            chunk.ParseFromString(row.chunk)
+            if chunk.index > last_index:
+                chunks.append(chunk)
+        return chunks

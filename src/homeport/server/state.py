@@ -1,0 +1,121 @@
+"""Everything a request handler may use, assembled once per server process."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import subprocess
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from homeport.config import Settings
+from homeport.server.auth import AuthService
+from homeport.server.blobstore import LocalBlobStore
+from homeport.server.notify import Notifier
+from homeport.server.scheduler import Scheduler
+from homeport.server.services.apps import AppService
+from homeport.server.services.calls import CallService
+from homeport.server.services.environments import EnvironmentService
+from homeport.server.services.images import ImageService
+from homeport.server.services.logs import LogService
+from homeport.server.services.mounts import MountService
+from homeport.server.store import db, schema
+from homeport.worker.process_runtime import ProcessRuntime
+
+BLOB_SIGNING_KEY = "blob_signing_key"
+
+
+def shared_setting(engine: sa.Engine, key: str, make: str) -> str:
+    """A server-wide value stored in the database, created on first use."""
+    s = schema.server_settings
+    with engine.begin() as connection:
+        row = connection.execute(sa.select(s.c.value).where(s.c.key == key)).first()
+        if row is not None:
+            return str(row.value)
+        connection.execute(s.insert().values(key=key, value=make))
+        return make
+
+
+def python_version(python: str) -> tuple[int, int]:
+    output = subprocess.check_output([python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"])
+    major, minor = output.split()
+    return int(major), int(minor)
+
+
+def client_package_dir() -> Path:
+    """The site-packages holding the pinned client and its dependencies: served as /pkg."""
+    import modal
+
+    return Path(modal.__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class ServerState:
+    settings: Settings
+    engine: sa.Engine
+    notifier: Notifier
+    auth: AuthService
+    environments: EnvironmentService
+    apps: AppService
+    calls: CallService
+    logs: LogService
+    blobs: LocalBlobStore
+    mounts: MountService
+    images: ImageService
+    scheduler: Scheduler
+
+    def app_page_url(self, app_id: str) -> str:
+        return f"{self.settings.blob_base_url}/apps/{app_id}"
+
+
+def open_engine(settings: Settings) -> sa.Engine:
+    settings.layout.ensure()
+    engine = db.create_engine(settings.effective_database_url)
+    db.upgrade(engine)
+    return engine
+
+
+def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerState:
+    engine = engine or open_engine(settings)
+    layout = settings.layout
+    notifier = Notifier()
+    auth = AuthService(engine)
+    auth.ensure_default_workspace()
+    blobs = LocalBlobStore(
+        layout, engine, settings.blob_base_url, shared_setting(engine, BLOB_SIGNING_KEY, secrets.token_hex(32)).encode()
+    )
+    apps = AppService(engine, notifier)
+    calls = CallService(engine, notifier)
+    logs = LogService(engine, notifier)
+    mounts = MountService(engine, blobs)
+    runtime = ProcessRuntime(settings.container_python)
+    scheduler = Scheduler(
+        engine=engine,
+        notifier=notifier,
+        apps=apps,
+        calls=calls,
+        logs=logs,
+        mounts=mounts,
+        runtime=runtime,
+        blob_path=layout.blob,
+        client_package_dir=client_package_dir(),
+        task_dir=layout.task_dir,
+        server_url=settings.server_url,
+        max_containers=settings.max_containers,
+        result_retention_s=settings.result_retention_s,
+    )
+    return ServerState(
+        settings=settings,
+        engine=engine,
+        notifier=notifier,
+        auth=auth,
+        environments=EnvironmentService(engine),
+        apps=apps,
+        calls=calls,
+        logs=logs,
+        blobs=blobs,
+        mounts=mounts,
+        images=ImageService(engine, python_version(settings.container_python)),
+        scheduler=scheduler,
+    )

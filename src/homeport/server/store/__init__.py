@@ -1,0 +1,1 @@
+"""Durable state: the schema, the engine, and Alembic migrations."""

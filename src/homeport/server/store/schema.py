@@ -1,0 +1,221 @@
+"""Database schema (SQLAlchemy Core). Migrations in `migrations/` must match it."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), sa.ForeignKey("workspaces.id"), nullable=False),
+    sa.Column("secret_hash", sa.String(128), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+environments = sa.Table(
+    "environments",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), sa.ForeignKey("workspaces.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("workspace_id", "name"),
+)
+
+apps = sa.Table(
+    "apps",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), sa.ForeignKey("workspaces.id"), nullable=False),
+    sa.Column("environment_name", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(500), nullable=False, server_default=""),
+    sa.Column("name", sa.String(200), nullable=True),  # set once deployed
+    sa.Column("state", sa.Integer, nullable=False),  # api_pb2.AppState
+    sa.Column("client_id", sa.String(80), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float, nullable=True),
+    sa.Column("last_heartbeat_at", sa.Float, nullable=True),
+    sa.Column("deployed_at", sa.Float, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+)
+
+# A deployed name points at exactly one live app per (workspace, environment).
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("workspace_id", sa.String(40), primary_key=True),
+    sa.Column("environment_name", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("app_id", sa.String(40), sa.ForeignKey("apps.id"), nullable=False),
+)
+
+functions = sa.Table(
+    "functions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("app_id", sa.String(40), sa.ForeignKey("apps.id"), nullable=False, index=True),
+    sa.Column("tag", sa.String(300), nullable=False),
+    sa.Column("definition", sa.LargeBinary, nullable=True),  # api_pb2.Function, serialized
+    sa.Column("handle_metadata", sa.LargeBinary, nullable=True),  # api_pb2.FunctionHandleMetadata
+    sa.Column("parent_id", sa.String(40), nullable=True),  # set for bound (parametrized) functions
+    sa.Column("bound_params", sa.LargeBinary, nullable=True),
+    sa.Column("options", sa.LargeBinary, nullable=True),  # api_pb2.FunctionOptions of a bound function
+    sa.Column("schedule_next_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+classes = sa.Table(
+    "classes",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("app_id", sa.String(40), sa.ForeignKey("apps.id"), nullable=False, index=True),
+    sa.Column("tag", sa.String(300), nullable=False),
+    sa.Column("function_id", sa.String(40), nullable=True),
+    sa.Column("handle_metadata", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+mounts = sa.Table(
+    "mounts",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=True),  # NULL: global
+    sa.Column("name", sa.String(300), nullable=True),
+    sa.Column("files", sa.LargeBinary, nullable=False),  # JSON list of {path, sha256, mode}
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Mount file contents, stored once per sha256 in the blob store.
+mount_contents = sa.Table(
+    "mount_contents",
+    metadata,
+    sa.Column("sha256_hex", sa.String(64), primary_key=True),
+    sa.Column("blob_id", sa.String(40), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=True),
+    sa.Column("size", sa.BigInteger, nullable=True),
+    sa.Column("md5_base64", sa.String(40), nullable=True),
+    sa.Column("complete", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("definition", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),  # api_pb2.GenericResult.GenericStatus
+    sa.Column("exception", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+function_calls = sa.Table(
+    "function_calls",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("function_id", sa.String(40), nullable=False, index=True),
+    sa.Column("app_id", sa.String(40), nullable=False),
+    sa.Column("invocation_type", sa.Integer, nullable=False),
+    sa.Column("call_type", sa.Integer, nullable=False),
+    sa.Column("cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+inputs = sa.Table(
+    "inputs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("function_call_id", sa.String(40), nullable=False, index=True),
+    sa.Column("function_id", sa.String(40), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # api_pb2.FunctionInput
+    # pending -> claimed -> done; a claimed input whose container dies goes back to pending
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("task_id", sa.String(40), nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("not_before", sa.Float, nullable=False, server_default="0"),
+    sa.Column("claimed_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_inputs_queue", "function_id", "state", "not_before"),
+)
+
+outputs = sa.Table(
+    "outputs",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("function_call_id", sa.String(40), nullable=False, index=True),
+    sa.Column("input_id", sa.String(40), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("result", sa.LargeBinary, nullable=False),  # api_pb2.GenericResult
+    sa.Column("data_format", sa.Integer, nullable=False),
+    sa.Column("retry_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Generator values and other per-call data channels (data_out from the container).
+call_data = sa.Table(
+    "call_data",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("function_call_id", sa.String(40), nullable=False, index=True),
+    sa.Column("direction", sa.String(4), nullable=False),  # "out" | "in"
+    sa.Column("chunk", sa.LargeBinary, nullable=False),  # api_pb2.DataChunk
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("app_id", sa.String(40), nullable=False, index=True),
+    sa.Column("function_id", sa.String(40), nullable=False, index=True),
+    sa.Column("secret_hash", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # starting | running | stopped
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("stop_reason", sa.String(300), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float, nullable=True),
+)
+
+logs = sa.Table(
+    "logs",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("app_id", sa.String(40), nullable=False, index=True),
+    sa.Column("task_id", sa.String(40), nullable=True),
+    sa.Column("function_id", sa.String(40), nullable=True),
+    sa.Column("file_descriptor", sa.Integer, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("timestamp", sa.Float, nullable=False),
+)
+
+# Server-wide values shared by every node (e.g. the key that signs blob URLs).
+server_settings = sa.Table(
+    "server_settings",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""What runs on every node: the container runtimes."""

@@ -1,0 +1,129 @@
+"""The process runtime: each container is the client's own entrypoint
+(`python -m modal._container_entrypoint`) in a private mount namespace (bubblewrap)
+where the app's mounted files appear at their absolute paths (`/root/...`) and the
+client package at `/pkg`, as the client expects.
+
+This runtime lays files out but does not isolate: the process sees the host's
+filesystem and network. The sandboxed runtime (issue 4) replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from homeport.worker.runtime import ContainerSpec, OutputCallback
+
+ARGUMENTS_FILE = "container_arguments.bin"
+READ_CHUNK = 64 * 1024
+
+
+class ProcessContainer:
+    def __init__(self, task_id: str, process: asyncio.subprocess.Process, readers: list[asyncio.Task[None]], work_dir: Path):
+        self.task_id = task_id
+        self._process = process
+        self._readers = readers
+        self._work_dir = work_dir
+
+    async def wait(self) -> int:
+        code = await self._process.wait()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        shutil.rmtree(self._work_dir, ignore_errors=True)
+        return code
+
+    def interrupt(self) -> None:
+        self._signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self._process.returncode is None:
+            try:
+                # The container is its own process group (bwrap and the entrypoint).
+                os.killpg(self._process.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _materialize(spec: ContainerSpec, tree: Path) -> list[str]:
+    """Lay out mounted files under `tree` (mirroring their absolute paths); returns
+    the top-level directories to bind into the container."""
+    for mounted in spec.files:
+        relative = mounted.container_path.lstrip("/")
+        target = tree / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(mounted.host_path, target)  # blobs are immutable: share, don't copy
+        except OSError:
+            shutil.copyfile(mounted.host_path, target)
+        # Hard links share one inode, so the mode is set on a private copy only if it differs.
+        if (target.stat().st_mode & 0o7777) != (mounted.mode & 0o7777):
+            if target.stat().st_nlink > 1:
+                target.unlink()
+                shutil.copyfile(mounted.host_path, target)
+            os.chmod(target, mounted.mode & 0o7777)
+    (tree / "root").mkdir(parents=True, exist_ok=True)
+    return sorted(entry.name for entry in tree.iterdir())
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        # The interpreter's own installation must stay visible even when it lives under
+        # a directory a mount covers (e.g. pyenv under /root): those paths are bound back.
+        output = subprocess.check_output(
+            [python, "-c", "import sys, os; print(sys.prefix); print(sys.base_prefix); print(os.path.realpath(sys.executable))"],
+            text=True,
+        )
+        prefix, base_prefix, executable = output.split("\n")[:3]
+        self.python_paths = sorted({prefix, base_prefix, str(Path(executable).parent.parent)})
+
+    async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer:
+        spec.work_dir.mkdir(parents=True, exist_ok=True)
+        arguments_path = spec.work_dir / ARGUMENTS_FILE
+        arguments_path.write_bytes(spec.container_arguments)
+        tree = spec.work_dir / "fs"
+        top_level = await asyncio.to_thread(_materialize, spec, tree)
+        command = ["bwrap", "--dev-bind", "/", "/", "--die-with-parent"]
+        for name in top_level:
+            command += ["--bind", str(tree / name), f"/{name}"]
+        for path in self.python_paths:
+            if path.lstrip("/").split("/")[0] in top_level:
+                command += ["--ro-bind", path, path]
+        command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--chdir", "/root", "--"]
+        command += [self.python, "-m", "modal._container_entrypoint"]
+        environment = dict(spec.environment)
+        environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = str(arguments_path)
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment,
+            start_new_session=True,
+        )
+        readers = [
+            asyncio.create_task(_pump(process.stdout, 1, on_output)),
+            asyncio.create_task(_pump(process.stderr, 2, on_output)),
+        ]
+        return ProcessContainer(spec.task_id, process, readers, spec.work_dir)
+
+
+async def _pump(stream: asyncio.StreamReader | None, fd: int, on_output: OutputCallback) -> None:
+    if stream is None:
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        chunk = await stream.read(READ_CHUNK)
+        if not chunk:
+            on_output(fd, decoder.decode(b"", final=True))
+            return
+        on_output(fd, decoder.decode(chunk))

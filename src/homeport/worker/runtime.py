@@ -1,0 +1,53 @@
+"""The container runtime interface the control plane starts containers through.
+
+A runtime turns a `ContainerSpec` (what to run, with which files and environment)
+into a running `Container`. The scheduler never looks behind this interface, so the
+sandboxed runtime and real images slot in without touching the control plane.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+OutputCallback = Callable[[int, str], None]  # (file descriptor 1|2, text)
+
+
+@dataclasses.dataclass(frozen=True)
+class MountedFile:
+    container_path: str  # absolute
+    host_path: Path  # immutable content (a blob)
+    mode: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    task_id: str
+    app_id: str
+    function_id: str
+    container_arguments: bytes  # serialized api_pb2.ContainerArguments
+    environment: dict[str, str]
+    files: list[MountedFile]
+    client_package_dir: Path  # appears at /pkg
+    work_dir: Path  # scratch space owned by this container, removed when it stops
+
+
+class Container(Protocol):
+    task_id: str
+
+    async def wait(self) -> int:
+        """Wait for the container to exit; returns its exit code (negative: killed by that signal)."""
+
+    def interrupt(self) -> None:
+        """Ask for a graceful stop (the client runs @exit handlers on SIGINT)."""
+
+    def kill(self) -> None:
+        """Stop now."""
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> Container: ...

@@ -1,0 +1,85 @@
+"""A test app exercising the calling conventions of the modal client."""
+
+import os
+import time
+
+import modal
+
+app = modal.App("basics")
+
+
+@app.function()
+def square(x: int):
+    print(f"squaring {x}")
+    return x * x
+
+
+@app.function()
+def add(a, b):
+    return a + b
+
+
+@app.function()
+def fail_on(x, bad=3):
+    if x == bad:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
+@app.function()
+def countdown(n):
+    for i in range(n, 0, -1):
+        yield i
+
+
+@app.function()
+def sleep_then_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@app.function()
+def payload_size(data):
+    return len(data)
+
+
+@app.function()
+def make_payload(size):
+    return os.urandom(size)
+
+
+@app.function()
+def crash(code):
+    print("about to crash", flush=True)
+    os._exit(code)
+
+
+@app.function(timeout=2)
+def too_slow():
+    time.sleep(30)
+
+
+@app.function(retries=modal.Retries(max_retries=2, initial_delay=0.1, backoff_coefficient=1.0))
+def flaky(marker_dir):
+    # Fails on the first two attempts, succeeds on the third.
+    attempts = len(os.listdir(marker_dir))
+    open(os.path.join(marker_dir, f"attempt-{attempts}"), "w").close()
+    if attempts < 2:
+        raise RuntimeError(f"attempt {attempts} failed")
+    return attempts
+
+
+@app.function()
+def talk(lines):
+    import sys
+
+    for i in range(lines):
+        print(f"stdout line {i}")
+        print(f"stderr line {i}", file=sys.stderr)
+        time.sleep(0.2)
+    return lines
+
+
+@app.local_entrypoint()
+def main(x: int = 7):
+    print("square is", square.remote(x))
