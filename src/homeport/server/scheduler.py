@@ -26,7 +26,7 @@ from homeport.server.services.calls import CLAIMED, PENDING, CallService, queue_
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.store import schema
-from homeport.worker.runtime import Container, ContainerSpec, MountedFile, Runtime
+from homeport.worker.runtime import Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
 
 log = logging.getLogger("homeport.scheduler")
 
@@ -135,8 +135,12 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler loop %s failed; continuing", name)
             if name == "placement":
+                wait = interval
+                next_retry = self.calls.next_retry_at()
+                if next_retry is not None:
+                    wait = min(interval, max(next_retry - time.time(), 0.01))
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
                 except TimeoutError:
                     pass
                 self._wake.clear()
@@ -157,6 +161,10 @@ class Scheduler:
         for function_id, count in pending.items():
             mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
             free = sum(c.free_slots for c in mine)
+            if free:
+                # Inputs whose retry delay just ended notify nobody by themselves:
+                # wake the containers polling for this function.
+                self.notifier.notify(queue_key(function_id))
             try:
                 function = self.apps.function(function_id)
                 definition, params = catalog.effective_definition(self.apps, function)
@@ -247,7 +255,20 @@ class Scheduler:
                 running.stderr_tail.append(text)
             self.logs.append(function.app_id, task_id, function.id, fd, text)
 
-        container = await self.runtime.start(spec, on_output)
+        try:
+            container = await self.runtime.start(spec, on_output)
+        except Exception as error:
+            message = str(error) if isinstance(error, ContainerStartError) else f"could not start a container: {error!r}"
+            log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
+            with self.engine.begin() as connection:
+                connection.execute(
+                    schema.tasks.update()
+                    .where(schema.tasks.c.id == task_id)
+                    .values(state="stopped", stop_reason=message, stopped_at=time.time())
+                )
+            self.logs.append(function.app_id, task_id, function.id, FD_INFO, message + "\n")
+            self._fail_pending(function.id, api_pb2.GenericResult(status=FAILURE, exception=message))
+            return
         running = RunningContainer(
             task_id=task_id,
             function_id=function.id,

@@ -17,7 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from homeport.worker.runtime import ContainerSpec, OutputCallback
+from homeport.worker.runtime import ContainerSpec, ContainerStartError, OutputCallback
 
 ARGUMENTS_FILE = "container_arguments.bin"
 READ_CHUNK = 64 * 1024
@@ -56,13 +56,21 @@ def _materialize(spec: ContainerSpec, tree: Path) -> list[str]:
     the top-level directories to bind into the container."""
     for mounted in spec.files:
         relative = mounted.container_path.lstrip("/")
+        top = relative.split("/")[0]
+        if top != "root" and Path("/", top).exists():
+            # Without an overlay, a file inside a directory shared with the host
+            # (/etc, /usr, ...) would have to be written into the host's own tree.
+            raise ContainerStartError(
+                f"the process runtime cannot place {mounted.container_path}: /{top} is shared with the host; "
+                "mount files under /root or under a new top-level directory (e.g. /data) instead"
+            )
         target = tree / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(mounted.host_path, target)  # blobs are immutable: share, don't copy
         except OSError:
             shutil.copyfile(mounted.host_path, target)
-        # Hard links share one inode, so the mode is set on a private copy only if it differs.
+        # Hard links share one inode, so a different mode needs a private copy.
         if (target.stat().st_mode & 0o7777) != (mounted.mode & 0o7777):
             if target.stat().st_nlink > 1:
                 target.unlink()
@@ -70,6 +78,22 @@ def _materialize(spec: ContainerSpec, tree: Path) -> list[str]:
             os.chmod(target, mounted.mode & 0o7777)
     (tree / "root").mkdir(parents=True, exist_ok=True)
     return sorted(entry.name for entry in tree.iterdir())
+
+
+def _root_arguments(own: set[str]) -> list[str]:
+    """bwrap arguments for a fresh root (a tmpfs) holding the host's top-level entries,
+    except those the container brings itself. New mount points (/pkg, /data, ...) are
+    then made in that tmpfs, never in the host's own tree."""
+    arguments = ["--tmpfs", "/"]
+    for entry in sorted(os.scandir("/"), key=lambda e: e.name):
+        if entry.name in own:
+            continue
+        path = f"/{entry.name}"
+        if entry.is_symlink():
+            arguments += ["--symlink", os.readlink(path), path]
+        elif entry.is_dir():
+            arguments += ["--dev-bind", path, path]
+    return arguments
 
 
 class ProcessRuntime:
@@ -92,7 +116,7 @@ class ProcessRuntime:
         arguments_path.write_bytes(spec.container_arguments)
         tree = spec.work_dir / "fs"
         top_level = await asyncio.to_thread(_materialize, spec, tree)
-        command = ["bwrap", "--dev-bind", "/", "/", "--die-with-parent"]
+        command = ["bwrap", "--die-with-parent", *_root_arguments({*top_level, "pkg"})]
         for name in top_level:
             command += ["--bind", str(tree / name), f"/{name}"]
         for path in self.python_paths:

@@ -15,6 +15,10 @@ from typing import Protocol
 OutputCallback = Callable[[int, str], None]  # (file descriptor 1|2, text)
 
 
+class ContainerStartError(Exception):
+    """The container cannot start as specified; the message says why and what to change."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MountedFile:
     container_path: str  # absolute

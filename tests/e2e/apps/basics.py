@@ -70,7 +70,7 @@ def flaky(marker_dir):
 
 
 @app.function()
-def talk(lines):
+def talk(lines: int):
     import sys
 
     for i in range(lines):

@@ -1,0 +1,46 @@
+"""What was acknowledged survives `kill -9` of the server."""
+
+from __future__ import annotations
+
+import time
+
+from tests.conftest import Server, assert_ok, run_modal, run_python
+
+
+def test_kill_9_loses_nothing_acknowledged(own_server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = own_server
+    assert_ok(run_modal(server, "deploy", "durable.py"))
+    done_call = assert_ok(
+        run_python(
+            server,
+            "import modal\ncall = modal.Function.from_name('durable', 'square').spawn(12)\n"
+            "call.get(timeout=60)\nprint(call.object_id)",
+        )
+    ).split()[-1]
+    marker = tmp_path / "started"
+    running_call = assert_ok(
+        run_python(
+            server,
+            f"import modal\nprint(modal.Function.from_name('durable', 'first_attempt_hangs').spawn({str(marker)!r}).object_id)",
+        )
+    ).split()[-1]
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the input never started"
+        time.sleep(0.1)
+
+    server.stop(hard=True)
+    server.start()
+
+    text = assert_ok(
+        run_python(
+            server,
+            "import modal\n"
+            f"print('done', modal.FunctionCall.from_id({done_call!r}).get(timeout=60))\n"
+            f"print('rerun', modal.FunctionCall.from_id({running_call!r}).get(timeout=120))\n"
+            "print('deployed', modal.Function.from_name('durable', 'square').remote(7))\n",
+        )
+    )
+    assert "done 144" in text
+    assert "rerun second attempt" in text  # re-run on restart, as its retries allow
+    assert "deployed 49" in text

@@ -1,0 +1,79 @@
+"""Unit tests of small pieces: ids, retry backoff, schedules, image acceptance, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime, timezone
+
+from modal_proto import api_pb2
+
+from homeport import ids
+from homeport.server.notify import Notifier
+from homeport.server.services.calls import retry_delay_s
+from homeport.server.services.functions import next_schedule_time
+from homeport.server.services.images import unsupported_step
+
+SLIM = [
+    "FROM python:3.11.12-slim-bookworm",
+    "RUN apt-get update",
+    "RUN apt-get install -y gcc gfortran build-essential",
+    "RUN pip install --upgrade pip wheel uv",
+    "RUN echo 'debconf debconf/frontend select Noninteractive' | debconf-set-selections",
+    'CMD ["sleep", "172800"]',
+]
+
+
+def test_ids_have_the_shapes_the_client_checks() -> None:
+    assert re.fullmatch(r"ap-[a-zA-Z0-9]{22}", ids.new_id("app"))
+    assert re.fullmatch(r"ta-[0-9A-Z]{26}", ids.new_id("task"))
+    assert ids.new_id("function").count("-") == 1
+
+
+def test_retry_delay_grows_by_the_coefficient_up_to_the_maximum() -> None:
+    policy = api_pb2.FunctionRetryPolicy(retries=5, initial_delay_ms=1000, backoff_coefficient=2.0, max_delay_ms=5000)
+    assert [retry_delay_s(policy, n) for n in range(1, 5)] == [1.0, 2.0, 4.0, 5.0]
+
+
+def test_period_schedule_adds_its_length() -> None:
+    schedule = api_pb2.Schedule(period=api_pb2.Schedule.Period(minutes=1, seconds=30))
+    assert next_schedule_time(schedule, 1000.0) == 1090.0
+
+
+def test_cron_schedule_fires_at_the_next_matching_minute() -> None:
+    schedule = api_pb2.Schedule(cron=api_pb2.Schedule.Cron(cron_string="*/15 * * * *", timezone="UTC"))
+    after = datetime(2026, 1, 1, 10, 7, tzinfo=timezone.utc).timestamp()
+    assert next_schedule_time(schedule, after) == datetime(2026, 1, 1, 10, 15, tzinfo=timezone.utc).timestamp()
+
+
+def test_plain_debian_slim_is_accepted_for_the_runtime_python() -> None:
+    assert unsupported_step(api_pb2.Image(dockerfile_commands=SLIM), (3, 11)) is None
+
+
+def test_other_python_or_steps_are_refused_by_name() -> None:
+    other_python = unsupported_step(api_pb2.Image(dockerfile_commands=SLIM), (3, 12))
+    assert other_python is not None and "Python 3.11" in other_python
+    layered = api_pb2.Image(
+        dockerfile_commands=["FROM base", "RUN python -m pip install numpy"],
+        base_images=[api_pb2.BaseImage(docker_tag="base", image_id="im-1")],
+    )
+    message = unsupported_step(layered, (3, 11))
+    assert message is not None and "`RUN python -m pip install numpy`" in message
+
+
+def test_a_listener_sees_a_notification_sent_before_it_waits() -> None:
+    async def scenario() -> bool:
+        notifier = Notifier()
+        with notifier.listen("k") as listener:
+            notifier.notify("k")
+            return await listener.wait(0.01)
+
+    assert asyncio.run(scenario())
+
+
+def test_a_listener_times_out_without_notification() -> None:
+    async def scenario() -> bool:
+        with Notifier().listen("k") as listener:
+            return await listener.wait(0.01)
+
+    assert not asyncio.run(scenario())
