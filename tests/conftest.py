@@ -125,6 +125,52 @@ def own_server(tmp_path: Path) -> Iterator[Server]:
     server.stop()
 
 
+def _start_postgres(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway PostgreSQL cluster listening only on a Unix socket in `directory`."""
+    import glob
+    import shutil
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not binaries:
+        raise RuntimeError("PostgreSQL is not installed; run scripts/install")
+    bin_dir = Path(binaries[-1])
+    directory.mkdir(parents=True, exist_ok=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(directory, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = directory / "cluster"
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+                   check=True, capture_output=True)
+    process = subprocess.Popen(
+        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-k", str(directory), "-c", "listen_addresses=",
+         "-c", "fsync=on"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    socket_file = directory / ".s.PGSQL.5432"
+    deadline = time.monotonic() + 60
+    while not socket_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("PostgreSQL did not start")
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return process, f"postgresql+psycopg2://postgres@/postgres?host={directory}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    import shutil
+    import tempfile
+
+    # Outside pytest's private (0700) temp dir: the postgres user must reach it.
+    directory = Path(tempfile.mkdtemp(prefix="homeport-pg-"))
+    process, url = _start_postgres(directory)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def run_modal(server: Server, *args: str, cwd: Path = APPS, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [MODAL, *args], cwd=cwd, env=server.env(**env), capture_output=True, text=True, timeout=timeout

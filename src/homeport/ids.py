@@ -40,8 +40,17 @@ def new_id(kind: str) -> str:
     # The CLI tells an app id from an app name by `^ap-[a-zA-Z0-9]{22}$`, and client
     # tracebacks recognise task ids as `ta-[0-9A-Z]{26}`; no other dashes are allowed.
     if kind == "task":
-        return "ta-" + "".join(secrets.choice(_TASK_ALPHABET) for _ in range(26))
-    return f"{PREFIXES[kind]}-" + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(22))
+        return "ta-" + _encode(secrets.randbits(135), _TASK_ALPHABET, 26)
+    return f"{PREFIXES[kind]}-" + _encode(secrets.randbits(131), _ALPHANUMERIC, 22)
+
+
+def _encode(number: int, alphabet: str, length: int) -> str:
+    base = len(alphabet)
+    characters = []
+    for _ in range(length):
+        number, digit = divmod(number, base)
+        characters.append(alphabet[digit])
+    return "".join(characters)
 
 
 def new_secret() -> str:

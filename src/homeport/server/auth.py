@@ -40,9 +40,15 @@ class TokenInfo:
     revoked: bool
 
 
+# Verified credentials are remembered this long, so a revocation takes effect within it.
+CACHE_TTL_S = 2.0
+
+
 class AuthService:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._tokens: dict[tuple[str, str], tuple[float, str]] = {}
+        self._tasks: dict[tuple[str, str], tuple[float, VerifiedTask]] = {}
 
     # --- workspaces ------------------------------------------------------------------
 
@@ -131,6 +137,9 @@ class AuthService:
 
     def verify_token(self, token_id: str, secret: str) -> str:
         """Returns the token's workspace id, or raises UNAUTHENTICATED."""
+        cached = self._tokens.get((token_id, secret))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         if not token_id or not secret:
             raise errors.unauthenticated(
                 "missing credentials: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (see DIR/client.env), "
@@ -144,11 +153,15 @@ class AuthService:
             ).first()
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
             raise errors.unauthenticated(f"token {token_id} is invalid or revoked; create one with `homeport token create`")
+        self._tokens[(token_id, secret)] = (time.monotonic() + CACHE_TTL_S, str(row.workspace_id))
         return str(row.workspace_id)
 
     # --- container credentials -------------------------------------------------------
 
     def verify_task(self, task_id: str, secret: str) -> VerifiedTask:
+        cached = self._tasks.get((task_id, secret))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         t = schema.tasks
         with self.engine.connect() as connection:
             row = connection.execute(
@@ -160,4 +173,11 @@ class AuthService:
             raise errors.unauthenticated(f"invalid container credential for task {task_id}")
         if row.state == "stopped":
             raise errors.unauthenticated(f"container {task_id} has stopped; its credential is no longer valid")
-        return VerifiedTask(row.workspace_id, TaskIdentity(task_id, row.app_id, row.function_id))
+        verified = VerifiedTask(row.workspace_id, TaskIdentity(task_id, row.app_id, row.function_id))
+        self._tasks[(task_id, secret)] = (time.monotonic() + CACHE_TTL_S, verified)
+        return verified
+
+    def forget_task(self, task_id: str) -> None:
+        """A stopped container's credential stops working at once on this node."""
+        for key in [key for key in self._tasks if key[0] == task_id]:
+            self._tasks.pop(key, None)

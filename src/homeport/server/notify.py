@@ -33,9 +33,16 @@ class Notifier:
     def __init__(self) -> None:
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
 
-    def notify(self, key: str) -> None:
+    def notify(self, key: str, limit: int | None = None) -> None:
+        """Wake the listeners of `key`; with `limit`, at most that many (one queued input
+        needs one container, not a stampede of every idle one)."""
+        woken = 0
         for listener in self._listeners.get(key, ()):
-            listener._event.set()
+            if limit is not None and woken >= limit:
+                return
+            if not listener._event.is_set():
+                listener._event.set()
+                woken += 1
 
     @contextlib.contextmanager
     def listen(self, *keys: str) -> Iterator[Listener]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import pickle
 import time
 from collections import deque
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from modal_proto import api_pb2
@@ -26,6 +28,7 @@ from homeport.server.services.calls import CLAIMED, PENDING, CallService, queue_
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.store import schema
+from homeport.worker.cpu import CpuMeter
 from homeport.worker.runtime import Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
 
 log = logging.getLogger("homeport.scheduler")
@@ -39,6 +42,8 @@ DEFAULT_IDLE_S = 60
 # After asking a container to stop (kill switch, then SIGINT), how long before SIGKILL.
 STOP_GRACE_S = 10.0
 STDERR_TAIL_BYTES = 2000
+MAX_STARTING = max(os.cpu_count() or 1, 1)
+SATURATED_CPU = 0.85
 
 
 def stop_key(task_id: str) -> str:
@@ -97,9 +102,11 @@ class Scheduler:
         self.task_dir = task_dir
         self.server_url = server_url
         self.max_containers = max_containers
+        self.forget_credential: Callable[[str], None] = lambda task_id: None
         self.result_retention_s = result_retention_s
         self.containers: dict[str, RunningContainer] = {}
         self._wake = asyncio.Event()
+        self._cpu = CpuMeter()
         self._tasks: asyncio.TaskGroup | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -164,7 +171,7 @@ class Scheduler:
             if free:
                 # Inputs whose retry delay just ended notify nobody by themselves:
                 # wake the containers polling for this function.
-                self.notifier.notify(queue_key(function_id))
+                self.notifier.notify(queue_key(function_id), limit=count)
             try:
                 function = self.apps.function(function_id)
                 definition, params = catalog.effective_definition(self.apps, function)
@@ -174,10 +181,20 @@ class Scheduler:
                 continue
             if not app.live:
                 continue
+            if mine and self._cpu.sample() > SATURATED_CPU:
+                continue  # scale out only onto idle cores; the running containers drain the queue
             per_container = max(definition.max_concurrent_inputs, definition.batch_max_size, 1)
             wanted = -(-max(count - free, 0) // per_container)
             limit = definition.concurrency_limit or self.max_containers
-            wanted = min(wanted, limit - len(mine), self.max_containers - len(self.containers))
+            # Starting a container costs a CPU core for a few hundred ms: start no more at
+            # once than there are cores, so a burst of inputs does not starve the running ones.
+            starting = sum(1 for c in self.containers.values() if not c.hello and not c.stop_reason)
+            wanted = min(
+                wanted,
+                limit - len(mine),
+                self.max_containers - len(self.containers),
+                MAX_STARTING - starting,
+            )
             for _ in range(max(wanted, 0)):
                 await self._start(function, definition, params, app.environment_name, app.workspace_id)
 
@@ -288,6 +305,7 @@ class Scheduler:
     async def _watch(self, running: RunningContainer) -> None:
         code = await running.container.wait()
         self.containers.pop(running.task_id, None)
+        self.forget_credential(running.task_id)
         reason = running.stop_reason or f"exited with code {code}"
         with self.engine.begin() as connection:
             connection.execute(
@@ -332,7 +350,7 @@ class Scheduler:
 
     def _requeue(self, input_id: str, function_id: str, task_id: str) -> None:
         self.return_input(task_id, input_id)
-        self.notifier.notify(queue_key(function_id))
+        self.notifier.notify(queue_key(function_id), limit=1)
 
     def _fail_pending(self, function_id: str, result: api_pb2.GenericResult) -> None:
         """Fail every queued input of a function whose containers cannot start."""
@@ -349,6 +367,7 @@ class Scheduler:
         running = self.containers.get(task_id)
         if running is not None:
             running.hello = True
+            self.wake()
             with self.engine.begin() as connection:
                 connection.execute(schema.tasks.update().where(schema.tasks.c.id == task_id).values(state="running"))
 
@@ -375,12 +394,11 @@ class Scheduler:
         self.wake()
 
     def on_output(self, task_id: str, input_id: str) -> None:
+        # No placement pass needed: the container asks for its next input itself.
         running = self.containers.get(task_id)
         if running is not None:
             running.inputs.pop(input_id, None)
             running.last_active = time.monotonic()
-            if running.free_slots:
-                self.wake()
 
     def on_task_result(self, task_id: str, result: api_pb2.GenericResult) -> None:
         running = self.containers.get(task_id)

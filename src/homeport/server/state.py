@@ -105,6 +105,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         max_containers=settings.max_containers,
         result_retention_s=settings.result_retention_s,
     )
+    scheduler.forget_credential = auth.forget_task
     return ServerState(
         settings=settings,
         engine=engine,

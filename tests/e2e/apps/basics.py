@@ -83,3 +83,8 @@ def talk(lines: int):
 @app.local_entrypoint()
 def main(x: int = 7):
     print("square is", square.remote(x))
+
+
+@app.function()
+def identity(x):
+    return x

@@ -74,6 +74,9 @@ class AppService:
     def __init__(self, engine: sa.Engine, notifier: Notifier) -> None:
         self.engine = engine
         self.notifier = notifier
+        # Created functions never change their definition (a redeploy makes new ids), so
+        # the hot path (every input and output) reads them from here.
+        self._functions: dict[str, FunctionRow] = {}
 
     # --- apps ------------------------------------------------------------------------
 
@@ -183,6 +186,7 @@ class AppService:
             connection.execute(schema.apps.update().where(schema.apps.c.id == app_id).values(**values))
             # The published maps are the source of truth for object tags.
             for tag, function_id in function_ids.items():
+                self._functions.pop(function_id, None)
                 connection.execute(
                     schema.functions.update()
                     .where(schema.functions.c.id == function_id, schema.functions.c.app_id == app_id)
@@ -274,6 +278,7 @@ class AppService:
             handle_metadata=metadata.SerializeToString(),
             schedule_next_at=schedule_next_at,
         )
+        self._functions.pop(function_id, None)
         with self.engine.begin() as connection:
             updated = connection.execute(
                 schema.functions.update().where(schema.functions.c.id == function_id).values(**values)
@@ -282,11 +287,17 @@ class AppService:
                 connection.execute(schema.functions.insert().values(id=function_id, created_at=time.time(), **values))
 
     def function(self, function_id: str) -> FunctionRow:
+        cached = self._functions.get(function_id)
+        if cached is not None:
+            return cached
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(schema.functions).where(schema.functions.c.id == function_id)).first()
         if row is None:
             raise errors.not_found(f"function {function_id} not found")
-        return _function_row(row)
+        function = _function_row(row)
+        if function.definition is not None or function.parent_id is not None:
+            self._functions[function_id] = function
+        return function
 
     def function_by_tag(self, app_id: str, tag: str) -> FunctionRow | None:
         f = schema.functions

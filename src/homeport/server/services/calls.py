@@ -67,10 +67,42 @@ def retry_delay_s(policy: api_pb2.FunctionRetryPolicy, attempt: int) -> float:
     return float(min(initial * coefficient ** (attempt - 1), maximum))
 
 
+# Statements on the per-input hot path, built once (building them costs more than running them).
+_inputs = schema.inputs
+_CLAIM_CANDIDATES = (
+    sa.select(_inputs.c.id, _inputs.c.function_call_id, _inputs.c.idx, _inputs.c.attempt, _inputs.c.payload)
+    .where(
+        _inputs.c.function_id == sa.bindparam("b_function_id"),
+        _inputs.c.state == PENDING,
+        _inputs.c.not_before <= sa.bindparam("b_now"),
+    )
+    .order_by(_inputs.c.created_at)
+    .limit(sa.bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+)
+_TAKE = (
+    _inputs.update()
+    .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == PENDING)
+    .values(state=CLAIMED, task_id=sa.bindparam("b_task_id"), claimed_at=sa.bindparam("b_now"))
+)
+_RUNNING_INPUT = (
+    sa.select(
+        _inputs.c.function_call_id, _inputs.c.function_id, _inputs.c.idx, _inputs.c.attempt,
+        schema.function_calls.c.cancelled,
+    )
+    .join(schema.function_calls, schema.function_calls.c.id == _inputs.c.function_call_id)
+    .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == CLAIMED)
+)
+_RUNNING_INPUT_OF_TASK = _RUNNING_INPUT.where(_inputs.c.task_id == sa.bindparam("b_task_id"))
+_MARK_DONE = _inputs.update().where(_inputs.c.id == sa.bindparam("b_input_id")).values(state=DONE)
+_INSERT_OUTPUT = schema.outputs.insert()
+
+
 class CallService:
     def __init__(self, engine: sa.Engine, notifier: Notifier) -> None:
         self.engine = engine
         self.notifier = notifier
+        self._calls: dict[str, sa.Row] = {}  # a call's identity never changes once made
 
     # --- calls and inputs ----------------------------------------------------------
 
@@ -93,10 +125,20 @@ class CallService:
         return function_call_id
 
     def call(self, workspace_id: str, function_call_id: str) -> sa.Row:
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                sa.select(schema.function_calls).where(schema.function_calls.c.id == function_call_id)
-            ).first()
+        """The call's identity (id, workspace, function, app, invocation type)."""
+        row = self._calls.get(function_call_id)
+        if row is None:
+            c = schema.function_calls
+            with self.engine.connect() as connection:
+                row = connection.execute(
+                    sa.select(c.c.id, c.c.workspace_id, c.c.function_id, c.c.app_id, c.c.invocation_type).where(
+                        c.c.id == function_call_id
+                    )
+                ).first()
+            if row is not None:
+                if len(self._calls) > 100_000:
+                    self._calls.clear()
+                self._calls[function_call_id] = row
         if row is None or row.workspace_id != workspace_id:
             raise errors.not_found(f"function call {function_call_id} not found")
         return row
@@ -122,7 +164,7 @@ class CallService:
         if rows:
             with self.engine.begin() as connection:
                 connection.execute(schema.inputs.insert(), rows)
-            self.notifier.notify(queue_key(function_id))
+            self.notifier.notify(queue_key(function_id), limit=len(rows))
         return [row["id"] for row in rows]
 
     def pending_counts(self) -> dict[str, int]:
@@ -145,31 +187,31 @@ class CallService:
         return float(value) if value is not None else None
 
     def claim(self, function_id: str, task_id: str, limit: int) -> list[ClaimedInput]:
-        i, c = schema.inputs, schema.function_calls
         now = time.time()
         claimed: list[ClaimedInput] = []
         with self.engine.begin() as connection:
             candidates = connection.execute(
-                sa.select(i.c.id, i.c.function_call_id, i.c.idx, i.c.attempt, i.c.payload, c.c.invocation_type)
-                .join(c, c.c.id == i.c.function_call_id)
-                .where(i.c.function_id == function_id, i.c.state == PENDING, i.c.not_before <= now)
-                .order_by(i.c.created_at, i.c.idx)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
+                _CLAIM_CANDIDATES, {"b_function_id": function_id, "b_now": now, "b_limit": limit}
             ).all()
             for row in candidates:
-                taken = connection.execute(
-                    i.update()
-                    .where(i.c.id == row.id, i.c.state == PENDING)
-                    .values(state=CLAIMED, task_id=task_id, claimed_at=now)
-                )
+                taken = connection.execute(_TAKE, {"b_input_id": row.id, "b_task_id": task_id, "b_now": now})
                 if taken.rowcount:
                     payload = api_pb2.FunctionInput()
                     payload.ParseFromString(row.payload)
+                    invocation_type = self._invocation_type(connection, row.function_call_id)
                     claimed.append(
-                        ClaimedInput(row.id, row.function_call_id, row.idx, row.attempt, payload, row.invocation_type)
+                        ClaimedInput(row.id, row.function_call_id, row.idx, row.attempt, payload, invocation_type)
                     )
         return claimed
+
+    def _invocation_type(self, connection: sa.Connection, function_call_id: str) -> int:
+        cached = self._calls.get(function_call_id)
+        if cached is not None:
+            return int(cached.invocation_type)
+        c = schema.function_calls
+        return int(
+            connection.execute(sa.select(c.c.invocation_type).where(c.c.id == function_call_id)).scalar_one()
+        )
 
     def claimed_by(self, task_id: str) -> list[sa.Row]:
         i = schema.inputs
@@ -209,13 +251,9 @@ class CallService:
             api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
         )
         with self.engine.begin() as connection:
-            condition = [i.c.id == input_id, i.c.state == CLAIMED]
-            if task_id is not None:
-                condition.append(i.c.task_id == task_id)
             row = connection.execute(
-                sa.select(i.c.function_call_id, i.c.function_id, i.c.idx, i.c.attempt, schema.function_calls.c.cancelled)
-                .join(schema.function_calls, schema.function_calls.c.id == i.c.function_call_id)
-                .where(*condition)
+                _RUNNING_INPUT if task_id is None else _RUNNING_INPUT_OF_TASK,
+                {"b_input_id": input_id, "b_task_id": task_id},
             ).first()
             if row is None:
                 return False
@@ -231,21 +269,22 @@ class CallService:
                 )
                 requeued = True
             else:
-                connection.execute(i.update().where(i.c.id == input_id).values(state=DONE))
+                connection.execute(_MARK_DONE, {"b_input_id": input_id})
                 connection.execute(
-                    schema.outputs.insert().values(
-                        function_call_id=row.function_call_id,
-                        input_id=input_id,
-                        idx=row.idx,
-                        result=result.SerializeToString(),
-                        data_format=data_format,
-                        retry_count=row.attempt,
-                        created_at=now,
-                    )
+                    _INSERT_OUTPUT,
+                    {
+                        "function_call_id": row.function_call_id,
+                        "input_id": input_id,
+                        "idx": row.idx,
+                        "result": result.SerializeToString(),
+                        "data_format": data_format,
+                        "retry_count": row.attempt,
+                        "created_at": now,
+                    },
                 )
                 requeued = False
         if requeued:
-            self.notifier.notify(queue_key(row.function_id))
+            self.notifier.notify(queue_key(row.function_id), limit=1)
         else:
             self.notifier.notify(outputs_key(row.function_call_id))
         return True

@@ -158,7 +158,9 @@ inputs = sa.Table(
     sa.Column("not_before", sa.Float, nullable=False, server_default="0"),
     sa.Column("claimed_at", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Index("ix_inputs_queue", "function_id", "state", "not_before"),
+    # Claiming takes the oldest pending inputs of a function: filter and order from one index.
+    sa.Index("ix_inputs_claim_order", "function_id", "state", "created_at"),
+    sa.Index("ix_inputs_task", "task_id"),
 )
 
 outputs = sa.Table(
