@@ -34,6 +34,10 @@ class DataLayout:
         return self.root / "tasks"
 
     @property
+    def secret_key(self) -> Path:
+        return self.root / "secrets.key"
+
+    @property
     def server_log(self) -> Path:
         return self.root / "server.log"
 

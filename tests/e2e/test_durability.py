@@ -44,3 +44,28 @@ def test_kill_9_loses_nothing_acknowledged(own_server: Server, tmp_path) -> None
     assert "done 144" in text
     assert "rerun second attempt" in text  # re-run on restart, as its retries allow
     assert "deployed 49" in text
+
+
+def test_storage_objects_survive_kill_9(own_server: Server) -> None:
+    server = own_server
+    assert_ok(
+        run_python(
+            server,
+            "import modal\n"
+            "d = modal.Dict.from_name('durable-dict', create_if_missing=True)\nd['k'] = 'acknowledged'\n"
+            "q = modal.Queue.from_name('durable-q', create_if_missing=True)\nq.put_many([1, 2, 3])\n"
+            "modal.Secret.objects.create('durable-secret', {'TOKEN': 'kept-1234'})\n",
+        )
+    )
+    server.stop(hard=True)
+    server.start()
+    text = assert_ok(
+        run_python(
+            server,
+            "import modal\n"
+            "print('dict', modal.Dict.from_name('durable-dict')['k'])\n"
+            "print('queue', modal.Queue.from_name('durable-q').get_many(10))\n"
+            "print('secret', modal.Secret.from_name('durable-secret', required_keys=['TOKEN']).hydrate().object_id)\n",
+        )
+    )
+    assert "dict acknowledged" in text and "queue [1, 2, 3]" in text and "secret st-" in text

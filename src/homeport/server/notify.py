@@ -58,3 +58,16 @@ class Notifier:
                     listeners.discard(listener)
                     if not listeners:
                         del self._listeners[key]
+
+
+async def poll(notifier: Notifier, keys: list[str], fetch, timeout: float):  # type: ignore[no-untyped-def]
+    """Call `fetch()` until it returns something truthy or `timeout` passes, waking on
+    notifications of `keys` rather than on a tick. Returns the last result."""
+    deadline = asyncio.get_running_loop().time() + max(timeout, 0.0)
+    while True:
+        with notifier.listen(*keys) as listener:
+            result = fetch()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if result or remaining <= 0:
+                return result
+            await listener.wait(remaining)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +45,16 @@ STOP_GRACE_S = 10.0
 STDERR_TAIL_BYTES = 2000
 MAX_STARTING = max(os.cpu_count() or 1, 1)
 SATURATED_CPU = 0.85
+
+
+def redactor(secret_values) -> Callable[[str], str]:  # type: ignore[no-untyped-def]
+    """Container output passes through this before it is stored: secret values (of a
+    length that cannot be a coincidence) never reach the logs."""
+    values = sorted({v for v in secret_values if len(v) >= 6}, key=len, reverse=True)
+    if not values:
+        return lambda text: text
+    pattern = re.compile("|".join(re.escape(v) for v in values))
+    return lambda text: pattern.sub("***", text)
 
 
 def stop_key(task_id: str) -> str:
@@ -89,6 +100,9 @@ class Scheduler:
         server_url: str,
         max_containers: int,
         result_retention_s: float,
+        storage,  # type: ignore[no-untyped-def]
+        queues,  # type: ignore[no-untyped-def]
+        secrets,  # type: ignore[no-untyped-def]
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -104,6 +118,9 @@ class Scheduler:
         self.max_containers = max_containers
         self.forget_credential: Callable[[str], None] = lambda task_id: None
         self.result_retention_s = result_retention_s
+        self.storage = storage
+        self.queues = queues
+        self.secrets = secrets
         self.containers: dict[str, RunningContainer] = {}
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
@@ -239,7 +256,11 @@ class Scheduler:
                 MountedFile(str(f["path"]), self.blob_path(str(f["blob_id"])), int(f["mode"]))  # type: ignore[call-overload]
                 for f in mount_files
             )
+        secret_values: dict[str, str] = {}
+        for secret_id in definition.secret_ids:
+            secret_values.update(self.secrets.values(secret_id))
         environment = {
+            **secret_values,
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": "/root",
             "LANG": "C.UTF-8",
@@ -267,7 +288,10 @@ class Scheduler:
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         running: RunningContainer | None = None
 
+        redact = redactor(secret_values.values())
+
         def on_output(fd: int, text: str) -> None:
+            text = redact(text)
             if running is not None and fd == 2:
                 running.stderr_tail.append(text)
             self.logs.append(function.app_id, task_id, function.id, fd, text)
@@ -507,6 +531,8 @@ class Scheduler:
     async def _housekeeping(self) -> None:
         for app_id in self.apps.stale_ephemeral_apps():
             await self.stop_app(app_id, "its client stopped sending heartbeats")
+        self.storage.expire()
+        self.queues.expire()
         cutoff = time.time() - self.result_retention_s
         with self.engine.begin() as connection:
             connection.execute(schema.outputs.delete().where(schema.outputs.c.created_at < cutoff))

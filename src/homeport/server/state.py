@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
+import secrets as random_secrets
 import subprocess
 from pathlib import Path
 
@@ -19,7 +19,14 @@ from homeport.server.services.calls import CallService
 from homeport.server.services.environments import EnvironmentService
 from homeport.server.services.images import ImageService
 from homeport.server.services.logs import LogService
+from homeport.server.services import dicts as dict_contents
+from homeport.server.services import queues as queue_contents
+from homeport.server.services import secrets as secret_contents
+from homeport.server.services.dicts import DictService
 from homeport.server.services.mounts import MountService
+from homeport.server.services.queues import QueueService
+from homeport.server.services.secrets import SecretService
+from homeport.server.services.storage import StorageObjectService
 from homeport.server.store import db, schema
 from homeport.worker.process_runtime import ProcessRuntime
 
@@ -64,6 +71,10 @@ class ServerState:
     mounts: MountService
     images: ImageService
     scheduler: Scheduler
+    storage: StorageObjectService
+    dicts: DictService
+    queues: QueueService
+    secrets: SecretService
 
     def app_page_url(self, app_id: str) -> str:
         return f"{self.settings.blob_base_url}/apps/{app_id}"
@@ -83,12 +94,18 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     auth = AuthService(engine)
     auth.ensure_default_workspace()
     blobs = LocalBlobStore(
-        layout, engine, settings.blob_base_url, shared_setting(engine, BLOB_SIGNING_KEY, secrets.token_hex(32)).encode()
+        layout, engine, settings.blob_base_url, shared_setting(engine, BLOB_SIGNING_KEY, random_secrets.token_hex(32)).encode()
     )
     apps = AppService(engine, notifier)
     calls = CallService(engine, notifier)
     logs = LogService(engine, notifier)
     mounts = MountService(engine, blobs)
+    storage = StorageObjectService(engine)
+    storage.on_delete("dict", dict_contents.remove_contents)
+    storage.on_delete("queue", queue_contents.remove_contents)
+    storage.on_delete("secret", secret_contents.remove_contents)
+    secret_service = SecretService(engine, secret_contents.load_key(layout.secret_key))
+    queues = QueueService(engine, notifier)
     runtime = ProcessRuntime(settings.container_python)
     scheduler = Scheduler(
         engine=engine,
@@ -104,6 +121,9 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         server_url=settings.server_url,
         max_containers=settings.max_containers,
         result_retention_s=settings.result_retention_s,
+        storage=storage,
+        queues=queues,
+        secrets=secret_service,
     )
     scheduler.forget_credential = auth.forget_task
     return ServerState(
@@ -119,4 +139,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         mounts=mounts,
         images=ImageService(engine, python_version(settings.container_python)),
         scheduler=scheduler,
+        storage=storage,
+        dicts=DictService(engine),
+        queues=queues,
+        secrets=secret_service,
     )

@@ -27,11 +27,14 @@ def load_all() -> dict[str, Handler]:
         blobs,
         calls,
         containers,
+        dicts,
         environments,
         functions,
         images,
         logs,
         mounts,
+        queues,
+        secrets,
     )
 
     return HANDLERS

@@ -221,3 +221,52 @@ server_settings = sa.Table(
     sa.Column("key", sa.String(100), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# Named and ephemeral storage objects (Dict, Queue, Secret, Volume) share one table:
+# a name is unique per (workspace, environment, kind); ephemeral objects live while their
+# creator heartbeats, app-owned ones while their app runs.
+storage_objects = sa.Table(
+    "storage_objects",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # dict | queue | secret | volume
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("environment_name", sa.String(200), nullable=False),
+    sa.Column("name", sa.String(200), nullable=True),
+    sa.Column("owner_app_id", sa.String(40), nullable=True),
+    sa.Column("ephemeral", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("last_heartbeat_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=True),
+    sa.Index("ix_storage_objects_name", "workspace_id", "environment_name", "kind", "name", unique=True),
+)
+
+dict_entries = sa.Table(
+    "dict_entries",
+    metadata,
+    sa.Column("dict_id", sa.String(40), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),  # sha256 of the serialized key
+    sa.Column("key", sa.LargeBinary, nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+queue_items = sa.Table(
+    "queue_items",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("queue_id", sa.String(40), nullable=False),
+    sa.Column("partition_key", sa.LargeBinary, nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_queue_items_partition", "queue_id", "partition_key", "seq"),
+)
+
+# Secret values, encrypted with the server's secret key (never stored in clear).
+secret_values = sa.Table(
+    "secret_values",
+    metadata,
+    sa.Column("secret_id", sa.String(40), primary_key=True),
+    sa.Column("ciphertext", sa.LargeBinary, nullable=False),
+    sa.Column("keys", sa.Text, nullable=False),  # JSON list of variable names (not secret)
+)
