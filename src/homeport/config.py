@@ -45,6 +45,20 @@ class DataLayout:
     def pid_file(self) -> Path:
         return self.root / "server.pid"
 
+    @property
+    def volume_content(self) -> Path:
+        return self.root / "volume-content"
+
+    @property
+    def volume_blocks(self) -> Path:
+        return self.root / "volume-blocks"
+
+    def volume_file(self, sha256_hex: str) -> Path:
+        return self.volume_content / sha256_hex[:2] / sha256_hex
+
+    def volume_block(self, sha256_hex: str) -> Path:
+        return self.volume_blocks / sha256_hex[:2] / sha256_hex
+
     def blob(self, blob_id: str) -> Path:
         return self.blobs / blob_id[-2:] / blob_id
 
@@ -52,7 +66,7 @@ class DataLayout:
         return self.tasks / task_id
 
     def ensure(self) -> None:
-        for path in (self.root, self.blobs, self.uploads, self.tasks):
+        for path in (self.root, self.blobs, self.uploads, self.tasks, self.volume_content, self.volume_blocks):
             path.mkdir(parents=True, exist_ok=True)
 
 

@@ -69,3 +69,17 @@ def test_storage_objects_survive_kill_9(own_server: Server) -> None:
         )
     )
     assert "dict acknowledged" in text and "queue [1, 2, 3]" in text and "secret st-" in text
+
+
+def test_committed_volume_files_survive_kill_9(own_server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = own_server
+    source = tmp_path / "kept.txt"
+    source.write_text("committed before the crash")
+    assert_ok(run_modal(server, "volume", "create", "durable-vol"))
+    assert_ok(run_modal(server, "volume", "put", "durable-vol", str(source), "/kept.txt"))
+    server.stop(hard=True)
+    server.start()
+    text = assert_ok(
+        run_python(server, "import modal\nprint(b''.join(modal.Volume.from_name('durable-vol').read_file('kept.txt')))")
+    )
+    assert "committed before the crash" in text

@@ -57,6 +57,19 @@ class LocalBlobStore:
         signature = self._signature(blob_id, operation, expires)
         return f"{self.base_url}/blobs/{blob_id}?op={operation}&expires={expires}&sig={signature}"
 
+    def volume_content_url(self, sha256_hex: str, offset: int, length: int) -> str:
+        key = f"{sha256_hex}:{offset}:{length}"
+        expires = int(time.time()) + URL_LIFETIME_S
+        signature = self._signature(key, "vget", expires)
+        return (
+            f"{self.base_url}/volume-content/{sha256_hex}?offset={offset}&length={length}"
+            f"&expires={expires}&sig={signature}"
+        )
+
+    def volume_block_url(self, sha256_hex: str) -> str:
+        expires = int(time.time()) + URL_LIFETIME_S
+        return f"{self.base_url}/volume-blocks/{sha256_hex}?expires={expires}&sig={self._signature(sha256_hex, 'vput', expires)}"
+
     def check_signature(self, blob_id: str, operation: str, expires: str, signature: str) -> bool:
         if not expires.isdigit() or int(expires) < time.time():
             return False
@@ -143,3 +156,42 @@ def blob_routes(store: LocalBlobStore) -> list[web.RouteDef]:
         return web.FileResponse(path, chunk_size=CHUNK_SIZE)
 
     return [web.put("/blobs/{blob_id}", put_blob), web.get("/blobs/{blob_id}", get_blob)]
+
+
+def volume_routes(store: LocalBlobStore, volumes) -> list[web.RouteDef]:  # type: ignore[no-untyped-def]
+    """Block uploads and ranged content downloads of the Volume v2 protocol."""
+
+    async def put_block(request: web.Request) -> web.Response:
+        sha256_hex = request.match_info["sha"]
+        query = request.rel_url.query
+        if not store.check_signature(sha256_hex, "vput", query.get("expires", ""), query.get("sig", "")):
+            raise web.HTTPForbidden(text="invalid or expired block URL")
+        if not await volumes.receive_block(sha256_hex, request.content.iter_chunked(CHUNK_SIZE)):
+            raise web.HTTPBadRequest(text=f"block content does not match its sha256 {sha256_hex}")
+        return web.Response(status=200, body=b"")
+
+    async def get_content(request: web.Request) -> web.StreamResponse:
+        sha256_hex = request.match_info["sha"]
+        query = request.rel_url.query
+        offset, length = int(query.get("offset", "0")), int(query.get("length", "0"))
+        key = f"{sha256_hex}:{offset}:{length}"
+        if not store.check_signature(key, "vget", query.get("expires", ""), query.get("sig", "")):
+            raise web.HTTPForbidden(text="invalid or expired content URL")
+        path = volumes.content_path(sha256_hex)
+        if not path.exists():
+            raise web.HTTPNotFound(text="content not found")
+        response = web.StreamResponse(status=200, headers={"Content-Length": str(length)})
+        await response.prepare(request)
+        with open(path, "rb") as file:
+            file.seek(offset)
+            remaining = length
+            while remaining > 0:
+                chunk = file.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    return [web.put("/volume-blocks/{sha}", put_block), web.get("/volume-content/{sha}", get_content)]

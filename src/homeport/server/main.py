@@ -12,7 +12,7 @@ from aiohttp import web
 from grpclib.server import Server
 
 from homeport.config import Settings
-from homeport.server.blobstore import blob_routes
+from homeport.server.blobstore import blob_routes, volume_routes
 from homeport.server.servicer import HomeportServicer
 from homeport.server.state import ServerState, build_state
 
@@ -58,6 +58,7 @@ async def serve(settings: Settings) -> None:
 
     http_app = web.Application(client_max_size=0)
     http_app.add_routes(blob_routes(state.blobs))
+    http_app.add_routes(volume_routes(state.blobs, state.volumes))
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.effective_blob_port)

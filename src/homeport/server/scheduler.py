@@ -17,6 +17,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import sqlalchemy as sa
 from modal_proto import api_pb2
@@ -30,7 +31,7 @@ from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.store import schema
 from homeport.worker.cpu import CpuMeter
-from homeport.worker.runtime import Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
+from homeport.worker.runtime import BoundDirectory, Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
 
 log = logging.getLogger("homeport.scheduler")
 
@@ -62,6 +63,17 @@ def stop_key(task_id: str) -> str:
 
 
 @dataclasses.dataclass
+class VolumeView:
+    """A container's working copy of a volume, and what it looked like when last synced."""
+
+    volume_id: str
+    directory: "Path"
+    read_only: bool
+    base: dict  # type: ignore[type-arg]
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+@dataclasses.dataclass
 class RunningContainer:
     task_id: str
     function_id: str
@@ -78,6 +90,7 @@ class RunningContainer:
     stop_requested_at: float | None = None
     init_failure: api_pb2.GenericResult | None = None
     stderr_tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
+    volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
 
     @property
     def free_slots(self) -> int:
@@ -103,6 +116,7 @@ class Scheduler:
         storage,  # type: ignore[no-untyped-def]
         queues,  # type: ignore[no-untyped-def]
         secrets,  # type: ignore[no-untyped-def]
+        volumes,  # type: ignore[no-untyped-def]
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -121,6 +135,7 @@ class Scheduler:
         self.storage = storage
         self.queues = queues
         self.secrets = secrets
+        self.volumes = volumes
         self.containers: dict[str, RunningContainer] = {}
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
@@ -238,6 +253,12 @@ class Scheduler:
                 )
             )
         dependencies = [d.object_id for d in definition.object_dependencies]
+        layout = catalog.app_layout(self.apps, function.app_id, dependencies)
+        for obj in layout.objects:
+            if obj.object_id.startswith("vo-") and not obj.HasField("volume_metadata"):
+                from homeport.server.rpc.volumes import volume_metadata
+
+                obj.volume_metadata.CopyFrom(volume_metadata(self.storage.get("volume", workspace_id, obj.object_id)))
         arguments = api_pb2.ContainerArguments(
             task_id=task_id,
             function_id=function.id,
@@ -245,7 +266,7 @@ class Scheduler:
             function_def=definition,
             serialized_params=params,
             environment_name=environment_name,
-            app_layout=catalog.app_layout(self.apps, function.app_id, dependencies),
+            app_layout=layout,
         )
         files: list[MountedFile] = []
         for mount_id in definition.mount_ids:
@@ -275,6 +296,18 @@ class Scheduler:
             # a container makes. Never the user's token.
             "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",
         }
+        views: dict[str, VolumeView] = {}
+        directories: list[BoundDirectory] = []
+        try:
+            for mount in definition.volume_mounts:
+                self.storage.get("volume", workspace_id, mount.volume_id)
+                directory = self.task_dir(task_id) / "volumes" / mount.volume_id
+                base = await asyncio.to_thread(self.volumes.materialize, mount.volume_id, directory)
+                views[mount.volume_id] = VolumeView(mount.volume_id, directory, mount.read_only, base)
+                directories.append(BoundDirectory(directory, mount.mount_path, mount.read_only))
+        except Exception as error:
+            self._fail_start(function, task_id, f"could not mount volume: {error}")
+            return
         spec = ContainerSpec(
             task_id=task_id,
             app_id=function.app_id,
@@ -284,6 +317,7 @@ class Scheduler:
             files=files,
             client_package_dir=self.client_package_dir,
             work_dir=self.task_dir(task_id),
+            directories=directories,
         )
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         running: RunningContainer | None = None
@@ -300,15 +334,7 @@ class Scheduler:
             container = await self.runtime.start(spec, on_output)
         except Exception as error:
             message = str(error) if isinstance(error, ContainerStartError) else f"could not start a container: {error!r}"
-            log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
-            with self.engine.begin() as connection:
-                connection.execute(
-                    schema.tasks.update()
-                    .where(schema.tasks.c.id == task_id)
-                    .values(state="stopped", stop_reason=message, stopped_at=time.time())
-                )
-            self.logs.append(function.app_id, task_id, function.id, FD_INFO, message + "\n")
-            self._fail_pending(function.id, api_pb2.GenericResult(status=FAILURE, exception=message))
+            self._fail_start(function, task_id, message)
             return
         running = RunningContainer(
             task_id=task_id,
@@ -321,10 +347,41 @@ class Scheduler:
             idle_timeout_s=definition.task_idle_timeout_secs or DEFAULT_IDLE_S,
         )
         running.definition.timeout_secs = timeout
+        running.volumes = views
         self.containers[task_id] = running
         log.info("started container %s for %s (%s)", task_id, definition.function_name, function.id)
         assert self._tasks is not None
         self._tasks.create_task(self._watch(running))
+
+    def _fail_start(self, function, task_id: str, message: str) -> None:  # type: ignore[no-untyped-def]
+        log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.tasks.update()
+                .where(schema.tasks.c.id == task_id)
+                .values(state="stopped", stop_reason=message, stopped_at=time.time())
+            )
+        self.logs.append(function.app_id, task_id, function.id, FD_INFO, message + "\n")
+        self._fail_pending(function.id, api_pb2.GenericResult(status=FAILURE, exception=message))
+
+    async def commit_volume(self, task_id: str, volume_id: str) -> None:
+        view = self._volume_view(task_id, volume_id)
+        if view is not None and not view.read_only:
+            async with view.lock:
+                view.base = await asyncio.to_thread(self.volumes.commit, volume_id, view.directory, view.base)
+
+    async def reload_volume(self, task_id: str, volume_id: str) -> None:
+        view = self._volume_view(task_id, volume_id)
+        if view is not None:
+            async with view.lock:
+                if view.read_only:
+                    view.base = await asyncio.to_thread(self.volumes.materialize, volume_id, view.directory)
+                else:
+                    view.base = await asyncio.to_thread(self.volumes.reload, volume_id, view.directory, view.base)
+
+    def _volume_view(self, task_id: str, volume_id: str) -> VolumeView | None:
+        running = self.containers.get(task_id)
+        return running.volumes.get(volume_id) if running is not None else None
 
     async def _watch(self, running: RunningContainer) -> None:
         code = await running.container.wait()

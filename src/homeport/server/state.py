@@ -26,7 +26,9 @@ from homeport.server.services.dicts import DictService
 from homeport.server.services.mounts import MountService
 from homeport.server.services.queues import QueueService
 from homeport.server.services.secrets import SecretService
+from homeport.server.services import volumes as volume_contents
 from homeport.server.services.storage import StorageObjectService
+from homeport.server.services.volumes import VolumeService
 from homeport.server.store import db, schema
 from homeport.worker.process_runtime import ProcessRuntime
 
@@ -75,6 +77,7 @@ class ServerState:
     dicts: DictService
     queues: QueueService
     secrets: SecretService
+    volumes: VolumeService
 
     def app_page_url(self, app_id: str) -> str:
         return f"{self.settings.blob_base_url}/apps/{app_id}"
@@ -104,6 +107,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     storage.on_delete("dict", dict_contents.remove_contents)
     storage.on_delete("queue", queue_contents.remove_contents)
     storage.on_delete("secret", secret_contents.remove_contents)
+    storage.on_delete("volume", volume_contents.remove_contents)
+    volumes = VolumeService(engine, layout)
     secret_service = SecretService(engine, secret_contents.load_key(layout.secret_key))
     queues = QueueService(engine, notifier)
     runtime = ProcessRuntime(settings.container_python)
@@ -124,6 +129,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         storage=storage,
         queues=queues,
         secrets=secret_service,
+        volumes=volumes,
     )
     scheduler.forget_credential = auth.forget_task
     return ServerState(
@@ -143,4 +149,5 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         dicts=DictService(engine),
         queues=queues,
         secrets=secret_service,
+        volumes=volumes,
     )

@@ -37,7 +37,16 @@ class ProcessContainer:
         return code
 
     def interrupt(self) -> None:
-        self._signal(signal.SIGINT)
+        # To the entrypoint itself: bubblewrap would die of SIGINT and take its child
+        # down with SIGKILL (--die-with-parent) before @exit and volume commits ran.
+        children = _children(self._process.pid)
+        if not children:
+            self._signal(signal.SIGINT)
+        for child in children:
+            try:
+                os.kill(child, signal.SIGINT)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
@@ -49,6 +58,13 @@ class ProcessContainer:
                 os.killpg(self._process.pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _materialize(spec: ContainerSpec, tree: Path) -> list[str]:
@@ -116,12 +132,22 @@ class ProcessRuntime:
         arguments_path.write_bytes(spec.container_arguments)
         tree = spec.work_dir / "fs"
         top_level = await asyncio.to_thread(_materialize, spec, tree)
-        command = ["bwrap", "--die-with-parent", *_root_arguments({*top_level, "pkg"})]
+        for directory in spec.directories:
+            top = directory.container_path.lstrip("/").split("/")[0]
+            if not top or (top != "root" and top not in top_level and Path("/", top).exists()):
+                raise ContainerStartError(
+                    f"the process runtime cannot mount a volume at {directory.container_path}: /{top} is shared with "
+                    "the host; use a path under /root or a new top-level directory (e.g. /data)"
+                )
+        own = {*top_level, "pkg", *(d.container_path.lstrip("/").split("/")[0] for d in spec.directories)}
+        command = ["bwrap", "--die-with-parent", *_root_arguments(own)]
         for name in top_level:
             command += ["--bind", str(tree / name), f"/{name}"]
         for path in self.python_paths:
             if path.lstrip("/").split("/")[0] in top_level:
                 command += ["--ro-bind", path, path]
+        for directory in spec.directories:
+            command += ["--ro-bind" if directory.read_only else "--bind", str(directory.host_path), directory.container_path]
         command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--chdir", "/root", "--"]
         command += [self.python, "-m", "modal._container_entrypoint"]
         environment = dict(spec.environment)

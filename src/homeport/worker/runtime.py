@@ -27,6 +27,13 @@ class MountedFile:
 
 
 @dataclasses.dataclass(frozen=True)
+class BoundDirectory:
+    host_path: Path
+    container_path: str  # absolute
+    read_only: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerSpec:
     task_id: str
     app_id: str
@@ -36,6 +43,7 @@ class ContainerSpec:
     files: list[MountedFile]
     client_package_dir: Path  # appears at /pkg
     work_dir: Path  # scratch space owned by this container, removed when it stops
+    directories: list[BoundDirectory] = dataclasses.field(default_factory=list)  # e.g. volumes
 
 
 class Container(Protocol):

@@ -35,6 +35,7 @@ def load_all() -> dict[str, Handler]:
         mounts,
         queues,
         secrets,
+        volumes,
     )
 
     return HANDLERS

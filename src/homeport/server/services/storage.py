@@ -158,6 +158,17 @@ class StorageObjectService:
                     remove(connection, object_id)
                 connection.execute(schema.storage_objects.delete().where(schema.storage_objects.c.id == object_id))
 
+    def rename(self, kind: str, workspace_id: str, object_id: str, new_name: str) -> None:
+        found = self.get(kind, workspace_id, object_id)
+        if not new_name:
+            raise errors.invalid_argument(f"a {KIND_LABEL[kind]} needs a non-empty name")
+        if self.by_name(kind, workspace_id, found.environment_name, new_name) is not None:
+            raise errors.already_exists(f"{KIND_LABEL[kind]} '{new_name}' already exists")
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.storage_objects.update().where(schema.storage_objects.c.id == object_id).values(name=new_name)
+            )
+
     def heartbeat(self, kind: str, workspace_id: str, object_id: str) -> None:
         self.get(kind, workspace_id, object_id)
         with self.engine.begin() as connection:

@@ -270,3 +270,17 @@ secret_values = sa.Table(
     sa.Column("ciphertext", sa.LargeBinary, nullable=False),
     sa.Column("keys", sa.Text, nullable=False),  # JSON list of variable names (not secret)
 )
+
+# A Volume's committed state: one row per file or directory; file contents live in the
+# content store, addressed by sha256.
+volume_files = sa.Table(
+    "volume_files",
+    metadata,
+    sa.Column("volume_id", sa.String(40), primary_key=True),
+    sa.Column("path", sa.String(4096), primary_key=True),  # relative, no leading "/"
+    sa.Column("is_dir", sa.Boolean, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("mode", sa.Integer, nullable=False, server_default="420"),
+    sa.Column("mtime", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=True),
+)

@@ -1,0 +1,341 @@
+"""Volumes: a committed file tree per volume (rows in `volume_files`, contents in a
+content-addressed store), and per-container working copies.
+
+Client 1.6.4 speaks the v2 block protocol for uploads and downloads (8 MiB blocks,
+addressed by sha256). A container sees the volume as a real directory: a working copy
+made when it starts. `commit()` stores what changed in that copy (each file written to
+the store whole, then swapped in by one database transaction: a reader sees the old file
+or the new one, never a torn one; the last commit wins per file). `reload()` commits the
+container's own changes first, then brings the copy up to the latest committed state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path, PurePosixPath
+
+import sqlalchemy as sa
+
+from homeport.config import DataLayout
+from homeport.server import errors
+from homeport.server.store import schema
+
+BLOCK_SIZE = 8 * 1024 * 1024
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+COPY_CHUNK = 1024 * 1024
+v = schema.volume_files
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    path: str
+    is_dir: bool
+    size: int
+    mode: int
+    mtime: float
+    sha256: str | None
+
+
+# What a working copy looked like when last synced: path -> (is_dir, size, mtime_ns, sha256)
+Snapshot = dict[str, tuple[bool, int, int, str | None]]
+
+
+def normalize(path: str) -> str:
+    """Volume paths are relative, without "." or ".." parts: "/a//b/" -> "a/b"."""
+    parts = [part for part in PurePosixPath("/" + path).parts[1:] if part not in ("", ".")]
+    if ".." in parts:
+        raise errors.invalid_argument(f"volume path {path!r} may not contain '..'")
+    return "/".join(parts)
+
+
+def parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def remove_contents(connection: sa.Connection, volume_id: str) -> None:
+    connection.execute(v.delete().where(v.c.volume_id == volume_id))
+
+
+class VolumeService:
+    def __init__(self, engine: sa.Engine, layout: DataLayout) -> None:
+        self.engine = engine
+        self.layout = layout
+
+    # --- the committed tree ------------------------------------------------------------
+
+    def entries(self, volume_id: str) -> dict[str, Entry]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(v.c.path, v.c.is_dir, v.c.size, v.c.mode, v.c.mtime, v.c.sha256).where(v.c.volume_id == volume_id)
+            ).all()
+        return {row.path: Entry(*row) for row in rows}
+
+    def entry(self, volume_id: str, path: str) -> Entry | None:
+        path = normalize(path)
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(v.c.path, v.c.is_dir, v.c.size, v.c.mode, v.c.mtime, v.c.sha256).where(
+                    v.c.volume_id == volume_id, v.c.path == path
+                )
+            ).first()
+        return Entry(*row) if row else None
+
+    def list(self, volume_id: str, path: str, recursive: bool) -> list[Entry]:
+        path = normalize(path)
+        entries = self.entries(volume_id)
+        if path and path in entries and not entries[path].is_dir:
+            return [entries[path]]
+        if path and path not in entries:
+            raise errors.not_found(f"no file or directory '{path}' in the volume")
+        prefix = path + "/" if path else ""
+        found = []
+        for entry in entries.values():
+            if not entry.path.startswith(prefix) or entry.path == path:
+                continue
+            if recursive or "/" not in entry.path[len(prefix):]:
+                found.append(entry)
+        return sorted(found, key=lambda e: e.path)
+
+    def _upsert(self, connection: sa.Connection, volume_id: str, entry: Entry) -> None:
+        for parent in parents(entry.path):
+            self._ensure_dir(connection, volume_id, parent, entry.mtime)
+        connection.execute(v.delete().where(v.c.volume_id == volume_id, v.c.path == entry.path))
+        connection.execute(
+            v.insert().values(
+                volume_id=volume_id, path=entry.path, is_dir=entry.is_dir, size=entry.size, mode=entry.mode,
+                mtime=entry.mtime, sha256=entry.sha256,
+            )
+        )
+
+    def _ensure_dir(self, connection: sa.Connection, volume_id: str, path: str, mtime: float) -> None:
+        existing = connection.execute(
+            sa.select(v.c.is_dir).where(v.c.volume_id == volume_id, v.c.path == path)
+        ).first()
+        if existing is None:
+            connection.execute(
+                v.insert().values(volume_id=volume_id, path=path, is_dir=True, size=0, mode=0o755, mtime=mtime)
+            )
+        elif not existing.is_dir:
+            raise errors.already_exists(f"'{path}' is a file in the volume, not a directory")
+
+    def remove(self, volume_id: str, path: str, recursive: bool) -> None:
+        path = normalize(path)
+        if not path:
+            if not recursive:
+                raise errors.invalid_argument("removing the volume root needs recursive=True (`modal volume rm -r`)")
+        with self.engine.begin() as connection:
+            if path:
+                row = connection.execute(
+                    sa.select(v.c.is_dir).where(v.c.volume_id == volume_id, v.c.path == path)
+                ).first()
+                if row is None:
+                    raise errors.not_found(f"no file or directory '{path}' in the volume")
+                children = v.c.path.startswith(path + "/", autoescape=True)
+                if row.is_dir and not recursive:
+                    has_children = connection.execute(
+                        sa.select(v.c.path).where(v.c.volume_id == volume_id, children).limit(1)
+                    ).first()
+                    if has_children is not None:
+                        raise errors.failed_precondition(
+                            f"'{path}' is a directory that is not empty; remove it with recursive=True (`rm -r`)"
+                        )
+                connection.execute(v.delete().where(v.c.volume_id == volume_id, sa.or_(v.c.path == path, children)))
+            else:
+                connection.execute(v.delete().where(v.c.volume_id == volume_id))
+
+    def copy(self, volume_id: str, sources: list[str], destination: str, recursive: bool) -> None:
+        entries = self.entries(volume_id)
+        destination = normalize(destination)
+        into_directory = len(sources) > 1 or (destination in entries and entries[destination].is_dir)
+        now = time.time()
+        with self.engine.begin() as connection:
+            for source in map(normalize, sources):
+                if source not in entries:
+                    raise errors.not_found(f"no file or directory '{source}' in the volume")
+                base = f"{destination}/{PurePosixPath(source).name}".lstrip("/") if into_directory else destination
+                if entries[source].is_dir and not recursive:
+                    raise errors.invalid_argument(f"'{source}' is a directory; copy it with recursive=True (`cp -r`)")
+                for entry in [entries[source], *(e for e in entries.values() if e.path.startswith(source + "/"))]:
+                    target = base + entry.path[len(source):]
+                    self._upsert(connection, volume_id, dataclasses.replace(entry, path=target, mtime=now))
+
+    # --- contents ------------------------------------------------------------------------
+
+    def content_path(self, sha256_hex: str) -> Path:
+        return self.layout.volume_file(sha256_hex)
+
+    def _store(self, chunks: Iterator[bytes]) -> tuple[str, int]:
+        """Write a stream into the content store (temp file, then rename): (sha256, size)."""
+        digest = hashlib.sha256()
+        size = 0
+        temporary = self.layout.volume_content / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            with open(temporary, "wb") as file:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    file.write(chunk)
+                file.flush()
+                os.fsync(file.fileno())
+            final = self.content_path(digest.hexdigest())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return digest.hexdigest(), size
+
+    def _read_file(self, path: Path) -> Iterator[bytes]:
+        with open(path, "rb") as file:
+            while chunk := file.read(COPY_CHUNK):
+                yield chunk
+
+    def block_path(self, sha256_hex: str) -> Path:
+        return self.layout.volume_block(sha256_hex)
+
+    def put_files(
+        self, volume_id: str, files: list[tuple[str, int, int, list[str]]], disallow_overwrite: bool
+    ) -> list[tuple[int, int]]:
+        """The v2 upload: each file is (path, size, mode, block sha256s). Returns the
+        (file index, block index) pairs still missing; once none are, writes the files."""
+        missing = [
+            (file_index, block_index)
+            for file_index, (_, _, _, blocks) in enumerate(files)
+            for block_index, block in enumerate(blocks)
+            if block != EMPTY_SHA256 and not self.block_path(block).exists()
+        ]
+        if missing:
+            return missing
+        existing = self.entries(volume_id)
+        written: list[Entry] = []
+        for path, size, mode, blocks in files:
+            path = normalize(path)
+            if not path:
+                raise errors.invalid_argument("a file needs a path inside the volume")
+            if path in existing and existing[path].is_dir:
+                raise errors.already_exists(f"'{path}' is a directory in the volume")
+            if disallow_overwrite and path in existing:
+                raise errors.already_exists(f"'{path}' already exists in the volume; use --force to overwrite it")
+            sha256_hex, stored = self._store(self._assemble(blocks, size))
+            written.append(Entry(path, False, stored, mode or 0o644, time.time(), sha256_hex))
+        with self.engine.begin() as connection:
+            for entry in written:
+                self._upsert(connection, volume_id, entry)
+        return []
+
+    def _assemble(self, blocks: list[str], size: int) -> Iterator[bytes]:
+        for index, block in enumerate(blocks):
+            expected = min(BLOCK_SIZE, size - index * BLOCK_SIZE)
+            produced = 0
+            if block != EMPTY_SHA256:
+                for chunk in self._read_file(self.block_path(block)):
+                    produced += len(chunk)
+                    yield chunk
+            if produced < expected:  # the client trims trailing zero bytes of a block
+                yield bytes(expected - produced)
+
+    async def receive_block(self, sha256_hex: str, chunks: AsyncIterator[bytes]) -> bool:
+        """Stream an uploaded block to disk; keep it if its content matches its name.
+        (Clients upload many blocks at once: none is held in memory whole.)"""
+        digest = hashlib.sha256()
+        temporary = self.layout.volume_blocks / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            with open(temporary, "wb") as file:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    file.write(chunk)
+            if digest.hexdigest() != sha256_hex:
+                return False
+            final = self.block_path(sha256_hex)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, final)
+            return True
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    # --- container working copies ------------------------------------------------------------
+
+    def materialize(self, volume_id: str, directory: Path) -> Snapshot:
+        directory.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(self.entries(volume_id).values(), key=lambda e: e.path):
+            self._place(entry, directory)
+        return scan(directory)
+
+    def _place(self, entry: Entry, directory: Path) -> None:
+        target = directory / entry.path
+        if entry.is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.parent / f".homeport-{target.name}.{time.monotonic_ns()}"
+        if entry.sha256:
+            shutil.copyfile(self.content_path(entry.sha256), temporary)
+        else:
+            temporary.touch()
+        os.chmod(temporary, entry.mode & 0o7777)
+        os.utime(temporary, (entry.mtime, entry.mtime))
+        os.replace(temporary, target)
+
+    def commit(self, volume_id: str, directory: Path, base: Snapshot) -> Snapshot:
+        """Store what changed in a working copy since `base`; returns the new snapshot."""
+        current = scan(directory)
+        changed: list[Entry] = []
+        for path, (is_dir, size, mtime_ns, _) in current.items():
+            before = base.get(path)
+            if before is not None and before[:3] == (is_dir, size, mtime_ns):
+                current[path] = before
+                continue
+            mode = stat.S_IMODE((directory / path).lstat().st_mode)
+            if is_dir:
+                changed.append(Entry(path, True, 0, mode, mtime_ns / 1e9, None))
+                continue
+            sha256_hex, stored = self._store(self._read_file(directory / path))
+            current[path] = (False, stored, mtime_ns, sha256_hex)
+            changed.append(Entry(path, False, stored, mode, mtime_ns / 1e9, sha256_hex))
+        removed = [path for path in base if path not in current]
+        with self.engine.begin() as connection:
+            for entry in changed:
+                self._upsert(connection, volume_id, entry)
+            for path in removed:
+                connection.execute(v.delete().where(v.c.volume_id == volume_id, v.c.path == path))
+        return current
+
+    def reload(self, volume_id: str, directory: Path, base: Snapshot) -> Snapshot:
+        """Commit the container's own changes, then show the latest committed state."""
+        mine = self.commit(volume_id, directory, base)
+        committed = self.entries(volume_id)
+        for path in sorted(set(mine) - set(committed), reverse=True):
+            target = directory / path
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        for entry in sorted(committed.values(), key=lambda e: e.path):
+            held = mine.get(entry.path)
+            if held is None or held[0] != entry.is_dir or (not entry.is_dir and held[3] != entry.sha256):
+                self._place(entry, directory)
+        return scan(directory, known={p: s for p, s in mine.items()})
+
+
+def scan(directory: Path, known: Snapshot | None = None) -> Snapshot:
+    """Walk a working copy: path -> (is_dir, size, mtime_ns, sha256 if known)."""
+    snapshot: Snapshot = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            full = Path(root) / name
+            info = full.lstat()
+            if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+                continue  # symlinks, sockets and fifos are not kept in a volume
+            relative = full.relative_to(directory).as_posix()
+            is_dir = stat.S_ISDIR(info.st_mode)
+            size = 0 if is_dir else info.st_size
+            previous = (known or {}).get(relative)
+            sha = previous[3] if previous and previous[:3] == (is_dir, size, info.st_mtime_ns) else None
+            snapshot[relative] = (is_dir, size, info.st_mtime_ns, sha)
+    return snapshot
