@@ -301,12 +301,18 @@ class Scheduler:
         try:
             for mount in definition.volume_mounts:
                 self.storage.get("volume", workspace_id, mount.volume_id)
+                if mount.sub_path:
+                    raise ContainerStartError(
+                        f"Volume mounts with sub_path ({mount.sub_path!r}) are not supported by this server yet; "
+                        "mount the whole volume"
+                    )
                 directory = self.task_dir(task_id) / "volumes" / mount.volume_id
                 base = await asyncio.to_thread(self.volumes.materialize, mount.volume_id, directory)
                 views[mount.volume_id] = VolumeView(mount.volume_id, directory, mount.read_only, base)
                 directories.append(BoundDirectory(directory, mount.mount_path, mount.read_only))
         except Exception as error:
-            self._fail_start(function, task_id, f"could not mount volume: {error}")
+            message = str(error) if isinstance(error, ContainerStartError) else f"could not mount a volume: {error}"
+            self._fail_start(function, task_id, message)
             return
         spec = ContainerSpec(
             task_id=task_id,
