@@ -50,13 +50,19 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     database_url: str | None = DatabaseUrl,
     max_containers: int = typer.Option(32, "--max-containers", help="Containers this node runs at once."),
+    web_domain: str = typer.Option("localhost", "--web-domain", help="Web endpoints answer at <label>.<domain>."),
+    web_scheme: str = typer.Option("http", "--web-scheme", help="Scheme in web endpoint URLs (https behind a TLS proxy)."),
+    web_port: int = typer.Option(
+        -1, "--web-port", help="Port in web endpoint URLs: -1 = the HTTP listener's, 0 = none (behind a proxy on 80/443)."
+    ),
 ) -> None:
     """Run the server in the foreground; writes DATA_DIR/client.env once ready."""
     from homeport.server.main import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(
-        data_dir, database_url, port=port, blob_port=blob_port, host=host, max_containers=max_containers
+        data_dir, database_url, port=port, blob_port=blob_port, host=host, max_containers=max_containers,
+        web_domain=web_domain, web_scheme=web_scheme, web_port=web_port,
     )
     asyncio.run(run_server(settings))
 
@@ -145,16 +151,24 @@ def down(data_dir: Path = DataDir) -> None:
 def token_create(
     workspace: str = typer.Option("main", "--workspace", "-w"),
     label: str = typer.Option("", "--label"),
+    proxy_auth: bool = typer.Option(
+        False, "--proxy-auth", help="A token only for web endpoints with requires_proxy_auth=True (Modal-Key/Modal-Secret)."
+    ),
     data_dir: Path = DataDir,
     database_url: str | None = DatabaseUrl,
 ) -> None:
     """Create a token for a workspace and print it (the secret is shown only once)."""
     try:
-        token_id, secret = _auth(data_dir, database_url).create_token(workspace, label)
+        token_id, secret = _auth(data_dir, database_url).create_token(
+            workspace, label, scope="proxy" if proxy_auth else "api"
+        )
     except ValueError as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"MODAL_TOKEN_ID={token_id}\nMODAL_TOKEN_SECRET={secret}")
+    if proxy_auth:
+        typer.echo(f"Modal-Key: {token_id}\nModal-Secret: {secret}")
+    else:
+        typer.echo(f"MODAL_TOKEN_ID={token_id}\nMODAL_TOKEN_SECRET={secret}")
 
 
 @token_app.command("list")
@@ -163,7 +177,7 @@ def token_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl)
     for info in _auth(data_dir, database_url).list_tokens():
         state = "revoked" if info.revoked else "active"
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created_at))
-        typer.echo(f"{info.token_id}  {info.workspace_name:<16} {state:<8} {created}  {info.label}")
+        typer.echo(f"{info.token_id}  {info.workspace_name:<16} {info.scope:<6} {state:<8} {created}  {info.label}")
 
 
 @token_app.command("revoke")

@@ -79,6 +79,9 @@ class Settings:
     database_url: str | None = None  # None: SQLite under the data dir
     runtime: str = "process"
     max_containers: int = 32  # containers this node runs at once
+    web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
+    web_scheme: str = "http"
+    web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none
     container_python: str = sys.executable
     # How long finished call results are kept (the issue asks for at least 24 h).
     result_retention_s: float = 7 * 24 * 3600
@@ -98,6 +101,10 @@ class Settings:
     @property
     def server_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def web_url(self, host_label: str) -> str:
+        port = self.effective_blob_port if self.web_port == -1 else self.web_port
+        return f"{self.web_scheme}://{host_label}.{self.web_domain}" + (f":{port}" if port else "")
 
     @property
     def blob_base_url(self) -> str:

@@ -38,6 +38,7 @@ class TokenInfo:
     label: str
     created_at: float
     revoked: bool
+    scope: str
 
 
 # Verified credentials are remembered this long, so a revocation takes effect within it.
@@ -98,7 +99,10 @@ class AuthService:
 
     # --- user tokens -----------------------------------------------------------------
 
-    def create_token(self, workspace_name: str, label: str = "") -> tuple[str, str]:
+    def create_token(self, workspace_name: str, label: str = "", scope: str = "api") -> tuple[str, str]:
+        """A token for the API (scope "api") or only for proxy-auth web endpoints ("proxy")."""
+        if scope not in ("api", "proxy"):
+            raise ValueError(f"unknown token scope {scope!r}; use 'api' or 'proxy'")
         workspace_id = self.workspace_id(workspace_name)
         token_id, secret = ids.new_id("token"), ids.new_id("token_secret")
         with self.engine.begin() as connection:
@@ -109,6 +113,7 @@ class AuthService:
                     secret_hash=hash_secret(secret),
                     label=label,
                     created_at=time.time(),
+                    scope=scope,
                 )
             )
         return token_id, secret
@@ -117,12 +122,13 @@ class AuthService:
         t, w = schema.tokens, schema.workspaces
         with self.engine.connect() as connection:
             rows = connection.execute(
-                sa.select(t.c.id, w.c.name, t.c.label, t.c.created_at, t.c.revoked_at)
+                sa.select(t.c.id, w.c.name, t.c.label, t.c.created_at, t.c.revoked_at, t.c.scope)
                 .join(w, w.c.id == t.c.workspace_id)
                 .order_by(t.c.created_at)
             )
             return [
-                TokenInfo(row.id, row.name, row.label, row.created_at, row.revoked_at is not None) for row in rows
+                TokenInfo(row.id, row.name, row.label, row.created_at, row.revoked_at is not None, row.scope)
+                for row in rows
             ]
 
     def revoke_token(self, token_id: str) -> None:
@@ -147,14 +153,37 @@ class AuthService:
             )
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(schema.tokens.c.workspace_id, schema.tokens.c.secret_hash, schema.tokens.c.revoked_at).where(
-                    schema.tokens.c.id == token_id
-                )
+                sa.select(
+                    schema.tokens.c.workspace_id, schema.tokens.c.secret_hash, schema.tokens.c.revoked_at,
+                    schema.tokens.c.scope,
+                ).where(schema.tokens.c.id == token_id)
             ).first()
-        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
+        if (
+            row is None
+            or row.revoked_at is not None
+            or row.scope != "api"
+            or not hmac.compare_digest(row.secret_hash, hash_secret(secret))
+        ):
             raise errors.unauthenticated(f"token {token_id} is invalid or revoked; create one with `homeport token create`")
         self._tokens[(token_id, secret)] = (time.monotonic() + CACHE_TTL_S, str(row.workspace_id))
         return str(row.workspace_id)
+
+    def verify_proxy_token(self, workspace_id: str, token_id: str, secret: str) -> bool:
+        """Whether Modal-Key/Modal-Secret name a live proxy-auth token of this workspace."""
+        if not token_id or not secret:
+            return False
+        t = schema.tokens
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(t.c.workspace_id, t.c.secret_hash, t.c.revoked_at, t.c.scope).where(t.c.id == token_id)
+            ).first()
+        return (
+            row is not None
+            and row.revoked_at is None
+            and row.scope == "proxy"
+            and row.workspace_id == workspace_id
+            and hmac.compare_digest(row.secret_hash, hash_secret(secret))
+        )
 
     # --- container credentials -------------------------------------------------------
 

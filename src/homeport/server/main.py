@@ -13,6 +13,7 @@ from grpclib.server import Server
 
 from homeport.config import Settings
 from homeport.server.blobstore import blob_routes, volume_routes
+from homeport.server.gateway import Gateway, gateway_middleware
 from homeport.server.servicer import HomeportServicer
 from homeport.server.state import ServerState, build_state
 
@@ -56,7 +57,7 @@ async def serve(settings: Settings) -> None:
     grpc_server = Server([servicer])
     await grpc_server.start(settings.host, settings.port)
 
-    http_app = web.Application(client_max_size=0)
+    http_app = web.Application(client_max_size=0, middlewares=[gateway_middleware(Gateway(state))])
     http_app.add_routes(blob_routes(state.blobs))
     http_app.add_routes(volume_routes(state.blobs, state.volumes))
     runner = web.AppRunner(http_app, access_log=None)

@@ -38,6 +38,7 @@ log = logging.getLogger("homeport.scheduler")
 FAILURE = api_pb2.GenericResult.GENERIC_STATUS_FAILURE
 TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
 TIMEOUT = api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT
+INIT_FAILURE = api_pb2.GenericResult.GENERIC_STATUS_INIT_FAILURE
 
 DEFAULT_TIMEOUT_S = 300
 DEFAULT_IDLE_S = 60
@@ -368,7 +369,7 @@ class Scheduler:
                 .values(state="stopped", stop_reason=message, stopped_at=time.time())
             )
         self.logs.append(function.app_id, task_id, function.id, FD_INFO, message + "\n")
-        self._fail_pending(function.id, api_pb2.GenericResult(status=FAILURE, exception=message))
+        self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
 
     async def commit_volume(self, task_id: str, volume_id: str) -> None:
         view = self._volume_view(task_id, volume_id)
@@ -403,7 +404,11 @@ class Scheduler:
         log.info("container %s stopped: %s", running.task_id, reason)
         orphans = self.calls.claimed_by(running.task_id)
         if running.init_failure is not None:
-            self._fail_pending(running.function_id, running.init_failure)
+            # Raised in import or @enter: every queued input would fail the same way.
+            failure = api_pb2.GenericResult()
+            failure.CopyFrom(running.init_failure)
+            failure.status = INIT_FAILURE
+            self._fail_pending(running.function_id, failure)
         elif code != 0 and running.stop_reason is None:
             tail = "".join(running.stderr_tail)[-STDERR_TAIL_BYTES:].strip()
             message = f"the container for {running.definition.function_name} exited with code {code}"
@@ -416,6 +421,7 @@ class Scheduler:
                     self._finish_input(row.id, running.function_id, result, running.task_id)
             elif not running.hello or not running.inputs:
                 # It died before taking any input: starting another would crash the same way.
+                result.status = INIT_FAILURE
                 self._fail_pending(running.function_id, result)
             orphans = []
         for row in orphans:
@@ -491,6 +497,13 @@ class Scheduler:
         running = self.containers.get(task_id)
         if running is not None and result.status != api_pb2.GenericResult.GENERIC_STATUS_SUCCESS:
             running.init_failure = result
+
+    def retire(self, function_ids: set[str], reason: str) -> None:
+        """Stop taking inputs in the containers of these functions (and their bound variants)."""
+        for running in list(self.containers.values()):
+            parent = self.apps.function(running.function_id).parent_id
+            if running.function_id in function_ids or parent in function_ids:
+                self.request_stop(running, reason)
 
     def request_stop(self, running: RunningContainer, reason: str) -> None:
         if running.stop_reason is None:

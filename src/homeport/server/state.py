@@ -29,6 +29,7 @@ from homeport.server.services.secrets import SecretService
 from homeport.server.services import volumes as volume_contents
 from homeport.server.services.storage import StorageObjectService
 from homeport.server.services.volumes import VolumeService
+from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
 from homeport.worker.process_runtime import ProcessRuntime
 
@@ -78,6 +79,7 @@ class ServerState:
     queues: QueueService
     secrets: SecretService
     volumes: VolumeService
+    web: WebEndpointService
 
     def app_page_url(self, app_id: str) -> str:
         return f"{self.settings.blob_base_url}/apps/{app_id}"
@@ -150,4 +152,5 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         queues=queues,
         secrets=secret_service,
         volumes=volumes,
+        web=WebEndpointService(engine),
     )

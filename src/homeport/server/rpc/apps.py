@@ -62,6 +62,9 @@ async def app_publish(context: RequestContext, request: api_pb2.AppPublishReques
         dict(request.function_ids),
         dict(request.class_ids),
     )
+    # A redeploy keeps the app's function ids: containers running the old code finish
+    # their inputs and stop; new inputs go to containers with the new definition.
+    context.state.scheduler.retire(set(request.function_ids.values()), reason="a new version was deployed")
     if request.app_state == api_pb2.APP_STATE_DEPLOYED:
         context.state.scheduler.wake()
     return api_pb2.AppPublishResponse(url=context.state.app_page_url(request.app_id), deployed_at=deployed_at)

@@ -8,13 +8,55 @@ from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
 from homeport.server.services import functions as catalog
+from homeport.server.services.apps import AppRow
+from homeport.server.services.web import Endpoint, host_label
+
+
+def _assign_web_urls(
+    context: RequestContext,
+    app: AppRow,
+    function_id: str,
+    tag: str,
+    webhook_config: api_pb2.WebhookConfig,
+    method_definitions: dict[str, api_pb2.MethodDefinition],
+    metadata: api_pb2.FunctionHandleMetadata,
+    definition: api_pb2.Function | None,
+) -> None:
+    """Give web functions (and web methods of classes) their URLs; with a definition,
+    also route their hostnames here. Ephemeral apps (`modal run`/`modal serve`) get a
+    "-dev" suffix, so they never take over a deployed app's URL."""
+    workspace_name = context.state.auth.workspace_name(app.workspace_id)
+    app_name = app.name or app.description
+    ephemeral = app.state in (api_pb2.APP_STATE_EPHEMERAL, api_pb2.APP_STATE_DETACHED)
+    targets: list[tuple[str, str, api_pb2.WebhookConfig]] = []
+    if webhook_config.type:
+        targets.append(("", tag, webhook_config))
+    for method_name, method in method_definitions.items():
+        if method.webhook_config.type:
+            targets.append((method_name, f"{tag.removesuffix('.*')}-{method_name}", method.webhook_config))
+    for method_name, name, config in targets:
+        suffix = config.ephemeral_suffix or ("dev" if ephemeral else "")
+        label = host_label(workspace_name, app_name, name, config.requested_suffix, suffix)
+        url = context.state.settings.web_url(label)
+        if method_name:
+            metadata.method_handle_metadata[method_name].web_url = url
+            if definition is not None:
+                definition.method_definitions[method_name].web_url = url
+        else:
+            metadata.web_url = url
+            if definition is not None:
+                definition.web_url = url
+        if definition is not None:
+            context.state.web.register(
+                Endpoint(label, app.workspace_id, app.id, function_id, method_name, config.requires_proxy_auth)
+            )
 
 
 @handler("FunctionPrecreate")
 async def function_precreate(
     context: RequestContext, request: api_pb2.FunctionPrecreateRequest
 ) -> api_pb2.FunctionPrecreateResponse:
-    context.state.apps.get(context.workspace_id, request.app_id)
+    app = context.state.apps.get(context.workspace_id, request.app_id)
     function_id = context.state.apps.precreate_function(
         request.app_id, request.function_name, request.existing_function_id
     )
@@ -24,6 +66,10 @@ async def function_precreate(
         request.function_type,
         dict(request.method_definitions),
         None,
+    )
+    _assign_web_urls(
+        context, app, function_id, request.function_name, request.webhook_config, dict(request.method_definitions),
+        metadata, None,
     )
     return api_pb2.FunctionPrecreateResponse(function_id=function_id, handle_metadata=metadata)
 
@@ -36,14 +82,18 @@ async def function_create(
     definition = request.function
     if not definition.function_name:
         raise errors.invalid_argument("FunctionCreate needs a function definition with a name")
+    function_id = request.existing_function_id or context.state.apps.precreate_function(
+        app.id, definition.function_name, ""
+    )
+    _assign_web_urls(
+        context, app, function_id, definition.function_name, definition.webhook_config,
+        dict(definition.method_definitions), api_pb2.FunctionHandleMetadata(), definition,
+    )
     metadata = catalog.metadata_for_definition(app.id, definition)
     schedule = request.schedule if request.HasField("schedule") else definition.schedule
     if schedule.WhichOneof("schedule_oneof"):
         definition.schedule.CopyFrom(schedule)
     next_run = catalog.next_schedule_time(schedule, catalog.now()) if schedule.WhichOneof("schedule_oneof") else None
-    function_id = request.existing_function_id or context.state.apps.precreate_function(
-        app.id, definition.function_name, ""
-    )
     context.state.apps.save_function(function_id, app.id, definition.function_name, definition, metadata, next_run)
     return api_pb2.FunctionCreateResponse(
         function_id=function_id,

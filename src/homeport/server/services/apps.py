@@ -219,6 +219,7 @@ class AppService:
                 .values(state=api_pb2.APP_STATE_STOPPED, stopped_at=now)
             )
             connection.execute(schema.deployments.delete().where(schema.deployments.c.app_id == app_id))
+            connection.execute(schema.web_endpoints.delete().where(schema.web_endpoints.c.app_id == app_id))
         self.notifier.notify(app_done_key(app_id))
         return result.rowcount > 0
 

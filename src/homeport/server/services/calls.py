@@ -377,24 +377,44 @@ class CallService:
             connection.execute(
                 schema.call_data.insert(),
                 [
-                    dict(function_call_id=function_call_id, direction=direction, chunk=chunk.SerializeToString(), created_at=now)
+                    dict(
+                        function_call_id=function_call_id,
+                        direction=direction,
+                        chunk=chunk.SerializeToString(),
+                        chunk_index=chunk.index,
+                        created_at=now,
+                    )
                     for chunk in chunks
                 ],
             )
         self.notifier.notify(data_key(function_call_id, direction))
 
-    def data_after(self, function_call_id: str, direction: str, last_index: int) -> list[api_pb2.DataChunk]:
+    def drop_data(self, function_call_id: str) -> None:
+        """Forget a call's data channels (a finished web request's bodies)."""
+        with self.engine.begin() as connection:
+            connection.execute(schema.call_data.delete().where(schema.call_data.c.function_call_id == function_call_id))
+
+    def data_after(
+        self, function_call_id: str, direction: str, last_index: int, limit: int = 64
+    ) -> list[api_pb2.DataChunk]:
         d = schema.call_data
         with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.select(d.c.chunk)
-                .where(d.c.function_call_id == function_call_id, d.c.direction == direction)
-                .order_by(d.c.seq)
+                .where(
+                    d.c.function_call_id == function_call_id,
+                    d.c.direction == direction,
+                    d.c.chunk_index > last_index,
+                )
+                .order_by(d.c.chunk_index, d.c.seq)
+                .limit(limit)
             ).all()
         chunks = []
+        seen: set[int] = set()
         for row in rows:
             chunk = api_pb2.DataChunk()
             chunk.ParseFromString(row.chunk)
-            if chunk.index > last_index:
+            if chunk.index not in seen:  # a retried put may store a chunk twice
+                seen.add(chunk.index)
                 chunks.append(chunk)
         return chunks

@@ -59,7 +59,7 @@ def handle_metadata(
 
 
 def metadata_for_definition(app_id: str, definition: api_pb2.Function) -> api_pb2.FunctionHandleMetadata:
-    return handle_metadata(
+    metadata = handle_metadata(
         app_id,
         definition.function_name,
         definition.function_type,
@@ -67,6 +67,14 @@ def metadata_for_definition(app_id: str, definition: api_pb2.Function) -> api_pb
         definition.class_parameter_info if definition.is_class else None,
         web_url=definition.web_url,
     )
+    # Web functions take their ASGI formats from the client's definition.
+    if definition.supported_input_formats:
+        del metadata.supported_input_formats[:]
+        metadata.supported_input_formats.extend(definition.supported_input_formats)
+    if definition.supported_output_formats:
+        del metadata.supported_output_formats[:]
+        metadata.supported_output_formats.extend(definition.supported_output_formats)
+    return metadata
 
 
 def function_data(definition: api_pb2.Function) -> api_pb2.FunctionData:

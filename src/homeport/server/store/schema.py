@@ -23,6 +23,8 @@ tokens = sa.Table(
     sa.Column("label", sa.String(200), nullable=False, server_default=""),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    # "api": calls the API; "proxy": only passes `requires_proxy_auth` web endpoints.
+    sa.Column("scope", sa.String(16), nullable=False, server_default="api"),
 )
 
 environments = sa.Table(
@@ -185,6 +187,8 @@ call_data = sa.Table(
     sa.Column("direction", sa.String(4), nullable=False),  # "out" | "in"
     sa.Column("chunk", sa.LargeBinary, nullable=False),  # api_pb2.DataChunk
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("chunk_index", sa.BigInteger, nullable=False, server_default="0"),  # DataChunk.index
+    sa.Index("ix_call_data_cursor", "function_call_id", "direction", "chunk_index"),
 )
 
 tasks = sa.Table(
@@ -283,4 +287,16 @@ volume_files = sa.Table(
     sa.Column("mode", sa.Integer, nullable=False, server_default="420"),
     sa.Column("mtime", sa.Float, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=True),
+)
+
+# Web endpoint hostnames: "<workspace>--<label>" -> the function (and class method) serving it.
+web_endpoints = sa.Table(
+    "web_endpoints",
+    metadata,
+    sa.Column("host_label", sa.String(300), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("app_id", sa.String(40), nullable=False, index=True),
+    sa.Column("function_id", sa.String(40), nullable=False),
+    sa.Column("method_name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("requires_proxy_auth", sa.Boolean, nullable=False, server_default=sa.false()),
 )

@@ -1,0 +1,209 @@
+"""The web gateway: plain HTTP in, ASGI over a function call's data channels out.
+
+One HTTP request is one function call. Its input is the pickled `((scope,), {})`; the
+request body goes in as `http.request` messages on the call's data-in channel (written
+before the input is queued: the container waits only 5 s for the first one), and the
+container's `http.response.*` messages come back on data-out and are streamed to the
+client as they arrive. Bodies are never held whole: chunks flow through the database
+in pieces of at most 1 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import pickle
+import time
+
+from aiohttp import web
+from modal_proto import api_pb2
+
+from homeport.server.notify import poll
+from homeport.server.services.calls import data_key, outputs_key
+from homeport.server.state import ServerState
+
+log = logging.getLogger("homeport.gateway")
+
+BODY_CHUNK = 1024 * 1024
+DEFAULT_TIMEOUT_S = 300
+GENERIC = api_pb2.GenericResult
+
+
+def _page(status: int, title: str, detail: str) -> web.Response:
+    body = f"<!doctype html><title>{status} {html.escape(title)}</title><h1>{status} {html.escape(title)}</h1><p>{html.escape(detail)}</p>\n"
+    return web.Response(status=status, text=body, content_type="text/html")
+
+
+def _asgi_chunk(index: int, message: api_pb2.Asgi) -> api_pb2.DataChunk:
+    return api_pb2.DataChunk(data_format=api_pb2.DATA_FORMAT_ASGI, data=message.SerializeToString(), index=index)
+
+
+class Gateway:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.suffix = "." + state.settings.web_domain
+
+    def host_label(self, request: web.Request) -> str | None:
+        host = (request.headers.get("Host") or "").split(":")[0].lower()
+        if host.endswith(self.suffix) and host != self.suffix[1:]:
+            label = host[: -len(self.suffix)]
+            return label if "." not in label else None
+        return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        label = self.host_label(request)
+        assert label is not None
+        state = self.state
+        endpoint = state.web.resolve(label)
+        if endpoint is None:
+            return _page(404, "Not Found", f"No web endpoint is served at {request.host}.")
+        if endpoint.requires_proxy_auth and not state.auth.verify_proxy_token(
+            endpoint.workspace_id, request.headers.get("Modal-Key", ""), request.headers.get("Modal-Secret", "")
+        ):
+            return _page(401, "Unauthorized", "This endpoint needs valid Modal-Key and Modal-Secret headers.")
+        function = state.apps.function(endpoint.function_id)
+        definition = function.definition or api_pb2.Function()
+        timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
+        call_id = state.calls.create_call(
+            endpoint.workspace_id, function.id, function.app_id,
+            api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC, api_pb2.FUNCTION_CALL_TYPE_UNARY,
+        )
+        try:
+            return await self._exchange(request, call_id, function.id, endpoint.method_name, timeout)
+        finally:
+            state.calls.drop_data(call_id)
+
+    async def _exchange(
+        self, request: web.Request, call_id: str, function_id: str, method_name: str, timeout: float
+    ) -> web.StreamResponse:
+        state = self.state
+        first = await request.content.read(BODY_CHUNK) if request.can_read_body else b""
+        more = request.can_read_body and not request.content.at_eof()
+        state.calls.put_data(call_id, "in", [_asgi_chunk(1, api_pb2.Asgi(http_request=api_pb2.Asgi.HttpRequest(body=first, more_body=more)))])
+        scope = self._scope(request)
+        state.calls.enqueue(
+            call_id, function_id,
+            [(0, api_pb2.FunctionInput(args=pickle.dumps(((scope,), {})), data_format=api_pb2.DATA_FORMAT_PICKLE, method_name=method_name))],
+        )
+        state.scheduler.wake()
+        response: web.StreamResponse | None = None
+        async with asyncio.TaskGroup() as group:
+            uploader = group.create_task(self._upload_rest(request, call_id, more))
+            try:
+                response = await asyncio.wait_for(self._download(request, call_id), timeout=timeout + 5)
+            except TimeoutError:
+                response = None
+                timed_out = True
+            else:
+                timed_out = False
+            if not uploader.done():
+                uploader.cancel()
+        if response is not None:
+            return response
+        await state.scheduler.cancel_call(call_id, terminate_containers=False)
+        if timed_out:
+            return _page(504, "Gateway Timeout", f"The function did not answer within its timeout of {timeout} s.")
+        return _page(502, "Bad Gateway", "The function ended without sending a response.")
+
+    async def _upload_rest(self, request: web.Request, call_id: str, more: bool) -> None:
+        index = 1
+        while more:
+            chunk = await request.content.read(BODY_CHUNK)
+            more = not request.content.at_eof()
+            index += 1
+            message = api_pb2.Asgi(http_request=api_pb2.Asgi.HttpRequest(body=chunk, more_body=more))
+            self.state.calls.put_data(call_id, "in", [_asgi_chunk(index, message)])
+
+    async def _download(self, request: web.Request, call_id: str) -> web.StreamResponse | None:
+        state = self.state
+        response: web.StreamResponse | None = None
+        last_index = 0
+        while True:
+            chunks = await poll(
+                state.notifier,
+                [data_key(call_id, "out"), outputs_key(call_id)],
+                lambda: state.calls.data_after(call_id, "out", last_index) or state.calls.outputs_after(call_id, 0, 1),
+                30.0,
+            )
+            outputs = [c for c in chunks if not isinstance(c, api_pb2.DataChunk)]
+            for chunk in (c for c in chunks if isinstance(c, api_pb2.DataChunk)):
+                last_index = chunk.index
+                message = api_pb2.Asgi()
+                message.ParseFromString(state.blobs.read_bytes(chunk.data_blob_id) if chunk.data_blob_id else chunk.data)
+                kind = message.WhichOneof("type")
+                if kind == "http_response_start" and response is None:
+                    start = message.http_response_start
+                    headers = [
+                        (start.headers[i].decode("latin-1"), start.headers[i + 1].decode("latin-1"))
+                        for i in range(0, len(start.headers) - 1, 2)
+                    ]
+                    response = web.StreamResponse(status=start.status)
+                    for name, value in headers:
+                        if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                            response.headers.add(name, value)
+                        elif name.lower() == "content-length":
+                            response.content_length = int(value)
+                    await response.prepare(request)
+                elif kind == "http_response_body" and response is not None:
+                    await response.write(message.http_response_body.body)
+                    if not message.http_response_body.more_body:
+                        await response.write_eof()
+                        return response
+            if outputs or (not chunks and state.calls.unfinished_count(call_id) == 0):
+                remaining = state.calls.data_after(call_id, "out", last_index)
+                if remaining:
+                    continue  # drain what arrived with the output
+                return await self._finish_without_body(request, response, call_id)
+
+    async def _finish_without_body(
+        self, request: web.Request, response: web.StreamResponse | None, call_id: str
+    ) -> web.StreamResponse:
+        outputs = self.state.calls.outputs_after(call_id, 0, 1)
+        result = outputs[0].result if outputs else GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE)
+        if response is not None:
+            await response.write_eof()
+            return response
+        if result.status == GENERIC.GENERIC_STATUS_TIMEOUT:
+            return _page(504, "Gateway Timeout", "The function timed out before it answered.")
+        if result.status == GENERIC.GENERIC_STATUS_INIT_FAILURE:
+            return _page(503, "Service Unavailable", f"No container could start: {result.exception}")
+        if result.status == GENERIC.GENERIC_STATUS_SUCCESS:
+            return _page(502, "Bad Gateway", "The function ended without sending a response.")
+        # The traceback is in the app's logs, not in the response.
+        return _page(500, "Internal Server Error", "The function raised an exception; see `modal app logs`.")
+
+    def _scope(self, request: web.Request) -> dict:  # type: ignore[type-arg]
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": f"{request.version.major}.{request.version.minor}",
+            "method": request.method,
+            "scheme": request.scheme,
+            "path": request.path,
+            "raw_path": request.raw_path.split("?", 1)[0].encode(),
+            "query_string": request.query_string.encode(),
+            "root_path": "",
+            "headers": [[name.lower().encode("latin-1"), value.encode("latin-1")] for name, value in request.headers.items()],
+            "server": [request.host.split(":")[0], request.url.port or 80],
+        }
+        if peer:
+            scope["client"] = [peer[0], peer[1]]
+        return scope
+
+
+def gateway_middleware(gateway: Gateway):  # type: ignore[no-untyped-def]
+    """Requests for `<label>.<web domain>` go to the gateway; everything else (blob URLs)
+    to the listener's own routes."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if gateway.host_label(request) is not None:
+            started = time.monotonic()
+            response = await gateway.handle(request)
+            log.debug("%s %s -> %s in %.1f ms", request.method, request.path, response.status, (time.monotonic() - started) * 1000)
+            return response
+        return await handler(request)
+
+    return middleware
