@@ -132,3 +132,25 @@ def test_deployed_url_answers_in_a_headless_browser(server: Server, deployed: st
         capture_output=True, text=True, timeout=120,
     )
     assert '{"hello":"browser"}' in result.stdout, result.stderr[-2000:]
+
+
+def test_websocket_echo_through_asgi_app(server: Server, deployed: str) -> None:
+    import asyncio
+
+    import aiohttp
+
+    async def conversation() -> list[object]:
+        url = f"http://127.0.0.1:{server.port + 1}/echo"
+        heard: list[object] = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, headers={"Host": f"main--webapp-api.localhost:{server.port + 1}"}) as socket:
+                await socket.send_str("hello")
+                heard.append((await socket.receive(timeout=30)).data)
+                await socket.send_bytes(b"abc")
+                heard.append((await socket.receive(timeout=30)).data)
+                await socket.send_str("bye")
+                closing = await socket.receive(timeout=30)
+                heard.append(closing.type.name)
+        return heard
+
+    assert asyncio.run(conversation()) == ["echo: hello", b"cba", "CLOSE"]

@@ -70,6 +70,8 @@ class Gateway:
             api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC, api_pb2.FUNCTION_CALL_TYPE_UNARY,
         )
         try:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await self._websocket(request, call_id, function.id, endpoint.method_name)
             return await self._exchange(request, call_id, function.id, endpoint.method_name, timeout)
         finally:
             state.calls.drop_data(call_id)
@@ -172,6 +174,90 @@ class Gateway:
             return _page(502, "Bad Gateway", "The function ended without sending a response.")
         # The traceback is in the app's logs, not in the response.
         return _page(500, "Internal Server Error", "The function raised an exception; see `modal app logs`.")
+
+    async def _websocket(
+        self, request: web.Request, call_id: str, function_id: str, method_name: str
+    ) -> web.StreamResponse:
+        """A WebSocket: `websocket.connect` in first, then frames both ways until either
+        side closes. The call lives as long as the connection."""
+        state = self.state
+        state.calls.put_data(call_id, "in", [_asgi_chunk(1, api_pb2.Asgi(websocket_connect=api_pb2.Asgi.WebsocketConnect()))])
+        scope = self._scope(request)
+        scope.update(type="websocket", scheme="wss" if request.secure else "ws")
+        scope.pop("method", None)
+        scope["subprotocols"] = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        state.calls.enqueue(
+            call_id, function_id,
+            [(0, api_pb2.FunctionInput(args=pickle.dumps(((scope,), {})), data_format=api_pb2.DATA_FORMAT_PICKLE, method_name=method_name))],
+        )
+        state.scheduler.wake()
+        messages = self._messages_out(call_id)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("type") != "websocket_accept":
+            await state.scheduler.cancel_call(call_id, terminate_containers=False)
+            return _page(403, "Forbidden", "The endpoint did not accept the WebSocket.")
+        accept = first.websocket_accept
+        socket = web.WebSocketResponse(protocols=[accept.subprotocol] if accept.HasField("subprotocol") else ())
+        await socket.prepare(request)
+        index = 1
+
+        async def client_to_container() -> None:
+            nonlocal index
+            async for frame in socket:
+                index += 1
+                if frame.type == web.WSMsgType.TEXT:
+                    message = api_pb2.Asgi(websocket_receive=api_pb2.Asgi.WebsocketReceive(text=frame.data))
+                elif frame.type == web.WSMsgType.BINARY:
+                    message = api_pb2.Asgi(websocket_receive=api_pb2.Asgi.WebsocketReceive(bytes=frame.data))
+                else:
+                    break
+                state.calls.put_data(call_id, "in", [_asgi_chunk(index, message)])
+            index += 1
+            disconnect = api_pb2.Asgi(websocket_disconnect=api_pb2.Asgi.WebsocketDisconnect(code=socket.close_code or 1000))
+            state.calls.put_data(call_id, "in", [_asgi_chunk(index, disconnect)])
+
+        async def container_to_client() -> None:
+            async for message in messages:
+                kind = message.WhichOneof("type")
+                if kind == "websocket_send":
+                    content = message.websocket_send
+                    if content.WhichOneof("content") == "text":
+                        await socket.send_str(content.text)
+                    else:
+                        await socket.send_bytes(content.bytes)
+                elif kind == "websocket_close":
+                    close = message.websocket_close
+                    await socket.close(code=close.code if close.HasField("code") else 1000, message=close.reason.encode())
+                    return
+            await socket.close()
+
+        async with asyncio.TaskGroup() as group:
+            inbound = group.create_task(client_to_container())
+            outbound = group.create_task(container_to_client())
+            await asyncio.wait([inbound, outbound], return_when=asyncio.FIRST_COMPLETED)
+            if outbound.done() and not inbound.done():
+                inbound.cancel()
+        return socket
+
+    async def _messages_out(self, call_id: str):  # type: ignore[no-untyped-def]
+        """The container's ASGI messages for a call, in order, until its output arrives."""
+        state = self.state
+        last_index = 0
+        while True:
+            chunks = await poll(
+                state.notifier,
+                [data_key(call_id, "out"), outputs_key(call_id)],
+                lambda: state.calls.data_after(call_id, "out", last_index),
+                5.0,
+            )
+            for chunk in chunks:
+                last_index = chunk.index
+                message = api_pb2.Asgi()
+                message.ParseFromString(state.blobs.read_bytes(chunk.data_blob_id) if chunk.data_blob_id else chunk.data)
+                yield message
+            if not chunks and state.calls.unfinished_count(call_id) == 0:
+                if not state.calls.data_after(call_id, "out", last_index):
+                    return
 
     def _scope(self, request: web.Request) -> dict:  # type: ignore[type-arg]
         peer = request.transport.get_extra_info("peername") if request.transport else None

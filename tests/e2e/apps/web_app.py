@@ -32,7 +32,7 @@ def guarded():
 @app.function()
 @modal.asgi_app()
 def api():
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, WebSocket
     from fastapi.responses import RedirectResponse, StreamingResponse
 
     web_app = FastAPI()
@@ -82,6 +82,21 @@ def api():
                 yield block
 
         return StreamingResponse(body(), media_type="application/octet-stream")
+
+    @web_app.websocket("/echo")
+    async def echo_socket(websocket: WebSocket):
+        await websocket.accept()
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") == "bye":
+                await websocket.close(code=1000)
+                return
+            if message.get("text") is not None:
+                await websocket.send_text("echo: " + message["text"])
+            else:
+                await websocket.send_bytes(message["bytes"][::-1])
 
     @web_app.post("/form")
     async def form(request: Request):
