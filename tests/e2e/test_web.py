@@ -154,3 +154,9 @@ def test_websocket_echo_through_asgi_app(server: Server, deployed: str) -> None:
         return heard
 
     assert asyncio.run(conversation()) == ["echo: hello", b"cba", "CLOSE"]
+
+
+def test_web_server_decorator_proxies_to_the_containers_port(server: Server, deployed: str) -> None:
+    status, headers, body = request(server, "main--webapp-files")
+    assert status == 200 and body == b"<h1>served by a web_server</h1>"
+    assert headers["server"].startswith("SimpleHTTP")

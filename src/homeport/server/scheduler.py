@@ -137,6 +137,7 @@ class Scheduler:
         self.queues = queues
         self.secrets = secrets
         self.volumes = volumes
+        self.python_bin = str(Path(getattr(runtime, "python", "/usr/bin/python3")).parent)
         self.containers: dict[str, RunningContainer] = {}
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
@@ -283,7 +284,8 @@ class Scheduler:
             secret_values.update(self.secrets.values(secret_id))
         environment = {
             **secret_values,
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            # The runtime's own interpreter first, so `python` in a container is the one it runs on.
+            "PATH": f"{self.python_bin}:/usr/local/bin:/usr/bin:/bin",
             "HOME": "/root",
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",

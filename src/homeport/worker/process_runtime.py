@@ -37,14 +37,14 @@ class ProcessContainer:
         return code
 
     def interrupt(self) -> None:
-        # To the entrypoint itself: bubblewrap would die of SIGINT and take its child
-        # down with SIGKILL (--die-with-parent) before @exit and volume commits ran.
-        children = _children(self._process.pid)
-        if not children:
+        # To the entrypoint itself: bubblewrap would die of SIGINT and take the whole
+        # PID namespace down with SIGKILL before @exit handlers and volume commits ran.
+        entrypoints = [pid for pid in _descendants(self._process.pid) if _is_entrypoint(pid)]
+        if not entrypoints:
             self._signal(signal.SIGINT)
-        for child in children:
+        for pid in entrypoints:
             try:
-                os.kill(child, signal.SIGINT)
+                os.kill(pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
@@ -60,11 +60,25 @@ class ProcessContainer:
                 pass
 
 
-def _children(pid: int) -> list[int]:
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+        found.extend(children)
+        pending.extend(children)
+    return found
+
+
+def _is_entrypoint(pid: int) -> bool:
     try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return b"modal._container_entrypoint" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return []
+        return False
 
 
 def _materialize(spec: ContainerSpec, tree: Path) -> list[str]:
@@ -100,9 +114,9 @@ def _root_arguments(own: set[str]) -> list[str]:
     """bwrap arguments for a fresh root (a tmpfs) holding the host's top-level entries,
     except those the container brings itself. New mount points (/pkg, /data, ...) are
     then made in that tmpfs, never in the host's own tree."""
-    arguments = ["--tmpfs", "/"]
+    arguments = ["--tmpfs", "/", "--proc", "/proc"]
     for entry in sorted(os.scandir("/"), key=lambda e: e.name):
-        if entry.name in own:
+        if entry.name in own or entry.name == "proc":
             continue
         path = f"/{entry.name}"
         if entry.is_symlink():
@@ -140,7 +154,13 @@ class ProcessRuntime:
                     "the host; use a path under /root or a new top-level directory (e.g. /data)"
                 )
         own = {*top_level, "pkg", *(d.container_path.lstrip("/").split("/")[0] for d in spec.directories)}
-        command = ["bwrap", "--die-with-parent", *_root_arguments(own)]
+        # Own PID, IPC and UTS namespaces: the container sees only its own processes (and
+        # they all end with it), and its hostname is its id. Network and files stay shared
+        # with the host until the sandboxed runtime (issue 4).
+        command = [
+            "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--hostname", spec.task_id, *_root_arguments(own),
+        ]
         for name in top_level:
             command += ["--bind", str(tree / name), f"/{name}"]
         for path in self.python_paths:

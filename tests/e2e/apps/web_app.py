@@ -144,3 +144,17 @@ class Broken:
     @modal.fastapi_endpoint()
     def predict(self):
         return {"never": True}
+
+
+WEB_SERVER_PORT = 38765
+
+
+@app.function()
+@modal.web_server(WEB_SERVER_PORT, startup_timeout=20)
+def files():
+    import pathlib
+    import subprocess
+
+    pathlib.Path("/tmp/site").mkdir(exist_ok=True)
+    pathlib.Path("/tmp/site/index.html").write_text("<h1>served by a web_server</h1>")
+    subprocess.Popen(["python", "-m", "http.server", str(WEB_SERVER_PORT), "--bind", "0.0.0.0", "--directory", "/tmp/site"])
