@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Server, assert_ok, run_modal, run_python
+from tests.conftest import MODAL, Server, assert_ok, run_modal, run_python
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +160,72 @@ def test_web_server_decorator_proxies_to_the_containers_port(server: Server, dep
     status, headers, body = request(server, "main--webapp-files")
     assert status == 200 and body == b"<h1>served by a web_server</h1>"
     assert headers["server"].startswith("SimpleHTTP")
+
+
+def test_modal_serve_reloads_on_change_and_keeps_the_url(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app_file = tmp_path / "served.py"
+    source = (
+        "import modal\napp = modal.App('served')\n"
+        "@app.function()\n@modal.fastapi_endpoint()\ndef hello():\n    return {'version': VERSION}\n"
+    )
+    app_file.write_text(source.replace("VERSION", "1"))
+    process = subprocess.Popen(
+        [MODAL, "serve", str(app_file)], cwd=tmp_path, env=server.env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        label = "main--served-hello-dev"
+
+        def version() -> object:
+            status, _, body = request(server, label, timeout=30)
+            return json.loads(body).get("version") if status == 200 else status
+
+        deadline = time.monotonic() + 60
+        while version() != 1:
+            assert time.monotonic() < deadline, "modal serve never served version 1"
+            time.sleep(0.5)
+        app_file.write_text(source.replace("VERSION", "2"))
+        deadline = time.monotonic() + 60
+        while version() != 2:
+            assert time.monotonic() < deadline, "modal serve did not reload"
+            time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_concurrent_requests_fan_out_across_containers(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import concurrent.futures
+
+    app_file = tmp_path / "fanout.py"
+    app_file.write_text(
+        "import socket, time, modal\napp = modal.App('fanout')\n"
+        "@app.function()\n@modal.fastapi_endpoint()\ndef work():\n    time.sleep(2)\n    return {'container': socket.gethostname()}\n"
+    )
+    assert_ok(run_modal(server, "deploy", str(app_file), cwd=tmp_path))
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: request(server, "main--fanout-work", timeout=120), range(4)))
+    elapsed = time.monotonic() - started
+    containers = {json.loads(body)["container"] for status, _, body in answers if status == 200}
+    assert len(answers) == 4 and all(status == 200 for status, _, _ in answers)
+    assert len(containers) > 1, containers  # not all four queued behind one container
+    assert elapsed < 8, elapsed
+
+
+def test_idle_endpoint_scales_to_zero_and_wakes_on_the_next_request(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app_file = tmp_path / "sleepy.py"
+    app_file.write_text(
+        "import socket, modal\napp = modal.App('sleepy')\n"
+        "@app.function(scaledown_window=2)\n@modal.fastapi_endpoint()\ndef who():\n    return {'container': socket.gethostname()}\n"
+    )
+    assert_ok(run_modal(server, "deploy", str(app_file), cwd=tmp_path))
+    status, _, first = request(server, "main--sleepy-who")
+    assert status == 200
+    app_id = next(a["app_id"] for a in json.loads(assert_ok(run_modal(server, "app", "list", "--json"))) if a["description"] == "sleepy" and a["state"] == "deployed")
+    deadline = time.monotonic() + 30
+    while any(t["app_id"] == app_id for t in json.loads(assert_ok(run_modal(server, "container", "list", "--json")))):
+        assert time.monotonic() < deadline, "the idle container never stopped"
+        time.sleep(0.5)
+    status, _, second = request(server, "main--sleepy-who")
+    assert status == 200 and json.loads(second)["container"] != json.loads(first)["container"]

@@ -77,3 +77,17 @@ def test_a_listener_times_out_without_notification() -> None:
             return await listener.wait(0.01)
 
     assert not asyncio.run(scenario())
+
+
+def test_web_urls_follow_the_configured_domain_scheme_and_port() -> None:
+    from pathlib import Path
+
+    from homeport.config import Settings
+    from homeport.server.services.web import host_label
+
+    label = host_label("main", "My App", "Model.predict", "")
+    assert label == "main--my-app-model-predict"
+    assert Settings(data_dir=Path("/x"), port=7480).web_url(label) == "http://main--my-app-model-predict.localhost:7481"
+    production = Settings(data_dir=Path("/x"), web_domain="apps.example.com", web_scheme="https", web_port=0)
+    assert production.web_url("main--api") == "https://main--api.apps.example.com"
+    assert host_label("main", "app", "f", "custom-label", "dev") == "main--custom-label-dev"
