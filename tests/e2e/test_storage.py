@@ -97,7 +97,7 @@ print("blocking", value, "woke after put", round(time.monotonic() - put_at[0], 3
     assert "iterate [4] still 1" in text
     assert "nonblocking None" in text and "empty ok" in text
     woke = float(text.split("woke after put ")[1].split()[0])
-    assert "blocking late" in text and woke < 0.5  # woken by the put, not by a polling tick
+    assert "blocking late" in text and woke < 1.0  # woken by the put, not by a polling tick
 
 
 def test_queue_item_over_the_size_limit_is_refused_clearly(server: Server) -> None:

@@ -327,6 +327,8 @@ class Scheduler:
             client_package_dir=self.client_package_dir,
             work_dir=self.task_dir(task_id),
             directories=directories,
+            memory_mib=definition.resources.memory_mb_max or definition.resources.memory_mb,
+            cpu_cores=(definition.resources.milli_cpu_max or definition.resources.milli_cpu) / 1000,
         )
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         running: RunningContainer | None = None
@@ -396,7 +398,8 @@ class Scheduler:
         code = await running.container.wait()
         self.containers.pop(running.task_id, None)
         self.forget_credential(running.task_id)
-        reason = running.stop_reason or f"exited with code {code}"
+        runtime_reason = running.container.exit_reason()
+        reason = running.stop_reason or runtime_reason or f"exited with code {code}"
         with self.engine.begin() as connection:
             connection.execute(
                 schema.tasks.update()
@@ -414,6 +417,9 @@ class Scheduler:
         elif code != 0 and running.stop_reason is None:
             tail = "".join(running.stderr_tail)[-STDERR_TAIL_BYTES:].strip()
             message = f"the container for {running.definition.function_name} exited with code {code}"
+            if runtime_reason:
+                message = f"{runtime_reason} and was stopped ({running.definition.function_name})"
+                tail = ""
             self.logs.append(running.app_id, running.task_id, running.function_id, FD_INFO, message + "\n")
             result = api_pb2.GenericResult(
                 status=FAILURE, exception=message + (f"; its last output:\n{tail}" if tail else "")

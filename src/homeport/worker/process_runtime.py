@@ -11,30 +11,51 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 import os
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
+from homeport.worker import cgroups
 from homeport.worker.runtime import ContainerSpec, ContainerStartError, OutputCallback
+
+log = logging.getLogger("homeport.runtime")
 
 ARGUMENTS_FILE = "container_arguments.bin"
 READ_CHUNK = 64 * 1024
 
 
 class ProcessContainer:
-    def __init__(self, task_id: str, process: asyncio.subprocess.Process, readers: list[asyncio.Task[None]], work_dir: Path):
+    def __init__(
+        self,
+        task_id: str,
+        process: asyncio.subprocess.Process,
+        readers: list[asyncio.Task[None]],
+        work_dir: Path,
+        cgroup: cgroups.Cgroup | None,
+    ):
         self.task_id = task_id
         self._process = process
         self._readers = readers
         self._work_dir = work_dir
+        self._cgroup = cgroup
+        self._oom_killed = False
 
     async def wait(self) -> int:
         code = await self._process.wait()
         await asyncio.gather(*self._readers, return_exceptions=True)
+        if self._cgroup is not None:
+            self._oom_killed = self._cgroup.oom_killed()
+            self._cgroup.remove()
         shutil.rmtree(self._work_dir, ignore_errors=True)
         return code
+
+    def exit_reason(self) -> str | None:
+        if self._oom_killed and self._cgroup is not None:
+            return f"the container exceeded its memory limit of {self._cgroup.limits.memory_mib} MiB"
+        return None
 
     def interrupt(self) -> None:
         # To the entrypoint itself: bubblewrap would die of SIGINT and take the whole
@@ -139,6 +160,9 @@ class ProcessRuntime:
         )
         prefix, base_prefix, executable = output.split("\n")[:3]
         self.python_paths = sorted({prefix, base_prefix, str(Path(executable).parent.parent)})
+        self.limits_enabled = cgroups.available()
+        if not self.limits_enabled:
+            log.warning("cgroup v1 (memory, cpu, pids) is not writable here: containers run without resource limits")
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +196,10 @@ class ProcessRuntime:
         command += [self.python, "-m", "modal._container_entrypoint"]
         environment = dict(spec.environment)
         environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = str(arguments_path)
+        cgroup = None
+        if self.limits_enabled:
+            cgroup = cgroups.Cgroup(spec.task_id, cgroups.Limits(memory_mib=spec.memory_mib, cpu_cores=spec.cpu_cores))
+            cgroup.create()
         process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -179,12 +207,13 @@ class ProcessRuntime:
             stderr=asyncio.subprocess.PIPE,
             env=environment,
             start_new_session=True,
+            preexec_fn=cgroup.join if cgroup is not None else None,
         )
         readers = [
             asyncio.create_task(_pump(process.stdout, 1, on_output)),
             asyncio.create_task(_pump(process.stderr, 2, on_output)),
         ]
-        return ProcessContainer(spec.task_id, process, readers, spec.work_dir)
+        return ProcessContainer(spec.task_id, process, readers, spec.work_dir, cgroup)
 
 
 async def _pump(stream: asyncio.StreamReader | None, fd: int, on_output: OutputCallback) -> None:

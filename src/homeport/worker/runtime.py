@@ -44,6 +44,8 @@ class ContainerSpec:
     client_package_dir: Path  # appears at /pkg
     work_dir: Path  # scratch space owned by this container, removed when it stops
     directories: list[BoundDirectory] = dataclasses.field(default_factory=list)  # e.g. volumes
+    memory_mib: int = 0  # hard memory limit; 0 = none
+    cpu_cores: float = 0.0  # CPU quota in cores; 0 = none
 
 
 class Container(Protocol):
@@ -51,6 +53,9 @@ class Container(Protocol):
 
     async def wait(self) -> int:
         """Wait for the container to exit; returns its exit code (negative: killed by that signal)."""
+
+    def exit_reason(self) -> str | None:
+        """Why it ended, when the runtime knows better than the exit code (e.g. out of memory)."""
 
     def interrupt(self) -> None:
         """Ask for a graceful stop (the client runs @exit handlers on SIGINT)."""

@@ -1,0 +1,70 @@
+"""Resource limits per container with cgroup v1 (memory, cpu, pids): the layout of
+this machine (cgroup v2 is mounted only as a hybrid). Each container gets
+`<controller>/homeport/<task id>`; the container's first process joins them before it
+execs, so nothing it starts escapes the limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("homeport.cgroups")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "cpu", "pids")
+CPU_PERIOD_US = 100_000
+DEFAULT_PIDS = 4096  # a fork bomb stops here, not at the node's limit
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    memory_mib: int = 0  # 0: no limit
+    cpu_cores: float = 0.0  # 0: no quota
+    pids: int = DEFAULT_PIDS
+
+
+def available() -> bool:
+    return all(os.access(CGROUP_ROOT / controller, os.W_OK) for controller in CONTROLLERS)
+
+
+class Cgroup:
+    def __init__(self, task_id: str, limits: Limits) -> None:
+        self.limits = limits
+        self.paths = {controller: CGROUP_ROOT / controller / "homeport" / task_id for controller in CONTROLLERS}
+
+    def create(self) -> None:
+        for path in self.paths.values():
+            path.mkdir(parents=True, exist_ok=True)
+        if self.limits.memory_mib:
+            limit = str(self.limits.memory_mib * 1024 * 1024)
+            (self.paths["memory"] / "memory.limit_in_bytes").write_text(limit)
+            swap = self.paths["memory"] / "memory.memsw.limit_in_bytes"
+            if swap.exists():  # no escaping the limit into swap
+                swap.write_text(limit)
+        if self.limits.cpu_cores:
+            (self.paths["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(str(max(int(self.limits.cpu_cores * CPU_PERIOD_US), 1000)))
+        (self.paths["pids"] / "pids.max").write_text(str(self.limits.pids))
+
+    def join(self) -> None:
+        """Move the calling process in (run in the child between fork and exec)."""
+        for path in self.paths.values():
+            (path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def oom_killed(self) -> bool:
+        try:
+            control = (self.paths["memory"] / "memory.oom_control").read_text()
+        except OSError:
+            return False
+        counts = dict(line.split() for line in control.splitlines() if len(line.split()) == 2)
+        return int(counts.get("oom_kill", "0")) > 0
+
+    def remove(self) -> None:
+        for path in self.paths.values():
+            try:
+                path.rmdir()
+            except OSError as error:
+                log.debug("could not remove %s: %s", path, error)

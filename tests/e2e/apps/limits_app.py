@@ -1,0 +1,27 @@
+"""A test app with resource limits."""
+
+import resource
+import time
+
+import modal
+
+app = modal.App("limits")
+
+
+@app.function(memory=200)
+def allocate(megabytes: int) -> int:
+    chunks = []
+    for _ in range(megabytes // 10):
+        chunks.append(bytearray(10 * 1024 * 1024))
+    return len(chunks) * 10
+
+
+@app.function(cpu=0.25)
+def burn(seconds: float) -> float:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        pass
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return used / (time.monotonic() - started)  # cores used while spinning
