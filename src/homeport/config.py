@@ -34,6 +34,11 @@ class DataLayout:
         return self.root / "tasks"
 
     @property
+    def control_socket(self) -> Path:
+        """gRPC on a Unix socket: how containers reach the control plane without a network."""
+        return self.root / "grpc.sock"
+
+    @property
     def secret_key(self) -> Path:
         return self.root / "secrets.key"
 

@@ -56,6 +56,12 @@ async def serve(settings: Settings) -> None:
     servicer = HomeportServicer(state)
     grpc_server = Server([servicer])
     await grpc_server.start(settings.host, settings.port)
+    socket_path = settings.layout.control_socket
+    if len(str(socket_path)) > 100:
+        raise SystemExit(f"the data dir path is too long for a Unix socket ({socket_path}); use a shorter --data-dir")
+    socket_path.unlink(missing_ok=True)
+    container_server = Server([servicer])
+    await container_server.start(path=str(socket_path))
 
     http_app = web.Application(client_max_size=0, middlewares=[gateway_middleware(Gateway(state))])
     http_app.add_routes(blob_routes(state.blobs))
@@ -84,8 +90,9 @@ async def serve(settings: Settings) -> None:
             scheduler_task.cancel()
     finally:
         await state.scheduler.shutdown()
-        grpc_server.close()
-        await grpc_server.wait_closed()
+        for server in (grpc_server, container_server):
+            server.close()
+            await server.wait_closed()
         await runner.cleanup()
         state.engine.dispose()
 

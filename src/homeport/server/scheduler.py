@@ -31,7 +31,7 @@ from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.store import schema
 from homeport.worker.cpu import CpuMeter
-from homeport.worker.runtime import BoundDirectory, Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
+from homeport.worker.runtime import CONTROL_SOCKET, BoundDirectory, Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
 
 log = logging.getLogger("homeport.scheduler")
 
@@ -118,6 +118,7 @@ class Scheduler:
         queues,  # type: ignore[no-untyped-def]
         secrets,  # type: ignore[no-untyped-def]
         volumes,  # type: ignore[no-untyped-def]
+        control_socket: Path,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -138,6 +139,7 @@ class Scheduler:
         self.secrets = secrets
         self.volumes = volumes
         self.python_bin = str(Path(getattr(runtime, "python", "/usr/bin/python3")).parent)
+        self.control_socket = control_socket
         self.containers: dict[str, RunningContainer] = {}
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
@@ -291,7 +293,8 @@ class Scheduler:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": "/root:/pkg",
             "MODAL_IS_REMOTE": "1",
-            "MODAL_SERVER_URL": self.server_url,
+            # Over a Unix socket bound into the container, so block_network=True works too.
+            "MODAL_SERVER_URL": f"unix://{CONTROL_SOCKET}",
             "MODAL_DISABLE_API_PROXY": "1",
             "MODAL_ENVIRONMENT": environment_name,
             "MODAL_TASK_ID": task_id,
@@ -327,6 +330,8 @@ class Scheduler:
             client_package_dir=self.client_package_dir,
             work_dir=self.task_dir(task_id),
             directories=directories,
+            control_socket=self.control_socket,
+            network=not definition.block_network,
             memory_mib=definition.resources.memory_mb_max or definition.resources.memory_mb,
             cpu_cores=(definition.resources.milli_cpu_max or definition.resources.milli_cpu) / 1000,
         )

@@ -132,6 +132,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         queues=queues,
         secrets=secret_service,
         volumes=volumes,
+        control_socket=layout.control_socket,
     )
     scheduler.forget_credential = auth.forget_task
     return ServerState(

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from homeport.worker import cgroups
-from homeport.worker.runtime import ContainerSpec, ContainerStartError, OutputCallback
+from homeport.worker.runtime import CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
 
 log = logging.getLogger("homeport.runtime")
 
@@ -177,14 +177,20 @@ class ProcessRuntime:
                     f"the process runtime cannot mount a volume at {directory.container_path}: /{top} is shared with "
                     "the host; use a path under /root or a new top-level directory (e.g. /data)"
                 )
-        own = {*top_level, "pkg", *(d.container_path.lstrip("/").split("/")[0] for d in spec.directories)}
+        own = {*top_level, "pkg", "__homeport", *(d.container_path.lstrip("/").split("/")[0] for d in spec.directories)}
         # Own PID, IPC and UTS namespaces: the container sees only its own processes (and
         # they all end with it), and its hostname is its id. Network and files stay shared
         # with the host until the sandboxed runtime (issue 4).
+        # No capabilities (bubblewrap always sets no-new-privileges): mount, module
+        # loading, reboot, raw network access and the like are refused inside.
         command = [
             "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", spec.task_id, *_root_arguments(own),
+            "--hostname", spec.task_id, "--cap-drop", "ALL", *_root_arguments(own),
         ]
+        if not spec.network:
+            command.append("--unshare-net")  # block_network=True: loopback only
+        if spec.control_socket is not None:
+            command += ["--bind", str(spec.control_socket), CONTROL_SOCKET]
         for name in top_level:
             command += ["--bind", str(tree / name), f"/{name}"]
         for path in self.python_paths:

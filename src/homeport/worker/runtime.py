@@ -14,6 +14,9 @@ from typing import Protocol
 
 OutputCallback = Callable[[int, str], None]  # (file descriptor 1|2, text)
 
+# Where a container finds the control plane: MODAL_SERVER_URL is unix://<this>.
+CONTROL_SOCKET = "/__homeport/grpc.sock"
+
 
 class ContainerStartError(Exception):
     """The container cannot start as specified; the message says why and what to change."""
@@ -44,6 +47,8 @@ class ContainerSpec:
     client_package_dir: Path  # appears at /pkg
     work_dir: Path  # scratch space owned by this container, removed when it stops
     directories: list[BoundDirectory] = dataclasses.field(default_factory=list)  # e.g. volumes
+    control_socket: Path | None = None  # the server's gRPC socket, at CONTROL_SOCKET inside
+    network: bool = True  # False (block_network=True): only a loopback interface
     memory_mib: int = 0  # hard memory limit; 0 = none
     cpu_cores: float = 0.0  # CPU quota in cores; 0 = none
 
