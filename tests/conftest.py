@@ -44,6 +44,7 @@ class Server:
     process: subprocess.Popen[bytes] | None
     log_path: Path
     database_url: str | None = None
+    server_env: dict[str, str] = dataclasses.field(default_factory=dict)  # extra environment for the server
 
     @property
     def client_env(self) -> dict[str, str]:
@@ -69,7 +70,9 @@ class Server:
         if self.database_url:
             command += ["--database-url", self.database_url]
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=log, start_new_session=True, env={**os.environ, **self.server_env}
+        )
         deadline = time.monotonic() + 60
         while not (self.data_dir / "client.env").exists():
             if self.process.poll() is not None:
@@ -102,10 +105,10 @@ class Server:
         return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-def start_server(tmp: Path, database_url: str | None = None) -> Server:
+def start_server(tmp: Path, database_url: str | None = None, server_env: dict[str, str] | None = None) -> Server:
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = Server(data_dir, free_port_pair(), None, tmp / "server.log", database_url)
+    server = Server(data_dir, free_port_pair(), None, tmp / "server.log", database_url, server_env or {})
     server.start()
     return server
 

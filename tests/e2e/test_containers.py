@@ -74,3 +74,34 @@ def test_block_network_leaves_only_loopback_and_escapes_are_refused(server: Serv
     for result in (blocked, default):
         assert result["mount_exit"] != 0  # no CAP_SYS_ADMIN
         assert result["hostname"] == "refused"
+
+
+def test_gpus_are_assigned_exclusively_and_impossible_requests_fail_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import start_server
+
+    gpu_server = start_server(tmp_path, server_env={"HOMEPORT_GPUS": "T4:1"})  # a fake inventory: one T4
+    try:
+        script = """
+import time
+from gpu_app import app, wants_a100, wants_t4, h100_or_t4
+with app.run():
+    started = time.monotonic()
+    try:
+        wants_a100.remote()
+    except Exception as error:
+        print("a100:", error, "after", round(time.monotonic() - started, 1))
+    print("t4 devices", repr(wants_t4.remote()))
+    print("fallback devices", repr(h100_or_t4.remote()))
+    started = time.monotonic()
+    calls = [wants_t4.spawn(2.0), wants_t4.spawn(2.0)]
+    print("both", [c.get(timeout=120) for c in calls], "took", round(time.monotonic() - started, 1))
+"""
+        text = assert_ok(run_python(gpu_server, script, timeout=300))
+        assert "a100: gpu='A100' cannot be satisfied on this cluster, which has 1 x T4" in text
+        assert float(text.split("a100:")[1].split("after ")[1].split()[0]) < 10  # at once, not after a wait
+        assert "t4 devices '0'" in text
+        assert "fallback devices '0'" in text  # no H100 here: the T4 fallback ran it
+        both = text.split("both ")[1]
+        assert both.startswith("['0', '0']") and float(both.split("took ")[1].split()[0]) >= 3.9  # one after the other
+    finally:
+        gpu_server.stop()

@@ -91,3 +91,18 @@ def test_web_urls_follow_the_configured_domain_scheme_and_port() -> None:
     production = Settings(data_dir=Path("/x"), web_domain="apps.example.com", web_scheme="https", web_port=0)
     assert production.web_url("main--api") == "https://main--api.apps.example.com"
     assert host_label("main", "app", "f", "custom-label", "dev") == "main--custom-label-dev"
+
+
+def test_gpu_pool_assigns_whole_devices_exclusively() -> None:
+    from homeport.worker.gpus import GpuPool, GpuRequest, model_name
+
+    pool = GpuPool(["T4", "A100-80GB", "A100-80GB"])
+    assert pool.can_ever_satisfy(GpuRequest("A100-80GB", 2))
+    assert not pool.can_ever_satisfy(GpuRequest("H100", 1))
+    assert pool.acquire("ta-1", GpuRequest("A100-80GB", 2)) == [1, 2]
+    assert pool.acquire("ta-2", GpuRequest("A100-80GB", 1)) is None  # busy, not impossible
+    assert pool.acquire("ta-2", GpuRequest("ANY", 1)) == [0]
+    pool.release("ta-1")
+    assert pool.acquire("ta-3", GpuRequest("A100-80GB", 1)) == [1]
+    assert pool.describe() == "1 x T4, 2 x A100-80GB"
+    assert model_name("NVIDIA A100-SXM4-80GB") == "A100-80GB" and model_name("NVIDIA H100 80GB HBM3") == "H100"

@@ -31,6 +31,8 @@ from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.store import schema
 from homeport.worker.cpu import CpuMeter
+from homeport.worker.gpus import GpuPool, GpuRequest
+from homeport.worker.gpus import detect as detect_gpus
 from homeport.worker.runtime import CONTROL_SOCKET, BoundDirectory, Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
 
 log = logging.getLogger("homeport.scheduler")
@@ -47,6 +49,8 @@ STOP_GRACE_S = 10.0
 STDERR_TAIL_BYTES = 2000
 MAX_STARTING = max(os.cpu_count() or 1, 1)
 SATURATED_CPU = 0.85
+# An idle container keeps its GPU at least this long before queued work may claim it.
+GPU_IDLE_GRACE_S = 2.0
 
 
 def redactor(secret_values) -> Callable[[str], str]:  # type: ignore[no-untyped-def]
@@ -143,6 +147,7 @@ class Scheduler:
         self.containers: dict[str, RunningContainer] = {}
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
+        self.gpus = GpuPool(detect_gpus())
         self._tasks: asyncio.TaskGroup | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -231,8 +236,44 @@ class Scheduler:
                 self.max_containers - len(self.containers),
                 MAX_STARTING - starting,
             )
+            gpu_options = function.gpu_options or (
+                self.apps.function(function.parent_id).gpu_options if function.parent_id else []
+            )
+            if gpu_options and not any(self.gpus.can_ever_satisfy(GpuRequest(*o)) for o in gpu_options):
+                asked = " or ".join(str(GpuRequest(*o)) for o in gpu_options)
+                message = f"gpu={asked!r} cannot be satisfied on this cluster, which has {self.gpus.describe()}"
+                self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
+                continue
             for _ in range(max(wanted, 0)):
-                await self._start(function, definition, params, app.environment_name, app.workspace_id)
+                task_id = ids.new_id("task")
+                gpu_indices: list[int] = []
+                if gpu_options:
+                    assigned = next(
+                        (got for o in gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None), None
+                    )
+                    if assigned is None:
+                        # Every matching GPU is busy: the inputs wait in the queue, and an
+                        # idle container holding one is asked to make room.
+                        self._free_idle_gpus(function.id)
+                        break
+                    gpu_indices = assigned
+                await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices)
+
+    def _free_idle_gpus(self, function_id: str) -> None:
+        """Ask one idle container of another function that holds a GPU to stop (its own
+        function's containers will take the queued inputs themselves)."""
+        holders = set(self.gpus.holders.values())
+        now = time.monotonic()
+        for running in self.containers.values():
+            if (
+                running.task_id in holders
+                and running.function_id != function_id
+                and not running.inputs
+                and not running.stop_reason
+                and now - running.last_active > GPU_IDLE_GRACE_S
+            ):
+                self.request_stop(running, "its GPU is needed by queued inputs")
+                return
 
     async def _start(
         self,
@@ -241,8 +282,9 @@ class Scheduler:
         params: bytes,
         environment_name: str,
         workspace_id: str,
+        task_id: str,
+        gpu_indices: list[int],
     ) -> None:
-        task_id = ids.new_id("task")
         secret = ids.new_secret()
         with self.engine.begin() as connection:
             connection.execute(
@@ -298,6 +340,11 @@ class Scheduler:
             "MODAL_DISABLE_API_PROXY": "1",
             "MODAL_ENVIRONMENT": environment_name,
             "MODAL_TASK_ID": task_id,
+            **(
+                {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)), "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices))}
+                if gpu_indices
+                else {}
+            ),
             # The container's own credential: client 1.6.4 adds these headers to every RPC
             # a container makes. Never the user's token.
             "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",
@@ -370,6 +417,7 @@ class Scheduler:
         self._tasks.create_task(self._watch(running))
 
     def _fail_start(self, function, task_id: str, message: str) -> None:  # type: ignore[no-untyped-def]
+        self.gpus.release(task_id)
         log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
         with self.engine.begin() as connection:
             connection.execute(
@@ -403,6 +451,7 @@ class Scheduler:
         code = await running.container.wait()
         self.containers.pop(running.task_id, None)
         self.forget_credential(running.task_id)
+        self.gpus.release(running.task_id)
         runtime_reason = running.container.exit_reason()
         reason = running.stop_reason or runtime_reason or f"exited with code {code}"
         with self.engine.begin() as connection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import sqlalchemy as sa
@@ -53,6 +54,7 @@ class FunctionRow:
     parent_id: str | None
     bound_params: bytes | None
     options: api_pb2.FunctionOptions | None
+    gpu_options: list[tuple[str, int]]  # (model, count) in rank order; empty: no GPU
 
 
 def _function_row(row: sa.Row) -> FunctionRow:
@@ -67,7 +69,10 @@ def _function_row(row: sa.Row) -> FunctionRow:
     if row.options:
         options = api_pb2.FunctionOptions()
         options.ParseFromString(row.options)
-    return FunctionRow(row.id, row.app_id, row.tag, definition, metadata, row.parent_id, row.bound_params, options)
+    gpu_options = [(o["model"], o["count"]) for o in json.loads(row.gpu_options)] if row.gpu_options else []
+    return FunctionRow(
+        row.id, row.app_id, row.tag, definition, metadata, row.parent_id, row.bound_params, options, gpu_options
+    )
 
 
 class AppService:
@@ -271,8 +276,10 @@ class AppService:
         definition: api_pb2.Function,
         metadata: api_pb2.FunctionHandleMetadata,
         schedule_next_at: float | None,
+        gpu_options: list[tuple[str, int]] | None = None,
     ) -> None:
         values = dict(
+            gpu_options=json.dumps([{"model": m, "count": c} for m, c in gpu_options]) if gpu_options else None,
             app_id=app_id,
             tag=tag,
             definition=definition.SerializeToString(),

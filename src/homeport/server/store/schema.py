@@ -77,6 +77,8 @@ functions = sa.Table(
     sa.Column("options", sa.LargeBinary, nullable=True),  # api_pb2.FunctionOptions of a bound function
     sa.Column("schedule_next_at", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # gpu=[...] fallbacks, in rank order: JSON list of {"model", "count"}
+    sa.Column("gpu_options", sa.Text, nullable=True),
 )
 
 classes = sa.Table(
