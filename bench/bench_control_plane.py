@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import APPS, MODAL, run_python, start_server  # noqa: E402
+from tests.conftest import APPS, MODAL, run_python, start_server
 
 MEASURE = r'''
 import json, os, statistics, time, asyncio

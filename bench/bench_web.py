@@ -22,7 +22,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import VENV_BIN, run_modal, start_server  # noqa: E402
+from tests.conftest import VENV_BIN, run_modal, start_server
 
 APP = '''
 import modal

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from tests.conftest import APPS, Server, assert_ok, run_modal, run_python
+from tests.conftest import Server, assert_ok, run_modal, run_python
 
 
 def in_app(body: str) -> str:

@@ -7,7 +7,17 @@ import subprocess
 
 import toml
 
-from tests.conftest import APPS, MODAL, VENV_BIN, Server, assert_ok, free_port_pair, output, run_modal, run_python
+from tests.conftest import (
+    APPS,
+    MODAL,
+    VENV_BIN,
+    Server,
+    assert_ok,
+    free_port_pair,
+    output,
+    run_modal,
+    run_python,
+)
 
 
 def test_up_adds_a_profile_without_clobbering_others_and_down_stops(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -131,8 +131,7 @@ def test_large_file_streams_both_ways_in_bounded_server_memory(own_server: Serve
     size = 1024 * 1024 * 1024
     source = tmp_path / "large.bin"
     with open(source, "wb") as file:
-        for _ in range(size // (64 * 1024 * 1024)):
-            file.write(os.urandom(64 * 1024 * 1024))
+        file.writelines(os.urandom(64 * 1024 * 1024) for _ in range(size // (64 * 1024 * 1024)))
     assert_ok(run_modal(server, "volume", "create", "large-vol"))
     assert_ok(run_modal(server, "volume", "put", "large-vol", str(source), "/large.bin", timeout=600))
     down = tmp_path / "down"

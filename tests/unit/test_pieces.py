@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from modal_proto import api_pb2
 
@@ -42,8 +42,8 @@ def test_period_schedule_adds_its_length() -> None:
 
 def test_cron_schedule_fires_at_the_next_matching_minute() -> None:
     schedule = api_pb2.Schedule(cron=api_pb2.Schedule.Cron(cron_string="*/15 * * * *", timezone="UTC"))
-    after = datetime(2026, 1, 1, 10, 7, tzinfo=timezone.utc).timestamp()
-    assert next_schedule_time(schedule, after) == datetime(2026, 1, 1, 10, 15, tzinfo=timezone.utc).timestamp()
+    after = datetime(2026, 1, 1, 10, 7, tzinfo=UTC).timestamp()
+    assert next_schedule_time(schedule, after) == datetime(2026, 1, 1, 10, 15, tzinfo=UTC).timestamp()
 
 
 def test_plain_debian_slim_is_accepted_for_the_runtime_python() -> None:

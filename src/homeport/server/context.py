@@ -20,7 +20,7 @@ class TaskIdentity:
 
 @dataclasses.dataclass
 class RequestContext:
-    state: "ServerState"
+    state: ServerState
     request_id: str
     workspace_id: str
     token_id: str | None = None  # a user's token

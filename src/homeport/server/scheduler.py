@@ -33,7 +33,15 @@ from homeport.server.store import schema
 from homeport.worker.cpu import CpuMeter
 from homeport.worker.gpus import GpuPool, GpuRequest
 from homeport.worker.gpus import detect as detect_gpus
-from homeport.worker.runtime import CONTROL_SOCKET, BoundDirectory, Container, ContainerSpec, ContainerStartError, MountedFile, Runtime
+from homeport.worker.runtime import (
+    CONTROL_SOCKET,
+    BoundDirectory,
+    Container,
+    ContainerSpec,
+    ContainerStartError,
+    MountedFile,
+    Runtime,
+)
 
 log = logging.getLogger("homeport.scheduler")
 
@@ -72,7 +80,7 @@ class VolumeView:
     """A container's working copy of a volume, and what it looked like when last synced."""
 
     volume_id: str
-    directory: "Path"
+    directory: Path
     read_only: bool
     base: dict  # type: ignore[type-arg]
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
@@ -277,7 +285,7 @@ class Scheduler:
 
     async def _start(
         self,
-        function: "catalog.FunctionRow",  # type: ignore[name-defined]
+        function: catalog.FunctionRow,  # type: ignore[name-defined]
         definition: api_pb2.Function,
         params: bytes,
         environment_name: str,

@@ -16,8 +16,8 @@ from typing import Any
 import grpclib.const
 from grpclib import GRPCError, Status
 from grpclib.exceptions import StreamTerminatedError
-from h2.exceptions import StreamClosedError
 from grpclib.server import Stream
+from h2.exceptions import StreamClosedError
 from modal_proto import api_grpc
 
 from homeport import SUPPORTED_CLIENT_VERSION, ids

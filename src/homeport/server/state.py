@@ -14,19 +14,19 @@ from homeport.server.auth import AuthService
 from homeport.server.blobstore import LocalBlobStore
 from homeport.server.notify import Notifier
 from homeport.server.scheduler import Scheduler
-from homeport.server.services.apps import AppService
-from homeport.server.services.calls import CallService
-from homeport.server.services.environments import EnvironmentService
-from homeport.server.services.images import ImageService
-from homeport.server.services.logs import LogService
 from homeport.server.services import dicts as dict_contents
 from homeport.server.services import queues as queue_contents
 from homeport.server.services import secrets as secret_contents
+from homeport.server.services import volumes as volume_contents
+from homeport.server.services.apps import AppService
+from homeport.server.services.calls import CallService
 from homeport.server.services.dicts import DictService
+from homeport.server.services.environments import EnvironmentService
+from homeport.server.services.images import ImageService
+from homeport.server.services.logs import LogService
 from homeport.server.services.mounts import MountService
 from homeport.server.services.queues import QueueService
 from homeport.server.services.secrets import SecretService
-from homeport.server.services import volumes as volume_contents
 from homeport.server.services.storage import StorageObjectService
 from homeport.server.services.volumes import VolumeService
 from homeport.server.services.web import WebEndpointService

@@ -13,7 +13,7 @@ Client 1.6.4 contracts found by reading it:
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from modal_proto import api_pb2
 
@@ -173,7 +173,7 @@ def next_schedule_time(schedule: api_pb2.Schedule, after: float) -> float | None
 
         from croniter import croniter
 
-        zone = ZoneInfo(schedule.cron.timezone) if schedule.cron.timezone else timezone.utc
+        zone = ZoneInfo(schedule.cron.timezone) if schedule.cron.timezone else UTC
         start = datetime.fromtimestamp(after, tz=zone)
         return float(croniter(schedule.cron.cron_string, start).get_next(datetime).timestamp())
     return None

@@ -54,7 +54,6 @@ class StorageObjectService:
     ) -> tuple[StorageObject, bool]:
         """Resolve a `*GetOrCreate` request. Returns (object, created)."""
         label = KIND_LABEL[kind]
-        o = schema.storage_objects
         now = time.time()
         if creation_type in (api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL, api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP):
             if name:
