@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 import signal
 import subprocess
 import time
@@ -12,6 +13,9 @@ from tests.conftest import APPS, MODAL, Server, assert_ok, output, run_modal, ru
 
 def test_class_lifecycle_methods_and_parameters(server: Server) -> None:
     text = assert_ok(run_modal(server, "run", "classes.py"))
+    page_url = text.split("View run at")[1].split()[0]
+    with urllib.request.urlopen(page_url, timeout=10) as page:
+        assert "modal app logs ap-" in page.read().decode()
     assert "enter with start=10" in text
     assert "first 11" in text and "second 16" in text
     assert "default 1" in text
