@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 import signal
 import subprocess
 import time
+import urllib.request
 
 from tests.conftest import APPS, MODAL, Server, assert_ok, output, run_modal, run_python
 

@@ -28,6 +28,7 @@ log = logging.getLogger("homeport.gateway")
 BODY_CHUNK = 1024 * 1024
 DEFAULT_TIMEOUT_S = 300
 GENERIC = api_pb2.GenericResult
+_FINISHED = object()  # the call has ended and every message it sent was read
 
 
 def _page(status: int, title: str, detail: str) -> web.Response:
@@ -89,24 +90,16 @@ class Gateway:
             [(0, api_pb2.FunctionInput(args=pickle.dumps(((scope,), {})), data_format=api_pb2.DATA_FORMAT_PICKLE, method_name=method_name))],
         )
         state.scheduler.wake()
-        response: web.StreamResponse | None = None
         async with asyncio.TaskGroup() as group:
             uploader = group.create_task(self._upload_rest(request, call_id, more))
             try:
-                response = await asyncio.wait_for(self._download(request, call_id), timeout=timeout + 5)
+                return await asyncio.wait_for(self._download(request, call_id), timeout=timeout + 5)
             except TimeoutError:
-                response = None
-                timed_out = True
-            else:
-                timed_out = False
-            if not uploader.done():
-                uploader.cancel()
-        if response is not None:
-            return response
-        await state.scheduler.cancel_call(call_id, terminate_containers=False)
-        if timed_out:
-            return _page(504, "Gateway Timeout", f"The function did not answer within its timeout of {timeout} s.")
-        return _page(502, "Bad Gateway", "The function ended without sending a response.")
+                await state.scheduler.cancel_call(call_id, terminate_containers=False)
+                return _page(504, "Gateway Timeout", f"The function did not answer within its timeout of {timeout} s.")
+            finally:
+                if not uploader.done():
+                    uploader.cancel()
 
     async def _upload_rest(self, request: web.Request, call_id: str, more: bool) -> None:
         index = 1
@@ -117,46 +110,26 @@ class Gateway:
             message = api_pb2.Asgi(http_request=api_pb2.Asgi.HttpRequest(body=chunk, more_body=more))
             self.state.calls.put_data(call_id, "in", [_asgi_chunk(index, message)])
 
-    async def _download(self, request: web.Request, call_id: str) -> web.StreamResponse | None:
-        state = self.state
+    async def _download(self, request: web.Request, call_id: str) -> web.StreamResponse:
         response: web.StreamResponse | None = None
-        last_index = 0
-        while True:
-            chunks = await poll(
-                state.notifier,
-                [data_key(call_id, "out"), outputs_key(call_id)],
-                lambda: state.calls.data_after(call_id, "out", last_index) or state.calls.outputs_after(call_id, 0, 1),
-                30.0,
-            )
-            outputs = [c for c in chunks if not isinstance(c, api_pb2.DataChunk)]
-            for chunk in (c for c in chunks if isinstance(c, api_pb2.DataChunk)):
-                last_index = chunk.index
-                message = api_pb2.Asgi()
-                message.ParseFromString(state.blobs.read_bytes(chunk.data_blob_id) if chunk.data_blob_id else chunk.data)
-                kind = message.WhichOneof("type")
-                if kind == "http_response_start" and response is None:
-                    start = message.http_response_start
-                    headers = [
-                        (start.headers[i].decode("latin-1"), start.headers[i + 1].decode("latin-1"))
-                        for i in range(0, len(start.headers) - 1, 2)
-                    ]
-                    response = web.StreamResponse(status=start.status)
-                    for name, value in headers:
-                        if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                            response.headers.add(name, value)
-                        elif name.lower() == "content-length":
-                            response.content_length = int(value)
-                    await response.prepare(request)
-                elif kind == "http_response_body" and response is not None:
-                    await response.write(message.http_response_body.body)
-                    if not message.http_response_body.more_body:
-                        await response.write_eof()
-                        return response
-            if outputs or (not chunks and state.calls.unfinished_count(call_id) == 0):
-                remaining = state.calls.data_after(call_id, "out", last_index)
-                if remaining:
-                    continue  # drain what arrived with the output
-                return await self._finish_without_body(request, response, call_id)
+        async for message in self._messages_out(call_id):
+            kind = message.WhichOneof("type")
+            if kind == "http_response_start" and response is None:
+                start = message.http_response_start
+                response = web.StreamResponse(status=start.status)
+                for i in range(0, len(start.headers) - 1, 2):
+                    name, value = start.headers[i].decode("latin-1"), start.headers[i + 1].decode("latin-1")
+                    if name.lower() == "content-length":
+                        response.content_length = int(value)
+                    elif name.lower() not in ("transfer-encoding", "connection"):
+                        response.headers.add(name, value)
+                await response.prepare(request)
+            elif kind == "http_response_body" and response is not None:
+                await response.write(message.http_response_body.body)
+                if not message.http_response_body.more_body:
+                    await response.write_eof()
+                    return response
+        return await self._finish_without_body(request, response, call_id)
 
     async def _finish_without_body(
         self, request: web.Request, response: web.StreamResponse | None, call_id: str
@@ -240,24 +213,26 @@ class Gateway:
         return socket
 
     async def _messages_out(self, call_id: str):  # type: ignore[no-untyped-def]
-        """The container's ASGI messages for a call, in order, until its output arrives."""
+        """The container's ASGI messages for a call, in order, until the call has finished
+        (the container flushes its data before its output, so nothing comes after)."""
         state = self.state
         last_index = 0
+
+        def fetch() -> list[api_pb2.DataChunk] | object | None:
+            chunks = state.calls.data_after(call_id, "out", last_index)
+            if chunks or state.calls.unfinished_count(call_id):
+                return chunks
+            return state.calls.data_after(call_id, "out", last_index) or _FINISHED
+
         while True:
-            chunks = await poll(
-                state.notifier,
-                [data_key(call_id, "out"), outputs_key(call_id)],
-                lambda: state.calls.data_after(call_id, "out", last_index),
-                5.0,
-            )
-            for chunk in chunks:
+            found = await poll(state.notifier, [data_key(call_id, "out"), outputs_key(call_id)], fetch, 30.0)
+            if found is _FINISHED:
+                return
+            for chunk in found:
                 last_index = chunk.index
                 message = api_pb2.Asgi()
                 message.ParseFromString(state.blobs.read_bytes(chunk.data_blob_id) if chunk.data_blob_id else chunk.data)
                 yield message
-            if not chunks and state.calls.unfinished_count(call_id) == 0:
-                if not state.calls.data_after(call_id, "out", last_index):
-                    return
 
     def _scope(self, request: web.Request) -> dict:  # type: ignore[type-arg]
         peer = request.transport.get_extra_info("peername") if request.transport else None

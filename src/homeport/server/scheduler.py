@@ -29,6 +29,7 @@ from homeport.server.services.apps import AppService
 from homeport.server.services.calls import CLAIMED, PENDING, CallService, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
+from homeport.server.services.volumes import volume_metadata
 from homeport.server.store import schema
 from homeport.worker.cpu import CpuMeter
 from homeport.worker.gpus import GpuPool, GpuRequest
@@ -179,29 +180,30 @@ class Scheduler:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             self._tasks = group
-            group.create_task(self._loop("placement", self._place, 1.0))
-            group.create_task(self._loop("timeouts", self._enforce_deadlines, 0.5))
-            group.create_task(self._loop("schedules", self._run_schedules, 1.0))
-            group.create_task(self._loop("housekeeping", self._housekeeping, 10.0))
+            group.create_task(self._loop("placement", self._place, self._until_placement_due))
+            group.create_task(self._loop("timeouts", self._enforce_deadlines, lambda: asyncio.sleep(0.5)))
+            group.create_task(self._loop("schedules", self._run_schedules, lambda: asyncio.sleep(1.0)))
+            group.create_task(self._loop("housekeeping", self._housekeeping, lambda: asyncio.sleep(10.0)))
 
-    async def _loop(self, name: str, step, interval: float) -> None:  # type: ignore[no-untyped-def]
+    async def _loop(self, name: str, step, pause) -> None:  # type: ignore[no-untyped-def]
         while True:
             try:
                 await step()
             except Exception:
                 log.exception("scheduler loop %s failed; continuing", name)
-            if name == "placement":
-                wait = interval
-                next_retry = self.calls.next_retry_at()
-                if next_retry is not None:
-                    wait = min(interval, max(next_retry - time.time(), 0.01))
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-            else:
-                await asyncio.sleep(interval)
+            await pause()
+
+    async def _until_placement_due(self) -> None:
+        """Place again when woken, when a retry's backoff ends, or after a second."""
+        wait = 1.0
+        next_retry = self.calls.next_retry_at()
+        if next_retry is not None:
+            wait = min(wait, max(next_retry - time.time(), 0.01))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+        except TimeoutError:
+            pass
+        self._wake.clear()
 
     def wake(self) -> None:
         self._wake.set()
@@ -310,8 +312,6 @@ class Scheduler:
         layout = catalog.app_layout(self.apps, function.app_id, dependencies)
         for obj in layout.objects:
             if obj.object_id.startswith("vo-") and not obj.HasField("volume_metadata"):
-                from homeport.server.rpc.volumes import volume_metadata
-
                 obj.volume_metadata.CopyFrom(volume_metadata(self.storage.get("volume", workspace_id, obj.object_id)))
         arguments = api_pb2.ContainerArguments(
             task_id=task_id,
@@ -500,15 +500,15 @@ class Scheduler:
             self._requeue(row.id, running.function_id, running.task_id)
         self.wake()
 
+    def retry_policy(self, function_id: str) -> api_pb2.FunctionRetryPolicy | None:
+        """The retry policy inputs of this function (or bound variant) run under."""
+        definition, _ = catalog.effective_definition(self.apps, self.apps.function(function_id))
+        return definition.retry_policy if definition.HasField("retry_policy") else None
+
     def _finish_input(
         self, input_id: str, function_id: str, result: api_pb2.GenericResult, task_id: str | None = None
     ) -> None:
-        policy = None
-        try:
-            definition, _ = catalog.effective_definition(self.apps, self.apps.function(function_id))
-            policy = definition.retry_policy if definition.HasField("retry_policy") else None
-        except Exception:
-            pass
+        policy = self.retry_policy(function_id)
         self.calls.finish(input_id, result, api_pb2.DATA_FORMAT_PICKLE, policy, task_id=task_id)
 
     def _requeue(self, input_id: str, function_id: str, task_id: str) -> None:

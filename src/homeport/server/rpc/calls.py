@@ -14,6 +14,7 @@ from modal_proto import api_pb2
 
 from homeport.server import errors
 from homeport.server.context import RequestContext
+from homeport.server.notify import poll
 from homeport.server.rpc import handler
 from homeport.server.services.calls import data_key, outputs_key
 
@@ -96,13 +97,13 @@ async def function_map(context: RequestContext, request: api_pb2.FunctionMapRequ
 async def function_put_inputs(
     context: RequestContext, request: api_pb2.FunctionPutInputsRequest
 ) -> api_pb2.FunctionPutInputsResponse:
+    _check_inputs(list(request.inputs))
     calls = context.state.calls
     call = calls.call(context.workspace_id, request.function_call_id)
     if call.function_id != request.function_id:
         raise errors.invalid_argument(
             f"function call {call.id} belongs to function {call.function_id}, not {request.function_id}"
         )
-    _check_inputs(list(request.inputs))
     items = [(item.idx, item.input) for item in request.inputs]
     input_ids = calls.enqueue(call.id, call.function_id, items)
     context.state.scheduler.wake()
@@ -124,18 +125,18 @@ async def function_get_outputs(
     # (FunctionCall.get) reads from the beginning, filtered to those indices.
     cursor = int(request.last_entry_id.split("-")[0] or 0) if request.last_entry_id else 0
     by_index = request.HasField("start_idx") or request.HasField("end_idx")
-    limit = request.max_values or MAX_OUTPUTS_PER_RESPONSE
-    deadline = time.monotonic() + min(max(request.timeout, 0.0), MAX_POLL_S)
-    while True:
-        with context.state.notifier.listen(outputs_key(request.function_call_id)) as listener:
-            found = calls.outputs_after(request.function_call_id, 0 if by_index else cursor, MAX_OUTPUTS_PER_RESPONSE)
-            if by_index:
-                found = [o for o in found if request.start_idx <= o.idx <= request.end_idx]
-            found = found[:limit]
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
-                break
-            await listener.wait(remaining)
+    limit = min(request.max_values or MAX_OUTPUTS_PER_RESPONSE, MAX_OUTPUTS_PER_RESPONSE)
+    found = await poll(
+        context.state.notifier,
+        [outputs_key(request.function_call_id)],
+        lambda: calls.outputs_after(
+            request.function_call_id,
+            0 if by_index else cursor,
+            limit,
+            (request.start_idx, request.end_idx) if by_index else None,
+        ),
+        min(request.timeout, MAX_POLL_S),
+    )
     if found and request.clear_on_success:
         calls.delete_outputs([o.seq for o in found if o.result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS])
     last_seq = max([o.seq for o in found], default=cursor)

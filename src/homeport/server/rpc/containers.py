@@ -13,7 +13,6 @@ from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
 from homeport.server.scheduler import stop_key
-from homeport.server.services import functions as catalog
 from homeport.server.services.calls import queue_key
 
 # A container's FunctionGetInputs is answered (maybe empty) within this; it asks again at once.
@@ -92,9 +91,7 @@ function_get_inputs.on_undelivered = _return_undelivered_inputs  # type: ignore[
 @handler("FunctionPutOutputs")
 async def function_put_outputs(context: RequestContext, request: api_pb2.FunctionPutOutputsRequest) -> empty_pb2.Empty:
     task = context.require_task()
-    function = context.state.apps.function(task.function_id)
-    definition, _ = catalog.effective_definition(context.state.apps, function)
-    policy = definition.retry_policy if definition.HasField("retry_policy") else None
+    policy = context.state.scheduler.retry_policy(task.function_id)
     for item in request.outputs:
         # Outputs carry no function_call_id in 1.6.4: they are matched by input id, and
         # only from the container that holds the input.

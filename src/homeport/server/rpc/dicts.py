@@ -56,7 +56,8 @@ async def dict_update(context: RequestContext, request: api_pb2.DictUpdateReques
     for entry in request.updates:
         if len(entry.key) + len(entry.value) > MAX_ENTRY_BYTES:
             raise errors.invalid_argument(
-                f"a Dict entry of {len(entry.key) + len(entry.value)} bytes is over the {MAX_ENTRY_BYTES}-byte limit"
+                f"a Dict entry of {len(entry.key) + len(entry.value)} bytes is over the {MAX_ENTRY_BYTES}-byte limit; "
+                "store large values in a Volume and keep their paths in the Dict"
             )
     created = context.state.dicts.update(dict_id, [(e.key, e.value) for e in request.updates], request.if_not_exists)
     return api_pb2.DictUpdateResponse(created=created)

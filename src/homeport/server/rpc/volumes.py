@@ -13,17 +13,9 @@ from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
 from homeport.server.rpc.storage import register_storage_verbs
 from homeport.server.services.storage import StorageObject
-from homeport.server.services.volumes import BLOCK_SIZE
+from homeport.server.services.volumes import BLOCK_SIZE, volume_metadata
 
 LIST_BATCH = 500
-
-
-def volume_metadata(found: StorageObject) -> api_pb2.VolumeMetadata:
-    return api_pb2.VolumeMetadata(
-        version=api_pb2.VOLUME_FS_VERSION_V2,
-        name=found.name or "",
-        creation_info=api_pb2.CreationInfo(created_at=found.created_at),
-    )
 
 
 def _metadata(context: RequestContext, found: StorageObject) -> api_pb2.VolumeMetadata:

@@ -289,15 +289,18 @@ class CallService:
             self.notifier.notify(outputs_key(row.function_call_id))
         return True
 
-    def outputs_after(self, function_call_id: str, after_seq: int, limit: int) -> list[StoredOutput]:
+    def outputs_after(
+        self, function_call_id: str, after_seq: int, limit: int, index_range: tuple[int, int] | None = None
+    ) -> list[StoredOutput]:
+        """Outputs stored after `after_seq`, optionally only those whose input index is in range."""
         o = schema.outputs
+        query = sa.select(o.c.seq, o.c.input_id, o.c.idx, o.c.result, o.c.data_format, o.c.retry_count).where(
+            o.c.function_call_id == function_call_id, o.c.seq > after_seq
+        )
+        if index_range is not None:
+            query = query.where(o.c.idx.between(*index_range))
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(o.c.seq, o.c.input_id, o.c.idx, o.c.result, o.c.data_format, o.c.retry_count)
-                .where(o.c.function_call_id == function_call_id, o.c.seq > after_seq)
-                .order_by(o.c.seq)
-                .limit(limit)
-            ).all()
+            rows = connection.execute(query.order_by(o.c.seq).limit(limit)).all()
         outputs = []
         for row in rows:
             result = api_pb2.GenericResult()

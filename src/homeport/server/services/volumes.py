@@ -21,9 +21,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 
 import sqlalchemy as sa
+from modal_proto import api_pb2
 
 from homeport.config import DataLayout
 from homeport.server import errors
+from homeport.server.services.storage import StorageObject
 from homeport.server.store import schema
 
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -57,6 +59,15 @@ def normalize(path: str) -> str:
 def parents(path: str) -> list[str]:
     parts = path.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def volume_metadata(found: StorageObject) -> api_pb2.VolumeMetadata:
+    """What the client (and a container's app layout) is told about a volume: always v2."""
+    return api_pb2.VolumeMetadata(
+        version=api_pb2.VOLUME_FS_VERSION_V2,
+        name=found.name or "",
+        creation_info=api_pb2.CreationInfo(created_at=found.created_at),
+    )
 
 
 def remove_contents(connection: sa.Connection, volume_id: str) -> None:
