@@ -26,7 +26,7 @@ from tests.conftest import VENV_BIN, run_modal, start_server
 
 APP = '''
 import modal
-app = modal.App("bench-web")
+app = modal.App("bench-web", image=modal.Image.debian_slim().pip_install("fastapi[standard]"))
 
 @app.function()
 @modal.concurrent(max_inputs=32)

@@ -18,6 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 MODAL = str(VENV_BIN / "modal")
 APPS = Path(__file__).resolve().parent / "e2e" / "apps"
+# Image layers shared by every test server on this machine and kept between runs (outside
+# the clone), so debian_slim()'s apt and pip steps are built once, not once per server.
+# Tests that prune layers give their server a layer dir of its own.
+TEST_LAYER_DIR = os.environ.get("HOMEPORT_TEST_LAYER_DIR", "/var/cache/homeport/test-layers")
 
 
 def free_port_pair() -> int:
@@ -70,9 +74,8 @@ class Server:
         if self.database_url:
             command += ["--database-url", self.database_url]
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=log, start_new_session=True, env={**os.environ, **self.server_env}
-        )
+        environment = {**os.environ, "HOMEPORT_LAYER_DIR": TEST_LAYER_DIR, **self.server_env}
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, env=environment)
         deadline = time.monotonic() + 60
         while not (self.data_dir / "client.env").exists():
             if self.process.poll() is not None:

@@ -20,7 +20,9 @@ app = typer.Typer(help="Homeport: run unmodified Modal programs on your own mach
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 workspace_app = typer.Typer(help="Manage workspaces.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+images_app = typer.Typer(help="Inspect and prune built images.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
+app.add_typer(images_app, name="images")
 
 DEFAULT_DATA_DIR = Path(os.environ.get("HOMEPORT_DATA_DIR", Path.home() / ".homeport"))
 DataDir = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="Where the server keeps its state.")
@@ -207,6 +209,57 @@ def workspace_list(data_dir: Path = DataDir, database_url: str | None = Database
     """List workspaces."""
     for workspace_id, name in _auth(data_dir, database_url).list_workspaces():
         typer.echo(f"{workspace_id}  {name}")
+
+
+def _layer_store(data_dir: Path, database_url: str | None):  # type: ignore[no-untyped-def]
+    from homeport.images.bases import BaseCache
+    from homeport.images.layers import LayerStore
+    from homeport.server.services.images import recorded_layer_dir
+    from homeport.server.state import open_engine
+
+    settings = _settings(data_dir, database_url)
+    engine = open_engine(settings)
+    layer_dir = recorded_layer_dir(engine) or settings.layers
+    return engine, LayerStore(layer_dir, BaseCache(settings.cache.bases, settings.oci_mirror))
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+@images_app.command("list")
+def images_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
+    """Images this server knows, with their status, layer count and size above their base."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from homeport.server.services.images import list_images
+
+    engine, layers = _layer_store(data_dir, database_url)
+    table = Table("Image", "Status", "Layers", "Size", "Base", "Built", "Last step", box=None)
+    for image in list_images(engine, layers):
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(image["built_at"])) if image["built_at"] else "-"  # type: ignore[arg-type]
+        step = str(image["last_step"])
+        table.add_row(
+            str(image["id"]), str(image["status"]), str(image["layers"]), _size(image["size"]),  # type: ignore[arg-type]
+            str(image["base"]).removeprefix("base:"), built, step if len(step) < 60 else step[:57] + "...",
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
+@images_app.command("prune")
+def images_prune(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
+    """Remove layers that no built or building image uses (left by force_build, failed
+    builds and changed steps). Cached bases are kept."""
+    from homeport.server.services.images import prune_layers
+
+    engine, layers = _layer_store(data_dir, database_url)
+    removed, freed = prune_layers(engine, layers)
+    typer.echo(f"Removed {len(removed)} layer(s), freed {_size(freed)}.")
 
 
 def main() -> None:

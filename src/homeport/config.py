@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
+import os
 from pathlib import Path
+
+# Base root filesystems and the client package for containers: slow to make, the same for
+# every server on a machine, so kept outside any data directory (and any clone).
+DEFAULT_CACHE_DIR = Path(os.environ.get("HOMEPORT_CACHE_DIR", "/var/cache/homeport"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,11 @@ class DataLayout:
     def volume_blocks(self) -> Path:
         return self.root / "volume-blocks"
 
+    @property
+    def image_contexts(self) -> Path:
+        """Build contexts (the files COPY reads), one directory per running build."""
+        return self.root / "image-contexts"
+
     def volume_file(self, sha256_hex: str) -> Path:
         return self.volume_content / sha256_hex[:2] / sha256_hex
 
@@ -71,8 +80,23 @@ class DataLayout:
         return self.tasks / task_id
 
     def ensure(self) -> None:
-        for path in (self.root, self.blobs, self.uploads, self.tasks, self.volume_content, self.volume_blocks):
+        for path in (self.root, self.blobs, self.uploads, self.tasks, self.volume_content, self.volume_blocks, self.image_contexts):
             path.mkdir(parents=True, exist_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheLayout:
+    """Paths under the machine-wide cache directory."""
+
+    root: Path
+
+    @property
+    def bases(self) -> Path:
+        return self.root / "bases"
+
+    @property
+    def client_packages(self) -> Path:
+        return self.root / "client"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +106,26 @@ class Settings:
     blob_port: int = 0  # 0: port + 1
     host: str = "127.0.0.1"
     database_url: str | None = None  # None: SQLite under the data dir
-    runtime: str = "process"
     max_containers: int = 32  # containers this node runs at once
     web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
     web_scheme: str = "http"
     web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none
-    container_python: str = sys.executable
     # How long finished call results are kept (the issue asks for at least 24 h).
     result_retention_s: float = 7 * 24 * 3600
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    # Image layers: under the data dir unless set (HOMEPORT_LAYER_DIR). A layer dir belongs
+    # to one server: `homeport images prune` removes what that server's images do not use.
+    layer_dir: Path | None = dataclasses.field(default_factory=lambda: _optional_path(os.environ.get("HOMEPORT_LAYER_DIR")))
+    # A local OCI layout consulted for `FROM <tag>` before any registry (HOMEPORT_OCI_MIRROR).
+    oci_mirror: Path | None = dataclasses.field(default_factory=lambda: _optional_path(os.environ.get("HOMEPORT_OCI_MIRROR")))
+
+    @property
+    def cache(self) -> CacheLayout:
+        return CacheLayout(Path(self.cache_dir).resolve())
+
+    @property
+    def layers(self) -> Path:
+        return Path(self.layer_dir).resolve() if self.layer_dir else self.layout.root / "layers"
 
     @property
     def layout(self) -> DataLayout:
@@ -114,3 +150,7 @@ class Settings:
     @property
     def blob_base_url(self) -> str:
         return f"http://{self.host}:{self.effective_blob_port}"
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None

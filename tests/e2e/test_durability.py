@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from tests.conftest import Server, assert_ok, run_modal, run_python
 
 
-def test_kill_9_loses_nothing_acknowledged(own_server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_loses_nothing_acknowledged(own_server: Server) -> None:
     server = own_server
     assert_ok(run_modal(server, "deploy", "durable.py"))
     done_call = assert_ok(
@@ -17,17 +15,20 @@ def test_kill_9_loses_nothing_acknowledged(own_server: Server, tmp_path) -> None
             "call.get(timeout=60)\nprint(call.object_id)",
         )
     ).split()[-1]
-    marker = tmp_path / "started"
     running_call = assert_ok(
         run_python(
             server,
-            f"import modal\nprint(modal.Function.from_name('durable', 'first_attempt_hangs').spawn({str(marker)!r}).object_id)",
+            "import modal\nprint(modal.Function.from_name('durable', 'first_attempt_hangs').spawn('hang-marker').object_id)",
         )
     ).split()[-1]
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the input never started"
-        time.sleep(0.1)
+    assert_ok(
+        run_python(
+            server,
+            "import modal, time\nmarkers = modal.Dict.from_name('hang-marker', create_if_missing=True)\n"
+            "deadline = time.monotonic() + 60\nwhile not markers.get('started'):\n"
+            "    assert time.monotonic() < deadline, 'the input never started'\n    time.sleep(0.1)\n",
+        )
+    )
 
     server.stop(hard=True)
     server.start()

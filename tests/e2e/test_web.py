@@ -165,7 +165,7 @@ def test_web_server_decorator_proxies_to_the_containers_port(server: Server, dep
 def test_modal_serve_reloads_on_change_and_keeps_the_url(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     app_file = tmp_path / "served.py"
     source = (
-        "import modal\napp = modal.App('served')\n"
+        "import modal\napp = modal.App('served', image=modal.Image.debian_slim().pip_install('fastapi[standard]'))\n"
         "@app.function()\n@modal.fastapi_endpoint()\ndef hello():\n    return {'version': VERSION}\n"
     )
     app_file.write_text(source.replace("VERSION", "1"))
@@ -199,7 +199,7 @@ def test_concurrent_requests_fan_out_across_containers(server: Server, tmp_path)
 
     app_file = tmp_path / "fanout.py"
     app_file.write_text(
-        "import socket, time, modal\napp = modal.App('fanout')\n"
+        "import socket, time, modal\napp = modal.App('fanout', image=modal.Image.debian_slim().pip_install('fastapi[standard]'))\n"
         "@app.function()\n@modal.fastapi_endpoint()\ndef work():\n    time.sleep(2)\n    return {'container': socket.gethostname()}\n"
     )
     assert_ok(run_modal(server, "deploy", str(app_file), cwd=tmp_path))
@@ -216,7 +216,7 @@ def test_concurrent_requests_fan_out_across_containers(server: Server, tmp_path)
 def test_idle_endpoint_scales_to_zero_and_wakes_on_the_next_request(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     app_file = tmp_path / "sleepy.py"
     app_file.write_text(
-        "import socket, modal\napp = modal.App('sleepy')\n"
+        "import socket, modal\napp = modal.App('sleepy', image=modal.Image.debian_slim().pip_install('fastapi[standard]'))\n"
         "@app.function(scaledown_window=2)\n@modal.fastapi_endpoint()\ndef who():\n    return {'container': socket.gethostname()}\n"
     )
     assert_ok(run_modal(server, "deploy", str(app_file), cwd=tmp_path))

@@ -12,16 +12,6 @@ from homeport import ids
 from homeport.server.notify import Notifier
 from homeport.server.services.calls import retry_delay_s
 from homeport.server.services.functions import next_schedule_time
-from homeport.server.services.images import unsupported_step
-
-SLIM = [
-    "FROM python:3.11.12-slim-bookworm",
-    "RUN apt-get update",
-    "RUN apt-get install -y gcc gfortran build-essential",
-    "RUN pip install --upgrade pip wheel uv",
-    "RUN echo 'debconf debconf/frontend select Noninteractive' | debconf-set-selections",
-    'CMD ["sleep", "172800"]',
-]
 
 
 def test_ids_have_the_shapes_the_client_checks() -> None:
@@ -44,21 +34,6 @@ def test_cron_schedule_fires_at_the_next_matching_minute() -> None:
     schedule = api_pb2.Schedule(cron=api_pb2.Schedule.Cron(cron_string="*/15 * * * *", timezone="UTC"))
     after = datetime(2026, 1, 1, 10, 7, tzinfo=UTC).timestamp()
     assert next_schedule_time(schedule, after) == datetime(2026, 1, 1, 10, 15, tzinfo=UTC).timestamp()
-
-
-def test_plain_debian_slim_is_accepted_for_the_runtime_python() -> None:
-    assert unsupported_step(api_pb2.Image(dockerfile_commands=SLIM), (3, 11)) is None
-
-
-def test_other_python_or_steps_are_refused_by_name() -> None:
-    other_python = unsupported_step(api_pb2.Image(dockerfile_commands=SLIM), (3, 12))
-    assert other_python is not None and "Python 3.11" in other_python
-    layered = api_pb2.Image(
-        dockerfile_commands=["FROM base", "RUN python -m pip install numpy"],
-        base_images=[api_pb2.BaseImage(docker_tag="base", image_id="im-1")],
-    )
-    message = unsupported_step(layered, (3, 11))
-    assert message is not None and "`RUN python -m pip install numpy`" in message
 
 
 def test_a_listener_sees_a_notification_sent_before_it_waits() -> None:

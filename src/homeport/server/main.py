@@ -97,9 +97,11 @@ async def serve(settings: Settings) -> None:
     try:
         async with asyncio.TaskGroup() as group:
             scheduler_task = group.create_task(state.scheduler.run())
+            images_task = group.create_task(state.images.run())
             await stop.wait()
             log.info("shutting down")
             scheduler_task.cancel()
+            images_task.cancel()
     finally:
         await state.scheduler.shutdown()
         for server in (grpc_server, container_server):

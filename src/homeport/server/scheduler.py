@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from modal_proto import api_pb2
 
 from homeport import ids
+from homeport.images import client_package
 from homeport.server.auth import hash_secret
 from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
@@ -123,6 +124,7 @@ class Scheduler:
         runtime: Runtime,
         blob_path,  # type: ignore[no-untyped-def]
         client_package_dir,  # type: ignore[no-untyped-def]
+        images,  # type: ignore[no-untyped-def]
         task_dir,  # type: ignore[no-untyped-def]
         server_url: str,
         max_containers: int,
@@ -142,6 +144,7 @@ class Scheduler:
         self.runtime = runtime
         self.blob_path = blob_path
         self.client_package_dir = client_package_dir
+        self.images = images
         self.task_dir = task_dir
         self.server_url = server_url
         self.max_containers = max_containers
@@ -151,7 +154,6 @@ class Scheduler:
         self.queues = queues
         self.secrets = secrets
         self.volumes = volumes
-        self.python_bin = str(Path(getattr(runtime, "python", "/usr/bin/python3")).parent)
         self.control_socket = control_socket
         self.containers: dict[str, RunningContainer] = {}
         self._wake = asyncio.Event()
@@ -331,15 +333,29 @@ class Scheduler:
                 MountedFile(str(f["path"]), self.blob_path(str(f["blob_id"])), int(f["mode"]))  # type: ignore[call-overload]
                 for f in mount_files
             )
+        try:
+            image_layers, image_config = self.images.runtime_image(definition.image_id)
+        except LookupError as error:
+            self._fail_start(function, task_id, str(error))
+            return
+        wanted_python = client_package.python_tag()
+        if image_config.python_version and not image_config.python_version.startswith(wanted_python + "."):
+            self._fail_start(
+                function,
+                task_id,
+                f"image {definition.image_id} has Python {image_config.python_version}, but this server's client package "
+                f"(/pkg) is built for Python {wanted_python}; use modal.Image.debian_slim(python_version=\"{wanted_python}\")",
+            )
+            return
         secret_values: dict[str, str] = {}
         for secret_id in definition.secret_ids:
             secret_values.update(self.secrets.values(secret_id))
         environment = {
-            **secret_values,
-            # The runtime's own interpreter first, so `python` in a container is the one it runs on.
-            "PATH": f"{self.python_bin}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/root",
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LANG": "C.UTF-8",
+            **image_config.env,
+            **secret_values,
+            "HOME": "/root",
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": "/root:/pkg",
             "MODAL_IS_REMOTE": "1",
@@ -383,6 +399,9 @@ class Scheduler:
             environment=environment,
             files=files,
             client_package_dir=self.client_package_dir,
+            image_layers=image_layers,
+            working_dir=image_config.workdir if image_config.workdir not in ("", "/") else "/root",
+            gpu_devices=gpu_indices,
             work_dir=self.task_dir(task_id),
             directories=directories,
             control_socket=self.control_socket,

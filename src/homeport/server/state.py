@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import secrets as random_secrets
-import subprocess
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from homeport.config import Settings
+from homeport.images import client_package
+from homeport.images.bases import BaseCache
+from homeport.images.layers import LayerStore
 from homeport.server.auth import AuthService
 from homeport.server.blobstore import LocalBlobStore
 from homeport.server.notify import Notifier
@@ -22,7 +23,7 @@ from homeport.server.services.apps import AppService
 from homeport.server.services.calls import CallService
 from homeport.server.services.dicts import DictService
 from homeport.server.services.environments import EnvironmentService
-from homeport.server.services.images import ImageService
+from homeport.server.services.images import ImageService, record_layer_dir
 from homeport.server.services.logs import LogService
 from homeport.server.services.mounts import MountService
 from homeport.server.services.queues import QueueService
@@ -31,7 +32,7 @@ from homeport.server.services.storage import StorageObjectService
 from homeport.server.services.volumes import VolumeService
 from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
-from homeport.worker.process_runtime import ProcessRuntime
+from homeport.worker.sandbox import SandboxRuntime
 
 BLOB_SIGNING_KEY = "blob_signing_key"
 
@@ -45,19 +46,6 @@ def shared_setting(engine: sa.Engine, key: str, make: str) -> str:
             return str(row.value)
         connection.execute(s.insert().values(key=key, value=make))
         return make
-
-
-def python_version(python: str) -> tuple[int, int]:
-    output = subprocess.check_output([python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"])
-    major, minor = output.split()
-    return int(major), int(minor)
-
-
-def client_package_dir() -> Path:
-    """The site-packages holding the pinned client and its dependencies: served as /pkg."""
-    import modal
-
-    return Path(modal.__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass
@@ -113,7 +101,19 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     volumes = VolumeService(engine, layout)
     secret_service = SecretService(engine, secret_contents.load_key(layout.secret_key))
     queues = QueueService(engine, notifier)
-    runtime = ProcessRuntime(settings.container_python)
+    runtime = SandboxRuntime()
+    bases = BaseCache(settings.cache.bases, settings.oci_mirror)
+    record_layer_dir(engine, settings.layers)
+    images = ImageService(
+        engine,
+        notifier,
+        LayerStore(settings.layers, bases),
+        bases,
+        mounts,
+        secret_service,
+        layout.blob,
+        layout.image_contexts,
+    )
     scheduler = Scheduler(
         engine=engine,
         notifier=notifier,
@@ -123,7 +123,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         mounts=mounts,
         runtime=runtime,
         blob_path=layout.blob,
-        client_package_dir=client_package_dir(),
+        client_package_dir=client_package.ensure(settings.cache.client_packages),
+        images=images,
         task_dir=layout.task_dir,
         server_url=settings.server_url,
         max_containers=settings.max_containers,
@@ -146,7 +147,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         logs=logs,
         blobs=blobs,
         mounts=mounts,
-        images=ImageService(engine, python_version(settings.container_python)),
+        images=images,
         scheduler=scheduler,
         storage=storage,
         dicts=DictService(engine),

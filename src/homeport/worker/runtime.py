@@ -46,11 +46,14 @@ class ContainerSpec:
     files: list[MountedFile]
     client_package_dir: Path  # appears at /pkg
     work_dir: Path  # scratch space owned by this container, removed when it stops
+    image_layers: list[Path]  # the image's root filesystem: overlay lowerdirs, topmost first
+    working_dir: str = "/root"
     directories: list[BoundDirectory] = dataclasses.field(default_factory=list)  # e.g. volumes
     control_socket: Path | None = None  # the server's gRPC socket, at CONTROL_SOCKET inside
     network: bool = True  # False (block_network=True): only a loopback interface
     memory_mib: int = 0  # hard memory limit; 0 = none
     cpu_cores: float = 0.0  # CPU quota in cores; 0 = none
+    gpu_devices: list[int] = dataclasses.field(default_factory=list)  # /dev/nvidiaN made visible
 
 
 class Container(Protocol):

@@ -60,10 +60,12 @@ def too_slow():
 
 
 @app.function(retries=modal.Retries(max_retries=2, initial_delay=0.1, backoff_coefficient=1.0))
-def flaky(marker_dir):
-    # Fails on the first two attempts, succeeds on the third.
-    attempts = len(os.listdir(marker_dir))
-    open(os.path.join(marker_dir, f"attempt-{attempts}"), "w").close()
+def flaky(counter_name):
+    # Fails on the first two attempts, succeeds on the third. The count lives in a Dict:
+    # containers cannot write to the caller's files.
+    counter = modal.Dict.from_name(counter_name, create_if_missing=True)
+    attempts = counter.get("attempts", 0)
+    counter["attempts"] = attempts + 1
     if attempts < 2:
         raise RuntimeError(f"attempt {attempts} failed")
     return attempts

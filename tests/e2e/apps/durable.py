@@ -1,6 +1,5 @@
 """A deployed app for the crash-and-restart test."""
 
-import os
 import time
 
 import modal
@@ -14,9 +13,10 @@ def square(x: int) -> int:
 
 
 @app.function(retries=1)
-def first_attempt_hangs(marker: str) -> str:
-    if not os.path.exists(marker):
-        open(marker, "w").close()
+def first_attempt_hangs(marker_dict: str) -> str:
+    markers = modal.Dict.from_name(marker_dict, create_if_missing=True)
+    if not markers.get("started"):
+        markers["started"] = True
         time.sleep(600)
         return "first attempt"
     return "second attempt"

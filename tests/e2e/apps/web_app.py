@@ -2,7 +2,9 @@
 
 import modal
 
-app = modal.App("webapp")
+# Web endpoints need FastAPI in the image, as on Modal.
+web_image = modal.Image.debian_slim().pip_install("fastapi[standard]")
+app = modal.App("webapp", image=web_image)
 
 
 @app.function()

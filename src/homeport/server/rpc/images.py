@@ -1,25 +1,32 @@
-"""Image RPCs: ImageGetOrCreate answers with the finished result; ImageJoinStreaming
-replays it for clients that join."""
+"""Image RPCs: ImageGetOrCreate finds or starts a build; ImageJoinStreaming streams its
+log live and then its result."""
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from collections.abc import Awaitable, Callable
 
 from modal_proto import api_pb2
 
+from homeport.images.config import ImageConfig
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
 from homeport.server.rpc.environments import IMAGE_BUILDER_VERSION
+from homeport.server.services.images import PENDING
+
+JOIN_TIMEOUT_S = 55.0
 
 
-def _metadata(context: RequestContext) -> api_pb2.ImageMetadata:
-    major, minor = context.state.images.runtime_python
+def _metadata(config: ImageConfig | None) -> api_pb2.ImageMetadata | None:
+    if config is None:
+        return None
     return api_pb2.ImageMetadata(
-        python_version_info=f"Python {major}.{minor}",
+        # The client matches r"Python 3\.10\." on this to warn about end-of-life Pythons.
+        python_version_info=f"Python {config.python_version}" if config.python_version else "",
         libc_version_info=" ".join(platform.libc_ver()),
         image_builder_version=IMAGE_BUILDER_VERSION,
-        workdir="/root",
+        workdir=config.workdir or "/",
     )
 
 
@@ -31,13 +38,15 @@ def _result(status: int, exception: str) -> api_pb2.GenericResult:
 async def image_get_or_create(
     context: RequestContext, request: api_pb2.ImageGetOrCreateRequest
 ) -> api_pb2.ImageGetOrCreateResponse:
-    image_id, status, exception = context.state.images.get_or_create(
-        context.workspace_id, request.image, request.builder_version or IMAGE_BUILDER_VERSION
+    images = context.state.images
+    image_id, status, exception = images.get_or_create(
+        context.workspace_id, request.image, request.builder_version or IMAGE_BUILDER_VERSION, request.force_build
     )
-    # A set result tells client 1.6.4 the build is finished (it skips ImageJoinStreaming).
-    return api_pb2.ImageGetOrCreateResponse(
-        image_id=image_id, result=_result(status, exception), metadata=_metadata(context)
-    )
+    if status == PENDING:
+        # An unset result tells client 1.6.4 to follow the build with ImageJoinStreaming.
+        return api_pb2.ImageGetOrCreateResponse(image_id=image_id)
+    _, _, config = images.status(context.workspace_id, image_id)
+    return api_pb2.ImageGetOrCreateResponse(image_id=image_id, result=_result(status, exception), metadata=_metadata(config))
 
 
 @handler("ImageJoinStreaming")
@@ -46,9 +55,37 @@ async def image_join_streaming(
     request: api_pb2.ImageJoinStreamingRequest,
     send: Callable[[api_pb2.ImageJoinStreamingResponse], Awaitable[None]],
 ) -> None:
-    status, exception = context.state.images.get(context.workspace_id, request.image_id)
-    await send(
-        api_pb2.ImageJoinStreamingResponse(
-            result=_result(status, exception), metadata=_metadata(context), entry_id="1", eof=True
-        )
-    )
+    """Log entries after `last_entry_id` as they are written; once the build has ended and
+    its log is drained, the result (with eof). A stream that reaches its timeout just ends:
+    the client joins again from its last entry."""
+    images = context.state.images
+    notifier = context.state.notifier
+    image_id = request.image_id
+    after = int(request.last_entry_id) if request.last_entry_id.isdigit() else 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(request.timeout or JOIN_TIMEOUT_S, JOIN_TIMEOUT_S)
+    while True:
+        with notifier.listen(f"image:{image_id}") as listener:
+            status, exception, config = images.status(context.workspace_id, image_id)
+            entries = images.log_entries(image_id, after)
+            for seq, data in entries:
+                after = seq
+                await send(
+                    api_pb2.ImageJoinStreamingResponse(
+                        entry_id=str(seq),
+                        task_logs=[api_pb2.TaskLogs(data=data, file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT)],
+                    )
+                )
+            if status != PENDING and not entries:
+                await send(
+                    api_pb2.ImageJoinStreamingResponse(
+                        result=_result(status, exception), metadata=_metadata(config), entry_id=str(after), eof=True
+                    )
+                )
+                return
+            if entries:
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await listener.wait(remaining)

@@ -1,34 +1,42 @@
-"""Images. Until the image builder lands (issue 3), this server builds nothing.
+"""Images: one record per distinct definition (per workspace), built once into layers.
 
-It accepts the plain `debian_slim()` base for the Python version its process runtime
-runs, and answers any other build step with a build failure that names the step;
-never a silent success.
+ImageGetOrCreate finds or creates the record and starts its build; everyone who asks
+for the same image while it builds joins that one build and reads the same log
+(`image_build_logs`, replayed by ImageJoinStreaming). A failed build is retried the
+next time the image is asked for, reusing the layers of the steps that succeeded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import re
+import json
+import logging
+import os
+import shutil
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import sqlalchemy as sa
 from modal_proto import api_pb2
 
 from homeport import ids
+from homeport.images.bases import BaseCache
+from homeport.images.builder import BuildFailed, BuildPlan, ImageBuilder, ParentImage
+from homeport.images.config import ImageConfig
+from homeport.images.layers import LayerStore
 from homeport.server import errors
 from homeport.server.store import schema
 
+log = logging.getLogger("homeport.images")
+
+PENDING = api_pb2.GenericResult.GENERIC_STATUS_UNSPECIFIED
 SUCCESS = api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
 FAILURE = api_pb2.GenericResult.GENERIC_STATUS_FAILURE
-
-# What `Image.debian_slim()` sends at builder 2025.06 after its FROM line.
-DEBIAN_SLIM_STEPS = [
-    "RUN apt-get update",
-    "RUN apt-get install -y gcc gfortran build-essential",
-    "RUN pip install --upgrade pip wheel uv",
-    "RUN echo 'debconf debconf/frontend select Noninteractive' | debconf-set-selections",
-]
-DEBIAN_SLIM_FROM = re.compile(r"^FROM python:(\d+)\.(\d+)(?:\.\d+)?-slim-(bookworm|trixie)$")
+LOG_FLUSH_S = 0.1
+PARENT_WAIT_S = 3600
 
 
 def content_hash(image: api_pb2.Image, builder_version: str) -> str:
@@ -42,68 +50,348 @@ def content_hash(image: api_pb2.Image, builder_version: str) -> str:
         digest.update(b"\0file\0" + context_file.filename.encode() + b"\0" + hashlib.sha256(context_file.data).digest())
     digest.update(b"\0mount\0" + image.context_mount_id.encode())
     digest.update(b"\0build\0" + image.build_function.SerializeToString(deterministic=True))
+    for name in sorted(image.build_args):
+        digest.update(b"\0arg\0" + name.encode() + b"=" + image.build_args[name].encode())
+    for secret_id in image.secret_ids:
+        digest.update(b"\0secret\0" + secret_id.encode())
     return digest.hexdigest()
 
 
-def unsupported_step(image: api_pb2.Image, runtime_python: tuple[int, int]) -> str | None:
-    """None if this server can run the image as is; else why not, naming the step."""
-    commands = list(image.dockerfile_commands)
-    if image.base_images or not commands:
-        step = next((c for c in commands if not c.startswith("FROM")), commands[0] if commands else "(empty image)")
-        return f"image builds are not supported by this server yet (step `{step}`)"
-    match = DEBIAN_SLIM_FROM.match(commands[0])
-    if match is None:
-        return f"image builds are not supported by this server yet (base `{commands[0]}`); use modal.Image.debian_slim()"
-    wanted = (int(match.group(1)), int(match.group(2)))
-    if wanted != runtime_python:
-        return (
-            f"this server runs functions on Python {runtime_python[0]}.{runtime_python[1]} until image builds are "
-            f"supported; asked for Python {wanted[0]}.{wanted[1]} (`{commands[0]}`)"
-        )
-    for command in commands[1:]:
-        if command in DEBIAN_SLIM_STEPS or command.startswith("CMD "):
-            continue
-        return f"image builds are not supported by this server yet (step `{command}`)"
-    return None
-
-
 class ImageService:
-    def __init__(self, engine: sa.Engine, runtime_python: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        notifier,  # type: ignore[no-untyped-def]
+        layers: LayerStore,
+        bases: BaseCache,
+        mounts,  # type: ignore[no-untyped-def]
+        secrets,  # type: ignore[no-untyped-def]
+        blob_path: Callable[[str], Path],
+        contexts_dir: Path,
+    ) -> None:
         self.engine = engine
-        self.runtime_python = runtime_python
+        self.notifier = notifier
+        self.layers = layers
+        self.builder = ImageBuilder(layers, bases)
+        self.mounts = mounts
+        self.secrets = secrets
+        self.blob_path = blob_path
+        self.contexts_dir = contexts_dir
+        # Builds running in this server. A second node would coordinate through a lease
+        # column on the image record instead; one node needs no more than this.
+        self._building: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
 
-    def get_or_create(self, workspace_id: str, image: api_pb2.Image, builder_version: str) -> tuple[str, int, str]:
-        """Returns (image_id, status, exception)."""
+    async def run(self) -> None:
+        """Owns the build tasks: each one's failure is recorded on its image, never lost."""
+        self.layers.clean_staging()
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            await asyncio.Event().wait()
+
+    # -- asking for an image -------------------------------------------------------------
+
+    def get_or_create(
+        self, workspace_id: str, image: api_pb2.Image, builder_version: str, force_build: bool
+    ) -> tuple[str, int, str]:
+        """(image_id, status, exception); status PENDING means a build is running: join it."""
         key = content_hash(image, builder_version)
         i = schema.images
         with self.engine.begin() as connection:
             row = connection.execute(
                 sa.select(i.c.id, i.c.status, i.c.exception).where(i.c.workspace_id == workspace_id, i.c.content_hash == key)
             ).first()
-            if row is not None:
-                return row.id, row.status, row.exception
-            problem = unsupported_step(image, self.runtime_python)
-            status, exception = (FAILURE, problem) if problem else (SUCCESS, "")
-            image_id = ids.new_id("image")
-            connection.execute(
-                i.insert().values(
-                    id=image_id,
-                    workspace_id=workspace_id,
-                    content_hash=key,
-                    definition=image.SerializeToString(),
-                    status=status,
-                    exception=exception,
-                    created_at=time.time(),
+            if row is None:
+                image_id = ids.new_id("image")
+                connection.execute(
+                    i.insert().values(
+                        id=image_id,
+                        workspace_id=workspace_id,
+                        content_hash=key,
+                        definition=image.SerializeToString(),
+                        status=PENDING,
+                        exception="",
+                        created_at=time.time(),
+                    )
                 )
-            )
-        return image_id, status, exception
+                status, exception = PENDING, ""
+            else:
+                image_id, status, exception = row.id, row.status, row.exception
+        if image_id in self._building:
+            return image_id, PENDING, ""
+        if status == SUCCESS and not force_build:
+            return image_id, status, exception
+        # New, failed before (retry: the steps that worked are cached), interrupted by a
+        # restart, or force_build.
+        self._start_build(workspace_id, image_id, force_build)
+        return image_id, PENDING, ""
 
-    def get(self, workspace_id: str, image_id: str) -> tuple[int, str]:
+    def _start_build(self, workspace_id: str, image_id: str, force: bool) -> None:
+        if self._group is None:
+            raise RuntimeError("the image builder is not running (ImageService.run was not started)")
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.images.update().where(schema.images.c.id == image_id).values(status=PENDING, exception="")
+            )
+            connection.execute(schema.image_build_logs.delete().where(schema.image_build_logs.c.image_id == image_id))
+        task = self._group.create_task(self._build(workspace_id, image_id, force))
+        self._building[image_id] = task
+        task.add_done_callback(lambda _: self._building.pop(image_id, None))
+
+    # -- building ------------------------------------------------------------------------
+
+    async def _build(self, workspace_id: str, image_id: str, force: bool) -> None:
+        writer = BuildLog(self.engine, self.notifier, image_id)
+        flusher = asyncio.create_task(writer.flush_periodically())
+        started = time.monotonic()
+        context_dir: Path | None = None
+        try:
+            definition = self._definition(image_id)
+            parents = {base.docker_tag: await self._wait_for_parent(workspace_id, base.image_id) for base in definition.base_images}
+            context_dir, context_hash = await asyncio.to_thread(self._context, image_id, definition)
+            if definition.build_function.definition:
+                raise BuildFailed(
+                    "Image.run_function is not supported by Homeport yet; use run_commands, or a function that "
+                    "prepares the files at container start"
+                )
+            secret_env: dict[str, str] = {}
+            for secret_id in definition.secret_ids:
+                secret_env.update(self.secrets.values(secret_id))
+            plan = BuildPlan(
+                commands=list(definition.dockerfile_commands),
+                parents=parents,
+                context_dir=context_dir,
+                context_hash=context_hash,
+                build_args=dict(definition.build_args),
+                secret_env=secret_env,
+                secret_identity=",".join(definition.secret_ids),
+                force=force,
+            )
+            built = await self.builder.build(plan, writer.write, lambda chain: self._record_progress(image_id, chain))
+            seconds = time.monotonic() - started
+            writer.write(
+                f"Built image {image_id} in {seconds:.1f}s ({built.steps_run} step(s) run, the rest cached)\n"
+                if built.steps_run
+                else f"Image {image_id} assembled from cached layers\n"
+            )
+            await writer.flush()
+            with self.engine.begin() as connection:
+                connection.execute(
+                    schema.images.update()
+                    .where(schema.images.c.id == image_id)
+                    .values(
+                        status=SUCCESS,
+                        exception="",
+                        layers=json.dumps(built.chain),
+                        config=json.dumps(built.config.to_json()),
+                        top_key=built.top_key,
+                        built_at=time.time(),
+                        build_seconds=seconds,
+                    )
+                )
+            log.info("image %s built in %.1fs (%d steps run)", image_id, seconds, built.steps_run)
+        except BuildFailed as failure:
+            await self._fail(writer, image_id, str(failure))
+        except asyncio.CancelledError:
+            await self._fail(writer, image_id, "the build was interrupted (server shutting down); it restarts when asked for again")
+            raise
+        except Exception as error:  # recorded on the image: the client sees it, the log keeps the traceback
+            log.exception("image %s: build failed unexpectedly", image_id)
+            await self._fail(writer, image_id, f"internal error while building: {error!r}")
+        finally:
+            flusher.cancel()
+            if context_dir is not None:
+                shutil.rmtree(context_dir.parent, ignore_errors=True)
+            self.notifier.notify(f"image:{image_id}")
+
+    def _record_progress(self, image_id: str, chain: list[str]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(schema.images.update().where(schema.images.c.id == image_id).values(layers=json.dumps(chain)))
+
+    async def _fail(self, writer: BuildLog, image_id: str, message: str) -> None:
+        writer.write(f"Image build failed: {message}\n")
+        await writer.flush()
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.images.update().where(schema.images.c.id == image_id).values(status=FAILURE, exception=message)
+            )
+        log.warning("image %s failed: %s", image_id, message.splitlines()[0])
+
+    def _definition(self, image_id: str) -> api_pb2.Image:
+        with self.engine.connect() as connection:
+            data = connection.execute(sa.select(schema.images.c.definition).where(schema.images.c.id == image_id)).scalar_one()
+        return api_pb2.Image.FromString(data)
+
+    async def _wait_for_parent(self, workspace_id: str, parent_id: str) -> ParentImage:
+        deadline = time.monotonic() + PARENT_WAIT_S
+        while True:
+            with self.notifier.listen(f"image:{parent_id}") as listener:
+                with self.engine.connect() as connection:
+                    row = connection.execute(
+                        sa.select(schema.images).where(schema.images.c.id == parent_id, schema.images.c.workspace_id == workspace_id)
+                    ).first()
+                if row is None:
+                    raise BuildFailed(f"base image {parent_id} does not exist")
+                if row.status == SUCCESS and row.layers:
+                    return ParentImage(parent_id, json.loads(row.layers), ImageConfig.from_json(json.loads(row.config)), row.top_key)
+                if row.status == FAILURE:
+                    raise BuildFailed(f"its base image {parent_id} failed to build: {row.exception}")
+                if time.monotonic() > deadline:
+                    raise BuildFailed(f"timed out waiting for base image {parent_id} to build")
+                await listener.wait(5.0)
+
+    def _context(self, image_id: str, definition: api_pb2.Image) -> tuple[Path | None, str]:
+        """Lay out the files COPY may read: context files and the context mount, at their paths."""
+        entries: list[tuple[str, str, int, Callable[[Path], None]]] = []
+        for context_file in definition.context_files:
+            data = context_file.data
+            entries.append((context_file.filename, hashlib.sha256(data).hexdigest(), 0o644, lambda p, d=data: p.write_bytes(d)))
+        if definition.context_mount_id:
+            _, files = self.mounts.files(definition.context_mount_id)
+            for file in files:
+                source = self.blob_path(str(file["blob_id"]))
+                entries.append((str(file["path"]), str(file["sha256"]), int(file["mode"]), lambda p, s=source: shutil.copyfile(s, p)))  # type: ignore[call-overload,misc]
+        if not entries:
+            return None, ""
+        digest = hashlib.sha256()
+        root = self.contexts_dir / f"{image_id}-{os.getpid()}-{time.monotonic_ns()}" / "context"
+        root.mkdir(parents=True)
+        for path, sha256_hex, mode, write in sorted(entries, key=lambda entry: entry[0]):
+            relative = Path(path.lstrip("/"))
+            if ".." in relative.parts:
+                raise BuildFailed(f"context file {path} is outside the build context")
+            digest.update(f"{relative}\0{sha256_hex}\0{mode & 0o7777:o}\n".encode())
+            target = root / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write(target)
+            os.chmod(target, mode & 0o7777 or 0o644)
+        return root, digest.hexdigest()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def status(self, workspace_id: str, image_id: str) -> tuple[int, str, ImageConfig | None]:
         i = schema.images
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(i.c.status, i.c.exception).where(i.c.id == image_id, i.c.workspace_id == workspace_id)
+                sa.select(i.c.status, i.c.exception, i.c.config).where(i.c.id == image_id, i.c.workspace_id == workspace_id)
             ).first()
         if row is None:
             raise errors.not_found(f"image {image_id} not found")
-        return row.status, row.exception
+        config = ImageConfig.from_json(json.loads(row.config)) if row.config else None
+        return row.status, row.exception, config
+
+    def log_entries(self, image_id: str, after_seq: int) -> list[tuple[int, str]]:
+        logs = schema.image_build_logs
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(logs.c.seq, logs.c.data).where(logs.c.image_id == image_id, logs.c.seq > after_seq).order_by(logs.c.seq)
+            ).all()
+        return [(row.seq, row.data) for row in rows]
+
+    def runtime_image(self, image_id: str) -> tuple[list[Path], ImageConfig]:
+        """What a container of this image mounts (overlay lowerdirs, topmost first) and its config."""
+        i = schema.images
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(i.c.status, i.c.layers, i.c.config).where(i.c.id == image_id)).first()
+        if row is None or row.status != SUCCESS or not row.layers:
+            raise LookupError(f"image {image_id} is not built; run the app again to build it")
+        return self.layers.lower_dirs(json.loads(row.layers)), ImageConfig.from_json(json.loads(row.config))
+
+
+class BuildLog:
+    """Build output on its way to the database: buffered (builds write in small pieces,
+    also from threads) and flushed every LOG_FLUSH_S, waking whoever streams it."""
+
+    def __init__(self, engine: sa.Engine, notifier, image_id: str) -> None:  # type: ignore[no-untyped-def]
+        self.engine = engine
+        self.notifier = notifier
+        self.image_id = image_id
+        self.pending: list[str] = []
+        self.seq = 0
+        self.lock = threading.Lock()  # bases are built in a thread and log from there
+
+    def write(self, text: str) -> None:
+        if text:
+            with self.lock:
+                self.pending.append(text)
+
+    async def flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_S)
+            await self.flush()
+
+    async def flush(self) -> None:
+        with self.lock:
+            chunks, self.pending = self.pending, []
+        if not chunks:
+            return
+        self.seq += 1
+        with self.engine.begin() as connection:
+            connection.execute(schema.image_build_logs.insert().values(image_id=self.image_id, seq=self.seq, data="".join(chunks)))
+        self.notifier.notify(f"image:{self.image_id}")
+
+
+
+# -- inventory (the `homeport images` commands) ------------------------------------------
+
+LAYER_DIR_SETTING = "image_layer_dir"
+# A layer is committed a moment before the image record that uses it is updated; a prune
+# running in that moment must not take it.
+PRUNE_GRACE_S = 2.0
+
+
+def record_layer_dir(engine: sa.Engine, layer_dir: Path) -> None:
+    """The server says where its layers are, so `homeport images` finds them."""
+    s = schema.server_settings
+    with engine.begin() as connection:
+        connection.execute(s.delete().where(s.c.key == LAYER_DIR_SETTING))
+        connection.execute(s.insert().values(key=LAYER_DIR_SETTING, value=str(layer_dir)))
+
+
+def recorded_layer_dir(engine: sa.Engine) -> Path | None:
+    s = schema.server_settings
+    with engine.connect() as connection:
+        value = connection.execute(sa.select(s.c.value).where(s.c.key == LAYER_DIR_SETTING)).scalar()
+    return Path(value) if value else None
+
+
+def list_images(engine: sa.Engine, layers: LayerStore) -> list[dict[str, object]]:
+    """Every image with its status, layer count and size (layers shared with other images
+    are counted in each)."""
+    i = schema.images
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(i).order_by(i.c.created_at)).all()
+    images = []
+    for row in rows:
+        chain = json.loads(row.layers) if row.layers else []
+        definition = api_pb2.Image.FromString(row.definition)
+        steps = [command for command in definition.dockerfile_commands if command.strip() and not command.startswith("FROM base")]
+        images.append(
+            {
+                "id": row.id,
+                "status": {SUCCESS: "built", FAILURE: "failed"}.get(row.status, "building"),
+                "layers": len(chain),
+                "size": sum(layers.size(ref) for ref in chain if not ref.startswith("base:")),
+                "base": next((ref for ref in chain if ref.startswith("base:")), ""),
+                "built_at": row.built_at,
+                "last_step": steps[-1] if steps else "",
+            }
+        )
+    return images
+
+
+def prune_layers(engine: sa.Engine, layers: LayerStore) -> tuple[list[str], int]:
+    """Remove the layers no live image (built or building) uses; returns (refs, bytes freed).
+    Failed images keep nothing: their layers go unless a live image shares them."""
+    i = schema.images
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(i.c.layers).where(i.c.status != FAILURE, i.c.layers.is_not(None))).all()
+    live = {ref for row in rows for ref in json.loads(row.layers)}
+    removed, freed = [], 0
+    for ref in layers.all_refs():
+        if ref in live or layers.age(ref) < PRUNE_GRACE_S:
+            continue
+        freed += layers.size(ref)
+        layers.remove(ref)
+        removed.append(ref)
+    return removed, freed

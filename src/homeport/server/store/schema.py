@@ -132,6 +132,22 @@ images = sa.Table(
     sa.Column("status", sa.Integer, nullable=False),  # api_pb2.GenericResult.GenericStatus
     sa.Column("exception", sa.Text, nullable=False, server_default=""),
     sa.Column("created_at", sa.Float, nullable=False),
+    # The built result: layer refs bottom first (JSON), the image config (JSON), the top
+    # layer's cache key (what images built FROM this one chain from).
+    sa.Column("layers", sa.Text, nullable=True),
+    sa.Column("config", sa.Text, nullable=True),
+    sa.Column("top_key", sa.String(64), nullable=True),
+    sa.Column("built_at", sa.Float, nullable=True),
+    sa.Column("build_seconds", sa.Float, nullable=True),
+)
+
+# The build log of an image, in the order it was written: what ImageJoinStreaming replays.
+image_build_logs = sa.Table(
+    "image_build_logs",
+    metadata,
+    sa.Column("image_id", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.Text, nullable=False),
 )
 
 function_calls = sa.Table(

@@ -1,10 +1,9 @@
-"""The process runtime: each container is the client's own entrypoint
-(`python -m modal._container_entrypoint`) in a private mount namespace (bubblewrap)
-where the app's mounted files appear at their absolute paths (`/root/...`) and the
-client package at `/pkg`, as the client expects.
-
-This runtime lays files out but does not isolate: the process sees the host's
-filesystem and network. The sandboxed runtime (issue 4) replaces it.
+"""The sandbox runtime: each container is the client's own entrypoint
+(`python -m modal._container_entrypoint`, the image's Python) in bubblewrap, on a root
+filesystem of its own: the image's layers read-only under an overlayfs, a fresh writable
+layer on top that is thrown away when it exits, the app's mounted files in a layer of
+their own, the client package at /pkg. The host's files are not visible; its own PID,
+IPC and UTS namespaces; no capabilities; cgroup limits when set.
 """
 
 from __future__ import annotations
@@ -15,15 +14,15 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
-from homeport.worker import cgroups
+from homeport.worker import cgroups, rootfs
 from homeport.worker.runtime import CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
 
 log = logging.getLogger("homeport.runtime")
 
 ARGUMENTS_FILE = "container_arguments.bin"
+ARGUMENTS_PATH = "/__homeport/container_arguments.bin"
 READ_CHUNK = 64 * 1024
 
 
@@ -102,23 +101,17 @@ def _is_entrypoint(pid: int) -> bool:
         return False
 
 
-def _materialize(spec: ContainerSpec, tree: Path) -> list[str]:
-    """Lay out mounted files under `tree` (mirroring their absolute paths); returns
-    the top-level directories to bind into the container."""
+def _materialize(spec: ContainerSpec, tree: Path) -> None:
+    """Lay out mounted files under `tree` (mirroring their absolute paths): a read-only
+    overlay layer, so a container writing to one copies it up and never touches the blob."""
     for mounted in spec.files:
-        relative = mounted.container_path.lstrip("/")
-        top = relative.split("/")[0]
-        if top != "root" and Path("/", top).exists():
-            # Without an overlay, a file inside a directory shared with the host
-            # (/etc, /usr, ...) would have to be written into the host's own tree.
-            raise ContainerStartError(
-                f"the process runtime cannot place {mounted.container_path}: /{top} is shared with the host; "
-                "mount files under /root or under a new top-level directory (e.g. /data) instead"
-            )
-        target = tree / relative
+        target = tree / mounted.container_path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(mounted.host_path, target)  # blobs are immutable: share, don't copy
+        except FileExistsError:
+            target.unlink()
+            os.link(mounted.host_path, target)
         except OSError:
             shutil.copyfile(mounted.host_path, target)
         # Hard links share one inode, so a different mode needs a private copy.
@@ -127,39 +120,20 @@ def _materialize(spec: ContainerSpec, tree: Path) -> list[str]:
                 target.unlink()
                 shutil.copyfile(mounted.host_path, target)
             os.chmod(target, mounted.mode & 0o7777)
-    (tree / "root").mkdir(parents=True, exist_ok=True)
-    return sorted(entry.name for entry in tree.iterdir())
 
 
-def _root_arguments(own: set[str]) -> list[str]:
-    """bwrap arguments for a fresh root (a tmpfs) holding the host's top-level entries,
-    except those the container brings itself. New mount points (/pkg, /data, ...) are
-    then made in that tmpfs, never in the host's own tree."""
-    arguments = ["--tmpfs", "/", "--proc", "/proc"]
-    for entry in sorted(os.scandir("/"), key=lambda e: e.name):
-        if entry.name in own or entry.name == "proc":
-            continue
-        path = f"/{entry.name}"
-        if entry.is_symlink():
-            arguments += ["--symlink", os.readlink(path), path]
-        elif entry.is_dir():
-            arguments += ["--dev-bind", path, path]
-    return arguments
+def _gpu_device_nodes(indices: list[int]) -> list[str]:
+    """The device nodes of the assigned GPUs and the driver's shared ones; no others."""
+    nodes = [f"/dev/nvidia{index}" for index in indices]
+    if indices:
+        nodes += ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
+    return [node for node in nodes if os.path.exists(node)]
 
 
-class ProcessRuntime:
-    name = "process"
+class SandboxRuntime:
+    name = "sandbox"
 
-    def __init__(self, python: str) -> None:
-        self.python = python
-        # The interpreter's own installation must stay visible even when it lives under
-        # a directory a mount covers (e.g. pyenv under /root): those paths are bound back.
-        output = subprocess.check_output(
-            [python, "-c", "import sys, os; print(sys.prefix); print(sys.base_prefix); print(os.path.realpath(sys.executable))"],
-            text=True,
-        )
-        prefix, base_prefix, executable = output.split("\n")[:3]
-        self.python_paths = sorted({prefix, base_prefix, str(Path(executable).parent.parent)})
+    def __init__(self) -> None:
         self.limits_enabled = cgroups.available()
         if not self.limits_enabled:
             log.warning("cgroup v1 (memory, cpu, pids) is not writable here: containers run without resource limits")
@@ -168,44 +142,52 @@ class ProcessRuntime:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
         arguments_path = spec.work_dir / ARGUMENTS_FILE
         arguments_path.write_bytes(spec.container_arguments)
-        tree = spec.work_dir / "fs"
-        top_level = await asyncio.to_thread(_materialize, spec, tree)
-        for directory in spec.directories:
-            top = directory.container_path.lstrip("/").split("/")[0]
-            if not top or (top != "root" and top not in top_level and Path("/", top).exists()):
-                raise ContainerStartError(
-                    f"the process runtime cannot mount a volume at {directory.container_path}: /{top} is shared with "
-                    "the host; use a path under /root or a new top-level directory (e.g. /data)"
-                )
-        own = {*top_level, "pkg", "__homeport", *(d.container_path.lstrip("/").split("/")[0] for d in spec.directories)}
+        mounts_layer = spec.work_dir / "mounts"
+        await asyncio.to_thread(_materialize, spec, mounts_layer)
+        hosts = spec.work_dir / "hosts"
+        hosts.write_text(f"127.0.0.1\tlocalhost {spec.task_id}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
+        overlay = rootfs.Overlay(lower, spec.work_dir / "upper", spec.work_dir / "overlay-work", spec.work_dir / "root")
+        try:
+            overlay.prepare()
+        except rootfs.RootfsError as error:
+            raise ContainerStartError(str(error)) from None
         # Own PID, IPC and UTS namespaces: the container sees only its own processes (and
-        # they all end with it), and its hostname is its id. Network and files stay shared
-        # with the host until the sandboxed runtime (issue 4).
-        # No capabilities (bubblewrap always sets no-new-privileges): mount, module
-        # loading, reboot, raw network access and the like are refused inside.
+        # they all end with it), and its hostname is its id. No capabilities (bubblewrap
+        # also sets no-new-privileges): mount, module loading, raw sockets and the like
+        # are refused inside.
         command = [
             "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", spec.task_id, "--cap-drop", "ALL", *_root_arguments(own),
-        ]
-        if not spec.network:
+            "--hostname", spec.task_id, "--cap-drop", "ALL",
+            "--bind", str(overlay.merged), "/", "--dev", "/dev", "--proc", "/proc",
+            "--ro-bind", str(hosts), "/etc/hosts",
+            "--ro-bind", str(arguments_path), ARGUMENTS_PATH,
+        ]  # fmt: skip
+        if spec.network:
+            if Path("/etc/resolv.conf").is_file():
+                command += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+        else:
             command.append("--unshare-net")  # block_network=True: loopback only
         if spec.control_socket is not None:
             command += ["--bind", str(spec.control_socket), CONTROL_SOCKET]
-        for name in top_level:
-            command += ["--bind", str(tree / name), f"/{name}"]
-        for path in self.python_paths:
-            if path.lstrip("/").split("/")[0] in top_level:
-                command += ["--ro-bind", path, path]
+        for node in _gpu_device_nodes(spec.gpu_devices):
+            command += ["--dev-bind", node, node]
         for directory in spec.directories:
             command += ["--ro-bind" if directory.read_only else "--bind", str(directory.host_path), directory.container_path]
-        command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--chdir", "/root", "--"]
-        command += [self.python, "-m", "modal._container_entrypoint"]
+        command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--dir", spec.working_dir, "--chdir", spec.working_dir]
+        command += ["--", "python", "-m", "modal._container_entrypoint"]
         environment = dict(spec.environment)
-        environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = str(arguments_path)
+        environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = ARGUMENTS_PATH
         cgroup = None
         if self.limits_enabled:
             cgroup = cgroups.Cgroup(spec.task_id, cgroups.Limits(memory_mib=spec.memory_mib, cpu_cores=spec.cpu_cores))
             cgroup.create()
+
+        def enter_sandbox() -> None:  # between fork and exec
+            if cgroup is not None:
+                cgroup.join()
+            overlay.mount_in_child()
+
         process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -213,7 +195,7 @@ class ProcessRuntime:
             stderr=asyncio.subprocess.PIPE,
             env=environment,
             start_new_session=True,
-            preexec_fn=cgroup.join if cgroup is not None else None,
+            preexec_fn=enter_sandbox,
         )
         readers = [
             asyncio.create_task(_pump(process.stdout, 1, on_output)),

@@ -1,0 +1,1 @@
+"""Image building: Dockerfile steps, base root filesystems, the layer store."""

@@ -1,0 +1,87 @@
+"""Root filesystems from image layers: an overlayfs with the layers read-only below and
+one fresh writable directory on top, mounted inside a private mount namespace of the
+process about to become the sandbox, so it disappears with that process and never
+shows up (or leaks) on the host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import os
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+# The kernel reads mount options from one page.
+MAX_OPTIONS = 4096
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class RootfsError(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlay:
+    lower: list[Path]  # topmost first
+    upper: Path  # receives every write; thrown away with the container (or kept as a build layer)
+    work: Path  # overlayfs scratch, same filesystem as upper
+    merged: Path  # where the root appears (inside the private namespace only)
+
+    def options(self) -> str:
+        options = f"lowerdir={':'.join(map(str, self.lower))},upperdir={self.upper},workdir={self.work}"
+        if len(options) >= MAX_OPTIONS:
+            raise RootfsError(
+                f"this image has too many layers ({len(self.lower)}) for one overlay mount; "
+                "merge build steps (several commands in one run_commands call) to use fewer layers"
+            )
+        return options
+
+    def prepare(self) -> None:
+        """Create the directories; call before forking (mount_in_child only mounts)."""
+        for path in (self.upper, self.work, self.merged):
+            path.mkdir(parents=True, exist_ok=True)
+        if not self.lower:
+            raise RootfsError("an overlay needs at least one read-only layer")
+        self.options()
+
+    def mount_in_child(self) -> None:
+        """Runs between fork and exec (preexec_fn): a private mount namespace, then the overlay.
+        Only async-signal-safe-ish calls here: no Python-level locks, no logging."""
+        if _libc.unshare(CLONE_NEWNS) != 0:
+            _raise_errno("unshare(CLONE_NEWNS)")
+        # Keep our mounts from propagating back to the host's namespace.
+        if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            _raise_errno("making / private")
+        if _libc.mount(b"overlay", str(self.merged).encode(), b"overlay", 0, self.options().encode()) != 0:
+            _raise_errno("mounting the overlay")
+
+
+def _raise_errno(what: str) -> None:
+    errno = ctypes.get_errno()
+    raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def available() -> str | None:
+    """None when overlay root filesystems can be made here; else why not."""
+    if os.geteuid() != 0:
+        return "Homeport builds images and runs containers on overlayfs, which needs the server to run as root"
+    try:
+        filesystems = Path("/proc/filesystems").read_text()
+    except OSError:
+        filesystems = ""
+    if "overlay" not in filesystems:
+        return "the kernel has no overlayfs (modprobe overlay)"
+    return None
+
+
+def has_entries(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,165 @@
+"""Images are built from the client's steps into real root filesystems, cached by content."""
+
+from __future__ import annotations
+
+import ast
+import re
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import MODAL, Server, assert_ok, output, run_modal, start_server
+
+
+def reported(text: str, label: str) -> dict:
+    line = next(line for line in text.splitlines() if line.startswith(label + " "))
+    return ast.literal_eval(line[len(label) + 1 :])
+
+
+def write_app(directory: Path, image_expression: str, body: str = "return open('/result').read().strip()") -> Path:
+    app_file = directory / "app.py"
+    app_file.write_text(
+        "import modal\n"
+        f"image = {image_expression}\n"
+        "app = modal.App('image-probe')\n"
+        "@app.function(image=image)\n"
+        "def probe():\n"
+        f"    {body}\n"
+        "@app.local_entrypoint()\n"
+        "def main():\n"
+        "    print('RESULT', repr(probe.remote()))\n"
+    )
+    return app_file
+
+
+def result_of(text: str) -> str:
+    return ast.literal_eval(text.split("RESULT ", 1)[1].splitlines()[0])
+
+
+def test_every_builder_method_shapes_the_functions_filesystem(server: Server) -> None:
+    text = assert_ok(run_modal(server, "run", "images_app.py", timeout=900))
+    builder = reported(text, "BUILDER")
+    assert builder["jq"] == "2"  # apt_install
+    assert builder["six"] == "1.16.0"  # pip_install
+    assert builder["iniconfig"] == "iniconfig"  # uv_pip_install
+    assert builder["marker"] == "built" and builder["home"] == "/root"  # run_commands
+    assert builder["greeting"] == "hello from env" and builder["spaced"] == "a b  c"  # env
+    assert builder["cwd"] == "/srv/app"  # workdir
+    assert builder["one"] == "first"  # add_local_file(copy=True)
+    assert builder["nested"] == ["two.txt"]  # add_local_dir(copy=True)
+    assert builder["helper"] == "COPIED!" and builder["helper_file"].startswith("/root/helper_pkg")  # python source
+    assert builder["flavor"] == "chocolate"  # dockerfile_commands with ARG and build_args
+    assert builder["config"] == "threshold=42"  # COPY from the context dir
+    assert builder["host_checkout_visible"] is False  # the image's filesystem, not the host's
+
+
+def test_dockerfile_instructions_are_honoured(server: Server) -> None:
+    text = assert_ok(run_modal(server, "run", "images_app.py", timeout=900))
+    image = reported(text, "DOCKERFILE")
+    assert image["cwd"] == "/srv/site"  # WORKDIR with $VAR
+    assert image["mode"] == "from dockerfile" and image["home"] == "/srv/site"  # multi-pair ENV with continuation
+    assert image["settings"] == 'name = "site"'  # COPY to a relative destination
+    assert image["data"] == ["a.txt", "b.txt"]  # COPY of a directory's contents
+    assert image["edition"] == "edition=community"  # ARG default, seen by RUN
+    assert image["continued"] == "continued"  # RUN across continuation lines
+    assert image["exec"] == "exec-form"  # RUN ["..."]
+    assert image["shell"] == "bash"  # SHELL
+    assert image["build_user"] == "nobody"  # USER applies to later RUN steps
+    assert image["edition_env"] is None  # ARG is build-time only
+
+
+def test_unchanged_image_is_not_built_again(server: Server, tmp_path: Path) -> None:
+    nonce = secrets.token_hex(4)
+    app_file = write_app(tmp_path, f"modal.Image.debian_slim().run_commands('echo {nonce} > /result')")
+    first = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
+    assert f"RUN echo {nonce} > /result" in first  # built, with its log streamed
+    second = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
+    assert result_of(second) == nonce
+    assert "=> Step" not in second and "Built image" not in second
+
+
+def test_changing_a_step_rebuilds_from_that_step_only(server: Server, tmp_path: Path) -> None:
+    nonce = secrets.token_hex(4)
+    for value in ("one", "two"):
+        app_file = write_app(
+            tmp_path,
+            f"modal.Image.debian_slim().run_commands('echo {nonce} > /first').run_commands('echo {value} > /result')",
+            body="return open('/first').read().strip() + '/' + open('/result').read().strip()",
+        )
+        text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
+        assert result_of(text) == f"{nonce}/{value}"
+        assert f"RUN echo {value} > /result" in text
+        if value == "two":
+            assert f"RUN echo {nonce} > /first" not in text  # the unchanged step came from the cache
+
+
+def test_force_build_rebuilds(server: Server, tmp_path: Path) -> None:
+    app_file = write_app(tmp_path, "modal.Image.debian_slim().run_commands('cat /proc/sys/kernel/random/uuid > /result')")
+    first = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path)))
+    cached = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path)))
+    forced_text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, MODAL_FORCE_BUILD="1", timeout=600))
+    assert cached == first
+    assert result_of(forced_text) != first
+    assert "(cached)" not in forced_text
+
+
+def test_broken_step_fails_the_run_with_step_status_and_output(server: Server, tmp_path: Path) -> None:
+    app_file = write_app(tmp_path, "modal.Image.debian_slim().run_commands('echo about to break; exit 3')")
+    result = run_modal(server, "run", str(app_file), cwd=tmp_path)
+    assert result.returncode != 0
+    text = output(result)
+    assert "`RUN echo about to break; exit 3` failed with exit status 3" in text
+    assert "about to break" in text.split("failed with exit status 3", 1)[1]  # the output's tail, in the error
+
+
+def test_unsupported_instruction_fails_naming_it(server: Server, tmp_path: Path) -> None:
+    app_file = write_app(tmp_path, "modal.Image.debian_slim().dockerfile_commands(['HEALTHCHECK CMD true'])")
+    result = run_modal(server, "run", str(app_file), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Homeport does not support the Dockerfile instruction HEALTHCHECK" in output(result)
+
+
+def test_two_clients_asking_for_one_image_share_one_build(server: Server, tmp_path: Path) -> None:
+    nonce = secrets.token_hex(4)
+    app_file = write_app(tmp_path, f"modal.Image.debian_slim().run_commands('sleep 3; echo building-{nonce} > /result')")
+    runs = [
+        subprocess.Popen([MODAL, "run", str(app_file)], cwd=tmp_path, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    texts = [run.communicate(timeout=300)[0] for run in runs]
+    for run, text in zip(runs, texts):
+        assert run.returncode == 0, text
+        assert result_of(text) == f"building-{nonce}"
+    built = {re.search(r"Built image (im-\w+)", text).group(1) for text in texts}  # type: ignore[union-attr]
+    assert len(built) == 1  # both watched the same build's log
+    (image_id,) = built
+    assert len(re.findall(rf"image {image_id} built in", server.log_text())) == 1
+
+
+def test_images_list_shows_sizes_and_prune_removes_only_unused_layers(tmp_path: Path) -> None:
+    server = start_server(tmp_path, server_env={"HOMEPORT_LAYER_DIR": str(tmp_path / "layers")})
+    try:
+        app_file = write_app(
+            tmp_path, "modal.Image.debian_slim().run_commands('cat /proc/sys/kernel/random/uuid > /result', force_build=True)"
+        )
+        first = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, timeout=600)))
+        second = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path)))
+        assert first != second  # force_build=True: the step ran again, leaving its old layer unused
+
+        listing = server.homeport("images", "list")
+        assert listing.returncode == 0, listing.stderr
+        assert "built" in listing.stdout and "MiB" in listing.stdout
+        assert "cat /proc/sys/kernel/random/uuid" in listing.stdout
+
+        time.sleep(2.5)  # past the grace period that protects a layer just committed
+        pruned = server.homeport("images", "prune")
+        assert pruned.returncode == 0, pruned.stderr
+        assert "Removed 1 layer(s)" in pruned.stdout
+        assert "Removed 0 layer(s)" in server.homeport("images", "prune").stdout
+
+        app_file.write_text(app_file.read_text().replace(", force_build=True", ""))
+        text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
+        assert result_of(text) == second and "=> Step" not in text  # the live layers survived
+    finally:
+        server.stop()
