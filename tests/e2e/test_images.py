@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import secrets
 import subprocess
 import time
 from pathlib import Path
 
+from homeport.images.bases import BaseCache
 from tests.conftest import MODAL, Server, assert_ok, output, run_modal, start_server
 
 
@@ -161,5 +163,69 @@ def test_images_list_shows_sizes_and_prune_removes_only_unused_layers(tmp_path: 
         app_file.write_text(app_file.read_text().replace(", force_build=True", ""))
         text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
         assert result_of(text) == second and "=> Step" not in text  # the live layers survived
+    finally:
+        server.stop()
+
+
+def test_run_function_bakes_its_writes_with_its_secrets_and_volumes(server: Server, tmp_path: Path) -> None:
+    nonce = secrets.token_hex(4)
+    (tmp_path / "seed.txt").write_text(f"seed-{nonce}")
+    assert_ok(run_modal(server, "volume", "create", f"build-vol-{nonce}", cwd=tmp_path))
+    assert_ok(run_modal(server, "volume", "put", f"build-vol-{nonce}", "seed.txt", "/seed.txt", cwd=tmp_path))
+    app_file = tmp_path / "app.py"
+    app_file.write_text(
+        "import os, modal\n"
+        "def prepare(suffix):\n"
+        "    seed = open('/vol/seed.txt').read()\n"
+        "    os.makedirs('/opt/baked', exist_ok=True)\n"
+        "    open('/opt/baked/result', 'w').write(f\"{os.environ['BUILD_TOKEN']}:{seed}:{suffix}\")\n"
+        "    print('prepared in the build')\n"
+        f"vol = modal.Volume.from_name('build-vol-{nonce}')\n"
+        "image = modal.Image.debian_slim().run_function(\n"
+        "    prepare, args=('arg',), secrets=[modal.Secret.from_dict({'BUILD_TOKEN': 'tok'})], volumes={'/vol': vol})\n"
+        "app = modal.App('run-function')\n"
+        "@app.function(image=image)\n"
+        "def probe():\n"
+        "    return open('/opt/baked/result').read(), os.environ.get('BUILD_TOKEN'), os.path.exists('/vol')\n"
+        "@app.local_entrypoint()\n"
+        "def main():\n"
+        "    print('RESULT', repr(probe.remote()))\n"
+    )
+    text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, timeout=600))
+    assert "prepared in the build" in text  # the build function's output is in the build log
+    assert result_of(text) == (f"tok:seed-{nonce}:arg", None, False)  # baked; secret and volume were build-only
+    again = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
+    assert "prepared in the build" not in again and result_of(again)[0] == f"tok:seed-{nonce}:arg"  # cached
+
+
+def test_from_registry_pulls_from_a_local_oci_layout(tmp_path: Path) -> None:
+    # A registry stand-in: an OCI layout holding one image, with its own env and workdir.
+    base = BaseCache(Path(os.environ.get("HOMEPORT_CACHE_DIR", "/var/cache/homeport")) / "bases").ensure(
+        "python:3.11-slim-bookworm", lambda text: None
+    )
+    layout, reference = tmp_path / "oci", "homeport.test/python:3.11"
+    bundle = tmp_path / "bundle"
+    for command in (
+        ["umoci", "init", "--layout", str(layout)],
+        ["umoci", "new", "--image", f"{layout}:{reference}"],
+        ["umoci", "unpack", "--image", f"{layout}:{reference}", str(bundle)],
+        ["cp", "-a", f"{base.rootfs}/.", str(bundle / "rootfs")],
+        ["sh", "-c", f"echo from-the-layout > {bundle}/rootfs/etc/origin"],
+        ["umoci", "repack", "--image", f"{layout}:{reference}", str(bundle)],
+        ["umoci", "config", "--image", f"{layout}:{reference}", "--config.env", "ORIGIN=oci", "--config.workingdir", "/srv"],
+    ):
+        subprocess.run(command, check=True, capture_output=True)
+    server = start_server(
+        tmp_path / "server", server_env={"HOMEPORT_OCI_MIRROR": str(layout), "HOMEPORT_CACHE_DIR": str(tmp_path / "cache")}
+    )
+    try:
+        app_file = write_app(
+            tmp_path,
+            f"modal.Image.from_registry({reference!r})",
+            body="import os; return open('/etc/origin').read().strip(), os.environ.get('ORIGIN'), os.getcwd()",
+        )
+        text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, timeout=600))
+        assert f"unpacking {reference} from the local OCI layout" in text
+        assert result_of(text) == ("from-the-layout", "oci", "/srv")
     finally:
         server.stop()

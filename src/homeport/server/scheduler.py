@@ -27,7 +27,8 @@ from homeport.images import client_package
 from homeport.server.auth import hash_secret
 from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
-from homeport.server.services.calls import CLAIMED, PENDING, CallService, queue_key
+from homeport.server.notify import poll
+from homeport.server.services.calls import CLAIMED, PENDING, CallService, outputs_key, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.services.volumes import volume_metadata
@@ -112,6 +113,15 @@ class RunningContainer:
         return 0 if self.stop_reason else max(self.max_inputs - len(self.inputs), 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class BuildStep:
+    """A container running an Image.run_function step: its writable layer is kept (it
+    becomes the image layer) and its output goes to the build log too."""
+
+    upper_dir: Path
+    on_output: Callable[[str], None]
+
+
 class Scheduler:
     def __init__(
         self,
@@ -156,6 +166,7 @@ class Scheduler:
         self.volumes = volumes
         self.control_socket = control_socket
         self.containers: dict[str, RunningContainer] = {}
+        self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
         self.gpus = GpuPool(detect_gpus())
@@ -209,6 +220,40 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def run_build_function(
+        self,
+        workspace_id: str,
+        app_id: str,
+        function_id: str,
+        function_input: api_pb2.FunctionInput,
+        upper_dir: Path,
+        on_output: Callable[[str], None],
+    ) -> api_pb2.GenericResult:
+        """Run one input of a build function in a container whose writable layer is
+        `upper_dir/fs`; once it answered, stop the container and wait until it exited, so
+        the layer is complete. Returns the input's result."""
+        self.builds[function_id] = BuildStep(upper_dir, on_output)
+        try:
+            call_id = self.calls.create_call(
+                workspace_id,
+                function_id,
+                app_id,
+                api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC,
+                api_pb2.FUNCTION_CALL_TYPE_UNARY,
+            )
+            self.calls.enqueue(call_id, function_id, [(0, function_input)])
+            self.wake()
+            outputs = []
+            while not outputs:
+                outputs = await poll(self.notifier, [outputs_key(call_id)], lambda: self.calls.outputs_after(call_id, 0, 1), 60.0)
+            for running in [c for c in self.containers.values() if c.function_id == function_id]:
+                self.request_stop(running, "its image build step finished")
+            while any(c.function_id == function_id for c in self.containers.values()):
+                await asyncio.sleep(0.05)
+            return outputs[0].result
+        finally:
+            self.builds.pop(function_id, None)
 
     async def shutdown(self) -> None:
         for running in list(self.containers.values()):
@@ -402,6 +447,7 @@ class Scheduler:
             image_layers=image_layers,
             working_dir=image_config.workdir if image_config.workdir not in ("", "/") else "/root",
             gpu_devices=gpu_indices,
+            upper_dir=self.builds[function.id].upper_dir if function.id in self.builds else None,
             work_dir=self.task_dir(task_id),
             directories=directories,
             control_socket=self.control_socket,
@@ -414,8 +460,12 @@ class Scheduler:
 
         redact = redactor(secret_values.values())
 
+        build_step = self.builds.get(function.id)
+
         def on_output(fd: int, text: str) -> None:
             text = redact(text)
+            if build_step is not None:
+                build_step.on_output(text)
             if running is not None and fd == 2:
                 running.stderr_tail.append(text)
             self.logs.append(function.app_id, task_id, function.id, fd, text)

@@ -111,6 +111,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         bases,
         mounts,
         secret_service,
+        apps,
         layout.blob,
         layout.image_contexts,
     )
@@ -136,6 +137,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         control_socket=layout.control_socket,
     )
     scheduler.forget_credential = auth.forget_task
+    images.run_build_function = scheduler.run_build_function
     return ServerState(
         settings=settings,
         engine=engine,

@@ -15,7 +15,8 @@ from typing import Protocol
 OutputCallback = Callable[[int, str], None]  # (file descriptor 1|2, text)
 
 # Where a container finds the control plane: MODAL_SERVER_URL is unix://<this>.
-CONTROL_SOCKET = "/__homeport/grpc.sock"
+CONTROL_DIR = "/__homeport"
+CONTROL_SOCKET = f"{CONTROL_DIR}/grpc.sock"
 
 
 class ContainerStartError(Exception):
@@ -54,6 +55,9 @@ class ContainerSpec:
     memory_mib: int = 0  # hard memory limit; 0 = none
     cpu_cores: float = 0.0  # CPU quota in cores; 0 = none
     gpu_devices: list[int] = dataclasses.field(default_factory=list)  # /dev/nvidiaN made visible
+    # Keep the writable layer here (upper_dir/fs) instead of throwing it away: an
+    # Image.run_function build step, whose writes become an image layer.
+    upper_dir: Path | None = None
 
 
 class Container(Protocol):

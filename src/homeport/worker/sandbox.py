@@ -17,12 +17,12 @@ import signal
 from pathlib import Path
 
 from homeport.worker import cgroups, rootfs
-from homeport.worker.runtime import CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
+from homeport.worker.runtime import CONTROL_DIR, CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
 
 log = logging.getLogger("homeport.runtime")
 
 ARGUMENTS_FILE = "container_arguments.bin"
-ARGUMENTS_PATH = "/__homeport/container_arguments.bin"
+ARGUMENTS_PATH = f"{CONTROL_DIR}/container_arguments.bin"
 READ_CHUNK = 64 * 1024
 
 
@@ -147,7 +147,8 @@ class SandboxRuntime:
         hosts = spec.work_dir / "hosts"
         hosts.write_text(f"127.0.0.1\tlocalhost {spec.task_id}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
         lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
-        overlay = rootfs.Overlay(lower, spec.work_dir / "upper", spec.work_dir / "overlay-work", spec.work_dir / "root")
+        upper_root = spec.upper_dir or spec.work_dir
+        overlay = rootfs.Overlay(lower, upper_root / "fs", upper_root / "work", spec.work_dir / "root")
         try:
             overlay.prepare()
         except rootfs.RootfsError as error:

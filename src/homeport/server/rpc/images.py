@@ -40,7 +40,11 @@ async def image_get_or_create(
 ) -> api_pb2.ImageGetOrCreateResponse:
     images = context.state.images
     image_id, status, exception = images.get_or_create(
-        context.workspace_id, request.image, request.builder_version or IMAGE_BUILDER_VERSION, request.force_build
+        context.workspace_id,
+        request.image,
+        request.builder_version or IMAGE_BUILDER_VERSION,
+        request.force_build,
+        request.build_function_id,
     )
     if status == PENDING:
         # An unset result tells client 1.6.4 to follow the build with ImageJoinStreaming.

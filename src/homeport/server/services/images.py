@@ -16,18 +16,20 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from modal._serialization import serialize
 from modal_proto import api_pb2
 
 from homeport import ids
 from homeport.images.bases import BaseCache
-from homeport.images.builder import BuildFailed, BuildPlan, ImageBuilder, ParentImage
+from homeport.images.builder import BuildFailed, BuildPlan, BuiltImage, ImageBuilder, ParentImage
 from homeport.images.config import ImageConfig
 from homeport.images.layers import LayerStore
 from homeport.server import errors
+from homeport.worker.runtime import CONTROL_DIR
 from homeport.server.store import schema
 
 log = logging.getLogger("homeport.images")
@@ -39,7 +41,14 @@ LOG_FLUSH_S = 0.1
 PARENT_WAIT_S = 3600
 
 
-def content_hash(image: api_pb2.Image, builder_version: str) -> str:
+def secret_identity(values: dict[str, str]) -> str:
+    """What a build's secrets contribute to cache keys: their content, not their ids
+    (`run_commands(env=...)` makes a new secret object on every run). Only the digest is
+    kept, never the values."""
+    return hashlib.sha256(json.dumps(sorted(values.items())).encode()).hexdigest() if values else ""
+
+
+def content_hash(image: api_pb2.Image, builder_version: str, secrets_digest: str = "") -> str:
     digest = hashlib.sha256()
     digest.update(builder_version.encode())
     for command in image.dockerfile_commands:
@@ -52,8 +61,7 @@ def content_hash(image: api_pb2.Image, builder_version: str) -> str:
     digest.update(b"\0build\0" + image.build_function.SerializeToString(deterministic=True))
     for name in sorted(image.build_args):
         digest.update(b"\0arg\0" + name.encode() + b"=" + image.build_args[name].encode())
-    for secret_id in image.secret_ids:
-        digest.update(b"\0secret\0" + secret_id.encode())
+    digest.update(b"\0secrets\0" + secrets_digest.encode())
     return digest.hexdigest()
 
 
@@ -66,6 +74,7 @@ class ImageService:
         bases: BaseCache,
         mounts,  # type: ignore[no-untyped-def]
         secrets,  # type: ignore[no-untyped-def]
+        apps,  # type: ignore[no-untyped-def]
         blob_path: Callable[[str], Path],
         contexts_dir: Path,
     ) -> None:
@@ -75,7 +84,11 @@ class ImageService:
         self.builder = ImageBuilder(layers, bases)
         self.mounts = mounts
         self.secrets = secrets
+        self.apps = apps
         self.blob_path = blob_path
+        # Runs a build function in a container whose writable layer is kept (the scheduler's
+        # Scheduler.run_build_function, wired in once both exist).
+        self.run_build_function: Callable[..., Awaitable[api_pb2.GenericResult]] | None = None
         self.contexts_dir = contexts_dir
         # Builds running in this server. A second node would coordinate through a lease
         # column on the image record instead; one node needs no more than this.
@@ -92,10 +105,10 @@ class ImageService:
     # -- asking for an image -------------------------------------------------------------
 
     def get_or_create(
-        self, workspace_id: str, image: api_pb2.Image, builder_version: str, force_build: bool
+        self, workspace_id: str, image: api_pb2.Image, builder_version: str, force_build: bool, build_function_id: str = ""
     ) -> tuple[str, int, str]:
         """(image_id, status, exception); status PENDING means a build is running: join it."""
-        key = content_hash(image, builder_version)
+        key = content_hash(image, builder_version, secret_identity(self._secret_values(image.secret_ids)))
         i = schema.images
         with self.engine.begin() as connection:
             row = connection.execute(
@@ -123,10 +136,16 @@ class ImageService:
             return image_id, status, exception
         # New, failed before (retry: the steps that worked are cached), interrupted by a
         # restart, or force_build.
-        self._start_build(workspace_id, image_id, force_build)
+        self._start_build(workspace_id, image_id, force_build, build_function_id)
         return image_id, PENDING, ""
 
-    def _start_build(self, workspace_id: str, image_id: str, force: bool) -> None:
+    def _secret_values(self, secret_ids) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        values: dict[str, str] = {}
+        for secret_id in secret_ids:
+            values.update(self.secrets.values(secret_id))
+        return values
+
+    def _start_build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str) -> None:
         if self._group is None:
             raise RuntimeError("the image builder is not running (ImageService.run was not started)")
         with self.engine.begin() as connection:
@@ -134,13 +153,13 @@ class ImageService:
                 schema.images.update().where(schema.images.c.id == image_id).values(status=PENDING, exception="")
             )
             connection.execute(schema.image_build_logs.delete().where(schema.image_build_logs.c.image_id == image_id))
-        task = self._group.create_task(self._build(workspace_id, image_id, force))
+        task = self._group.create_task(self._build(workspace_id, image_id, force, build_function_id))
         self._building[image_id] = task
         task.add_done_callback(lambda _: self._building.pop(image_id, None))
 
     # -- building ------------------------------------------------------------------------
 
-    async def _build(self, workspace_id: str, image_id: str, force: bool) -> None:
+    async def _build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str) -> None:
         writer = BuildLog(self.engine, self.notifier, image_id)
         flusher = asyncio.create_task(writer.flush_periodically())
         started = time.monotonic()
@@ -149,25 +168,22 @@ class ImageService:
             definition = self._definition(image_id)
             parents = {base.docker_tag: await self._wait_for_parent(workspace_id, base.image_id) for base in definition.base_images}
             context_dir, context_hash = await asyncio.to_thread(self._context, image_id, definition)
-            if definition.build_function.definition:
+            secret_env = self._secret_values(definition.secret_ids)
+            if definition.volume_mounts and not definition.build_function.definition:
                 raise BuildFailed(
-                    "Image.run_function is not supported by Homeport yet; use run_commands, or a function that "
-                    "prepares the files at container start"
+                    "volumes= on run_commands/pip_install steps are not supported by Homeport yet; "
+                    "use Image.run_function(..., volumes=...) for a build step that needs a volume"
                 )
-            secret_env: dict[str, str] = {}
-            for secret_id in definition.secret_ids:
-                secret_env.update(self.secrets.values(secret_id))
-            plan = BuildPlan(
-                commands=list(definition.dockerfile_commands),
-                parents=parents,
-                context_dir=context_dir,
-                context_hash=context_hash,
-                build_args=dict(definition.build_args),
-                secret_env=secret_env,
-                secret_identity=",".join(definition.secret_ids),
-                force=force,
-            )
-            built = await self.builder.build(plan, writer.write, lambda chain: self._record_progress(image_id, chain))
+            if definition.gpu_config.count or definition.gpu_config.gpu_type:
+                raise BuildFailed("gpu= on image build steps is not supported by Homeport yet; build without it")
+            if definition.build_function.definition:
+                built = await self._run_function_step(workspace_id, definition, build_function_id, parents, force, writer)
+            else:
+                built = await self.builder.build(
+                    self._plan(definition, parents, context_dir, context_hash, secret_env, force),
+                    writer.write,
+                    lambda chain: self._record_progress(image_id, chain),
+                )
             seconds = time.monotonic() - started
             writer.write(
                 f"Built image {image_id} in {seconds:.1f}s ({built.steps_run} step(s) run, the rest cached)\n"
@@ -203,6 +219,73 @@ class ImageService:
             if context_dir is not None:
                 shutil.rmtree(context_dir.parent, ignore_errors=True)
             self.notifier.notify(f"image:{image_id}")
+
+    @staticmethod
+    def _plan(
+        definition: api_pb2.Image,
+        parents: dict[str, ParentImage],
+        context_dir: Path | None,
+        context_hash: str,
+        secret_env: dict[str, str],
+        force: bool,
+    ) -> BuildPlan:
+        return BuildPlan(
+            commands=list(definition.dockerfile_commands),
+            parents=parents,
+            context_dir=context_dir,
+            context_hash=context_hash,
+            build_args=dict(definition.build_args),
+            secret_env=secret_env,
+            secret_identity=secret_identity(secret_env),
+            force=force,
+        )
+
+    async def _run_function_step(
+        self,
+        workspace_id: str,
+        definition: api_pb2.Image,
+        function_id: str,
+        parents: dict[str, ParentImage],
+        force: bool,
+        writer: BuildLog,
+    ) -> BuiltImage:
+        """Image.run_function: the function runs once, as a container of the parent image
+        whose writable layer becomes the new layer. It sees its own secrets and volumes."""
+        parent = parents.get("base")
+        if parent is None or not function_id:
+            raise BuildFailed("a run_function image needs its base image and build function")
+        function = self.apps.function(function_id)
+        function_definition = function.definition or api_pb2.Function()
+        digest = hashlib.sha256()
+        digest.update(parent.top_key.encode() + b"\0run_function\0")
+        digest.update(definition.build_function.SerializeToString(deterministic=True))
+        digest.update(secret_identity(self._secret_values(function_definition.secret_ids)).encode())
+        for mount in function_definition.volume_mounts:
+            digest.update(f"\0volume\0{mount.volume_id}:{mount.mount_path}".encode())
+        if force:
+            digest.update(os.urandom(8))
+        key = digest.hexdigest()
+        name = function_definition.function_name or "function"
+        cached = self.layers.get(key)
+        if cached is not None:
+            writer.write(f"=> run_function {name} (cached)\n")
+            return BuiltImage(chain=[*parent.chain, cached.ref], config=cached.config, top_key=key, steps_run=0)
+        writer.write(f"=> run_function {name}\n")
+        function_input = definition.build_function.input
+        if not function_input.args:
+            function_input = api_pb2.FunctionInput(args=serialize(((), {})), data_format=api_pb2.DATA_FORMAT_PICKLE)
+        staging = self.layers.staging(key)
+        try:
+            assert self.run_build_function is not None
+            result = await self.run_build_function(workspace_id, function.app_id, function_id, function_input, staging, writer.write)
+            if result.status != SUCCESS:
+                detail = (result.traceback or result.exception or "no error message").strip()
+                raise BuildFailed(f"run_function {name} failed: {result.exception or 'the container failed'}\n{detail[-2000:]}")
+            _drop_sandbox_mount_points(staging / "fs", [mount.mount_path for mount in function_definition.volume_mounts])
+            layer = self.layers.commit(key, staging, f"run_function {name}", parent.config.copy(), replace=force)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return BuiltImage(chain=[*parent.chain, layer.ref], config=layer.config, top_key=key, steps_run=1)
 
     def _record_progress(self, image_id: str, chain: list[str]) -> None:
         with self.engine.begin() as connection:
@@ -296,6 +379,16 @@ class ImageService:
         if row is None or row.status != SUCCESS or not row.layers:
             raise LookupError(f"image {image_id} is not built; run the app again to build it")
         return self.layers.lower_dirs(json.loads(row.layers)), ImageConfig.from_json(json.loads(row.config))
+
+
+def _drop_sandbox_mount_points(upper: Path, volume_paths: list[str]) -> None:
+    """What the container runtime bound in (control socket, arguments, /pkg, volumes) must
+    not end up in a layer: remove those mount points, if empty."""
+    shutil.rmtree(upper / CONTROL_DIR.lstrip("/"), ignore_errors=True)
+    for path in ["/pkg", *volume_paths]:
+        point = upper / path.lstrip("/")
+        if point.is_dir() and not point.is_symlink() and not any(point.iterdir()):
+            point.rmdir()
 
 
 class BuildLog:
