@@ -25,9 +25,9 @@ from modal_proto import api_pb2
 from homeport import ids
 from homeport.images import client_package
 from homeport.server.auth import hash_secret
+from homeport.server.notify import poll
 from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
-from homeport.server.notify import poll
 from homeport.server.services.calls import CLAIMED, PENDING, CallService, outputs_key, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService

@@ -17,7 +17,13 @@ import signal
 from pathlib import Path
 
 from homeport.worker import cgroups, rootfs
-from homeport.worker.runtime import CONTROL_DIR, CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
+from homeport.worker.runtime import (
+    CONTROL_DIR,
+    CONTROL_SOCKET,
+    ContainerSpec,
+    ContainerStartError,
+    OutputCallback,
+)
 
 log = logging.getLogger("homeport.runtime")
 

@@ -29,8 +29,8 @@ from homeport.images.builder import BuildFailed, BuildPlan, BuiltImage, ImageBui
 from homeport.images.config import ImageConfig
 from homeport.images.layers import LayerStore
 from homeport.server import errors
-from homeport.worker.runtime import CONTROL_DIR
 from homeport.server.store import schema
+from homeport.worker.runtime import CONTROL_DIR
 
 log = logging.getLogger("homeport.images")
 
