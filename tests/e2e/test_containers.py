@@ -105,3 +105,125 @@ with app.run():
         assert both.startswith("['0', '0']") and float(both.split("took ")[1].split()[0]) >= 3.9  # one after the other
     finally:
         gpu_server.stop()
+
+
+ESCAPES = '''
+import ctypes, errno, os, modal
+app = modal.App("escapes")
+
+@app.function()
+def escapes():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def outcome(result):
+        return "allowed" if result >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+    attempts = {
+        "mount": lambda: libc.mount(b"none", b"/mnt", b"tmpfs", 0, None),
+        "unshare_user_namespace": lambda: libc.unshare(0x10000000),
+        "unshare_mount_namespace": lambda: libc.unshare(0x00020000),
+        "ptrace_attach_pid_1": lambda: libc.ptrace(16, 1, None, None),
+        "init_module": lambda: libc.syscall(175, None, 0, b""),
+        "reboot_disable_cad": lambda: libc.reboot(0),
+        "keyctl_session_keyring": lambda: libc.syscall(250, 0, -3, 0),
+        "bpf": lambda: libc.syscall(321, 0, None, 0),
+        "sethostname": lambda: libc.sethostname(b"escaped", 7),
+        "open_by_handle_at": lambda: libc.syscall(304, -100, None, 0),
+    }
+    results = {name: outcome(attempt()) for name, attempt in attempts.items()}
+    status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+    results["capabilities"] = status["CapEff"].strip()
+    results["no_new_privs"] = status["NoNewPrivs"].strip()
+    results["seccomp"] = status["Seccomp"].strip()
+    results["host_paths"] = [p for p in ("HOST_REPO", "/var/cache/homeport", "/etc/postgresql") if os.path.exists(p)]
+    return results
+
+@app.local_entrypoint()
+def main():
+    print("ESCAPES", escapes.remote())
+'''
+
+
+def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import REPO
+
+    (tmp_path / "escapes.py").write_text(ESCAPES.replace("HOST_REPO", str(REPO)))
+    text = assert_ok(run_modal(server, "run", "escapes.py", cwd=tmp_path))
+    results = eval(text.split("ESCAPES ", 1)[1].splitlines()[0])
+    refused = {name: value for name, value in results.items() if name not in ("capabilities", "no_new_privs", "seccomp", "host_paths")}
+    assert all(value == "EPERM" for value in refused.values()), refused
+    assert results["capabilities"] == "0000000000000000"
+    assert results["no_new_privs"] == "1"
+    assert results["seccomp"] == "2"  # a filter is installed
+    assert results["host_paths"] == []  # none of the host's files
+
+
+FORGER = '''
+import os, modal
+app = modal.App("forger")
+
+@app.function()
+def victim():
+    return "victim ran"
+
+@app.function()
+async def forge(foreign_dict_id: str, victim_function_id: str) -> dict:
+    from grpclib.client import Channel
+    from grpclib.exceptions import GRPCError
+    from modal._serialization import serialize
+    from modal_proto import api_grpc, api_pb2
+
+    own = dict(pair.split(":", 1) for pair in os.environ["MODAL_OVERRIDE_HEADERS"].split(","))
+    base = {"x-modal-client-version": modal.__version__}
+    channel = Channel(path="/__homeport/grpc.sock")
+    stub = api_grpc.ModalClientStub(channel)
+
+    async def attempt(call, request, headers):
+        try:
+            await call(request, metadata={**base, **headers}, timeout=10)
+            return "allowed"
+        except GRPCError as error:
+            return error.status.name
+
+    results = {
+        "foreign_dict_with_own_credential": await attempt(
+            stub.DictGet, api_pb2.DictGetRequest(dict_id=foreign_dict_id, key=serialize("k")), own),
+        "other_functions_inputs": await attempt(
+            stub.FunctionGetInputs, api_pb2.FunctionGetInputsRequest(function_id=victim_function_id), own),
+        "forged_task_secret": await attempt(
+            stub.AppGetLayout, api_pb2.AppGetLayoutRequest(app_id=os.environ.get("MODAL_APP_ID", "")),
+            {"x-homeport-task-id": own["x-homeport-task-id"], "x-homeport-task-secret": "guessed"}),
+        "no_credential": await attempt(stub.DictGet, api_pb2.DictGetRequest(dict_id=foreign_dict_id, key=serialize("k")), {}),
+    }
+    channel.close()
+    return results
+
+@app.local_entrypoint()
+def main(dict_id: str):
+    print("FORGED", forge.remote(dict_id, victim.object_id))
+    print("VICTIM", victim.remote())
+'''
+
+
+def test_forged_requests_from_a_container_are_refused(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert server.homeport("workspace", "create", "elsewhere").returncode == 0
+    created = server.homeport("token", "create", "-w", "elsewhere")
+    other = dict(line.split("=", 1) for line in created.stdout.split() if "=" in line)
+    text = assert_ok(
+        run_python(
+            server,
+            "import modal\nd = modal.Dict.from_name('private', create_if_missing=True)\nd['k'] = 'theirs'\n"
+            "d.hydrate()\nprint('DICT', d.object_id)\n",
+            **other,
+        )
+    )
+    dict_id = text.split("DICT ", 1)[1].split()[0]
+    (tmp_path / "forger.py").write_text(FORGER)
+    text = assert_ok(run_modal(server, "run", "forger.py", "--dict-id", dict_id, cwd=tmp_path))
+    forged = eval(text.split("FORGED ", 1)[1].splitlines()[0])
+    assert forged["foreign_dict_with_own_credential"] == "NOT_FOUND"  # another workspace's object does not exist here
+    assert forged["other_functions_inputs"] == "PERMISSION_DENIED"
+    assert forged["forged_task_secret"] == "UNAUTHENTICATED"
+    assert forged["no_credential"] == "UNAUTHENTICATED"
+    assert "VICTIM victim ran" in text  # the victim's input was not taken

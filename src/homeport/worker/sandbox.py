@@ -3,7 +3,8 @@
 filesystem of its own: the image's layers read-only under an overlayfs, a fresh writable
 layer on top that is thrown away when it exits, the app's mounted files in a layer of
 their own, the client package at /pkg. The host's files are not visible; its own PID,
-IPC and UTS namespaces; no capabilities; cgroup limits when set.
+IPC and UTS namespaces; no capabilities; a seccomp filter (worker/seccomp.py); cgroup
+limits when set.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from homeport.worker import cgroups, rootfs
+from homeport.worker import cgroups, rootfs, seccomp
 from homeport.worker.runtime import (
     CONTROL_DIR,
     CONTROL_SOCKET,
@@ -182,6 +183,9 @@ class SandboxRuntime:
         for directory in spec.directories:
             command += ["--ro-bind" if directory.read_only else "--bind", str(directory.host_path), directory.container_path]
         command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--dir", spec.working_dir, "--chdir", spec.working_dir]
+        seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
+        if seccomp_fd is not None:
+            command += ["--seccomp", str(seccomp_fd)]
         command += ["--", "python", "-m", "modal._container_entrypoint"]
         environment = dict(spec.environment)
         environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = ARGUMENTS_PATH
@@ -195,15 +199,20 @@ class SandboxRuntime:
                 cgroup.join()
             overlay.mount_in_child()
 
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environment,
-            start_new_session=True,
-            preexec_fn=enter_sandbox,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=environment,
+                start_new_session=True,
+                preexec_fn=enter_sandbox,
+                pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+            )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         readers = [
             asyncio.create_task(_pump(process.stdout, 1, on_output)),
             asyncio.create_task(_pump(process.stderr, 2, on_output)),
