@@ -52,6 +52,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     database_url: str | None = DatabaseUrl,
     max_containers: int = typer.Option(32, "--max-containers", help="Containers this node runs at once."),
+    runtime: str = typer.Option(
+        os.environ.get("HOMEPORT_RUNTIME", "sandbox"),
+        "--runtime",
+        help="Container runtime: sandbox (bubblewrap, default) or gvisor (runsc: a user-space kernel for untrusted code).",
+    ),
     web_domain: str = typer.Option("localhost", "--web-domain", help="Web endpoints answer at <label>.<domain>."),
     web_scheme: str = typer.Option("http", "--web-scheme", help="Scheme in web endpoint URLs (https behind a TLS proxy)."),
     web_port: int = typer.Option(
@@ -64,8 +69,11 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(
         data_dir, database_url, port=port, blob_port=blob_port, host=host, max_containers=max_containers,
-        web_domain=web_domain, web_scheme=web_scheme, web_port=web_port,
+        web_domain=web_domain, web_scheme=web_scheme, web_port=web_port, runtime=runtime,
     )
+    if runtime not in ("sandbox", "gvisor"):
+        typer.echo(f"Error: unknown runtime {runtime!r}; use --runtime sandbox or --runtime gvisor", err=True)
+        raise typer.Exit(2)
     asyncio.run(run_server(settings))
 
 

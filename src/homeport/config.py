@@ -107,6 +107,7 @@ class Settings:
     host: str = "127.0.0.1"
     database_url: str | None = None  # None: SQLite under the data dir
     max_containers: int = 32  # containers this node runs at once
+    runtime: str = "sandbox"  # "sandbox" (bubblewrap) or "gvisor" (runsc, for untrusted code)
     web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
     web_scheme: str = "http"
     web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none

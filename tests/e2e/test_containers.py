@@ -227,3 +227,26 @@ def test_forged_requests_from_a_container_are_refused(server: Server, tmp_path) 
     assert forged["forged_task_secret"] == "UNAUTHENTICATED"
     assert forged["no_credential"] == "UNAUTHENTICATED"
     assert "VICTIM victim ran" in text  # the victim's input was not taken
+
+
+def test_gvisor_runtime_runs_functions_in_a_user_space_kernel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os as host_os
+
+    from tests.conftest import start_server
+
+    gvisor = start_server(tmp_path, server_env={"HOMEPORT_RUNTIME": "gvisor"})
+    try:
+        (tmp_path / "kernel.py").write_text(
+            "import os, socket, modal\napp = modal.App('kernel')\n"
+            "@app.function()\ndef kernel():\n    return os.uname().release, socket.gethostname() == os.environ['MODAL_TASK_ID']\n"
+            "@app.function(block_network=True)\ndef offline():\n    return sorted(name for _, name in socket.if_nameindex())\n"
+            "@app.local_entrypoint()\ndef main():\n    print('KERNEL', kernel.remote())\n    print('OFFLINE', offline.remote())\n"
+        )
+        text = assert_ok(run_modal(gvisor, "run", "kernel.py", cwd=tmp_path))
+        release, own_hostname = eval(text.split("KERNEL ", 1)[1].splitlines()[0])
+        assert release != host_os.uname().release  # gVisor's kernel answered, not the host's
+        assert own_hostname is True
+        assert eval(text.split("OFFLINE ", 1)[1].splitlines()[0]) == ["lo"]
+    finally:
+        gvisor.stop()
+

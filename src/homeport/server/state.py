@@ -32,6 +32,7 @@ from homeport.server.services.storage import StorageObjectService
 from homeport.server.services.volumes import VolumeService
 from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
+from homeport.worker.gvisor import GvisorRuntime
 from homeport.worker.sandbox import SandboxRuntime
 
 BLOB_SIGNING_KEY = "blob_signing_key"
@@ -101,7 +102,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     volumes = VolumeService(engine, layout)
     secret_service = SecretService(engine, secret_contents.load_key(layout.secret_key))
     queues = QueueService(engine, notifier)
-    runtime = SandboxRuntime()
+    runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime()
     bases = BaseCache(settings.cache.bases, settings.oci_mirror)
     record_layer_dir(engine, settings.layers)
     images = ImageService(

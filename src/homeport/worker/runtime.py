@@ -58,6 +58,7 @@ class ContainerSpec:
     # Keep the writable layer here (upper_dir/fs) instead of throwing it away: an
     # Image.run_function build step, whose writes become an image layer.
     upper_dir: Path | None = None
+    command: tuple[str, ...] = ("python", "-m", "modal._container_entrypoint")
 
 
 class Container(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import dataclasses
 import logging
 import os
 import shutil
@@ -137,6 +138,49 @@ def _gpu_device_nodes(indices: list[int]) -> list[str]:
     return [node for node in nodes if os.path.exists(node)]
 
 
+@dataclasses.dataclass
+class PreparedContainer:
+    """What every runtime lays out before it starts a container (see `prepare`)."""
+
+    overlay: rootfs.Overlay
+    hosts: Path
+    arguments_path: Path
+    environment: dict[str, str]
+    cgroup: cgroups.Cgroup | None
+
+    def enter(self) -> None:
+        """Between fork and exec: join the cgroup, then the private root filesystem."""
+        if self.cgroup is not None:
+            self.cgroup.join()
+        self.overlay.mount_in_child()
+
+
+async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContainer:
+    """The container's work directory: its arguments, the mounts layer, /etc/hosts, the
+    overlay (mounted later, in the child) and its cgroup."""
+    spec.work_dir.mkdir(parents=True, exist_ok=True)
+    arguments_path = spec.work_dir / ARGUMENTS_FILE
+    arguments_path.write_bytes(spec.container_arguments)
+    mounts_layer = spec.work_dir / "mounts"
+    await asyncio.to_thread(_materialize, spec, mounts_layer)
+    hosts = spec.work_dir / "hosts"
+    hosts.write_text(f"127.0.0.1\tlocalhost {spec.task_id}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
+    upper_root = spec.upper_dir or spec.work_dir
+    overlay = rootfs.Overlay(lower, upper_root / "fs", upper_root / "work", spec.work_dir / "root")
+    try:
+        overlay.prepare()
+    except rootfs.RootfsError as error:
+        raise ContainerStartError(str(error)) from None
+    environment = dict(spec.environment)
+    environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = ARGUMENTS_PATH
+    cgroup = None
+    if limits_enabled:
+        cgroup = cgroups.Cgroup(spec.task_id, cgroups.Limits(memory_mib=spec.memory_mib, cpu_cores=spec.cpu_cores))
+        cgroup.create()
+    return PreparedContainer(overlay, hosts, arguments_path, environment, cgroup)
+
+
 class SandboxRuntime:
     name = "sandbox"
 
@@ -146,20 +190,7 @@ class SandboxRuntime:
             log.warning("cgroup v1 (memory, cpu, pids) is not writable here: containers run without resource limits")
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer:
-        spec.work_dir.mkdir(parents=True, exist_ok=True)
-        arguments_path = spec.work_dir / ARGUMENTS_FILE
-        arguments_path.write_bytes(spec.container_arguments)
-        mounts_layer = spec.work_dir / "mounts"
-        await asyncio.to_thread(_materialize, spec, mounts_layer)
-        hosts = spec.work_dir / "hosts"
-        hosts.write_text(f"127.0.0.1\tlocalhost {spec.task_id}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-        lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
-        upper_root = spec.upper_dir or spec.work_dir
-        overlay = rootfs.Overlay(lower, upper_root / "fs", upper_root / "work", spec.work_dir / "root")
-        try:
-            overlay.prepare()
-        except rootfs.RootfsError as error:
-            raise ContainerStartError(str(error)) from None
+        prepared = await prepare(spec, self.limits_enabled)
         # Own PID, IPC and UTS namespaces: the container sees only its own processes (and
         # they all end with it), and its hostname is its id. No capabilities (bubblewrap
         # also sets no-new-privileges): mount, module loading, raw sockets and the like
@@ -167,9 +198,9 @@ class SandboxRuntime:
         command = [
             "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.task_id, "--cap-drop", "ALL",
-            "--bind", str(overlay.merged), "/", "--dev", "/dev", "--proc", "/proc",
-            "--ro-bind", str(hosts), "/etc/hosts",
-            "--ro-bind", str(arguments_path), ARGUMENTS_PATH,
+            "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", "--proc", "/proc",
+            "--ro-bind", str(prepared.hosts), "/etc/hosts",
+            "--ro-bind", str(prepared.arguments_path), ARGUMENTS_PATH,
         ]  # fmt: skip
         if spec.network:
             if Path("/etc/resolv.conf").is_file():
@@ -186,41 +217,29 @@ class SandboxRuntime:
         seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
         if seccomp_fd is not None:
             command += ["--seccomp", str(seccomp_fd)]
-        command += ["--", "python", "-m", "modal._container_entrypoint"]
-        environment = dict(spec.environment)
-        environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = ARGUMENTS_PATH
-        cgroup = None
-        if self.limits_enabled:
-            cgroup = cgroups.Cgroup(spec.task_id, cgroups.Limits(memory_mib=spec.memory_mib, cpu_cores=spec.cpu_cores))
-            cgroup.create()
-
-        def enter_sandbox() -> None:  # between fork and exec
-            if cgroup is not None:
-                cgroup.join()
-            overlay.mount_in_child()
-
+        command += ["--", *spec.command]
         try:
             process = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=environment,
+                env=prepared.environment,
                 start_new_session=True,
-                preexec_fn=enter_sandbox,
+                preexec_fn=prepared.enter,
                 pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
             )
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
         readers = [
-            asyncio.create_task(_pump(process.stdout, 1, on_output)),
-            asyncio.create_task(_pump(process.stderr, 2, on_output)),
+            asyncio.create_task(pump_output(process.stdout, 1, on_output)),
+            asyncio.create_task(pump_output(process.stderr, 2, on_output)),
         ]
-        return ProcessContainer(spec.task_id, process, readers, spec.work_dir, cgroup)
+        return ProcessContainer(spec.task_id, process, readers, spec.work_dir, prepared.cgroup)
 
 
-async def _pump(stream: asyncio.StreamReader | None, fd: int, on_output: OutputCallback) -> None:
+async def pump_output(stream: asyncio.StreamReader | None, fd: int, on_output: OutputCallback) -> None:
     if stream is None:
         return
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
