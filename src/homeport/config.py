@@ -108,6 +108,9 @@ class Settings:
     database_url: str | None = None  # None: SQLite under the data dir
     max_containers: int = 32  # containers this node runs at once
     runtime: str = "sandbox"  # "sandbox" (bubblewrap) or "gvisor" (runsc, for untrusted code)
+    # Each container on its own network namespace behind the node's bridge (HOMEPORT_CONTAINER_SUBNET);
+    # "" shares the host's network instead.
+    container_subnet: str = dataclasses.field(default_factory=lambda: os.environ.get("HOMEPORT_CONTAINER_SUBNET", "10.89.0.0/16"))
     web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
     web_scheme: str = "http"
     web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none

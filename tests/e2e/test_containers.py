@@ -70,7 +70,8 @@ def test_block_network_leaves_only_loopback_and_escapes_are_refused(server: Serv
     # block_network=True: only lo, the server's TCP port is out of reach, yet the function
     # ran: the control plane is reached over a Unix socket.
     assert blocked["interfaces"] == ["lo"] and blocked["server"] == "ConnectionRefusedError"
-    assert len(default["interfaces"]) > 1
+    assert default["interfaces"] == ["eth0", "lo"]  # its own network namespace, not the host's
+    assert default["server"] == "ConnectionRefusedError"  # 127.0.0.1 is its own loopback
     for result in (blocked, default):
         assert result["mount_exit"] != 0  # no CAP_SYS_ADMIN
         assert result["hostname"] == "refused"
@@ -250,3 +251,59 @@ def test_gvisor_runtime_runs_functions_in_a_user_space_kernel(tmp_path) -> None:
     finally:
         gvisor.stop()
 
+
+NEIGHBOURS = '''
+import socket, time, modal
+app = modal.App("neighbours")
+board = modal.Dict.from_name("neighbours-board", create_if_missing=True)
+
+@app.function()
+def listener():
+    server = socket.socket()
+    server.bind(("0.0.0.0", 8000))
+    server.listen()
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(("10.89.0.1", 9))  # no packet is sent: this only picks the source address
+    ip = probe.getsockname()[0]
+    board["listener"] = ip
+    server.settimeout(12)
+    try:
+        server.accept()
+        return "someone connected"
+    except socket.timeout:
+        return "nobody connected"
+
+@app.function()
+def neighbour():
+    deadline = time.time() + 30
+    while "listener" not in board and time.time() < deadline:
+        time.sleep(0.2)
+    ip = board["listener"]
+    try:
+        socket.create_connection((ip, 8000), timeout=3).close()
+        return ip, "reached"
+    except OSError as error:
+        return ip, type(error).__name__
+
+@app.function()
+def big() -> bytes:
+    return b"x" * (3 * 1024 * 1024)
+
+@app.local_entrypoint()
+def main():
+    board.clear()
+    waiting = listener.spawn()
+    print("NEIGHBOUR", neighbour.remote())
+    print("LISTENER", waiting.get())
+    print("BIG", len(big.remote()))
+'''
+
+
+def test_containers_have_their_own_network_and_cannot_reach_each_other(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "neighbours.py").write_text(NEIGHBOURS)
+    text = assert_ok(run_modal(server, "run", "neighbours.py", cwd=tmp_path))
+    ip, outcome = eval(text.split("NEIGHBOUR ", 1)[1].splitlines()[0])
+    assert ip.startswith("10.89.")  # its own eth0 address on the node's container network
+    assert outcome != "reached"
+    assert "LISTENER nobody connected" in text
+    assert "BIG 3145728" in text  # payloads over 2 MiB travel by blob URL, reachable from the container network

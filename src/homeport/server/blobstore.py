@@ -52,23 +52,23 @@ class LocalBlobStore:
         message = f"{operation}:{blob_id}:{expires}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def url(self, blob_id: str, operation: str) -> str:
+    def url(self, blob_id: str, operation: str, base_url: str | None = None) -> str:
         expires = int(time.time()) + URL_LIFETIME_S
         signature = self._signature(blob_id, operation, expires)
-        return f"{self.base_url}/blobs/{blob_id}?op={operation}&expires={expires}&sig={signature}"
+        return f"{base_url or self.base_url}/blobs/{blob_id}?op={operation}&expires={expires}&sig={signature}"
 
-    def volume_content_url(self, sha256_hex: str, offset: int, length: int) -> str:
+    def volume_content_url(self, sha256_hex: str, offset: int, length: int, base_url: str | None = None) -> str:
         key = f"{sha256_hex}:{offset}:{length}"
         expires = int(time.time()) + URL_LIFETIME_S
         signature = self._signature(key, "vget", expires)
         return (
-            f"{self.base_url}/volume-content/{sha256_hex}?offset={offset}&length={length}"
+            f"{base_url or self.base_url}/volume-content/{sha256_hex}?offset={offset}&length={length}"
             f"&expires={expires}&sig={signature}"
         )
 
-    def volume_block_url(self, sha256_hex: str) -> str:
+    def volume_block_url(self, sha256_hex: str, base_url: str | None = None) -> str:
         expires = int(time.time()) + URL_LIFETIME_S
-        return f"{self.base_url}/volume-blocks/{sha256_hex}?expires={expires}&sig={self._signature(sha256_hex, 'vput', expires)}"
+        return f"{base_url or self.base_url}/volume-blocks/{sha256_hex}?expires={expires}&sig={self._signature(sha256_hex, 'vput', expires)}"
 
     def check_signature(self, blob_id: str, operation: str, expires: str, signature: str) -> bool:
         if not expires.isdigit() or int(expires) < time.time():

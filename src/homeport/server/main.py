@@ -82,6 +82,11 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.effective_blob_port)
     await site.start()
+    if state.network is not None:
+        # Containers on the container network reach blob URLs on the bridge address, and
+        # only this port of the host (the control plane is their Unix socket).
+        await asyncio.to_thread(state.network.setup, [settings.effective_blob_port])
+        await web.TCPSite(runner, state.network.gateway, settings.effective_blob_port).start()
 
     write_client_env(state)
     log.info(
@@ -108,5 +113,7 @@ async def serve(settings: Settings) -> None:
             server.close()
             await server.wait_closed()
         await runner.cleanup()
+        if state.network is not None:
+            state.network.forget_ports([settings.effective_blob_port])
         state.engine.dispose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets as random_secrets
 
 import sqlalchemy as sa
@@ -33,9 +34,12 @@ from homeport.server.services.volumes import VolumeService
 from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
 from homeport.worker.gvisor import GvisorRuntime
+from homeport.worker.network import BridgeNetwork
+from homeport.worker.network import available as network_available
 from homeport.worker.sandbox import SandboxRuntime
 
 BLOB_SIGNING_KEY = "blob_signing_key"
+log = logging.getLogger("homeport.server")
 
 
 def shared_setting(engine: sa.Engine, key: str, make: str) -> str:
@@ -70,6 +74,15 @@ class ServerState:
     volumes: VolumeService
     web: WebEndpointService
 
+    network: BridgeNetwork | None = None
+
+    def blob_base_url(self, from_container: bool) -> str:
+        """Where blob and volume URLs point: containers on the container network reach the
+        HTTP listener on the bridge address, everyone else on the server's own address."""
+        if from_container and self.network is not None:
+            return f"http://{self.network.gateway}:{self.settings.effective_blob_port}"
+        return self.settings.blob_base_url
+
     def app_page_url(self, app_id: str) -> str:
         return f"{self.settings.blob_base_url}/apps/{app_id}"
 
@@ -102,7 +115,14 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     volumes = VolumeService(engine, layout)
     secret_service = SecretService(engine, secret_contents.load_key(layout.secret_key))
     queues = QueueService(engine, notifier)
-    runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime()
+    network = None
+    if settings.container_subnet and settings.runtime == "sandbox":
+        unavailable = network_available()
+        if unavailable is None:
+            network = BridgeNetwork(subnet=settings.container_subnet)
+        else:
+            log.warning("containers share the host's network: %s", unavailable)
+    runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network)
     bases = BaseCache(settings.cache.bases, settings.oci_mirror)
     record_layer_dir(engine, settings.layers)
     images = ImageService(
@@ -158,4 +178,5 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         secrets=secret_service,
         volumes=volumes,
         web=WebEndpointService(engine),
+        network=network,
     )

@@ -16,9 +16,11 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from homeport.worker import cgroups, rootfs, seccomp
+from homeport.worker.network import NETNS_DIR, Attachment, BridgeNetwork, NetworkError
 from homeport.worker.runtime import (
     CONTROL_DIR,
     CONTROL_SOCKET,
@@ -49,10 +51,13 @@ class ProcessContainer:
         self._work_dir = work_dir
         self._cgroup = cgroup
         self._oom_killed = False
+        self.on_exit: list[Callable[[], None]] = []  # what to release once it has exited (its network)
 
     async def wait(self) -> int:
         code = await self._process.wait()
         await asyncio.gather(*self._readers, return_exceptions=True)
+        for release in self.on_exit:
+            await asyncio.to_thread(release)
         if self._cgroup is not None:
             self._oom_killed = self._cgroup.oom_killed()
             self._cgroup.remove()
@@ -184,13 +189,34 @@ async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContaine
 class SandboxRuntime:
     name = "sandbox"
 
-    def __init__(self) -> None:
+    def __init__(self, network: BridgeNetwork | None = None) -> None:
         self.limits_enabled = cgroups.available()
         if not self.limits_enabled:
             log.warning("cgroup v1 (memory, cpu, pids) is not writable here: containers run without resource limits")
+        self.network = network
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer:
         prepared = await prepare(spec, self.limits_enabled)
+        attachment = None
+        if spec.network and self.network is not None:
+            try:
+                attachment = await asyncio.to_thread(self.network.attach, spec.task_id)
+            except NetworkError as error:
+                raise ContainerStartError(str(error)) from None
+        try:
+            container = await self._spawn(spec, prepared, attachment, on_output)
+        except BaseException:
+            if attachment is not None and self.network is not None:
+                self.network.detach(attachment)
+            raise
+        if attachment is not None and self.network is not None:
+            network, attached = self.network, attachment
+            container.on_exit.append(lambda: network.detach(attached))
+        return container
+
+    async def _spawn(
+        self, spec: ContainerSpec, prepared: PreparedContainer, attachment: Attachment | None, on_output: OutputCallback
+    ) -> ProcessContainer:
         # Own PID, IPC and UTS namespaces: the container sees only its own processes (and
         # they all end with it), and its hostname is its id. No capabilities (bubblewrap
         # also sets no-new-privileges): mount, module loading, raw sockets and the like
@@ -203,6 +229,8 @@ class SandboxRuntime:
             "--ro-bind", str(prepared.arguments_path), ARGUMENTS_PATH,
         ]  # fmt: skip
         if spec.network:
+            # Its own network namespace (entered before exec, see below) when the node has a
+            # container network; the host's otherwise.
             if Path("/etc/resolv.conf").is_file():
                 command += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
         else:
@@ -218,6 +246,13 @@ class SandboxRuntime:
         if seccomp_fd is not None:
             command += ["--seccomp", str(seccomp_fd)]
         command += ["--", *spec.command]
+        netns_fd = os.open(NETNS_DIR / attachment.namespace, os.O_RDONLY | os.O_CLOEXEC) if attachment else None
+
+        def enter() -> None:  # between fork and exec
+            if attachment is not None and netns_fd is not None:
+                attachment.enter_in_child(netns_fd)
+            prepared.enter()
+
         try:
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -226,12 +261,13 @@ class SandboxRuntime:
                 stderr=asyncio.subprocess.PIPE,
                 env=prepared.environment,
                 start_new_session=True,
-                preexec_fn=prepared.enter,
+                preexec_fn=enter,
                 pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
             )
         finally:
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
+            for fd in (seccomp_fd, netns_fd):
+                if fd is not None:
+                    os.close(fd)
         readers = [
             asyncio.create_task(pump_output(process.stdout, 1, on_output)),
             asyncio.create_task(pump_output(process.stderr, 2, on_output)),

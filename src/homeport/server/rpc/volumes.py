@@ -81,7 +81,9 @@ async def volume_get_file2(context: RequestContext, request: api_pb2.VolumeGetFi
     start = min(request.start, entry.size)
     length = entry.size - start if not request.len else min(request.len, entry.size - start)
     urls = [
-        context.state.blobs.volume_content_url(entry.sha256 or "", offset, min(BLOCK_SIZE, start + length - offset))
+        context.state.blobs.volume_content_url(
+            entry.sha256 or "", offset, min(BLOCK_SIZE, start + length - offset), context.state.blob_base_url(context.task is not None)
+        )
         for offset in range(start, start + length, BLOCK_SIZE)
     ]
     return api_pb2.VolumeGetFile2Response(get_urls=urls, size=entry.size, start=start, len=length)
@@ -104,7 +106,9 @@ async def volume_put_files2(
             api_pb2.VolumePutFiles2Response.MissingBlock(
                 file_index=file_index,
                 block_index=block_index,
-                put_url=context.state.blobs.volume_block_url(files[file_index][3][block_index]),
+                put_url=context.state.blobs.volume_block_url(
+                    files[file_index][3][block_index], context.state.blob_base_url(context.task is not None)
+                ),
             )
             for file_index, block_index in missing
         ]

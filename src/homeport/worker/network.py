@@ -1,0 +1,180 @@
+"""Container networking: each container gets a network namespace of its own with an
+`eth0` (one end of a veth pair; the other end on the node's bridge) and a default route
+through the bridge, NAT'ed out to whatever the host reaches.
+
+- Containers cannot talk to each other: their bridge ports are isolated.
+- From a container the host answers only on the bridge address and only on the ports a
+  Homeport server registered (its blob/volume HTTP listener): the control plane itself
+  is a Unix socket, and other host services stay out of reach.
+- `block_network=True` containers get a namespace with only `lo` (bubblewrap's
+  --unshare-net); this module is not involved.
+
+Everything is done with `ip -batch` (one process per container start) and iptables.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import ipaddress
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+log = logging.getLogger("homeport.network")
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = Path("/run/netns")
+CLAIMS_DIR = Path("/run/homeport/container-addresses")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetworkError(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    namespace: str
+    address: str
+    host_interface: str
+
+    def enter_in_child(self, fd: int) -> None:
+        """Between fork and exec: move into the container's network namespace."""
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into {self.namespace}: {os.strerror(errno)}")
+
+
+
+class BridgeNetwork:
+    def __init__(self, bridge: str = "homeport0", subnet: str = "10.89.0.0/16") -> None:
+        self.bridge = bridge
+        self.network = ipaddress.ip_network(subnet)
+        self.gateway = str(next(self.network.hosts()))
+        self._lock = threading.Lock()
+
+    # -- the node ------------------------------------------------------------------------
+
+    def setup(self, allowed_ports: list[int]) -> None:
+        """The bridge, forwarding and NAT (idempotent), and the host ports containers may reach."""
+        prefix = self.network.prefixlen
+        if not Path(f"/sys/class/net/{self.bridge}").exists():
+            _ip_batch([f"link add {self.bridge} type bridge", f"addr add {self.gateway}/{prefix} dev {self.bridge}"])
+        _ip_batch([f"link set {self.bridge} up"])
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+        subnet = str(self.network)
+        _ensure_rule("nat", "POSTROUTING", ["-s", subnet, "!", "-o", self.bridge, "-j", "MASQUERADE"])
+        # The host from inside: only registered ports on the bridge address, and replies.
+        _ensure_rule("filter", "INPUT", ["-i", self.bridge, "-j", "HOMEPORT-INPUT"], chain_to_create="HOMEPORT-INPUT")
+        _ensure_rule("filter", "HOMEPORT-INPUT", ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])
+        for port in allowed_ports:
+            _ensure_rule("filter", "HOMEPORT-INPUT", ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"])
+        _ensure_rule("filter", "HOMEPORT-INPUT", ["-j", "DROP"], append_last=True)
+
+    def forget_ports(self, ports: list[int]) -> None:
+        for port in ports:
+            rule = ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"]
+            subprocess.run(["iptables", "-w", "-t", "filter", "-D", "HOMEPORT-INPUT", *rule], capture_output=True, check=False)
+
+    # -- containers ----------------------------------------------------------------------
+
+    def attach(self, task_id: str) -> Attachment:
+        short = task_id.removeprefix("ta-")[:10].lower()
+        namespace, host_interface = f"hp-{short}", f"hv{short}"
+        address = self._allocate(namespace)
+        prefix = self.network.prefixlen
+        try:
+            _ip_batch(
+                [
+                    f"netns add {namespace}",
+                    f"link add {host_interface} type veth peer name eth0 netns {namespace}",
+                    f"link set {host_interface} master {self.bridge}",
+                    f"link set dev {host_interface} type bridge_slave isolated on",
+                    f"link set {host_interface} up",
+                ]
+            )
+            _ip_batch(
+                [
+                    f"addr add {address}/{prefix} dev eth0",
+                    "link set lo up",
+                    "link set eth0 up",
+                    f"route add default via {self.gateway}",
+                ],
+                namespace,
+            )
+        except NetworkError:
+            self._cleanup(namespace, host_interface)
+            self._release(address)
+            raise
+        return Attachment(namespace, address, host_interface)
+
+    def detach(self, attachment: Attachment) -> None:
+        self._cleanup(attachment.namespace, attachment.host_interface)
+        self._release(attachment.address)
+
+    def _cleanup(self, namespace: str, host_interface: str) -> None:
+        # Deleting the namespace destroys eth0 and with it the host end of the pair.
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", host_interface], capture_output=True, check=False)
+
+    def _allocate(self, namespace: str) -> str:
+        """An address no container on this node uses, whichever server started it: claimed by
+        creating CLAIMS_DIR/<address> (exclusively); a claim whose namespace is gone is stale."""
+        CLAIMS_DIR.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            for address in self.network.hosts():
+                if str(address) == self.gateway:
+                    continue
+                claim = CLAIMS_DIR / str(address)
+                try:
+                    fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    try:
+                        holder = claim.read_text().strip()
+                    except FileNotFoundError:
+                        continue
+                    if holder and (NETNS_DIR / holder).exists():
+                        continue
+                    claim.write_text(namespace)  # left by a server that died: take it over
+                    return str(address)
+                with os.fdopen(fd, "w") as file:
+                    file.write(namespace)
+                return str(address)
+        raise NetworkError(f"the container subnet {self.network} is exhausted")
+
+    def _release(self, address: str) -> None:
+        (CLAIMS_DIR / address).unlink(missing_ok=True)
+
+
+def _ip_batch(commands: list[str], namespace: str | None = None) -> None:
+    where = ["-n", namespace] if namespace else []
+    result = subprocess.run(["ip", *where, "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NetworkError(f"configuring the container network failed: {result.stderr.strip()[-500:]}")
+
+
+def _ensure_rule(table: str, chain: str, rule: list[str], chain_to_create: str | None = None, append_last: bool = False) -> None:
+    if chain_to_create:
+        subprocess.run(["iptables", "-w", "-t", table, "-N", chain_to_create], capture_output=True, check=False)
+    exists = subprocess.run(["iptables", "-w", "-t", table, "-C", chain, *rule], capture_output=True, check=False).returncode == 0
+    if exists and not append_last:
+        return
+    if exists:  # keep the catch-all last: take it out and put it back at the end
+        subprocess.run(["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True, check=False)
+    position = ["-A", chain] if append_last or chain == "POSTROUTING" else ["-I", chain, "1"]
+    result = subprocess.run(["iptables", "-w", "-t", table, *position, *rule], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NetworkError(f"iptables {' '.join(rule)}: {result.stderr.strip()}")
+
+
+def available() -> str | None:
+    """None when per-container networks can be made here; else why not."""
+    if os.geteuid() != 0:
+        return "per-container networks need root"
+    for tool in ("ip", "iptables"):
+        if subprocess.run(["which", tool], capture_output=True, check=False).returncode != 0:
+            return f"{tool} is not installed"
+    return None
