@@ -4,7 +4,8 @@ Starts N containers (default 100) one after another through the runtime the serv
 each running `/bin/true` instead of the client's entrypoint, so the figure is the sandbox
 alone: work directory, mounts layer, cgroup (created and joined), private mount namespace
 with the overlay root filesystem (the cached `python:3.11-slim-bookworm` base), bubblewrap's
-PID/IPC/UTS namespaces, seccomp filter, exec, exit, clean-up. Baseline in the same run:
+PID/IPC/UTS namespaces, seccomp filter, exec, exit, clean-up; then the same with the
+container's own network namespace (veth pair on the node's bridge). Baseline in the same run:
 fork + exec of `/bin/true` on the host. Also the gVisor runtime (runsc) when installed.
 """
 
@@ -24,8 +25,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 from homeport.config import DEFAULT_CACHE_DIR  # noqa: E402
 from homeport.images.bases import BaseCache  # noqa: E402
+from homeport.worker.network import BridgeNetwork  # noqa: E402
 from homeport.worker.runtime import ContainerSpec  # noqa: E402
 from homeport.worker.sandbox import SandboxRuntime  # noqa: E402
+
+PKG = Path("/nonexistent")
 
 
 async def start_and_wait(runtime, spec: ContainerSpec) -> float:  # type: ignore[no-untyped-def]
@@ -48,7 +52,7 @@ async def measure(runtime, layers: list[Path], work: Path, n: int) -> list[float
             container_arguments=b"",
             environment={"PATH": "/usr/local/bin:/usr/bin:/bin"},
             files=[],
-            client_package_dir=work.parent / "pkg",
+            client_package_dir=PKG,
             work_dir=work / f"task-{index}",
             image_layers=layers,
             memory_mib=512,
@@ -64,20 +68,24 @@ def main() -> None:
     base = BaseCache(DEFAULT_CACHE_DIR / "bases").ensure("python:3.11-slim-bookworm", lambda text: print(text, end=""))
     with tempfile.TemporaryDirectory(prefix="homeport-bench-sandbox-") as temporary:
         work = Path(temporary)
-        (work / "pkg").mkdir()
+        global PKG
+        PKG = work / "pkg"
+        PKG.mkdir()
         plain = []
         for _ in range(n):
             started = time.perf_counter()
             subprocess.run(["/bin/true"], check=True)
             plain.append(time.perf_counter() - started)
         rows = [("runtime", "p50", "p90", "baseline p50 (fork+exec)", "ratio")]
-        runtimes = [("sandbox (bubblewrap)", SandboxRuntime())]
+        network = BridgeNetwork()
+        network.setup([])
+        runtimes = [("sandbox (bubblewrap)", SandboxRuntime()), ("sandbox + own network (veth, bridge)", SandboxRuntime(network))]
         if shutil.which("runsc"):
             from homeport.worker.gvisor import GvisorRuntime
 
             runtimes.append(("gVisor (runsc)", GvisorRuntime()))
         for name, runtime in runtimes:
-            samples = asyncio.run(measure(runtime, [base.rootfs], work / name.split()[0], n))
+            samples = asyncio.run(measure(runtime, [base.rootfs], work / name.split()[0].strip("(") / str(len(rows)), n))
             p50 = statistics.median(samples)
             p90 = statistics.quantiles(samples, n=10)[-1]
             rows.append((name, f"{p50 * 1000:.1f} ms", f"{p90 * 1000:.1f} ms", f"{statistics.median(plain) * 1000:.2f} ms", f"{p50 / statistics.median(plain):.0f}"))

@@ -307,3 +307,10 @@ def test_containers_have_their_own_network_and_cannot_reach_each_other(server: S
     assert outcome != "reached"
     assert "LISTENER nobody connected" in text
     assert "BIG 3145728" in text  # payloads over 2 MiB travel by blob URL, reachable from the container network
+
+
+def test_ephemeral_disk_bounds_the_writable_layer(server: Server) -> None:
+    script = "from limits_app import app, write_files\nwith app.run():\n    print(write_files.remote(16))\n    print(write_files.remote(100))\n"
+    text = assert_ok(run_python(server, script))
+    assert "wrote 16 MiB" in text
+    assert "refused: No space left on device" in text  # ephemeral_disk=64 (MiB)

@@ -113,6 +113,9 @@ class RunningContainer:
         return 0 if self.stop_reason else max(self.max_inputs - len(self.inputs), 0)
 
 
+SHUTDOWN_WAIT_S = 10.0
+
+
 @dataclasses.dataclass(frozen=True)
 class BuildStep:
     """A container running an Image.run_function step: its writable layer is kept (it
@@ -256,8 +259,13 @@ class Scheduler:
             self.builds.pop(function_id, None)
 
     async def shutdown(self) -> None:
-        for running in list(self.containers.values()):
-            running.container.kill()
+        """Kill every container and wait (briefly) until each has exited and released what
+        it held (work dir, cgroup, network namespace)."""
+        running = list(self.containers.values())
+        for container in running:
+            container.container.kill()
+        if running:
+            await asyncio.wait([asyncio.create_task(c.container.wait()) for c in running], timeout=SHUTDOWN_WAIT_S)
 
     # --- placement ----------------------------------------------------------------------
 
@@ -454,6 +462,7 @@ class Scheduler:
             network=not definition.block_network,
             memory_mib=definition.resources.memory_mb_max or definition.resources.memory_mb,
             cpu_cores=(definition.resources.milli_cpu_max or definition.resources.milli_cpu) / 1000,
+            disk_mib=definition.resources.ephemeral_disk_mb,
         )
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         running: RunningContainer | None = None

@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("homeport.network")
@@ -28,6 +29,8 @@ log = logging.getLogger("homeport.network")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 CLAIMS_DIR = Path("/run/homeport/container-addresses")
+NAMESPACE_PREFIX = "hp-"
+ORPHAN_AGE_S = 60.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -73,6 +76,34 @@ class BridgeNetwork:
         for port in allowed_ports:
             _ensure_rule("filter", "HOMEPORT-INPUT", ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"])
         _ensure_rule("filter", "HOMEPORT-INPUT", ["-j", "DROP"], append_last=True)
+        swept = self.sweep()
+        if swept:
+            log.info("removed %d container network namespace(s) left by a server that stopped uncleanly", swept)
+
+    def sweep(self) -> int:
+        """Delete container namespaces nobody is in any more (left by a server that was
+        killed), and their address claims. Young ones are spared: a container may be
+        between getting its namespace and entering it."""
+        swept = 0
+        now = time.time()
+        for entry in NETNS_DIR.glob(f"{NAMESPACE_PREFIX}*") if NETNS_DIR.exists() else []:
+            try:
+                if now - entry.stat().st_mtime < ORPHAN_AGE_S:
+                    continue
+            except FileNotFoundError:
+                continue
+            pids = subprocess.run(["ip", "netns", "pids", entry.name], capture_output=True, text=True, check=False)
+            if pids.returncode == 0 and not pids.stdout.strip():
+                subprocess.run(["ip", "netns", "del", entry.name], capture_output=True, check=False)
+                swept += 1
+        for claim in CLAIMS_DIR.glob("*") if CLAIMS_DIR.exists() else []:
+            try:
+                holder = claim.read_text().strip()
+            except FileNotFoundError:
+                continue
+            if not (NETNS_DIR / holder).exists() and now - claim.stat().st_mtime > ORPHAN_AGE_S:
+                claim.unlink(missing_ok=True)
+        return swept
 
     def forget_ports(self, ports: list[int]) -> None:
         for port in ports:
@@ -83,7 +114,7 @@ class BridgeNetwork:
 
     def attach(self, task_id: str) -> Attachment:
         short = task_id.removeprefix("ta-")[:10].lower()
-        namespace, host_interface = f"hp-{short}", f"hv{short}"
+        namespace, host_interface = f"{NAMESPACE_PREFIX}{short}", f"hv{short}"
         address = self._allocate(namespace)
         prefix = self.network.prefixlen
         try:

@@ -15,6 +15,8 @@ from pathlib import Path
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_NOSUID = 2
+MS_NODEV = 4
 # The kernel reads mount options from one page.
 MAX_OPTIONS = 4096
 
@@ -31,6 +33,9 @@ class Overlay:
     upper: Path  # receives every write; thrown away with the container (or kept as a build layer)
     work: Path  # overlayfs scratch, same filesystem as upper
     merged: Path  # where the root appears (inside the private namespace only)
+    # Bound the writable layer (ephemeral_disk=): upper and work then live on a tmpfs of
+    # this size mounted at upper's parent, so a full disk is ENOSPC inside the container.
+    size_mib: int = 0
 
     def options(self) -> str:
         options = f"lowerdir={':'.join(map(str, self.lower))},upperdir={self.upper},workdir={self.work}"
@@ -57,6 +62,12 @@ class Overlay:
         # Keep our mounts from propagating back to the host's namespace.
         if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
             _raise_errno("making / private")
+        if self.size_mib:
+            options = f"size={self.size_mib}m,mode=0755".encode()
+            if _libc.mount(b"tmpfs", str(self.upper.parent).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+                _raise_errno("mounting the size-limited writable layer")
+            os.mkdir(self.upper)
+            os.mkdir(self.work)
         if _libc.mount(b"overlay", str(self.merged).encode(), b"overlay", 0, self.options().encode()) != 0:
             _raise_errno("mounting the overlay")
 

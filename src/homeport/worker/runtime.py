@@ -54,6 +54,7 @@ class ContainerSpec:
     network: bool = True  # False (block_network=True): only a loopback interface
     memory_mib: int = 0  # hard memory limit; 0 = none
     cpu_cores: float = 0.0  # CPU quota in cores; 0 = none
+    disk_mib: int = 0  # the writable layer's size limit (ephemeral_disk=); 0 = the host disk's
     gpu_devices: list[int] = dataclasses.field(default_factory=list)  # /dev/nvidiaN made visible
     # Keep the writable layer here (upper_dir/fs) instead of throwing it away: an
     # Image.run_function build step, whose writes become an image layer.

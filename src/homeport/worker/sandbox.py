@@ -171,8 +171,10 @@ async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContaine
     hosts = spec.work_dir / "hosts"
     hosts.write_text(f"127.0.0.1\tlocalhost {spec.task_id}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
-    upper_root = spec.upper_dir or spec.work_dir
-    overlay = rootfs.Overlay(lower, upper_root / "fs", upper_root / "work", spec.work_dir / "root")
+    upper_root = spec.upper_dir or spec.work_dir / "writable"
+    overlay = rootfs.Overlay(
+        lower, upper_root / "fs", upper_root / "work", spec.work_dir / "root", size_mib=0 if spec.upper_dir else spec.disk_mib
+    )
     try:
         overlay.prepare()
     except rootfs.RootfsError as error:

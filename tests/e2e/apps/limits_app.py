@@ -25,3 +25,14 @@ def burn(seconds: float) -> float:
     after = resource.getrusage(resource.RUSAGE_SELF)
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return used / (time.monotonic() - started)  # cores used while spinning
+
+
+@app.function(ephemeral_disk=64)
+def write_files(megabytes: int) -> str:
+    try:
+        with open("/tmp/filler", "wb") as file:
+            for _ in range(megabytes):
+                file.write(b"\0" * (1024 * 1024))
+        return f"wrote {megabytes} MiB"
+    except OSError as error:
+        return f"refused: {error.strerror}"
