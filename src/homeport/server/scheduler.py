@@ -26,6 +26,7 @@ from homeport import ids
 from homeport.images import client_package
 from homeport.server.auth import hash_secret
 from homeport.server.notify import poll
+from homeport.server.services import autoscaling
 from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
 from homeport.server.services.calls import CLAIMED, PENDING, CallService, outputs_key, queue_key
@@ -270,6 +271,10 @@ class Scheduler:
     # --- placement ----------------------------------------------------------------------
 
     async def _place(self) -> None:
+        await self._place_inputs()
+        await self._keep_warm()
+
+    async def _place_inputs(self) -> None:
         pending = self.calls.pending_counts()
         for function_id, count in pending.items():
             mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
@@ -291,7 +296,7 @@ class Scheduler:
                 continue  # scale out only onto idle cores; the running containers drain the queue
             per_container = max(definition.max_concurrent_inputs, definition.batch_max_size, 1)
             wanted = -(-max(count - free, 0) // per_container)
-            limit = definition.concurrency_limit or self.max_containers
+            limit = autoscaling.autoscaling(definition, DEFAULT_IDLE_S).max_containers or self.max_containers
             # Starting a container costs a CPU core for a few hundred ms: start no more at
             # once than there are cores, so a burst of inputs does not starve the running ones.
             starting = sum(1 for c in self.containers.values() if not c.hello and not c.stop_reason)
@@ -323,6 +328,51 @@ class Scheduler:
                         break
                     gpu_indices = assigned
                 await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices)
+
+    async def _keep_warm(self) -> None:
+        """min_containers stay up without traffic; while a function is busy, buffer_containers
+        more wait idle for the next burst."""
+        for function_id in self.apps.warm_functions():
+            try:
+                function = self.apps.function(function_id)
+                definition, params = catalog.effective_definition(self.apps, function)
+                app = self.apps.get("", function.app_id)
+            except Exception as error:
+                log.warning("cannot keep %s warm: %s", function_id, error)
+                continue
+            mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
+            missing = self._warm_target(definition, mine) - len(mine)
+            starting = sum(1 for c in self.containers.values() if not c.hello and not c.stop_reason)
+            missing = min(missing, self.max_containers - len(self.containers), MAX_STARTING - starting)
+            for _ in range(max(missing, 0)):
+                task_id = ids.new_id("task")
+                gpu_indices: list[int] = []
+                if function.gpu_options:
+                    assigned = next(
+                        (got for o in function.gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None),
+                        None,
+                    )
+                    if assigned is None:
+                        break  # no GPU free: warm containers never take one from queued work
+                    gpu_indices = assigned
+                log.info("starting a warm container for %s (min_containers/buffer_containers)", function_id)
+                await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices)
+
+    @staticmethod
+    def _warm_target(definition: api_pb2.Function, mine: list[RunningContainer]) -> int:
+        policy = autoscaling.autoscaling(definition, DEFAULT_IDLE_S)
+        busy = sum(1 for c in mine if c.inputs)
+        target = max(policy.min_containers, busy + policy.buffer_containers if busy else 0)
+        return min(target, policy.max_containers) if policy.max_containers else target
+
+    def _may_scale_down(self, running: RunningContainer) -> bool:
+        """An idle container may stop unless the function's min/buffer containers need it."""
+        try:
+            definition, _ = catalog.effective_definition(self.apps, self.apps.function(running.function_id))
+        except Exception:
+            return True
+        mine = [c for c in self.containers.values() if c.function_id == running.function_id and not c.stop_reason]
+        return len(mine) - 1 >= self._warm_target(definition, mine)
 
     def _free_idle_gpus(self, function_id: str) -> None:
         """Ask one idle container of another function that holds a GPU to stop (its own
@@ -493,7 +543,7 @@ class Scheduler:
             definition=definition,
             started_at=time.monotonic(),
             max_inputs=max(definition.max_concurrent_inputs, 1),
-            idle_timeout_s=definition.task_idle_timeout_secs or DEFAULT_IDLE_S,
+            idle_timeout_s=autoscaling.autoscaling(definition, DEFAULT_IDLE_S).scaledown_window_s,
         )
         running.definition.timeout_secs = timeout
         running.volumes = views
@@ -679,7 +729,8 @@ class Scheduler:
                     # The client cannot interrupt one input reliably: replace the container.
                     self.request_stop(running, f"input {input_id} timed out")
                     running.container.kill()
-            if not running.stop_reason and not running.inputs and now - running.last_active > running.idle_timeout_s:
+            idle = not running.stop_reason and not running.inputs and now - running.last_active > running.idle_timeout_s
+            if idle and self._may_scale_down(running):
                 self.request_stop(running, "idle")
             if running.stop_requested_at is not None:
                 waited = now - running.stop_requested_at

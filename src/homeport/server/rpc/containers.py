@@ -57,6 +57,8 @@ async def function_get_inputs(
             claimed = context.state.calls.claim(task.function_id, task.task_id, limit)
             if claimed:
                 scheduler.on_claimed(task.task_id, [c.input_id for c in claimed])
+                if len(claimed) < limit and request.batch_linger_ms:
+                    claimed += await _linger_for_batch(context, task, limit - len(claimed), request.batch_linger_ms / 1000)
                 return api_pb2.FunctionGetInputsResponse(
                     inputs=[
                         api_pb2.FunctionGetInputsItem(
@@ -74,6 +76,24 @@ async def function_get_inputs(
             if remaining <= 0:
                 return api_pb2.FunctionGetInputsResponse()
             await listener.wait(remaining)
+
+
+async def _linger_for_batch(context: RequestContext, task, room: int, linger_s: float) -> list:  # type: ignore[no-untyped-def]
+    """@modal.batched(wait_ms=...): a batch that is not full waits that long for more inputs."""
+    more: list = []  # type: ignore[type-arg]
+    deadline = time.monotonic() + linger_s
+    while len(more) < room:
+        with context.state.notifier.listen(queue_key(task.function_id)) as listener:
+            claimed = context.state.calls.claim(task.function_id, task.task_id, room - len(more))
+            if claimed:
+                context.state.scheduler.on_claimed(task.task_id, [c.input_id for c in claimed])
+                more += claimed
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return more
+            await listener.wait(remaining)
+    return more
 
 
 def _return_undelivered_inputs(

@@ -7,6 +7,8 @@ from modal_proto import api_pb2
 from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
+from homeport.server.scheduler import DEFAULT_IDLE_S as DEFAULT_SCALEDOWN_S
+from homeport.server.services import autoscaling
 from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppRow
 from homeport.server.services.web import Endpoint, host_label
@@ -180,6 +182,34 @@ async def class_get(context: RequestContext, request: api_pb2.ClassGetRequest) -
         metadata.class_function_id = service.id
         metadata.class_function_metadata.CopyFrom(service.handle_metadata)
     return api_pb2.ClassGetResponse(class_id=class_id, handle_metadata=metadata)
+
+
+@handler("FunctionUpdateSchedulingParams")
+async def function_update_scheduling_params(
+    context: RequestContext, request: api_pb2.FunctionUpdateSchedulingParamsRequest
+) -> api_pb2.FunctionUpdateSchedulingParamsResponse:
+    """`Function.update_autoscaler(...)`: takes effect at once and lasts until the next deploy
+    (which saves a fresh definition)."""
+    apps = context.state.apps
+    function = apps.function(request.function_id)
+    apps.get(context.workspace_id, function.app_id)
+    target = apps.function(function.parent_id) if function.parent_id else function  # class instances: their class
+    definition = api_pb2.Function()
+    definition.CopyFrom(target.definition or api_pb2.Function())
+    autoscaling.merge_autoscaler_settings(definition, request.settings)
+    if request.warm_pool_size_override:
+        definition.autoscaler_settings.min_containers = request.warm_pool_size_override
+    apps.update_definition(target.id, definition)
+    context.state.scheduler.wake()
+    current = autoscaling.autoscaling(definition, DEFAULT_SCALEDOWN_S)
+    return api_pb2.FunctionUpdateSchedulingParamsResponse(
+        current_settings=api_pb2.AutoscalerSettings(
+            min_containers=current.min_containers,
+            max_containers=current.max_containers,
+            buffer_containers=current.buffer_containers,
+            scaledown_window=int(current.scaledown_window_s),
+        )
+    )
 
 
 @handler("FunctionBindParams")

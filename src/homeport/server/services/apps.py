@@ -12,6 +12,7 @@ from modal_proto import api_pb2
 from homeport import ids
 from homeport.server import errors
 from homeport.server.notify import Notifier
+from homeport.server.services.autoscaling import autoscaling
 from homeport.server.store import schema
 
 LIVE_STATES = (
@@ -55,6 +56,10 @@ class FunctionRow:
     bound_params: bytes | None
     options: api_pb2.FunctionOptions | None
     gpu_options: list[tuple[str, int]]  # (model, count) in rank order; empty: no GPU
+
+
+def _keeps_warm(definition: api_pb2.Function) -> bool:
+    return autoscaling(definition, 0).keeps_warm
 
 
 def _function_row(row: sa.Row) -> FunctionRow:
@@ -279,6 +284,7 @@ class AppService:
         gpu_options: list[tuple[str, int]] | None = None,
     ) -> None:
         values = dict(
+            keep_warm=_keeps_warm(definition),
             gpu_options=json.dumps([{"model": m, "count": c} for m, c in gpu_options]) if gpu_options else None,
             app_id=app_id,
             tag=tag,
@@ -366,6 +372,25 @@ class AppService:
         with self.engine.connect() as connection:
             rows = connection.execute(sa.select(c.c.id, c.c.tag).where(c.c.app_id == app_id))
             return {row.tag: row.id for row in rows}
+
+    def update_definition(self, function_id: str, definition: api_pb2.Function) -> None:
+        """A live change to a function's definition (update_autoscaler)."""
+        self._functions.pop(function_id, None)
+        with self.engine.begin() as connection:
+            connection.execute(
+                schema.functions.update()
+                .where(schema.functions.c.id == function_id)
+                .values(definition=definition.SerializeToString(), keep_warm=_keeps_warm(definition))
+            )
+
+    def warm_functions(self) -> list[str]:
+        """Functions of live apps that keep containers without inputs (min/buffer containers)."""
+        f, a = schema.functions, schema.apps
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(f.c.id).join(a, a.c.id == f.c.app_id).where(f.c.keep_warm.is_(True), a.c.state.in_(LIVE_STATES))
+            )
+            return [row.id for row in rows]
 
     def due_schedules(self, now: float) -> list[FunctionRow]:
         f, a = schema.functions, schema.apps

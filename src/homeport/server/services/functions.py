@@ -181,3 +181,4 @@ def next_schedule_time(schedule: api_pb2.Schedule, after: float) -> float | None
 
 def now() -> float:
     return time.time()
+

@@ -76,6 +76,8 @@ functions = sa.Table(
     sa.Column("bound_params", sa.LargeBinary, nullable=True),
     sa.Column("options", sa.LargeBinary, nullable=True),  # api_pb2.FunctionOptions of a bound function
     sa.Column("schedule_next_at", sa.Float, nullable=True),
+    # min_containers or buffer_containers set: the scheduler keeps containers for it even without inputs.
+    sa.Column("keep_warm", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.Float, nullable=False),
     # gpu=[...] fallbacks, in rank order: JSON list of {"model", "count"}
     sa.Column("gpu_options", sa.Text, nullable=True),

@@ -1,0 +1,60 @@
+"""The autoscaler: fan-out across containers, input concurrency, dynamic batching, crash
+retries, min_containers and update_autoscaler. Functional, not timed."""
+
+from __future__ import annotations
+
+import ast
+import secrets
+
+from tests.conftest import Server, assert_ok, run_modal, run_python
+
+
+def value(text: str, label: str):  # type: ignore[no-untyped-def]
+    return ast.literal_eval(text.split(label + " ", 1)[1].splitlines()[0])
+
+
+def test_map_fans_out_over_several_containers(server: Server) -> None:
+    text = assert_ok(run_python(server, "from scaling_app import app, slow\nwith app.run():\n    print('HOSTS', list(slow.map(range(8))))\n"))
+    assert len(set(value(text, "HOSTS"))) > 1
+
+
+def test_concurrent_inputs_share_one_container(server: Server) -> None:
+    text = assert_ok(run_python(server, "from scaling_app import app, shared\nwith app.run():\n    print('HOSTS', list(shared.map(range(8))))\n"))
+    assert len(set(value(text, "HOSTS"))) == 1
+
+
+def test_batched_function_receives_batches_of_at_most_four(server: Server) -> None:
+    text = assert_ok(run_python(server, "from scaling_app import app, batch_sizes\nwith app.run():\n    print('SIZES', list(batch_sizes.map(range(8))))\n"))
+    sizes = value(text, "SIZES")
+    assert len(sizes) == 8 and max(sizes) == 4 and all(1 <= size <= 4 for size in sizes)
+
+
+def test_input_of_a_killed_container_is_retried(server: Server) -> None:
+    marker = f"crash-{secrets.token_hex(4)}"
+    text = assert_ok(run_python(server, f"from scaling_app import app, dies_once\nwith app.run():\n    print('RESULT', repr(dies_once.remote({marker!r})))\n"))
+    assert value(text, "RESULT") == "survived"
+
+
+def test_min_containers_keep_a_container_and_update_autoscaler_changes_it_live(server: Server) -> None:
+    assert_ok(run_modal(server, "deploy", "scaling_app.py"))
+    script = """
+import time, modal
+warm = modal.Function.from_name("scaling", "warm")
+cold = modal.Function.from_name("scaling", "cold")
+first_warm, first_cold = warm.remote(), cold.remote()
+time.sleep(6)  # well past scaledown_window=2
+print("WARM", [first_warm, warm.remote()])
+print("COLD", [first_cold, cold.remote()])
+cold.update_autoscaler(min_containers=1)
+kept = cold.remote()
+time.sleep(6)
+print("UPDATED", [kept, cold.remote()])
+"""
+    text = assert_ok(run_python(server, script))
+    first, second = value(text, "WARM")
+    assert first == second  # min_containers=1 kept it through the idle time
+    first, second = value(text, "COLD")
+    assert first != second  # without it, the idle container was stopped
+    first, second = value(text, "UPDATED")
+    assert first == second  # update_autoscaler(min_containers=1) took effect at once
+    assert_ok(run_modal(server, "app", "stop", "scaling", "--yes"))
