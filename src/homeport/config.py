@@ -82,6 +82,9 @@ class DataLayout:
     def ensure(self) -> None:
         for path in (self.root, self.blobs, self.uploads, self.tasks, self.volume_content, self.volume_blocks, self.image_contexts):
             path.mkdir(parents=True, exist_ok=True)
+        # Image layers and container roots hold files from images (setuid binaries included):
+        # only root may walk into them.
+        os.chmod(self.root, 0o700)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,3 +51,4 @@ def test_a_layer_exists_only_once_committed(tmp_path: Path) -> None:
     assert store.get(key) == layer and layer.config.workdir == "/w"
     assert (store.path(layer.ref) / "file").read_text() == "content"
     assert store.all_refs() == [layer.ref]
+

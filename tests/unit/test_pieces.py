@@ -81,3 +81,18 @@ def test_gpu_pool_assigns_whole_devices_exclusively() -> None:
     assert pool.acquire("ta-3", GpuRequest("A100-80GB", 1)) == [1]
     assert pool.describe() == "1 x T4, 2 x A100-80GB"
     assert model_name("NVIDIA A100-SXM4-80GB") == "A100-80GB" and model_name("NVIDIA H100 80GB HBM3") == "H100"
+
+
+def test_gpu_containers_get_the_hosts_driver_libraries() -> None:
+    from homeport.worker.gpus import driver_files_from
+
+    listing = (
+        "\tlibcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1\n"
+        "\tlibnvidia-ml.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1\n"
+        "\tlibcuda.so.1 (libc6) => /usr/lib/i386-linux-gnu/libcuda.so.1\n"
+        "\tlibc.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libc.so.6\n"
+    )
+    assert driver_files_from(listing) == [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+    ]

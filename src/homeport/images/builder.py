@@ -27,15 +27,17 @@ from homeport.images.bases import BaseCache
 from homeport.images.config import ImageConfig
 from homeport.images.dockerfile import DockerfileError, Instruction
 from homeport.images.layers import BASE_PREFIX, Layer, LayerStore
-from homeport.worker import rootfs
+from homeport.worker import rootfs, seccomp
+from homeport.worker.sandbox import BWRAP, SANDBOX_TOOL_ENVIRONMENT, environment_arguments
 
 Log = Callable[[str], None]
 
 CONTEXT_MOUNT = "/.homeport-context"
 OUTPUT_TAIL_LINES = 20
-# Docker's default capabilities: enough for apt (which drops to _apt) and pip, no more.
+# Docker's default capabilities minus CAP_NET_RAW (build steps share the host's network
+# namespace: raw sockets there could sniff it): enough for apt (which drops to _apt) and pip.
 BUILD_CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_SETGID",
     "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]  # fmt: skip
 # Build steps trust what the host trusts and use its proxy: on networks that intercept
@@ -313,7 +315,7 @@ async def run_in_image(
     overlay = rootfs.Overlay(layers.lower_dirs(chain), staging / "fs", staging / "work", staging / "merged")
     overlay.prepare()
     arguments = [
-        "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "homeport-build",
+        BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "homeport-build",
         "--bind", str(overlay.merged), "/", "--dev", "/dev", "--proc", "/proc", "--cap-drop", "ALL",
     ]  # fmt: skip
     for capability in BUILD_CAPABILITIES:
@@ -327,18 +329,26 @@ async def run_in_image(
     if HOST_CA_BUNDLE.is_file():
         arguments += ["--ro-bind", str(HOST_CA_BUNDLE), SANDBOX_CA_BUNDLE]
         host_environment.update({name: SANDBOX_CA_BUNDLE for name in CA_ENVIRONMENT})
-    arguments += ["--chdir", config.workdir or "/", "--", *command]
     environment = {"HOME": "/root", **host_environment, **config.env, **extra_env}
     environment.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    process = await asyncio.create_subprocess_exec(
-        *arguments,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=environment,
-        start_new_session=True,
-        preexec_fn=overlay.mount_in_child,
-    )
+    seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
+    if seccomp_fd is not None:
+        arguments += ["--seccomp", str(seccomp_fd)]
+    arguments += [*environment_arguments(environment), "--chdir", config.workdir or "/", "--", *command]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *arguments,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=SANDBOX_TOOL_ENVIRONMENT,  # never the image's: bubblewrap itself runs as root on the host
+            start_new_session=True,
+            preexec_fn=overlay.mount_in_child,
+            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+        )
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
     assert process.stdout is not None
     try:
         while chunk := await process.stdout.read(64 * 1024):

@@ -120,7 +120,7 @@ class LayerStore:
         for entry in self.root.iterdir():
             if entry.name.startswith(".tmp-"):
                 try:
-                    if now - entry.stat().st_mtime > STALE_STAGING_S or entry.name.endswith(f"-{os.getpid()}"):
+                    if now - entry.stat().st_mtime > STALE_STAGING_S:
                         shutil.rmtree(entry, ignore_errors=True)
                 except FileNotFoundError:
                     pass

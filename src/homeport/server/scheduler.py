@@ -263,10 +263,17 @@ class Scheduler:
         """Kill every container and wait (briefly) until each has exited and released what
         it held (work dir, cgroup, network namespace)."""
         running = list(self.containers.values())
+        if not running:
+            return
+        # SIGINT first: @exit handlers run and volumes commit; then whatever is left is killed.
+        for container in running:
+            container.container.interrupt()
+        waits = [asyncio.create_task(c.container.wait()) for c in running]
+        _, pending = await asyncio.wait(waits, timeout=STOP_GRACE_S)
         for container in running:
             container.container.kill()
-        if running:
-            await asyncio.wait([asyncio.create_task(c.container.wait()) for c in running], timeout=SHUTDOWN_WAIT_S)
+        if pending:
+            await asyncio.wait(pending, timeout=SHUTDOWN_WAIT_S)
 
     # --- placement ----------------------------------------------------------------------
 
@@ -400,6 +407,8 @@ class Scheduler:
         task_id: str,
         gpu_indices: list[int],
     ) -> None:
+        if function.id in self.builds and any(c.function_id == function.id for c in self.containers.values()):
+            return  # a run_function step: exactly one container writes its layer
         secret = ids.new_secret()
         with self.engine.begin() as connection:
             connection.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets as random_secrets
 
 import sqlalchemy as sa
@@ -123,6 +124,9 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         else:
             log.warning("containers share the host's network: %s", unavailable)
     runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network)
+    for private in (settings.cache.root, settings.layers):
+        private.mkdir(parents=True, exist_ok=True)
+        os.chmod(private, 0o700)  # image files (setuid binaries included) are not for other users
     bases = BaseCache(settings.cache.bases, settings.oci_mirror)
     record_layer_dir(engine, settings.layers)
     images = ImageService(

@@ -7,6 +7,7 @@ it, for tests of the placement logic on machines without GPUs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -31,6 +32,33 @@ def model_name(nvidia_smi_name: str) -> str:
         if re.search(pattern, nvidia_smi_name, re.IGNORECASE):
             return name
     return nvidia_smi_name.strip()
+
+
+# The user-space half of the NVIDIA driver a container needs next to the device nodes: it
+# must match the host's kernel module, so it comes from the host, never from the image.
+DRIVER_LIBRARY = re.compile(r"^\s*(lib(?:cuda|nvidia-[\w-]+|nvcuvid|nvoptix)\.so[\d.]*) .*=> (\S+)$")
+DRIVER_BINARIES = ("nvidia-smi", "nvidia-debugdump")
+
+
+def driver_files_from(ldconfig_output: str) -> list[str]:
+    """Paths of the driver's libraries as `ldconfig -p` lists them (x86-64 ones)."""
+    paths = []
+    for line in ldconfig_output.splitlines():
+        match = DRIVER_LIBRARY.match(line)
+        if match and "x86-64" in line:
+            paths.append(match.group(2))
+    return sorted(set(paths))
+
+
+@functools.cache
+def driver_files() -> list[str]:
+    """The host's NVIDIA driver libraries and tools, bound read-only into GPU containers."""
+    try:
+        output = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        output = ""
+    binaries = [path for name in DRIVER_BINARIES if (path := shutil.which(name))]
+    return driver_files_from(output) + binaries
 
 
 def detect() -> list[str]:

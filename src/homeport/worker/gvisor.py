@@ -18,7 +18,13 @@ from pathlib import Path
 
 from homeport.worker import cgroups
 from homeport.worker.runtime import CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
-from homeport.worker.sandbox import ARGUMENTS_PATH, ProcessContainer, prepare, pump_output
+from homeport.worker.sandbox import (
+    ARGUMENTS_PATH,
+    SANDBOX_TOOL_ENVIRONMENT,
+    ProcessContainer,
+    prepare,
+    pump_output,
+)
 
 
 class GvisorContainer(ProcessContainer):
@@ -94,6 +100,7 @@ class GvisorRuntime:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=SANDBOX_TOOL_ENVIRONMENT,  # the container's environment is in config.json
             start_new_session=True,
             preexec_fn=prepared.enter,
         )  # fmt: skip

@@ -131,6 +131,9 @@ class BridgeNetwork:
                 [
                     f"addr add {address}/{prefix} dev eth0",
                     "link set lo up",
+                    # No IPv6 address on eth0: the bridge's link-local address would otherwise
+                    # reach every host service bound to [::], around the IPv4 rules.
+                    "link set dev eth0 addrgenmode none",
                     "link set eth0 up",
                     f"route add default via {self.gateway}",
                 ],
@@ -167,7 +170,13 @@ class BridgeNetwork:
                         holder = claim.read_text().strip()
                     except FileNotFoundError:
                         continue
-                    if holder and (NETNS_DIR / holder).exists():
+                    try:
+                        age = time.time() - claim.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+                    # A claim whose namespace is gone is stale once old enough: a young one may
+                    # belong to a server (this or another) that has not made its namespace yet.
+                    if (holder and (NETNS_DIR / holder).exists()) or age < ORPHAN_AGE_S:
                         continue
                     claim.write_text(namespace)  # left by a server that died: take it over
                     return str(address)

@@ -19,7 +19,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from homeport.worker import cgroups, rootfs, seccomp
+from homeport.worker import cgroups, gpus, rootfs, seccomp
 from homeport.worker.network import NETNS_DIR, Attachment, BridgeNetwork, NetworkError
 from homeport.worker.runtime import (
     CONTROL_DIR,
@@ -135,6 +135,20 @@ def _materialize(spec: ContainerSpec, tree: Path) -> None:
             os.chmod(target, mounted.mode & 0o7777)
 
 
+# bubblewrap runs as root on the host before any sandboxing: it gets a fixed environment
+# and a fixed path, never the container's (an image's LD_PRELOAD or PATH would otherwise
+# run code as root on the host). The container's environment is passed as arguments.
+BWRAP = shutil.which("bwrap") or "/usr/bin/bwrap"
+SANDBOX_TOOL_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+def environment_arguments(environment: dict[str, str]) -> list[str]:
+    arguments = ["--clearenv"]
+    for name, value in environment.items():
+        arguments += ["--setenv", name, value]
+    return arguments
+
+
 def _gpu_device_nodes(indices: list[int]) -> list[str]:
     """The device nodes of the assigned GPUs and the driver's shared ones; no others."""
     nodes = [f"/dev/nvidia{index}" for index in indices]
@@ -152,6 +166,12 @@ class PreparedContainer:
     arguments_path: Path
     environment: dict[str, str]
     cgroup: cgroups.Cgroup | None
+
+    def release(self, spec: ContainerSpec) -> None:
+        """Undo `prepare` for a container that never started."""
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        shutil.rmtree(spec.work_dir, ignore_errors=True)
 
     def enter(self) -> None:
         """Between fork and exec: join the cgroup, then the private root filesystem."""
@@ -204,12 +224,14 @@ class SandboxRuntime:
             try:
                 attachment = await asyncio.to_thread(self.network.attach, spec.task_id)
             except NetworkError as error:
+                prepared.release(spec)
                 raise ContainerStartError(str(error)) from None
         try:
             container = await self._spawn(spec, prepared, attachment, on_output)
         except BaseException:
             if attachment is not None and self.network is not None:
                 self.network.detach(attachment)
+            prepared.release(spec)
             raise
         if attachment is not None and self.network is not None:
             network, attached = self.network, attachment
@@ -224,7 +246,7 @@ class SandboxRuntime:
         # also sets no-new-privileges): mount, module loading, raw sockets and the like
         # are refused inside.
         command = [
-            "bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.task_id, "--cap-drop", "ALL",
             "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", "--proc", "/proc",
             "--ro-bind", str(prepared.hosts), "/etc/hosts",
@@ -241,12 +263,16 @@ class SandboxRuntime:
             command += ["--bind", str(spec.control_socket), CONTROL_SOCKET]
         for node in _gpu_device_nodes(spec.gpu_devices):
             command += ["--dev-bind", node, node]
+        if spec.gpu_devices:
+            for path in gpus.driver_files():
+                command += ["--ro-bind", path, path]
         for directory in spec.directories:
             command += ["--ro-bind" if directory.read_only else "--bind", str(directory.host_path), directory.container_path]
         command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--dir", spec.working_dir, "--chdir", spec.working_dir]
         seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
         if seccomp_fd is not None:
             command += ["--seccomp", str(seccomp_fd)]
+        command += environment_arguments(prepared.environment)
         command += ["--", *spec.command]
         netns_fd = os.open(NETNS_DIR / attachment.namespace, os.O_RDONLY | os.O_CLOEXEC) if attachment else None
 
@@ -261,7 +287,7 @@ class SandboxRuntime:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=prepared.environment,
+                env=SANDBOX_TOOL_ENVIRONMENT,
                 start_new_session=True,
                 preexec_fn=enter,
                 pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),

@@ -24,8 +24,14 @@ BPF_LD_W_ABS = 0x20
 BPF_JEQ_K = 0x15
 BPF_JGE_K = 0x35
 BPF_RET_K = 0x06
+BPF_JSET_K = 0x45
 OFFSET_NR = 0  # struct seccomp_data: int nr; __u32 arch; ...
 OFFSET_ARCH = 4
+OFFSET_ARG0 = 16  # args[0], low 32 bits (little-endian)
+CLONE = 56
+CLONE3 = 435
+# CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWTIME
+NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
 
 # x86-64 system call numbers refused inside containers, by what they would allow.
 BLOCKED_X86_64 = {
@@ -39,6 +45,8 @@ BLOCKED_X86_64 = {
     "init_module": 175, "finit_module": 313, "delete_module": 176, "kexec_load": 246, "kexec_file_load": 320,
     "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163, "bpf": 321, "perf_event_open": 298,
     "iopl": 172, "ioperm": 173, "syslog": 103, "quotactl": 179, "lookup_dcookie": 212, "userfaultfd": 323,
+    # io_uring: a large kernel surface, and its operations bypass this filter
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     # the host's identity and clock
     "sethostname": 170, "setdomainname": 171, "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305,
     "adjtimex": 159,
@@ -52,21 +60,41 @@ def _instruction(code: int, jump_true: int, jump_false: int, value: int) -> byte
 
 
 def program(blocked: dict[str, int] | None = None) -> bytes:
-    """The filter as the kernel wants it: an array of struct sock_filter."""
-    numbers = sorted(set((blocked or BLOCKED_X86_64).values()))
-    deny = 5 + len(numbers) + 1  # index of the final "refuse" instruction
-    code = [
-        _instruction(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
-        _instruction(BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        _instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM),
-        _instruction(BPF_LD_W_ABS, 0, 0, OFFSET_NR),
-        _instruction(BPF_JGE_K, deny - 5, 0, X32_SYSCALL_BIT),
+    """The filter as the kernel wants it: an array of struct sock_filter.
+
+    Layout: refuse other architectures and x32; `clone` only without namespace flags
+    (a new user namespace would hand the caller every capability inside it); `clone3`
+    answers ENOSYS, so libc falls back to `clone`, whose flags can be inspected; then the
+    deny list; everything else allowed."""
+    numbers = sorted(set((blocked or BLOCKED_X86_64).values()) - {CLONE, CLONE3})
+    # (code, jump-true label, jump-false label, value); labels resolve to relative offsets.
+    code: list[tuple[int, str | None, str | None, int]] = [
+        (BPF_LD_W_ABS, None, None, OFFSET_ARCH),
+        (BPF_JEQ_K, None, "deny", AUDIT_ARCH_X86_64),
+        (BPF_LD_W_ABS, None, None, OFFSET_NR),
+        (BPF_JGE_K, "deny", None, X32_SYSCALL_BIT),
+        (BPF_JEQ_K, "clone", None, CLONE),
+        (BPF_JEQ_K, "enosys", None, CLONE3),
+        *((BPF_JEQ_K, "deny", None, number) for number in numbers),
+        (BPF_RET_K, None, None, SECCOMP_RET_ALLOW),
     ]
-    for index, number in enumerate(numbers, start=5):
-        code.append(_instruction(BPF_JEQ_K, deny - (index + 1), 0, number))
-    code.append(_instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    code.append(_instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM))
-    return b"".join(code)
+    labels = {"clone": len(code)}
+    code += [
+        (BPF_LD_W_ABS, None, None, OFFSET_ARG0),
+        (BPF_JSET_K, "deny", None, NAMESPACE_FLAGS),
+        (BPF_RET_K, None, None, SECCOMP_RET_ALLOW),
+    ]
+    labels["enosys"] = len(code)
+    code.append((BPF_RET_K, None, None, SECCOMP_RET_ERRNO | errno.ENOSYS))
+    labels["deny"] = len(code)
+    code.append((BPF_RET_K, None, None, SECCOMP_RET_ERRNO | errno.EPERM))
+
+    def offset(index: int, label: str | None) -> int:
+        return 0 if label is None else labels[label] - (index + 1)
+
+    return b"".join(
+        _instruction(op, offset(index, true), offset(index, false), value) for index, (op, true, false, value) in enumerate(code)
+    )
 
 
 def supported() -> bool:

@@ -39,6 +39,14 @@ async def image_get_or_create(
     context: RequestContext, request: api_pb2.ImageGetOrCreateRequest
 ) -> api_pb2.ImageGetOrCreateResponse:
     images = context.state.images
+    # Everything the definition names must be the caller's: a build prints what it sees.
+    for secret_id in request.image.secret_ids:
+        context.state.storage.get("secret", context.workspace_id, secret_id)
+    if request.image.context_mount_id:
+        context.state.mounts.check_visible(context.workspace_id, request.image.context_mount_id)
+    if request.build_function_id:
+        build_function = context.state.apps.function(request.build_function_id)
+        context.state.apps.get(context.workspace_id, build_function.app_id)
     image_id, status, exception = images.get_or_create(
         context.workspace_id,
         request.image,

@@ -89,6 +89,14 @@ class MountService:
             )
             return mount_id
 
+    def check_visible(self, workspace_id: str, mount_id: str) -> None:
+        """NOT_FOUND unless the mount is the caller workspace's own (or the shared client mount)."""
+        m = schema.mounts
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(m.c.workspace_id).where(m.c.id == mount_id)).first()
+        if row is None or row.workspace_id not in (None, workspace_id):
+            raise errors.not_found(f"mount {mount_id} not found")
+
     def files(self, mount_id: str) -> tuple[str | None, list[dict[str, object]]]:
         """(name, files) of a mount; each file is {path, sha256, mode, blob_id}."""
         m, c = schema.mounts, schema.mount_contents
