@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from homeport.images.bases import BaseCache
-from tests.conftest import MODAL, Server, assert_ok, output, run_modal, start_server
+from tests.conftest import MODAL, Server, assert_ok, output, run_modal, run_python, start_server
 
 
 def reported(text: str, label: str) -> dict:
@@ -229,3 +229,26 @@ def test_from_registry_pulls_from_a_local_oci_layout(tmp_path: Path) -> None:
         assert result_of(text) == ("from-the-layout", "oci", "/srv")
     finally:
         server.stop()
+
+
+
+def test_failed_forced_rebuild_leaves_deployed_functions_on_the_built_image(server: Server, tmp_path: Path) -> None:
+    nonce = secrets.token_hex(4)
+    deadline = int(time.time()) + 25  # the step passes before this moment and fails after it
+    app_file = tmp_path / "deployed.py"
+    app_file.write_text(
+        "import modal\n"
+        f"image = modal.Image.debian_slim().run_commands('test $(date +%s) -lt {deadline}', 'echo {nonce} > /result')\n"
+        f"app = modal.App('forced-{nonce}')\n"
+        "@app.function(image=image, scaledown_window=2)\n"
+        "def read():\n"
+        "    return open('/result').read().strip()\n"
+    )
+    assert_ok(run_modal(server, "deploy", str(app_file), cwd=tmp_path))
+    call = f"import modal\nprint('RESULT', repr(modal.Function.from_name('forced-{nonce}', 'read').remote()))\n"
+    assert result_of(assert_ok(run_python(server, call))) == nonce
+    time.sleep(max(deadline + 1 - time.time(), 0))
+    forced = run_modal(server, "deploy", str(app_file), cwd=tmp_path, MODAL_FORCE_BUILD="1")
+    assert forced.returncode != 0 and "failed with exit status 1" in output(forced)
+    time.sleep(5)  # past scaledown_window: the next call needs a new container from the built layers
+    assert result_of(assert_ok(run_python(server, call))) == nonce

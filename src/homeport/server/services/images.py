@@ -93,6 +93,7 @@ class ImageService:
         # Builds running in this server. A second node would coordinate through a lease
         # column on the image record instead; one node needs no more than this.
         self._building: dict[str, asyncio.Task[None]] = {}
+        self._failed_rebuilds: dict[str, str] = {}  # image id -> why its last forced rebuild failed
         self._group: asyncio.TaskGroup | None = None
 
     async def run(self) -> None:
@@ -148,18 +149,25 @@ class ImageService:
     def _start_build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str) -> None:
         if self._group is None:
             raise RuntimeError("the image builder is not running (ImageService.run was not started)")
+        self._failed_rebuilds.pop(image_id, None)
         with self.engine.begin() as connection:
-            connection.execute(
-                schema.images.update().where(schema.images.c.id == image_id).values(status=PENDING, exception="")
-            )
+            built = connection.execute(
+                sa.select(schema.images.c.status).where(schema.images.c.id == image_id)
+            ).scalar() == SUCCESS
+            if not built:
+                connection.execute(
+                    schema.images.update().where(schema.images.c.id == image_id).values(status=PENDING, exception="")
+                )
+            # A forced rebuild of a built image keeps the record built: functions already using
+            # it go on starting containers from the current layers until the new ones replace them.
             connection.execute(schema.image_build_logs.delete().where(schema.image_build_logs.c.image_id == image_id))
-        task = self._group.create_task(self._build(workspace_id, image_id, force, build_function_id))
+        task = self._group.create_task(self._build(workspace_id, image_id, force, build_function_id, rebuild=built))
         self._building[image_id] = task
         task.add_done_callback(lambda _: self._building.pop(image_id, None))
 
     # -- building ------------------------------------------------------------------------
 
-    async def _build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str) -> None:
+    async def _build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str, rebuild: bool = False) -> None:
         writer = BuildLog(self.engine, self.notifier, image_id)
         flusher = asyncio.create_task(writer.flush_periodically())
         started = time.monotonic()
@@ -207,13 +215,13 @@ class ImageService:
                 )
             log.info("image %s built in %.1fs (%d steps run)", image_id, seconds, built.steps_run)
         except BuildFailed as failure:
-            await self._fail(writer, image_id, str(failure))
+            await self._fail(writer, image_id, str(failure), rebuild)
         except asyncio.CancelledError:
-            await self._fail(writer, image_id, "the build was interrupted (server shutting down); it restarts when asked for again")
+            await self._fail(writer, image_id, "the build was interrupted (server shutting down); it restarts when asked for again", rebuild)
             raise
         except Exception as error:  # recorded on the image: the client sees it, the log keeps the traceback
             log.exception("image %s: build failed unexpectedly", image_id)
-            await self._fail(writer, image_id, f"internal error while building: {error!r}")
+            await self._fail(writer, image_id, f"internal error while building: {error!r}", rebuild)
         finally:
             flusher.cancel()
             if context_dir is not None:
@@ -291,9 +299,14 @@ class ImageService:
         with self.engine.begin() as connection:
             connection.execute(schema.images.update().where(schema.images.c.id == image_id).values(layers=json.dumps(chain)))
 
-    async def _fail(self, writer: BuildLog, image_id: str, message: str) -> None:
+    async def _fail(self, writer: BuildLog, image_id: str, message: str, rebuild: bool = False) -> None:
         writer.write(f"Image build failed: {message}\n")
         await writer.flush()
+        if rebuild:
+            # The built layers stay in use; whoever forced this rebuild is told it failed.
+            self._failed_rebuilds[image_id] = message
+            log.warning("image %s: forced rebuild failed, keeping the built layers: %s", image_id, message.splitlines()[0])
+            return
         with self.engine.begin() as connection:
             connection.execute(
                 schema.images.update().where(schema.images.c.id == image_id).values(status=FAILURE, exception=message)
@@ -361,6 +374,10 @@ class ImageService:
         if row is None:
             raise errors.not_found(f"image {image_id} not found")
         config = ImageConfig.from_json(json.loads(row.config)) if row.config else None
+        if image_id in self._building:
+            return PENDING, "", config
+        if image_id in self._failed_rebuilds:
+            return FAILURE, self._failed_rebuilds[image_id], config
         return row.status, row.exception, config
 
     def log_entries(self, image_id: str, after_seq: int) -> list[tuple[int, str]]:
