@@ -58,3 +58,42 @@ print("UPDATED", [kept, cold.remote()])
     first, second = value(text, "UPDATED")
     assert first == second  # update_autoscaler(min_containers=1) took effect at once
     assert_ok(run_modal(server, "app", "stop", "scaling", "--yes"))
+
+
+MEMORY_APP = """
+import time, modal
+app = modal.App("memory-bound")
+
+@app.function(memory=600, max_containers=4)
+def hold(i):
+    started = time.time()
+    time.sleep(2)
+    return started, time.time()
+
+@app.function(memory=5000)
+def huge():
+    return "never"
+
+@app.local_entrypoint()
+def main():
+    print("SPANS", list(hold.map(range(3))))
+    try:
+        huge.remote()
+    except Exception as error:
+        print("HUGE", repr(str(error)))
+"""
+
+
+def test_memory_is_never_oversubscribed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import start_server
+
+    small = start_server(tmp_path, server_env={"HOMEPORT_NODE_MEMORY_MIB": "1000"})
+    try:
+        (tmp_path / "memory_app.py").write_text(MEMORY_APP)
+        text = assert_ok(run_modal(small, "run", "memory_app.py", cwd=tmp_path, timeout=300))
+        spans = sorted(value(text, "SPANS"))
+        # 600 MiB each on a node with 1000 MiB for containers: one after the other, never two at once.
+        assert all(later[0] >= earlier[1] - 0.05 for earlier, later in zip(spans, spans[1:])), spans
+        assert "memory=5000 MiB cannot be satisfied" in value(text, "HUGE")
+    finally:
+        small.stop()

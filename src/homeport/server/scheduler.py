@@ -115,6 +115,26 @@ class RunningContainer:
 
 
 SHUTDOWN_WAIT_S = 10.0
+# What a container without memory= reserves (Modal's default request).
+DEFAULT_MEMORY_REQUEST_MIB = 128
+# Memory kept for the host itself, the server and page cache.
+NODE_MEMORY_SHARE = 0.9
+
+
+def memory_request_mib(definition: api_pb2.Function) -> int:
+    """What a container of this function reserves on its node: its memory request
+    (`memory=N` or the first of `memory=(request, limit)`)."""
+    return definition.resources.memory_mb or DEFAULT_MEMORY_REQUEST_MIB
+
+
+def node_memory_budget_mib() -> int:
+    """Memory containers may reserve on this node: HOMEPORT_NODE_MEMORY_MIB, else 90% of RAM."""
+    override = os.environ.get("HOMEPORT_NODE_MEMORY_MIB")
+    if override:
+        return int(override)
+    with open("/proc/meminfo") as meminfo:
+        total_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return int(total_kib / 1024 * NODE_MEMORY_SHARE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +194,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
         self.gpus = GpuPool(detect_gpus())
+        self.memory_budget_mib = node_memory_budget_mib()
         self._tasks: asyncio.TaskGroup | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -321,7 +342,17 @@ class Scheduler:
                 message = f"gpu={asked!r} cannot be satisfied on this cluster, which has {self.gpus.describe()}"
                 self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
                 continue
+            needed = memory_request_mib(definition)
+            if needed > self.memory_budget_mib:
+                message = (
+                    f"memory={needed} MiB cannot be satisfied on this cluster, whose nodes have {self.memory_budget_mib} MiB "
+                    "for containers; ask for less memory"
+                )
+                self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
+                continue
             for _ in range(max(wanted, 0)):
+                if not self._memory_available(needed):
+                    break  # never oversubscribe memory: the inputs wait until a container frees some
                 task_id = ids.new_id("task")
                 gpu_indices: list[int] = []
                 if gpu_options:
@@ -352,6 +383,8 @@ class Scheduler:
             starting = sum(1 for c in self.containers.values() if not c.hello and not c.stop_reason)
             missing = min(missing, self.max_containers - len(self.containers), MAX_STARTING - starting)
             for _ in range(max(missing, 0)):
+                if not self._memory_available(memory_request_mib(definition)):
+                    break
                 task_id = ids.new_id("task")
                 gpu_indices: list[int] = []
                 if function.gpu_options:
@@ -380,6 +413,10 @@ class Scheduler:
             return True
         mine = [c for c in self.containers.values() if c.function_id == running.function_id and not c.stop_reason]
         return len(mine) - 1 >= self._warm_target(definition, mine)
+
+    def _memory_available(self, needed_mib: int) -> bool:
+        reserved = sum(memory_request_mib(c.definition) for c in self.containers.values())
+        return reserved + needed_mib <= self.memory_budget_mib
 
     def _free_idle_gpus(self, function_id: str) -> None:
         """Ask one idle container of another function that holds a GPU to stop (its own

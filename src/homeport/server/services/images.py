@@ -226,6 +226,9 @@ class ImageService:
             flusher.cancel()
             if context_dir is not None:
                 shutil.rmtree(context_dir.parent, ignore_errors=True)
+            # No longer building *before* waking the joiners, or they would read "pending"
+            # once more and wait out their long-poll.
+            self._building.pop(image_id, None)
             self.notifier.notify(f"image:{image_id}")
 
     @staticmethod
