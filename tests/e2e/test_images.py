@@ -252,3 +252,27 @@ def test_failed_forced_rebuild_leaves_deployed_functions_on_the_built_image(serv
     assert forced.returncode != 0 and "failed with exit status 1" in output(forced)
     time.sleep(5)  # past scaledown_window: the next call needs a new container from the built layers
     assert result_of(assert_ok(run_python(server, call))) == nonce
+
+
+def test_build_steps_cannot_reach_the_hosts_own_services(server: Server, tmp_path: Path) -> None:
+    nonce = secrets.token_hex(4)
+    probe = (
+        "import socket\n"
+        "def attempt(host):\n"
+        "    try:\n"
+        f"        socket.create_connection((host, {server.port}), timeout=2).close()\n"
+        "        return 'reached'\n"
+        "    except OSError as error:\n"
+        "        return type(error).__name__\n"
+        f"print('{nonce}', attempt('127.0.0.1'), attempt('10.89.0.1'))\n"
+    )
+    (tmp_path / "probe.py").write_text(probe)
+    app_file = write_app(
+        tmp_path,
+        "modal.Image.debian_slim().add_local_file('probe.py', '/probe.py', copy=True)"
+        ".run_commands('python /probe.py > /result')",
+    )
+    text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
+    loopback, bridge = result_of(text).split()[1:]
+    assert loopback == "ConnectionRefusedError"  # its own loopback, not the host's gRPC port
+    assert bridge in ("TimeoutError", "timeout")  # the host answers containers only on the blob port

@@ -28,6 +28,7 @@ from homeport.images.config import ImageConfig
 from homeport.images.dockerfile import DockerfileError, Instruction
 from homeport.images.layers import BASE_PREFIX, Layer, LayerStore
 from homeport.worker import rootfs, seccomp
+from homeport.worker.network import NETNS_DIR, Attachment, BridgeNetwork
 from homeport.worker.sandbox import BWRAP, SANDBOX_TOOL_ENVIRONMENT, environment_arguments
 
 Log = Callable[[str], None]
@@ -107,9 +108,10 @@ class BuiltImage:
 
 
 class ImageBuilder:
-    def __init__(self, layers: LayerStore, bases: BaseCache) -> None:
+    def __init__(self, layers: LayerStore, bases: BaseCache, network: BridgeNetwork | None = None) -> None:
         self.layers = layers
         self.bases = bases
+        self.network = network
 
     async def build(self, plan: BuildPlan, log: Log, on_layer: Callable[[list[str]], None] = lambda chain: None) -> BuiltImage:
         """Build the plan's steps; `on_layer` hears the chain after each step (so the layers
@@ -279,7 +281,7 @@ class ImageBuilder:
             tail.extend(text.splitlines())
             del tail[:-OUTPUT_TAIL_LINES]
 
-        code = await run_in_image(self.layers, chain, staging, config, command, extra_env, context, collect)
+        code = await run_in_image(self.layers, chain, staging, config, command, extra_env, context, collect, self.network)
         if code != 0:
             output = "\n".join(tail) or "(no output)"
             raise BuildFailed(
@@ -292,7 +294,7 @@ class ImageBuilder:
         try:
             code = await run_in_image(
                 self.layers, chain, staging, config, ["python", "-c", "import platform; print(platform.python_version())"], {}, None,
-                output.append,
+                output.append, self.network,
             )  # fmt: skip
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -309,11 +311,33 @@ async def run_in_image(
     extra_env: dict[str, str],
     context: Path | None,
     on_output: Log,
+    network: BridgeNetwork | None = None,
 ) -> int:
     """Run one build command as root on the image's root filesystem; writes land in
-    `staging/fs`. Returns its exit status."""
+    `staging/fs`. With a node network, the step gets a network namespace of its own on the
+    bridge (NAT out to the package mirrors; the host's own services out of reach). Returns
+    its exit status."""
     overlay = rootfs.Overlay(layers.lower_dirs(chain), staging / "fs", staging / "work", staging / "merged")
     overlay.prepare()
+    attachment = await asyncio.to_thread(network.attach, f"ta-b{token_source.token_hex(5)}") if network else None
+    try:
+        return await _run_in_image(layers, overlay, staging, config, command, extra_env, context, on_output, attachment)
+    finally:
+        if attachment is not None and network is not None:
+            await asyncio.to_thread(network.detach, attachment)
+
+
+async def _run_in_image(
+    layers: LayerStore,
+    overlay: rootfs.Overlay,
+    staging: Path,
+    config: ImageConfig,
+    command: list[str],
+    extra_env: dict[str, str],
+    context: Path | None,
+    on_output: Log,
+    attachment: Attachment | None,
+) -> int:
     arguments = [
         BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "homeport-build",
         "--bind", str(overlay.merged), "/", "--dev", "/dev", "--proc", "/proc", "--cap-drop", "ALL",
@@ -335,6 +359,13 @@ async def run_in_image(
     if seccomp_fd is not None:
         arguments += ["--seccomp", str(seccomp_fd)]
     arguments += [*environment_arguments(environment), "--chdir", config.workdir or "/", "--", *command]
+    netns_fd = os.open(NETNS_DIR / attachment.namespace, os.O_RDONLY | os.O_CLOEXEC) if attachment else None
+
+    def enter() -> None:  # between fork and exec
+        if attachment is not None and netns_fd is not None:
+            attachment.enter_in_child(netns_fd)
+        overlay.mount_in_child()
+
     try:
         process = await asyncio.create_subprocess_exec(
             *arguments,
@@ -343,12 +374,13 @@ async def run_in_image(
             stderr=asyncio.subprocess.STDOUT,
             env=SANDBOX_TOOL_ENVIRONMENT,  # never the image's: bubblewrap itself runs as root on the host
             start_new_session=True,
-            preexec_fn=overlay.mount_in_child,
+            preexec_fn=enter,
             pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
         )
     finally:
-        if seccomp_fd is not None:
-            os.close(seccomp_fd)
+        for fd in (seccomp_fd, netns_fd):
+            if fd is not None:
+                os.close(fd)
     assert process.stdout is not None
     try:
         while chunk := await process.stdout.read(64 * 1024):

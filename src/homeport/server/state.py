@@ -117,12 +117,14 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     secret_service = SecretService(engine, secret_contents.load_key(layout.secret_key))
     queues = QueueService(engine, notifier)
     network = None
-    if settings.container_subnet and settings.runtime == "sandbox":
+    if settings.container_subnet:
         unavailable = network_available()
         if unavailable is None:
             network = BridgeNetwork(subnet=settings.container_subnet)
         else:
             log.warning("containers share the host's network: %s", unavailable)
+    # gVisor containers use runsc's own networking (host or none); build steps and sandbox
+    # containers get namespaces on the bridge.
     runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network)
     for private in (settings.cache.root, settings.layers):
         private.mkdir(parents=True, exist_ok=True)
@@ -139,6 +141,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         apps,
         layout.blob,
         layout.image_contexts,
+        network,
     )
     scheduler = Scheduler(
         engine=engine,

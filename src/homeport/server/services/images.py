@@ -77,11 +77,12 @@ class ImageService:
         apps,  # type: ignore[no-untyped-def]
         blob_path: Callable[[str], Path],
         contexts_dir: Path,
+        network=None,  # type: ignore[no-untyped-def]  # BridgeNetwork: build steps get their own
     ) -> None:
         self.engine = engine
         self.notifier = notifier
         self.layers = layers
-        self.builder = ImageBuilder(layers, bases)
+        self.builder = ImageBuilder(layers, bases, network)
         self.mounts = mounts
         self.secrets = secrets
         self.apps = apps
