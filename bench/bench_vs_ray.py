@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import assert_ok, run_modal, run_python, start_server  # noqa: E402
 
 RAY_PYTHON = REPO / ".venv-ray" / "bin" / "python"
+CGROUP_MEMORY = Path("/sys/fs/cgroup/memory/homeport")
 
 APP = '''
 import socket, time, modal
@@ -148,26 +149,21 @@ print("RESULT", json.dumps({"warm_p50": statistics.median(warm), "warm_p99": pct
 
 
 def idle_container_bytes(server) -> float:  # type: ignore[no-untyped-def]
-    """The median memory use of the 8 idle min_containers, from their cgroups."""
+    """The median memory use of the 8 idle min_containers, from their cgroups, once all are up
+    and have settled (the entrypoint idle, polling for inputs)."""
     deadline = time.monotonic() + 120
-    usage: list[int] = []
     while time.monotonic() < deadline:
-        text = server.log_text()
-        tasks = [line.split("started container ")[1].split()[0] for line in text.splitlines() if "started container" in line and " for idle " in line]
-        usage = []
-        for task in tasks:
-            path = Path("/sys/fs/cgroup/memory/homeport") / task / "memory.usage_in_bytes"
-            if path.exists():
-                usage.append(int(path.read_text()))
-        if len(usage) >= 8:
-            time.sleep(3)  # settled: the entrypoint is idle, polling for inputs
-            return statistics.median(
-                int((Path("/sys/fs/cgroup/memory/homeport") / task / "memory.usage_in_bytes").read_text())
-                for task in tasks
-                if (Path("/sys/fs/cgroup/memory/homeport") / task).exists()
-            )
+        tasks = [
+            line.split("started container ")[1].split()[0]
+            for line in server.log_text().splitlines()
+            if "started container" in line and " for idle " in line
+        ]
+        usage_files = [CGROUP_MEMORY / task / "memory.usage_in_bytes" for task in tasks]
+        if sum(path.exists() for path in usage_files) >= 8:
+            time.sleep(3)
+            return statistics.median(int(path.read_text()) for path in usage_files if path.exists())
         time.sleep(1)
-    return statistics.median(usage) if usage else float("nan")
+    return float("nan")
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from homeport.images.bases import BaseCache
 from tests.conftest import MODAL, Server, assert_ok, output, run_modal, run_python, start_server
 
@@ -39,9 +41,14 @@ def result_of(text: str) -> str:
     return ast.literal_eval(text.split("RESULT ", 1)[1].splitlines()[0])
 
 
-def test_every_builder_method_shapes_the_functions_filesystem(server: Server) -> None:
-    text = assert_ok(run_modal(server, "run", "images_app.py", timeout=900))
-    builder = reported(text, "BUILDER")
+@pytest.fixture(scope="module")
+def images_app_output(server: Server) -> str:
+    """One run of the app that uses every image method (its two images build once)."""
+    return assert_ok(run_modal(server, "run", "images_app.py", timeout=900))
+
+
+def test_every_builder_method_shapes_the_functions_filesystem(images_app_output: str) -> None:
+    builder = reported(images_app_output, "BUILDER")
     assert builder["jq"] == "2"  # apt_install
     assert builder["six"] == "1.16.0"  # pip_install
     assert builder["iniconfig"] == "iniconfig"  # uv_pip_install
@@ -56,9 +63,8 @@ def test_every_builder_method_shapes_the_functions_filesystem(server: Server) ->
     assert builder["host_checkout_visible"] is False  # the image's filesystem, not the host's
 
 
-def test_dockerfile_instructions_are_honoured(server: Server) -> None:
-    text = assert_ok(run_modal(server, "run", "images_app.py", timeout=900))
-    image = reported(text, "DOCKERFILE")
+def test_dockerfile_instructions_are_honoured(images_app_output: str) -> None:
+    image = reported(images_app_output, "DOCKERFILE")
     assert image["cwd"] == "/srv/site"  # WORKDIR with $VAR
     assert image["mode"] == "from dockerfile" and image["home"] == "/srv/site"  # multi-pair ENV with continuation
     assert image["settings"] == 'name = "site"'  # COPY to a relative destination

@@ -27,9 +27,9 @@ from homeport.images.bases import BaseCache
 from homeport.images.config import ImageConfig
 from homeport.images.dockerfile import DockerfileError, Instruction
 from homeport.images.layers import BASE_PREFIX, Layer, LayerStore
-from homeport.worker import rootfs, seccomp
-from homeport.worker.network import NETNS_DIR, Attachment, BridgeNetwork
-from homeport.worker.sandbox import BWRAP, SANDBOX_TOOL_ENVIRONMENT, environment_arguments
+from homeport.worker import rootfs
+from homeport.worker.network import BridgeNetwork
+from homeport.worker.sandbox import spawn_bwrap
 
 Log = Callable[[str], None]
 
@@ -121,7 +121,7 @@ class ImageBuilder:
         except DockerfileError as error:
             raise BuildFailed(str(error)) from None
         if not instructions or instructions[0].keyword != "FROM":
-            raise BuildFailed("an image definition must start with FROM")
+            raise BuildFailed("an image definition must start with FROM; build on modal.Image.debian_slim() or Image.from_registry(...)")
         froms = [i for i in instructions if i.keyword == "FROM"]
         if len(froms) > 1:
             raise BuildFailed(f"multi-stage Dockerfiles are not supported by Homeport (second stage: `{froms[1].source}`)")
@@ -319,27 +319,8 @@ async def run_in_image(
     its exit status."""
     overlay = rootfs.Overlay(layers.lower_dirs(chain), staging / "fs", staging / "work", staging / "merged")
     overlay.prepare()
-    attachment = await asyncio.to_thread(network.attach, f"ta-b{token_source.token_hex(5)}") if network else None
-    try:
-        return await _run_in_image(layers, overlay, staging, config, command, extra_env, context, on_output, attachment)
-    finally:
-        if attachment is not None and network is not None:
-            await asyncio.to_thread(network.detach, attachment)
-
-
-async def _run_in_image(
-    layers: LayerStore,
-    overlay: rootfs.Overlay,
-    staging: Path,
-    config: ImageConfig,
-    command: list[str],
-    extra_env: dict[str, str],
-    context: Path | None,
-    on_output: Log,
-    attachment: Attachment | None,
-) -> int:
     arguments = [
-        BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "homeport-build",
+        "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "homeport-build",
         "--bind", str(overlay.merged), "/", "--dev", "/dev", "--proc", "/proc", "--cap-drop", "ALL",
     ]  # fmt: skip
     for capability in BUILD_CAPABILITIES:
@@ -353,46 +334,27 @@ async def _run_in_image(
     if HOST_CA_BUNDLE.is_file():
         arguments += ["--ro-bind", str(HOST_CA_BUNDLE), SANDBOX_CA_BUNDLE]
         host_environment.update({name: SANDBOX_CA_BUNDLE for name in CA_ENVIRONMENT})
+    arguments += ["--chdir", config.workdir or "/"]
     environment = {"HOME": "/root", **host_environment, **config.env, **extra_env}
     environment.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
-    if seccomp_fd is not None:
-        arguments += ["--seccomp", str(seccomp_fd)]
-    arguments += [*environment_arguments(environment), "--chdir", config.workdir or "/", "--", *command]
-    netns_fd = os.open(NETNS_DIR / attachment.namespace, os.O_RDONLY | os.O_CLOEXEC) if attachment else None
-
-    def enter() -> None:  # between fork and exec
-        if attachment is not None and netns_fd is not None:
-            attachment.enter_in_child(netns_fd)
-        overlay.mount_in_child()
-
+    attachment = await asyncio.to_thread(network.attach, f"ta-b{token_source.token_hex(5)}") if network else None
     try:
-        process = await asyncio.create_subprocess_exec(
-            *arguments,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=SANDBOX_TOOL_ENVIRONMENT,  # never the image's: bubblewrap itself runs as root on the host
-            start_new_session=True,
-            preexec_fn=enter,
-            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
-        )
-    finally:
-        for fd in (seccomp_fd, netns_fd):
-            if fd is not None:
-                os.close(fd)
-    assert process.stdout is not None
-    try:
-        while chunk := await process.stdout.read(64 * 1024):
-            on_output(chunk.decode(errors="replace"))
-        code = await process.wait()
-    except asyncio.CancelledError:
+        process = await spawn_bwrap(arguments, environment, command, overlay.mount_in_child, attachment, merge_stderr=True)
+        assert process.stdout is not None
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await process.wait()
-        raise
+            while chunk := await process.stdout.read(64 * 1024):
+                on_output(chunk.decode(errors="replace"))
+            code = await process.wait()
+        except asyncio.CancelledError:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await process.wait()
+            raise
+    finally:
+        if attachment is not None and network is not None:
+            await asyncio.to_thread(network.detach, attachment)
     _drop_mount_points(staging / "fs", context is not None)
     return code
 

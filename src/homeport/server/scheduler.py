@@ -219,6 +219,9 @@ class Scheduler:
         async with asyncio.TaskGroup() as group:
             self._tasks = group
             group.create_task(self._loop("placement", self._place, self._until_placement_due))
+            # Warm containers on a tick of their own: placement wakes on every call, and this
+            # pass (a query and a definition per warm function) has no place on that path.
+            group.create_task(self._loop("warm containers", self._keep_warm, lambda: asyncio.sleep(1.0)))
             group.create_task(self._loop("timeouts", self._enforce_deadlines, lambda: asyncio.sleep(0.5)))
             group.create_task(self._loop("schedules", self._run_schedules, lambda: asyncio.sleep(1.0)))
             group.create_task(self._loop("housekeeping", self._housekeeping, lambda: asyncio.sleep(10.0)))
@@ -299,10 +302,6 @@ class Scheduler:
     # --- placement ----------------------------------------------------------------------
 
     async def _place(self) -> None:
-        await self._place_inputs()
-        await self._keep_warm()
-
-    async def _place_inputs(self) -> None:
         pending = self.calls.pending_counts()
         for function_id, count in pending.items():
             mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
@@ -334,9 +333,7 @@ class Scheduler:
                 self.max_containers - len(self.containers),
                 MAX_STARTING - starting,
             )
-            gpu_options = function.gpu_options or (
-                self.apps.function(function.parent_id).gpu_options if function.parent_id else []
-            )
+            gpu_options = self._gpu_options(function)
             if gpu_options and not any(self.gpus.can_ever_satisfy(GpuRequest(*o)) for o in gpu_options):
                 asked = " or ".join(str(GpuRequest(*o)) for o in gpu_options)
                 message = f"gpu={asked!r} cannot be satisfied on this cluster, which has {self.gpus.describe()}"
@@ -354,17 +351,12 @@ class Scheduler:
                 if not self._memory_available(needed):
                     break  # never oversubscribe memory: the inputs wait until a container frees some
                 task_id = ids.new_id("task")
-                gpu_indices: list[int] = []
-                if gpu_options:
-                    assigned = next(
-                        (got for o in gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None), None
-                    )
-                    if assigned is None:
-                        # Every matching GPU is busy: the inputs wait in the queue, and an
-                        # idle container holding one is asked to make room.
-                        self._free_idle_gpus(function.id)
-                        break
-                    gpu_indices = assigned
+                gpu_indices = self._acquire_gpus(task_id, gpu_options)
+                if gpu_indices is None:
+                    # Every matching GPU is busy: the inputs wait in the queue, and an
+                    # idle container holding one is asked to make room.
+                    self._free_idle_gpus(function.id)
+                    break
                 await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices)
 
     async def _keep_warm(self) -> None:
@@ -386,15 +378,9 @@ class Scheduler:
                 if not self._memory_available(memory_request_mib(definition)):
                     break
                 task_id = ids.new_id("task")
-                gpu_indices: list[int] = []
-                if function.gpu_options:
-                    assigned = next(
-                        (got for o in function.gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None),
-                        None,
-                    )
-                    if assigned is None:
-                        break  # no GPU free: warm containers never take one from queued work
-                    gpu_indices = assigned
+                gpu_indices = self._acquire_gpus(task_id, self._gpu_options(function))
+                if gpu_indices is None:
+                    break  # no GPU free: warm containers never take one from queued work
                 log.info("starting a warm container for %s (min_containers/buffer_containers)", function_id)
                 await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices)
 
@@ -413,6 +399,18 @@ class Scheduler:
             return True
         mine = [c for c in self.containers.values() if c.function_id == running.function_id and not c.stop_reason]
         return len(mine) - 1 >= self._warm_target(definition, mine)
+
+    def _gpu_options(self, function) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+        """(model, count) choices in rank order; class instances inherit their class's."""
+        if function.gpu_options or not function.parent_id:
+            return function.gpu_options  # type: ignore[no-any-return]
+        return self.apps.function(function.parent_id).gpu_options
+
+    def _acquire_gpus(self, task_id: str, gpu_options: list[tuple[str, int]]) -> list[int] | None:
+        """Device indices for a new container ([] without GPUs); None while all matching ones are busy."""
+        if not gpu_options:
+            return []
+        return next((got for o in gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None), None)
 
     def _memory_available(self, needed_mib: int) -> bool:
         reserved = sum(memory_request_mib(c.definition) for c in self.containers.values())

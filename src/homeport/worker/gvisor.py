@@ -33,7 +33,7 @@ class GvisorContainer(ProcessContainer):
         self._runsc = runsc
 
     async def wait(self) -> int:
-        code = await self._process.wait()
+        await self._process.wait()
         # runsc keeps state for a container until it is deleted.
         await asyncio.to_thread(subprocess.run, [*self._runsc, "delete", "--force", self.task_id], capture_output=True, check=False)
         return await super().wait()

@@ -149,6 +149,47 @@ def environment_arguments(environment: dict[str, str]) -> list[str]:
     return arguments
 
 
+async def spawn_bwrap(
+    options: list[str],
+    environment: dict[str, str],
+    command: list[str],
+    enter: Callable[[], None],
+    attachment: Attachment | None,
+    merge_stderr: bool,
+) -> asyncio.subprocess.Process:
+    """Start `command` under bubblewrap with `options`, the seccomp filter and `environment`
+    (as arguments, see BWRAP). Between fork and exec the child moves into the attachment's
+    network namespace, then calls `enter` (cgroup, overlay root). Shared by containers and
+    image build steps."""
+    seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
+    arguments = [BWRAP, *options]
+    if seccomp_fd is not None:
+        arguments += ["--seccomp", str(seccomp_fd)]
+    arguments += [*environment_arguments(environment), "--", *command]
+    netns_fd = os.open(NETNS_DIR / attachment.namespace, os.O_RDONLY | os.O_CLOEXEC) if attachment else None
+
+    def in_child() -> None:
+        if attachment is not None and netns_fd is not None:
+            attachment.enter_in_child(netns_fd)
+        enter()
+
+    try:
+        return await asyncio.create_subprocess_exec(
+            *arguments,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+            env=SANDBOX_TOOL_ENVIRONMENT,
+            start_new_session=True,
+            preexec_fn=in_child,
+            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+        )
+    finally:
+        for fd in (seccomp_fd, netns_fd):
+            if fd is not None:
+                os.close(fd)
+
+
 def _gpu_device_nodes(indices: list[int]) -> list[str]:
     """The device nodes of the assigned GPUs and the driver's shared ones; no others."""
     nodes = [f"/dev/nvidia{index}" for index in indices]
@@ -246,7 +287,7 @@ class SandboxRuntime:
         # also sets no-new-privileges): mount, module loading, raw sockets and the like
         # are refused inside.
         command = [
-            BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.task_id, "--cap-drop", "ALL",
             "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", "--proc", "/proc",
             "--ro-bind", str(prepared.hosts), "/etc/hosts",
@@ -269,33 +310,9 @@ class SandboxRuntime:
         for directory in spec.directories:
             command += ["--ro-bind" if directory.read_only else "--bind", str(directory.host_path), directory.container_path]
         command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--dir", spec.working_dir, "--chdir", spec.working_dir]
-        seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
-        if seccomp_fd is not None:
-            command += ["--seccomp", str(seccomp_fd)]
-        command += environment_arguments(prepared.environment)
-        command += ["--", *spec.command]
-        netns_fd = os.open(NETNS_DIR / attachment.namespace, os.O_RDONLY | os.O_CLOEXEC) if attachment else None
-
-        def enter() -> None:  # between fork and exec
-            if attachment is not None and netns_fd is not None:
-                attachment.enter_in_child(netns_fd)
-            prepared.enter()
-
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=SANDBOX_TOOL_ENVIRONMENT,
-                start_new_session=True,
-                preexec_fn=enter,
-                pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
-            )
-        finally:
-            for fd in (seccomp_fd, netns_fd):
-                if fd is not None:
-                    os.close(fd)
+        process = await spawn_bwrap(
+            command, prepared.environment, list(spec.command), prepared.enter, attachment, merge_stderr=False
+        )
         readers = [
             asyncio.create_task(pump_output(process.stdout, 1, on_output)),
             asyncio.create_task(pump_output(process.stderr, 2, on_output)),
