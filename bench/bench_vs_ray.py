@@ -11,7 +11,9 @@ means Homeport is slower):
 - cold `.remote()` p50 (image built, no container running) — Ray: create an actor, call it;
 - `.map()` over trivial inputs, inputs/s — Ray: tasks;
 - time from 0 to 32 running containers — Ray: 32 actors answering;
-- memory per idle container (its cgroup's usage) — Ray: RSS per idle actor process.
+- memory per idle container: the PSS of its processes (pages shared with its zygote or
+  other containers count by their share; its cgroup's usage is printed too) — Ray: PSS
+  per idle actor process.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ for i in range(5):
     time.sleep(5)  # past scaledown_window=2: no container left
     t = time.perf_counter(); cold.remote(i); colds.append(time.perf_counter() - t)
 
+if os.environ.get("BENCH_COLD_ONLY"):
+    print("RESULT", json.dumps({"cold_p50": statistics.median(colds)}))
+    sys.exit(0)
+
 t = time.perf_counter()
 assert list(identity.map(range(map_inputs))) == list(range(map_inputs))
 map_rate = map_inputs / (time.perf_counter() - t)
@@ -136,21 +142,34 @@ actors = [Echo.remote() for _ in range(32)]
 pids = ray.get([a.pid.remote() for a in actors])
 fanout_s = time.perf_counter() - t
 
-def rss(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+def pss(pid):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
 
-idle_bytes = statistics.median(rss(pid) for pid in pids)
+idle_bytes = statistics.median(pss(pid) for pid in pids)
 print("RESULT", json.dumps({"warm_p50": statistics.median(warm), "warm_p99": pct(warm, 0.99),
       "cold_p50": statistics.median(colds), "map_rate": map_rate, "fanout_s": fanout_s, "idle_bytes": idle_bytes}))
 '''
 
 
-def idle_container_bytes(server) -> float:  # type: ignore[no-untyped-def]
-    """The median memory use of the 8 idle min_containers, from their cgroups, once all are up
-    and have settled (the entrypoint idle, polling for inputs)."""
+def container_pss(task: str) -> int:
+    """Proportional set size of every process in the container (from its memory cgroup)."""
+    total = 0
+    for pid in (CGROUP_MEMORY / task / "cgroup.procs").read_text().split():
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def idle_container_bytes(server) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The median memory use (PSS, cgroup usage) of the 8 idle min_containers, once all are
+    up and have settled (the entrypoint idle, polling for inputs)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         tasks = [
@@ -161,9 +180,13 @@ def idle_container_bytes(server) -> float:  # type: ignore[no-untyped-def]
         usage_files = [CGROUP_MEMORY / task / "memory.usage_in_bytes" for task in tasks]
         if sum(path.exists() for path in usage_files) >= 8:
             time.sleep(3)
-            return statistics.median(int(path.read_text()) for path in usage_files if path.exists())
+            live = [task for task, path in zip(tasks, usage_files) if path.exists()]
+            return (
+                statistics.median(container_pss(task) for task in live),
+                statistics.median(int((CGROUP_MEMORY / task / "memory.usage_in_bytes").read_text()) for task in live),
+            )
         time.sleep(1)
-    return float("nan")
+    return float("nan"), float("nan")
 
 
 def main() -> None:
@@ -178,12 +201,20 @@ def main() -> None:
         server = start_server(tmp)
         try:
             assert_ok(run_modal(server, "deploy", "bench_scaling.py", cwd=tmp, timeout=900))
-            idle_bytes = idle_container_bytes(server)
+            idle_bytes, idle_cgroup_bytes = idle_container_bytes(server)
             result = run_python(server, HOMEPORT, cwd=tmp, timeout=3600, BENCH_MAP_INPUTS=str(args.map_inputs))
             ours = json.loads(assert_ok(result).split("RESULT ", 1)[1].splitlines()[0])
             ours["idle_bytes"] = idle_bytes
         finally:
             server.stop()
+        # The same cold start without zygotes (each container a fresh interpreter): the baseline.
+        fresh = start_server(tmp / "fresh", server_env={"HOMEPORT_ZYGOTES": "0"})
+        try:
+            assert_ok(run_modal(fresh, "deploy", "bench_scaling.py", cwd=tmp, timeout=900))
+            result = run_python(fresh, HOMEPORT, cwd=tmp, timeout=900, BENCH_MAP_INPUTS="0", BENCH_COLD_ONLY="1")
+            ours["cold_fresh_p50"] = json.loads(assert_ok(result).split("RESULT ", 1)[1].splitlines()[0])["cold_p50"]
+        finally:
+            fresh.stop()
     ray_run = subprocess.run(
         [str(RAY_PYTHON), "-c", RAY], capture_output=True, text=True, timeout=3600,
         env={"BENCH_MAP_INPUTS": str(args.map_inputs), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
@@ -197,9 +228,11 @@ def main() -> None:
         ("warm .remote() p50", f"{ours['warm_p50'] * ms:.2f} ms", f"{ray['warm_p50'] * ms:.2f} ms", f"{ours['warm_p50'] / ray['warm_p50']:.1f}"),
         ("warm .remote() p99", f"{ours['warm_p99'] * ms:.2f} ms", f"{ray['warm_p99'] * ms:.2f} ms", f"{ours['warm_p99'] / ray['warm_p99']:.1f}"),
         ("cold .remote() p50 (Ray: new actor + call)", f"{ours['cold_p50'] * ms:.0f} ms", f"{ray['cold_p50'] * ms:.0f} ms", f"{ours['cold_p50'] / ray['cold_p50']:.1f}"),
-        (f".map() over {args.map_inputs} inputs (Ray: tasks)", f"{ours['map_rate']:.0f}/s", f"{ray['map_rate']:.0f}/s", f"{ray['map_rate'] / ours['map_rate']:.1f} (slower)"),
+        ("  the same, fresh interpreter (HOMEPORT_ZYGOTES=0)", f"{ours['cold_fresh_p50'] * ms:.0f} ms", "", ""),
+        (f".map() over {args.map_inputs} inputs (Ray: tasks)", f"{ours['map_rate']:.0f}/s", f"{ray['map_rate']:.0f}/s", f"{ray['map_rate'] / ours['map_rate']:.1f} (Ray / Homeport)"),
         ("0 -> 32 running containers (Ray: 32 actors)", f"{ours['fanout_s']:.2f} s", f"{ray['fanout_s']:.2f} s", f"{ours['fanout_s'] / ray['fanout_s']:.1f}"),
-        ("memory per idle container (Ray: idle actor RSS)", f"{ours['idle_bytes'] / 2**20:.0f} MiB", f"{ray['idle_bytes'] / 2**20:.0f} MiB", f"{ours['idle_bytes'] / ray['idle_bytes']:.1f}"),
+        ("memory per idle container, PSS (Ray: idle actor)", f"{ours['idle_bytes'] / 2**20:.1f} MiB", f"{ray['idle_bytes'] / 2**20:.1f} MiB", f"{ours['idle_bytes'] / ray['idle_bytes']:.2f}"),
+        ("  the same, its cgroup's usage", f"{idle_cgroup_bytes / 2**20:.1f} MiB", "", ""),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:

@@ -76,6 +76,10 @@ class DataLayout:
     def blob(self, blob_id: str) -> Path:
         return self.blobs / blob_id[-2:] / blob_id
 
+    @property
+    def zygotes(self) -> Path:
+        return self.root / "zygotes"
+
     def task_dir(self, task_id: str) -> Path:
         return self.tasks / task_id
 
@@ -111,6 +115,8 @@ class Settings:
     database_url: str | None = None  # None: SQLite under the data dir
     max_containers: int = 32  # containers this node runs at once
     runtime: str = "sandbox"  # "sandbox" (bubblewrap) or "gvisor" (runsc, for untrusted code)
+    # Fork sandbox containers from a pre-imported zygote per image (HOMEPORT_ZYGOTES=0: never).
+    zygotes: bool = dataclasses.field(default_factory=lambda: os.environ.get("HOMEPORT_ZYGOTES", "1") != "0")
     # Each container on its own network namespace behind the node's bridge (HOMEPORT_CONTAINER_SUBNET);
     # "" shares the host's network instead.
     container_subnet: str = dataclasses.field(default_factory=lambda: os.environ.get("HOMEPORT_CONTAINER_SUBNET", "10.89.0.0/16"))

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from tests.conftest import Server, assert_ok, run_modal, run_python
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Server, assert_ok, run_modal, run_python, start_server
+
+
+@pytest.fixture(scope="module", params=["forked", "fresh"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Every isolation test runs twice: on containers forked from a zygote (the default)
+    and on containers started from a fresh interpreter (HOMEPORT_ZYGOTES=0)."""
+    zygotes = "1" if request.param == "forked" else "0"
+    started = start_server(tmp_path_factory.mktemp(f"containers-{request.param}"), server_env={"HOMEPORT_ZYGOTES": zygotes})
+    yield started
+    started.stop()
 
 
 def test_exceeding_memory_fails_the_input_and_the_function_keeps_serving(server: Server) -> None:
@@ -140,6 +154,13 @@ def escapes():
     results["no_new_privs"] = status["NoNewPrivs"].strip()
     results["seccomp"] = status["Seccomp"].strip()
     results["host_paths"] = [p for p in ("HOST_REPO", "/var/cache/homeport", "/etc/postgresql") if os.path.exists(p)]
+    try:  # the host kernel's settings (uid 0 could write these by plain file permissions)
+        with open("/proc/sys/kernel/domainname", "w") as setting:
+            setting.write("escaped")
+        results["proc_sys"] = "written"
+    except OSError as error:
+        results["proc_sys"] = errno.errorcode[error.errno]
+    results["processes"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     return results
 
 @app.local_entrypoint()
@@ -154,12 +175,16 @@ def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:
     (tmp_path / "escapes.py").write_text(ESCAPES.replace("HOST_REPO", str(REPO)))
     text = assert_ok(run_modal(server, "run", "escapes.py", cwd=tmp_path))
     results = eval(text.split("ESCAPES ", 1)[1].splitlines()[0])
-    refused = {name: value for name, value in results.items() if name not in ("capabilities", "no_new_privs", "seccomp", "host_paths")}
+    special = ("capabilities", "no_new_privs", "seccomp", "host_paths", "proc_sys", "processes")
+    refused = {name: value for name, value in results.items() if name not in special}
     assert all(value == "EPERM" for value in refused.values()), refused
     assert results["capabilities"] == "0000000000000000"
     assert results["no_new_privs"] == "1"
     assert results["seccomp"] == "2"  # a filter is installed
     assert results["host_paths"] == []  # none of the host's files
+    assert results["proc_sys"] in ("EROFS", "EPERM", "EACCES")
+    # A PID namespace of its own: its init and the entrypoint (no host or zygote processes).
+    assert results["processes"][:2] == [1, 2] and len(results["processes"]) <= 3, results["processes"]
 
 
 FORGER = '''

@@ -29,7 +29,7 @@ from homeport.images.dockerfile import DockerfileError, Instruction
 from homeport.images.layers import BASE_PREFIX, Layer, LayerStore
 from homeport.worker import rootfs
 from homeport.worker.network import BridgeNetwork
-from homeport.worker.sandbox import spawn_bwrap
+from homeport.worker.sandbox import proc_arguments, spawn_bwrap
 
 Log = Callable[[str], None]
 
@@ -321,7 +321,7 @@ async def run_in_image(
     overlay.prepare()
     arguments = [
         "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "homeport-build",
-        "--bind", str(overlay.merged), "/", "--dev", "/dev", "--proc", "/proc", "--cap-drop", "ALL",
+        "--bind", str(overlay.merged), "/", "--dev", "/dev", *proc_arguments(), "--cap-drop", "ALL",
     ]  # fmt: skip
     for capability in BUILD_CAPABILITIES:
         arguments += ["--cap-add", capability]

@@ -46,6 +46,7 @@ from homeport.worker.runtime import (
     MountedFile,
     Runtime,
 )
+from homeport.worker.zygote import ZygoteImage
 
 log = logging.getLogger("homeport.scheduler")
 
@@ -135,6 +136,11 @@ def node_memory_budget_mib() -> int:
     with open("/proc/meminfo") as meminfo:
         total_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
     return int(total_kib / 1024 * NODE_MEMORY_SHARE)
+
+
+# Set by the server in every container, over the image's and the secrets' values.
+FIXED_ENVIRONMENT = ("HOME", "PYTHONUNBUFFERED", "PYTHONPATH", "MODAL_IS_REMOTE", "MODAL_SERVER_URL",
+                     "MODAL_DISABLE_API_PROXY", "MODAL_ENVIRONMENT")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +294,7 @@ class Scheduler:
         it held (work dir, cgroup, network namespace)."""
         running = list(self.containers.values())
         if not running:
+            await self.runtime.shutdown()
             return
         # SIGINT first: @exit handlers run and volumes commit; then whatever is left is killed.
         for container in running:
@@ -298,6 +305,7 @@ class Scheduler:
             container.container.kill()
         if pending:
             await asyncio.wait(pending, timeout=SHUTDOWN_WAIT_S)
+        await self.runtime.shutdown()
 
     # --- placement ----------------------------------------------------------------------
 
@@ -497,19 +505,11 @@ class Scheduler:
         secret_values: dict[str, str] = {}
         for secret_id in definition.secret_ids:
             secret_values.update(self.secrets.values(secret_id))
+        started_with = self._interpreter_environment(image_config, environment_name)
         environment = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            **image_config.env,
+            **started_with,
             **secret_values,
-            "HOME": "/root",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": "/root:/pkg",
-            "MODAL_IS_REMOTE": "1",
-            # Over a Unix socket bound into the container, so block_network=True works too.
-            "MODAL_SERVER_URL": f"unix://{CONTROL_SOCKET}",
-            "MODAL_DISABLE_API_PROXY": "1",
-            "MODAL_ENVIRONMENT": environment_name,
+            **{k: started_with[k] for k in FIXED_ENVIRONMENT},  # secrets cannot override these
             "MODAL_TASK_ID": task_id,
             **(
                 {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)), "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices))}
@@ -557,6 +557,7 @@ class Scheduler:
             memory_mib=definition.resources.memory_mb_max or definition.resources.memory_mb,
             cpu_cores=(definition.resources.milli_cpu_max or definition.resources.milli_cpu) / 1000,
             disk_mib=definition.resources.ephemeral_disk_mb,
+            zygote=self._zygote_image(workspace_id, image_layers, started_with),
         )
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         running: RunningContainer | None = None
@@ -595,6 +596,48 @@ class Scheduler:
         log.info("started container %s for %s (%s)", task_id, definition.function_name, function.id)
         assert self._tasks is not None
         self._tasks.create_task(self._watch(running))
+
+    @staticmethod
+    def _interpreter_environment(image_config, environment_name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        """A container's environment without its secrets and task credential: what its
+        interpreter (or its zygote's) starts with."""
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            **image_config.env,
+            "HOME": "/root",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": "/root:/pkg",
+            "MODAL_IS_REMOTE": "1",
+            # Over a Unix socket bound into the container, so block_network=True works too.
+            "MODAL_SERVER_URL": f"unix://{CONTROL_SOCKET}",
+            "MODAL_DISABLE_API_PROXY": "1",
+            "MODAL_ENVIRONMENT": environment_name,
+        }
+
+    def _zygote_image(self, workspace_id: str, image_layers: list[Path], environment: dict[str, str]) -> ZygoteImage:
+        return ZygoteImage(
+            domain=workspace_id,
+            layers=tuple(image_layers),
+            environment=tuple(sorted(environment.items())),
+            client_package_dir=self.client_package_dir,
+            control_socket=self.control_socket,
+        )
+
+    def prewarm(self, function_ids: list[str]) -> None:
+        """Get zygotes ready for these functions' images (an app was published): their
+        first containers are then forked, not started from a fresh interpreter."""
+        for function_id in function_ids:
+            try:
+                function = self.apps.function(function_id)
+                definition, _ = catalog.effective_definition(self.apps, function)
+                app = self.apps.get("", function.app_id)
+                layers, config = self.images.runtime_image(definition.image_id)
+            except Exception as error:  # not built yet, or gone: nothing to prewarm
+                log.debug("no zygote for %s: %s", function_id, error)
+                continue
+            environment = self._interpreter_environment(config, app.environment_name)
+            self.runtime.prewarm(self._zygote_image(app.workspace_id, layers, environment))
 
     def _fail_start(self, function, task_id: str, message: str) -> None:  # type: ignore[no-untyped-def]
         self.gpus.release(task_id)
@@ -848,6 +891,7 @@ class Scheduler:
             self.wake()
 
     async def _housekeeping(self) -> None:
+        self.runtime.sweep()
         for app_id in self.apps.stale_ephemeral_apps():
             await self.stop_app(app_id, "its client stopped sending heartbeats")
         self.storage.expire()

@@ -38,6 +38,7 @@ from homeport.worker.gvisor import GvisorRuntime
 from homeport.worker.network import BridgeNetwork
 from homeport.worker.network import available as network_available
 from homeport.worker.sandbox import SandboxRuntime
+from homeport.worker.zygote import ZygotePool
 
 BLOB_SIGNING_KEY = "blob_signing_key"
 log = logging.getLogger("homeport.server")
@@ -125,7 +126,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             log.warning("containers share the host's network: %s", unavailable)
     # gVisor containers use runsc's own networking (host or none); build steps and sandbox
     # containers get namespaces on the bridge.
-    runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network)
+    zygotes = ZygotePool(layout.zygotes) if settings.zygotes else None
+    runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network, zygotes)
     for private in (settings.cache.root, settings.layers):
         private.mkdir(parents=True, exist_ok=True)
         os.chmod(private, 0o700)  # image files (setuid binaries included) are not for other users

@@ -54,6 +54,11 @@ class Cgroup:
         for path in self.paths.values():
             (path / "cgroup.procs").write_text(str(os.getpid()))
 
+    def add(self, pid: int) -> None:
+        """Move another process in (a zygote's child, before it runs anything)."""
+        for path in self.paths.values():
+            (path / "cgroup.procs").write_text(str(pid))
+
     def oom_killed(self) -> bool:
         try:
             control = (self.paths["memory"] / "memory.oom_control").read_text()

@@ -55,6 +55,16 @@ class GvisorRuntime:
             raise ContainerStartError("the gVisor runtime needs runsc (apt install runsc)")
         self.limits_enabled = cgroups.available()
 
+    # No zygotes under gVisor: each container is its own sandboxed kernel.
+    def prewarm(self, zygote: object) -> None:
+        pass
+
+    def sweep(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> GvisorContainer:
         prepared = await prepare(spec, self.limits_enabled)
         # Mount points gVisor needs inside the root; made in the container's own writable layer.

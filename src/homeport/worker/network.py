@@ -112,7 +112,9 @@ class BridgeNetwork:
 
     # -- containers ----------------------------------------------------------------------
 
-    def attach(self, task_id: str) -> Attachment:
+    def attach(self, task_id: str, pid: int | None = None) -> Attachment:
+        """A namespace with eth0 on the bridge: a new one, or (pid) the one that process
+        made for itself (a zygote's container, see worker/zygote.py)."""
         short = task_id.removeprefix("ta-")[:10].lower()
         namespace, host_interface = f"{NAMESPACE_PREFIX}{short}", f"hv{short}"
         address = self._allocate(namespace)
@@ -120,7 +122,7 @@ class BridgeNetwork:
         try:
             _ip_batch(
                 [
-                    f"netns add {namespace}",
+                    f"netns attach {namespace} {pid}" if pid else f"netns add {namespace}",
                     f"link add {host_interface} type veth peer name eth0 netns {namespace}",
                     f"link set {host_interface} master {self.bridge}",
                     f"link set dev {host_interface} type bridge_slave isolated on",

@@ -15,6 +15,7 @@ from pathlib import Path
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MS_NOSUID = 2
 MS_NODEV = 4
 # The kernel reads mount options from one page.
@@ -36,6 +37,9 @@ class Overlay:
     # Bound the writable layer (ephemeral_disk=): upper and work then live on a tmpfs of
     # this size mounted at upper's parent, so a full disk is ENOSPC inside the container.
     size_mib: int = 0
+    # Receive mounts the host makes later (a zygote's stage, see worker/zygote.py) while
+    # still never propagating ours back; otherwise fully private.
+    receive_host_mounts: bool = False
 
     def options(self) -> str:
         options = f"lowerdir={':'.join(map(str, self.lower))},upperdir={self.upper},workdir={self.work}"
@@ -60,7 +64,8 @@ class Overlay:
         if _libc.unshare(CLONE_NEWNS) != 0:
             _raise_errno("unshare(CLONE_NEWNS)")
         # Keep our mounts from propagating back to the host's namespace.
-        if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        propagation = MS_SLAVE if self.receive_host_mounts else MS_PRIVATE
+        if _libc.mount(b"none", b"/", None, MS_REC | propagation, None) != 0:
             _raise_errno("making / private")
         if self.size_mib:
             options = f"size={self.size_mib}m,mode=0755".encode()

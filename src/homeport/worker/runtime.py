@@ -17,6 +17,7 @@ OutputCallback = Callable[[int, str], None]  # (file descriptor 1|2, text)
 # Where a container finds the control plane: MODAL_SERVER_URL is unix://<this>.
 CONTROL_DIR = "/__homeport"
 CONTROL_SOCKET = f"{CONTROL_DIR}/grpc.sock"
+ARGUMENTS_PATH = f"{CONTROL_DIR}/container_arguments.bin"
 
 
 class ContainerStartError(Exception):
@@ -60,6 +61,8 @@ class ContainerSpec:
     # Image.run_function build step, whose writes become an image layer.
     upper_dir: Path | None = None
     command: tuple[str, ...] = ("python", "-m", "modal._container_entrypoint")
+    # May be forked from this zygote (worker/zygote.py) instead of started afresh.
+    zygote: object | None = None  # a zygote.ZygoteImage
 
 
 class Container(Protocol):
@@ -82,3 +85,12 @@ class Runtime(Protocol):
     name: str
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> Container: ...
+
+    def prewarm(self, zygote: object) -> None:
+        """Get ready to start containers of this kind quickly (a zygote.ZygoteImage)."""
+
+    def sweep(self) -> None:
+        """Periodic housekeeping (idle zygotes)."""
+
+    async def shutdown(self) -> None:
+        """Stop what the runtime keeps running between containers."""

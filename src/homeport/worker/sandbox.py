@@ -22,17 +22,17 @@ from pathlib import Path
 from homeport.worker import cgroups, gpus, rootfs, seccomp
 from homeport.worker.network import NETNS_DIR, Attachment, BridgeNetwork, NetworkError
 from homeport.worker.runtime import (
-    CONTROL_DIR,
+    ARGUMENTS_PATH,
     CONTROL_SOCKET,
     ContainerSpec,
     ContainerStartError,
     OutputCallback,
 )
+from homeport.worker.zygote import ForkedContainer, ZygoteImage, ZygotePool, ZygoteUnavailable
 
 log = logging.getLogger("homeport.runtime")
 
 ARGUMENTS_FILE = "container_arguments.bin"
-ARGUMENTS_PATH = f"{CONTROL_DIR}/container_arguments.bin"
 READ_CHUNK = 64 * 1024
 
 
@@ -142,6 +142,22 @@ BWRAP = shutil.which("bwrap") or "/usr/bin/bwrap"
 SANDBOX_TOOL_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
+# A container's uid 0 is the host's uid 0 without capabilities, and the kernel lets the
+# global root write most sysctls by plain file permissions (kernel.core_pattern would run
+# a program of the container's choosing as root on the host). bubblewrap running as root
+# leaves /proc/sys writable, so these are bound read-only over the container's /proc.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
+
+
+def proc_arguments() -> list[str]:
+    """A private /proc with the host kernel's settings read-only (see PROC_READ_ONLY)."""
+    arguments = ["--proc", "/proc"]
+    for entry in PROC_READ_ONLY:
+        if os.path.exists(f"/proc/{entry}"):
+            arguments += ["--ro-bind", f"/proc/{entry}", f"/proc/{entry}"]
+    return arguments
+
+
 def environment_arguments(environment: dict[str, str]) -> list[str]:
     arguments = ["--clearenv"]
     for name, value in environment.items():
@@ -156,13 +172,17 @@ async def spawn_bwrap(
     enter: Callable[[], None],
     attachment: Attachment | None,
     merge_stderr: bool,
+    seccomp_program: bytes | None = None,
+    extra_fds: tuple[int, ...] = (),
+    prefix: tuple[str, ...] | list[str] = (),
 ) -> asyncio.subprocess.Process:
-    """Start `command` under bubblewrap with `options`, the seccomp filter and `environment`
-    (as arguments, see BWRAP). Between fork and exec the child moves into the attachment's
+    """Start `command` under bubblewrap with `options`, the seccomp filter (the container
+    filter unless given) and `environment` (as arguments, see BWRAP); behind `prefix` (a
+    launcher that ends by executing bubblewrap) when given. Between fork and exec the child moves into the attachment's
     network namespace, then calls `enter` (cgroup, overlay root). Shared by containers and
     image build steps."""
-    seccomp_fd = seccomp.program_fd() if seccomp.supported() else None
-    arguments = [BWRAP, *options]
+    seccomp_fd = seccomp.program_fd(seccomp_program) if seccomp.supported() else None
+    arguments = [*prefix, BWRAP, *options]
     if seccomp_fd is not None:
         arguments += ["--seccomp", str(seccomp_fd)]
     arguments += [*environment_arguments(environment), "--", *command]
@@ -182,7 +202,7 @@ async def spawn_bwrap(
             env=SANDBOX_TOOL_ENVIRONMENT,
             start_new_session=True,
             preexec_fn=in_child,
-            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+            pass_fds=((seccomp_fd,) if seccomp_fd is not None else ()) + extra_fds,
         )
     finally:
         for fd in (seccomp_fd, netns_fd):
@@ -252,14 +272,38 @@ async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContaine
 class SandboxRuntime:
     name = "sandbox"
 
-    def __init__(self, network: BridgeNetwork | None = None) -> None:
+    def __init__(self, network: BridgeNetwork | None = None, zygotes: ZygotePool | None = None) -> None:
         self.limits_enabled = cgroups.available()
         if not self.limits_enabled:
             log.warning("cgroup v1 (memory, cpu, pids) is not writable here: containers run without resource limits")
         self.network = network
+        self.zygotes = zygotes
 
-    async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer:
+    def prewarm(self, zygote: object) -> None:
+        if self.zygotes is not None and isinstance(zygote, ZygoteImage):
+            self.zygotes.prewarm(zygote)
+
+    def sweep(self) -> None:
+        if self.zygotes is not None:
+            self.zygotes.sweep()
+
+    async def shutdown(self) -> None:
+        if self.zygotes is not None:
+            await self.zygotes.shutdown()
+
+    async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer | ForkedContainer:
         prepared = await prepare(spec, self.limits_enabled)
+        zygote = None
+        if self.zygotes is not None and isinstance(spec.zygote, ZygoteImage) and spec.zygote.accepts(spec):
+            zygote = await self.zygotes.get(spec.zygote)
+        if zygote is not None:
+            try:
+                return await zygote.fork(spec, prepared, self.network, on_output)
+            except ZygoteUnavailable as error:
+                log.warning("container %s starts the ordinary way: %s", spec.task_id, error)
+            except BaseException:
+                prepared.release(spec)
+                raise
         attachment = None
         if spec.network and self.network is not None:
             try:
@@ -289,7 +333,7 @@ class SandboxRuntime:
         command = [
             "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.task_id, "--cap-drop", "ALL",
-            "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", "--proc", "/proc",
+            "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", *proc_arguments(),
             "--ro-bind", str(prepared.hosts), "/etc/hosts",
             "--ro-bind", str(prepared.arguments_path), ARGUMENTS_PATH,
         ]  # fmt: skip

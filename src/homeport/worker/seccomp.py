@@ -55,6 +55,13 @@ BLOCKED_X86_64 = {
 }  # fmt: skip
 
 
+# A zygote (worker/zygote.py) makes each container's namespaces and mounts itself, inside
+# its own user namespace: it may use these; every container it forks installs the full
+# filter on top before any of its code runs.
+ZYGOTE_ALLOWED = {"mount", "umount2", "pivot_root", "unshare", "setns", "sethostname"}
+BLOCKED_IN_ZYGOTE = {name: number for name, number in BLOCKED_X86_64.items() if name not in ZYGOTE_ALLOWED}
+
+
 def _instruction(code: int, jump_true: int, jump_false: int, value: int) -> bytes:
     return struct.pack("=HBBI", code, jump_true, jump_false, value)
 
@@ -101,10 +108,11 @@ def supported() -> bool:
     return platform.machine() == "x86_64"
 
 
-def program_fd() -> int:
-    """A file descriptor holding the program, positioned at its start, for `bwrap --seccomp`.
-    bubblewrap reads it once; the caller closes it after starting the sandbox."""
+def program_fd(code: bytes | None = None) -> int:
+    """A file descriptor holding the program (the container filter unless given), positioned
+    at its start, for `bwrap --seccomp`. bubblewrap reads it once; the caller closes it after
+    starting the sandbox."""
     fd = os.memfd_create("homeport-seccomp", os.MFD_CLOEXEC)
-    os.write(fd, program())
+    os.write(fd, program() if code is None else code)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

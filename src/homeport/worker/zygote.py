@@ -1,0 +1,591 @@
+"""Zygotes: containers forked from a pre-started, pre-imported Python instead of started
+from a fresh interpreter (about 5-10 ms instead of 300+ ms of a core).
+
+One zygote per (workspace, image, client package): `python /.homeport/zygote.py`
+(worker/zygote_main.py) on the image's own Python, in bubblewrap with a user namespace of
+its own (root inside, mapped to root; capabilities only over namespaces it owns), its own
+PID/IPC/UTS/network namespaces, the image's root filesystem (with a throwaway writable
+layer) and a seccomp filter that still refuses everything a container may not do except
+making namespaces and mounts. It imports the client runtime once, never user code.
+
+Per container, the zygote forks a child that becomes PID 1 of a new PID namespace and
+enters new mount/UTS/IPC/network namespaces. The server then puts it in its cgroup and
+on the bridge network and says "go": the child mounts the container's overlay root (its
+mounts layer and a fresh writable layer over the zygote's root), a fresh /dev and /proc,
+the same binds a bubblewrap container gets, pivots into it, drops every capability for
+good, installs the container seccomp filter and forks the entrypoint. What a forked
+container shares with its zygote, and why that is safe, is in the README ("Cold starts").
+
+The container's work directory reaches the zygote through its stage: a directory bound
+into the zygote with slave propagation, into which the server bind-mounts each
+container's work directory (only that; the zygote never sees other tasks' files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from homeport.worker import cgroups, rootfs, seccomp
+from homeport.worker.network import Attachment, BridgeNetwork, NetworkError
+from homeport.worker.runtime import (
+    ARGUMENTS_PATH,
+    CONTROL_SOCKET,
+    ContainerSpec,
+    ContainerStartError,
+    OutputCallback,
+)
+
+log = logging.getLogger("homeport.zygote")
+
+ZYGOTE_SCRIPT = Path(__file__).with_name("zygote_main.py")
+INSIDE = "/.homeport"  # where the zygote finds its script, filter, stage and sockets
+STAGE_INSIDE = f"{INSIDE}/t"
+# The image's root filesystem again, as a mount with nothing mounted under it: overlayfs
+# refuses a lower layer with locked mounts inside (the zygote's own root has several).
+IMAGE_INSIDE = f"{INSIDE}/image"
+# How long a zygote may take to import the client, and a container to be forked.
+READY_TIMEOUT_S = 60.0
+FORK_TIMEOUT_S = 10.0
+# A zygote no container has used for this long is stopped (it holds ~40 MiB).
+IDLE_S = 600.0
+MAX_ZYGOTES = 16
+RETRY_S = 60.0  # after a zygote failed or died, before another is tried for that image
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+class ZygoteUnavailable(Exception):
+    """This zygote cannot fork now; start the container the ordinary way."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ZygoteImage:
+    """What a zygote is for: containers of one workspace (never shared across workspaces),
+    on one image, with one client package and start-up environment."""
+
+    domain: str
+    layers: tuple[Path, ...]
+    environment: tuple[tuple[str, str], ...]
+    client_package_dir: Path
+    control_socket: Path | None
+
+    def accepts(self, spec: ContainerSpec) -> bool:
+        """Containers whose interpreter would start differently (a PYTHON* variable from a
+        secret), need devices, keep their writable layer or bind paths outside their work
+        directory start the ordinary way."""
+        started = dict(self.environment)
+        python_variables = {k for k in (*started, *spec.environment) if k.startswith("PYTHON")}
+        return (
+            not spec.gpu_devices
+            and spec.upper_dir is None
+            and spec.command == ContainerSpec.command
+            and all(started.get(k) == spec.environment.get(k) for k in python_variables)
+            and all(d.host_path.is_relative_to(spec.work_dir) for d in spec.directories)
+        )
+
+
+def _mount(source: str | None, target: Path, flags: int) -> None:
+    if _libc.mount(source.encode() if source else None, str(target).encode(), None, flags, None) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
+
+
+def _unmount(target: Path) -> None:
+    _libc.umount2(str(target).encode(), MNT_DETACH)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _namespace_pids(pid: int) -> list[int]:
+    """The process's pid in each PID namespace it is in, outermost first."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return [int(part) for part in line.split()[1:]]
+    except OSError:
+        pass
+    return []
+
+
+def _forked_child(parent: int, pid_seen_by_parent: int) -> int | None:
+    """The host pid of the zygote's child that the zygote knows as `pid_seen_by_parent`
+    (the child is PID 1 of its own namespace: the zygote's view is one level up)."""
+    for child in _children(parent):
+        pids = _namespace_pids(child)
+        if len(pids) >= 2 and pids[-2] == pid_seen_by_parent:
+            return child
+    return None
+
+
+def _zygote_pid(launcher: int) -> int | None:
+    """The host pid of the zygote's Python under its launcher (unshare, bubblewrap)."""
+    pending = [launcher]
+    while pending:
+        pid = pending.pop()
+        try:
+            # Its launchers carry the same words among their arguments; only it starts with them.
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"python", f"{INSIDE}/zygote.py".encode()]:
+                return pid
+        except OSError:
+            continue
+        pending.extend(_children(pid))
+    return None
+
+
+class ForkedContainer:
+    """A container forked from a zygote (the runtime.Container interface)."""
+
+    def __init__(self, task_id: str, host_pid: int, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
+                 work_dir: Path, cgroup: cgroups.Cgroup | None, stage: Path) -> None:  # fmt: skip
+        self.task_id = task_id
+        self.host_pid = host_pid  # PID 1 of its namespace
+        self._exited = exited
+        self._readers = readers
+        self._work_dir = work_dir
+        self._cgroup = cgroup
+        self._stage = stage
+        self._oom_killed = False
+        self.on_exit: list[Callable[[], None]] = []
+
+    async def wait(self) -> int:
+        code = await self._exited
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        for release in self.on_exit:
+            await asyncio.to_thread(release)
+        if self._cgroup is not None:
+            self._oom_killed = self._cgroup.oom_killed()
+            self._cgroup.remove()
+        _unmount(self._stage)
+        with contextlib.suppress(OSError):
+            self._stage.rmdir()
+        shutil.rmtree(self._work_dir, ignore_errors=True)
+        return code
+
+    def exit_reason(self) -> str | None:
+        if self._oom_killed and self._cgroup is not None:
+            return f"the container exceeded its memory limit of {self._cgroup.limits.memory_mib} MiB"
+        return None
+
+    def interrupt(self) -> None:
+        # To the entrypoint (PID 2 inside): @exit handlers run and volumes commit.
+        targets = _children(self.host_pid)[:1] or [self.host_pid]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+
+    def kill(self) -> None:
+        # PID 1 of the namespace: the kernel takes every other process in it along.
+        if not self._exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.host_pid, signal.SIGKILL)
+
+
+class Zygote:
+    def __init__(self, image: ZygoteImage, directory: Path) -> None:
+        self.image = image
+        self.directory = directory
+        self.stage = directory / "stage"
+        self.process: asyncio.subprocess.Process | None = None
+        self.host_pid = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.last_used = time.monotonic()
+        self._control: socket.socket | None = None
+        self._forked: dict[str, asyncio.Future[int]] = {}
+        self._exited: dict[str, asyncio.Future[int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.import_ms = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None and not (
+            self.ready.done() and self.ready.exception() is not None
+        )
+
+    @property
+    def containers(self) -> int:
+        return len(self._exited)
+
+    async def start(self) -> None:
+        for name in ("upper", "work", "root", "stage"):
+            (self.directory / name).mkdir(parents=True, exist_ok=True)
+        # The stage is a shared mount point: what the server binds under it later shows up
+        # inside the zygote (whose copy is a slave of it).
+        _mount(str(self.stage), self.stage, MS_BIND)
+        _mount(None, self.stage, MS_SHARED)
+        container_filter = self.directory / "seccomp.bpf"
+        container_filter.write_bytes(seccomp.program() if seccomp.supported() else b"")
+        overlay = rootfs.Overlay(
+            list(self.image.layers), self.directory / "upper", self.directory / "work", self.directory / "root",
+            receive_host_mounts=True,
+        )  # fmt: skip
+        overlay.prepare()
+        binds = [  # (host path, path inside, read-only)
+            (self.image.client_package_dir, "/pkg", True),
+            (ZYGOTE_SCRIPT, f"{INSIDE}/zygote.py", True),
+            (container_filter, f"{INSIDE}/seccomp.bpf", True),
+            (self.stage, STAGE_INSIDE, False),
+        ]
+        if self.image.control_socket is not None:
+            binds.append((self.image.control_socket, f"{INSIDE}/grpc.sock", False))
+        if Path("/etc/resolv.conf").is_file():
+            binds.append((Path("/etc/resolv.conf"), f"{INSIDE}/resolv.conf", True))
+        # Mount points, made in the zygote's own writable layer before it is mounted.
+        upper = self.directory / "upper"
+        (upper / "proc").mkdir(exist_ok=True)
+        (upper / IMAGE_INSIDE.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for source, inside, _ in binds:
+            point = upper / inside.lstrip("/")
+            point.parent.mkdir(parents=True, exist_ok=True)
+            if Path(source).is_dir():
+                point.mkdir(exist_ok=True)
+            else:
+                point.touch()
+        merged = overlay.merged
+
+        def furnish() -> None:
+            """Between fork and exec, still as the host's root: the overlay root and every
+            bind, read-only ones remounted so. Made before the zygote's user namespace
+            exists, so inside it they are locked: its capabilities cannot make them
+            writable (or reveal what is under them)."""
+            overlay.mount_in_child()
+            image = merged / IMAGE_INSIDE.lstrip("/")
+            _mount(str(merged), image, MS_BIND)  # before the binds below: none of them inside it
+            _mount(None, image, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            for source, inside, read_only in binds:
+                target = merged / inside.lstrip("/")
+                _mount(str(source), target, MS_BIND)
+                if read_only:
+                    _mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.set_inheritable(True)
+        # The zygote's /proc: read-only, of a PID namespace of its own, mounted (by the
+        # host's mount, as the host's root) before bubblewrap makes the user namespace, so
+        # every proc mounted inside later must be read-only too (worker/zygote_main.py).
+        # uid 0 inside is the host's uid 0, and a writable /proc/sys would let it write
+        # host sysctls such as kernel.core_pattern.
+        prefix = [
+            "unshare", "--pid", "--fork", "--kill-child", "/bin/sh", "-c",
+            'mount -t proc -o ro,nosuid,nodev,noexec proc "$0" && exec "$@"', str(merged / "proc"),
+        ]  # fmt: skip
+        options = [
+            "--die-with-parent", "--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+            "--bind", str(merged), "/", "--dev", "/dev",
+        ]  # fmt: skip
+        environment = {**dict(self.image.environment), "HOMEPORT_ZYGOTE_FD": str(theirs.fileno())}
+        from homeport.worker.sandbox import spawn_bwrap  # sandbox imports this module
+
+        zygote_filter = seccomp.program(seccomp.BLOCKED_IN_ZYGOTE) if seccomp.supported() else None
+        try:
+            self.process = await spawn_bwrap(
+                options, environment, ["python", f"{INSIDE}/zygote.py"], furnish, None, merge_stderr=True,
+                seccomp_program=zygote_filter, extra_fds=(theirs.fileno(),), prefix=prefix,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._control = ours
+        self._tasks = [
+            asyncio.create_task(self._read_control()),
+            asyncio.create_task(self._read_log()),
+        ]
+        await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT_S)
+
+    async def _read_log(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for line in self.process.stdout:
+            log.info("zygote %s: %s", self.directory.name, line.decode(errors="replace").rstrip())
+
+    async def _read_control(self) -> None:
+        assert self._control is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await loop.sock_recv(self._control, 1 << 16)
+                if not data:
+                    break
+                self._on_message(json.loads(data))
+        except OSError as error:
+            log.warning("zygote %s: control channel failed: %s", self.directory.name, error)
+        finally:
+            self._gone("its zygote exited")
+
+    def _on_message(self, message: dict) -> None:  # type: ignore[type-arg]
+        op, task = message["op"], message.get("task", "")
+        if op == "ready":
+            self.import_ms = message["import_ms"]
+            self.host_pid = (self.process and _zygote_pid(self.process.pid)) or 0
+            log.info("zygote %s ready: the client runtime imported in %.0f ms", self.directory.name, self.import_ms)
+            if not self.ready.done():
+                self.ready.set_result(None)
+        elif op == "failed":
+            log.warning("zygote %s could not start (containers start the ordinary way): %s", self.directory.name, message["error"])
+            if not self.ready.done():
+                self.ready.set_exception(ZygoteUnavailable(message["error"]))
+        elif op == "forked":
+            future = self._forked.pop(task, None)
+            if future is not None and not future.done():
+                future.set_result(message["pid"])
+        elif op == "exited":
+            forked = self._forked.pop(task, None)
+            if forked is not None and not forked.done():
+                forked.set_exception(ZygoteUnavailable(message.get("error", "the container exited while being forked")))
+            exited = self._exited.pop(task, None)
+            if exited is not None and not exited.done():
+                exited.set_result(int(message["code"]))
+
+    def _gone(self, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ZygoteUnavailable(reason))
+        for future in [*self._forked.values()]:
+            if not future.done():
+                future.set_exception(ZygoteUnavailable(reason))
+        for future in self._exited.values():
+            if not future.done():
+                future.set_result(-signal.SIGKILL)  # PDEATHSIG took them
+        self._forked.clear()
+        self._exited.clear()
+
+    def _send(self, message: dict, fds: tuple[int, ...] = ()) -> None:  # type: ignore[type-arg]
+        if self._control is None:
+            raise ZygoteUnavailable("the zygote is not running")
+        data = json.dumps(message).encode()
+        try:
+            if fds:
+                socket.send_fds(self._control, [data], list(fds))
+            else:
+                self._control.send(data)
+        except OSError as error:
+            raise ZygoteUnavailable(f"the zygote does not answer: {error}") from None
+
+    async def fork(self, spec: ContainerSpec, prepared, network: BridgeNetwork | None, on_output: OutputCallback) -> ForkedContainer:  # type: ignore[no-untyped-def]
+        """Fork a container for `spec` (already laid out by sandbox.prepare)."""
+        from homeport.worker.sandbox import pump_output
+
+        self.last_used = began = time.monotonic()
+        stage = self.stage / spec.task_id
+        stage.mkdir()
+        _mount(str(spec.work_dir), stage, MS_BIND)
+        inside = f"{STAGE_INSIDE}/{spec.task_id}"
+
+        def translate(path: Path) -> str:
+            return f"{inside}/{path.relative_to(spec.work_dir)}"
+
+        overlay = prepared.overlay
+        lower = [translate(layer) for layer in overlay.lower if layer.is_relative_to(spec.work_dir)] + [IMAGE_INSIDE]
+        binds = [
+            [translate(prepared.hosts), "/etc/hosts", True],
+            [translate(prepared.arguments_path), ARGUMENTS_PATH, True],
+            ["/pkg", "/pkg", True],
+        ]
+        if spec.network and Path("/etc/resolv.conf").is_file():
+            binds.append([f"{INSIDE}/resolv.conf", "/etc/resolv.conf", True])
+        if spec.control_socket is not None:
+            binds.append([f"{INSIDE}/grpc.sock", CONTROL_SOCKET, False])
+        binds += [[translate(d.host_path), d.container_path, d.read_only] for d in spec.directories]
+        request = {
+            "lower": lower,
+            "upper": translate(overlay.upper),
+            "work": translate(overlay.work),
+            "merged": translate(overlay.merged),
+            "disk_mib": overlay.size_mib,
+            "binds": binds,
+            "network": bool(spec.network and network is not None),
+            "environment": prepared.environment,
+            "working_dir": spec.working_dir,
+        }
+        loop = asyncio.get_running_loop()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        forked: asyncio.Future[int] = loop.create_future()
+        exited: asyncio.Future[int] = loop.create_future()
+        self._forked[spec.task_id] = forked
+        self._exited[spec.task_id] = exited
+        attachment: Attachment | None = None
+        readers: list[asyncio.Task[None]] = []
+        try:
+            try:
+                self._send({"op": "fork", "task": spec.task_id, "spec": request}, (stdout_w, stderr_w))
+            finally:
+                os.close(stdout_w)
+                os.close(stderr_w)
+            readers = [
+                asyncio.create_task(pump_output(await _reader(stdout_r), 1, on_output)),
+                asyncio.create_task(pump_output(await _reader(stderr_r), 2, on_output)),
+            ]
+            stdout_r = stderr_r = -1
+            inner_pid = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
+            host_pid = _forked_child(self.host_pid, inner_pid)
+            if host_pid is None:
+                raise ZygoteUnavailable(f"forked container {spec.task_id} is not among the zygote's children")
+            if prepared.cgroup is not None:
+                prepared.cgroup.add(host_pid)
+            if request["network"]:
+                assert network is not None
+                try:
+                    attachment = await asyncio.to_thread(network.attach, spec.task_id, host_pid)
+                except NetworkError as error:
+                    raise ContainerStartError(str(error)) from None
+            self._send({"op": "go", "task": spec.task_id})
+        except BaseException:
+            self._forked.pop(spec.task_id, None)
+            self._exited.pop(spec.task_id, None)
+            with contextlib.suppress(ZygoteUnavailable):
+                self._send({"op": "abort", "task": spec.task_id})
+            for fd in (stdout_r, stderr_r):
+                if fd >= 0:
+                    os.close(fd)
+            for reader in readers:
+                reader.cancel()
+            if attachment is not None and network is not None:
+                network.detach(attachment)
+            _unmount(stage)
+            with contextlib.suppress(OSError):
+                stage.rmdir()
+            raise
+        container = ForkedContainer(spec.task_id, host_pid, exited, readers, spec.work_dir, prepared.cgroup, stage)
+        log.info("container %s forked from zygote %s in %.1f ms", spec.task_id, self.directory.name, (time.monotonic() - began) * 1000)
+        if attachment is not None and network is not None:
+            network_, attached = network, attachment
+            container.on_exit.append(lambda: network_.detach(attached))
+        return container
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+        for task in self._tasks:
+            task.cancel()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        self._gone("its zygote was stopped")
+        for entry in self.stage.iterdir() if self.stage.exists() else []:
+            _unmount(entry)
+        _unmount(self.stage)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def _reader(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    return reader
+
+
+class ZygotePool:
+    """The zygotes of this node: started ahead of need (prewarm) or on first use, stopped
+    when idle. A container whose zygote is not ready starts the ordinary way meanwhile."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.zygotes: dict[ZygoteImage, Zygote] = {}
+        self._starting: dict[ZygoteImage, asyncio.Task[None]] = {}
+        self._counter = 0
+        self._sweep_leftovers()
+        os.chmod(self.root, 0o700)  # zygote roots hold image files (setuid binaries included)
+
+    def _sweep_leftovers(self) -> None:
+        """Stage mounts and directories of zygotes from a previous run of this server."""
+        if not self.root.exists():
+            self.root.mkdir(parents=True)
+            return
+        for directory in self.root.iterdir():
+            stage = directory / "stage"
+            for entry in stage.iterdir() if stage.is_dir() else []:
+                _unmount(entry)
+            _unmount(stage)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    async def get(self, image: ZygoteImage) -> Zygote | None:
+        """The zygote for this image, started (and waited for) if need be; None when one
+        failed lately (containers then start the ordinary way for RETRY_S)."""
+        zygote = self.zygotes.get(image)
+        if zygote is not None and image not in self._starting and not zygote.alive:
+            if time.monotonic() - zygote.last_used < RETRY_S:
+                return None
+            self._forget(image)
+            zygote = None
+        if zygote is None:
+            self.prewarm(image)
+            zygote = self.zygotes.get(image)
+            if zygote is None:
+                return None  # no room for another zygote
+        try:
+            await asyncio.shield(zygote.ready)
+        except Exception:  # noqa: BLE001 - logged where it failed; the container starts the ordinary way
+            return None
+        return zygote if zygote.alive else None
+
+    def prewarm(self, image: ZygoteImage) -> None:
+        if image in self.zygotes or image in self._starting:
+            return
+        if len(self.zygotes) >= MAX_ZYGOTES and not self._evict_one():
+            return
+        self._counter += 1
+        zygote = Zygote(image, self.root / f"z{os.getpid()}-{self._counter}")
+        self.zygotes[image] = zygote
+        self._starting[image] = asyncio.create_task(self._start(image, zygote))
+
+    async def _start(self, image: ZygoteImage, zygote: Zygote) -> None:
+        try:
+            await zygote.start()
+        except Exception as error:
+            log.warning("zygote for %s not started: %s", image.layers[:1], error or type(error).__name__)
+            await zygote.stop()
+            # Kept (not alive) so a failing image is not retried on every container.
+            zygote.last_used = time.monotonic()
+        finally:
+            self._starting.pop(image, None)
+
+    def _forget(self, image: ZygoteImage) -> None:
+        zygote = self.zygotes.pop(image, None)
+        if zygote is not None:
+            asyncio.get_running_loop().create_task(zygote.stop())
+
+    def _evict_one(self) -> bool:
+        idle = [(z.last_used, image) for image, z in self.zygotes.items() if z.containers == 0 and image not in self._starting]
+        if not idle:
+            return False
+        self._forget(min(idle)[1])
+        return True
+
+    def sweep(self) -> None:
+        """Stop zygotes nobody used for IDLE_S."""
+        now = time.monotonic()
+        for image, zygote in list(self.zygotes.items()):
+            if image not in self._starting and zygote.containers == 0 and now - zygote.last_used > IDLE_S:
+                self._forget(image)
+
+    async def shutdown(self) -> None:
+        for task in list(self._starting.values()):
+            task.cancel()
+        await asyncio.gather(*(z.stop() for z in self.zygotes.values()), return_exceptions=True)
+        self.zygotes.clear()

@@ -1,0 +1,388 @@
+"""The zygote: runs *inside* a sandbox, on the image's own Python, and forks containers.
+
+Started by worker/zygote.py as `python /.homeport/zygote.py` in bubblewrap with a user
+namespace of its own (root inside, mapped to root, holding capabilities only over the
+namespaces it owns), its own PID/IPC/UTS/network namespaces, the image's root filesystem
+and a seccomp filter. It imports the client runtime (`modal._container_entrypoint` and
+what that pulls in) once, then waits for requests on its control socket. For each
+container it forks a child that becomes PID 1 of a fresh PID namespace, enters fresh
+mount/UTS/IPC/network namespaces, mounts the container's own overlay root, drops every
+capability, installs the container seccomp filter and forks the entrypoint, which runs
+the client's `__main__` exactly as `python -m modal._container_entrypoint` would.
+
+Never the user's module: that is imported by the entrypoint, in the container, after the
+fork. This file uses the standard library only (it runs on whatever Python the image has)
+and never imports Homeport.
+
+Protocol (SOCK_SEQPACKET, one JSON object per message, fds with SCM_RIGHTS):
+  server -> zygote  {"op": "fork", "task": ..., "spec": {...}}  fds: [stdout, stderr]
+                    {"op": "go", "task": ...}     the server has placed the child in its
+                                                  cgroup and network: set it up and run
+                    {"op": "abort", "task": ...}
+  zygote -> server  {"op": "ready", "import_ms": ...} | {"op": "failed", "error": ...}
+                    {"op": "forked", "task": ..., "pid": <pid in the zygote's namespace>}
+                    {"op": "exited", "task": ..., "code": ...}
+"""
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+SYS_PIVOT_ROOT = 155
+SYS_CAPSET = 126
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 1
+# The device nodes every container gets (as bubblewrap's --dev does).
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+ENTRYPOINT = "modal._container_entrypoint"
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.syscall.restype = ctypes.c_long
+
+
+def check(result, what):
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def mount(source, target, fstype, flags, data=None):
+    check(
+        libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {source or fstype} on {target}",
+    )
+
+
+def bind(source, target, read_only):
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target):
+            open(target, "a").close()
+    mount(source, target, None, MS_BIND | MS_REC)
+    if read_only:
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def send(control, message, fds=()):
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(control, [data], list(fds))
+    else:
+        control.send(data)
+
+
+class Zygote:
+    def __init__(self, control):
+        self.control = control
+        self.children = {}  # pid -> task id
+        self.go = {}  # task id -> write end of the child's go pipe
+        self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        with open("/.homeport/seccomp.bpf", "rb") as program:
+            self.seccomp = program.read()
+
+    def serve(self):
+        """Answer requests until the server goes away; returns a Container in a forked child."""
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        selector = selectors.DefaultSelector()
+        selector.register(self.control, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        self.reap()
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj == wake_r:
+                    try:
+                        os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                    continue
+                data, fds, _, _ = socket.recv_fds(self.control, 1 << 20, 8)
+                if not data:
+                    sys.exit(0)  # the server is gone: so are we (and, by PDEATHSIG, every container)
+                message = json.loads(data)
+                if message["op"] == "fork":
+                    child = self.fork(message["task"], message["spec"], fds)
+                    if child is not None:
+                        selector.close()
+                        for fd in (wake_r, wake_w):
+                            os.close(fd)
+                        return child
+                elif message["op"] in ("go", "abort"):
+                    pipe = self.go.pop(message["task"], None)
+                    if pipe is not None:
+                        try:
+                            os.write(pipe, b"g" if message["op"] == "go" else b"a")
+                        except OSError:
+                            pass
+                        os.close(pipe)
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            task = self.children.pop(pid, None)
+            if task is not None:
+                pipe = self.go.pop(task, None)
+                if pipe is not None:
+                    os.close(pipe)
+                send(self.control, {"op": "exited", "task": task, "code": os.waitstatus_to_exitcode(status)})
+
+    def fork(self, task, spec, fds):
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The next child is PID 1 of a namespace of its own; the zygote's own children
+        # after it go back to the zygote's namespace.
+        check(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        try:
+            pid = os.fork()
+        except OSError as error:
+            check(libc.setns(self.own_pid_namespace, CLONE_NEWPID), "setns back")
+            for fd in (ready_r, ready_w, go_r, go_w, *fds):
+                os.close(fd)
+            send(self.control, {"op": "exited", "task": task, "code": 255, "error": str(error)})
+            return None
+        if pid == 0:
+            for fd in (ready_r, go_w, self.own_pid_namespace, *self.go.values()):
+                os.close(fd)
+            self.control.close()
+            return Container(task, spec, fds, ready_w, go_r, self.seccomp)
+        check(libc.setns(self.own_pid_namespace, CLONE_NEWPID), "setns back")
+        for fd in (ready_w, go_r, *fds):
+            os.close(fd)
+        ready = os.read(ready_r, 1)  # the child's namespaces exist (or it failed)
+        os.close(ready_r)
+        self.children[pid] = task
+        if ready != b"r":
+            os.close(go_w)
+            return None  # it exits; reap() reports it
+        self.go[task] = go_w
+        send(self.control, {"op": "forked", "task": task, "pid": pid})
+        return None
+
+
+class Container:
+    """The forked child: PID 1 of the container."""
+
+    def __init__(self, task, spec, fds, ready_w, go_r, seccomp):
+        self.task = task
+        self.spec = spec
+        self.stdout, self.stderr = fds
+        self.ready_w = ready_w
+        self.go_r = go_r
+        self.seccomp = seccomp
+
+    def run(self):
+        """Returns True in the entrypoint process; PID 1 never returns."""
+        try:
+            if self.setup():
+                return True
+        except BaseException:
+            os.write(2, traceback.format_exc().encode(errors="replace"))
+            os._exit(254)
+        os._exit(self.supervise())
+
+    def setup(self):
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_DFL)
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+        check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
+        os.write(self.ready_w, b"r")
+        os.close(self.ready_w)
+        if os.read(self.go_r, 1) != b"g":  # aborted, or the zygote died
+            os._exit(253)
+        os.close(self.go_r)
+        os.dup2(self.stderr, 2)  # setup errors reach the container's log
+        self.enter_root()
+        check(libc.sethostname(self.task.encode(), len(self.task)), "sethostname")
+        if not self.spec["network"]:
+            bring_up_loopback()
+        self.drop_privileges()
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(self.stdout, 1)
+        os.dup2(self.stderr, 2)
+        os.closerange(3, 1 << 16)  # nothing of the zygote's stays open
+        self.entrypoint = os.fork()
+        if self.entrypoint == 0:
+            self.become_entrypoint()
+            return True
+        return False
+
+    def enter_root(self):
+        spec = self.spec
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        root = spec["merged"]
+        if spec["disk_mib"]:
+            mount("tmpfs", os.path.dirname(spec["upper"]), "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['disk_mib']}m,mode=0755")
+        for path in (spec["upper"], spec["work"], root):
+            os.makedirs(path, exist_ok=True)
+        lower = ":".join(spec["lower"])
+        mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']},userxattr")
+        self.make_dev(root + "/dev")
+        for source, target, read_only in spec["binds"]:
+            bind(source, root + target, read_only)
+        os.makedirs(root + spec["working_dir"], exist_ok=True)
+        old = root + "/.homeport-old-root"
+        os.makedirs(old, exist_ok=True)
+        check(libc.syscall(SYS_PIVOT_ROOT, root.encode(), old.encode()), "pivot_root")
+        os.chdir("/")
+        # A fresh /proc for the new PID namespace, mounted while the zygote's is still
+        # visible: the kernel allows one in a user namespace only if as visible a proc is
+        # there, and only as restricted. The zygote's is read-only, locked so by the host
+        # (worker/zygote.py), so this one must be read-only too: uid 0 here is the host's
+        # uid 0, which may write most host sysctls by plain file permissions.
+        os.makedirs("/proc", exist_ok=True)
+        mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        check(libc.umount2(b"/.homeport-old-root", MNT_DETACH), "detaching the zygote's root")
+        os.rmdir("/.homeport-old-root")
+        os.chdir(spec["working_dir"])
+
+    def make_dev(self, dev):
+        """A private /dev like bubblewrap's --dev: a tmpfs with the harmless device nodes
+        bound from the zygote's, its own /dev/shm and pseudo-terminals."""
+        os.makedirs(dev, exist_ok=True)
+        mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755")
+        for name in DEVICES:
+            if os.path.exists("/dev/" + name):
+                bind("/dev/" + name, f"{dev}/{name}", False)
+        os.mkdir(dev + "/shm")
+        mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        os.mkdir(dev + "/pts")
+        mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
+        os.symlink("pts/ptmx", dev + "/ptmx")
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):  # fmt: skip
+            os.symlink(target, f"{dev}/{name}")
+
+    def drop_privileges(self):
+        """Every capability gone for good (bounding set, ambient, effective/permitted), no
+        new privileges, then the container's seccomp filter (stacked on the zygote's)."""
+        with open("/proc/sys/kernel/cap_last_cap") as last:
+            last_cap = int(last.read())
+        for cap in range(last_cap + 1):
+            check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "dropping the bounding set")
+        check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+        header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+        data = bytes(24)  # two {effective, permitted, inheritable} triples, all zero
+        check(libc.syscall(SYS_CAPSET, header, data), "capset")
+        check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+        buffer = ctypes.create_string_buffer(self.seccomp, len(self.seccomp))
+        program = Fprog(len(self.seccomp) // 8, ctypes.addressof(buffer))
+        check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0), "installing seccomp")
+
+    def supervise(self):
+        """PID 1: reap every orphan, pass SIGINT/SIGTERM on to the entrypoint, and exit
+        with its status (which ends everything else in the namespace)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda number, _frame: os.kill(self.entrypoint, number))
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return 0
+            except InterruptedError:
+                continue
+            if pid == self.entrypoint:
+                code = os.waitstatus_to_exitcode(status)
+                return code if code >= 0 else 128 - code
+
+    def become_entrypoint(self):
+        """`python -m modal._container_entrypoint` from here on, in this process."""
+        for signum in (signal.SIGINT,):
+            signal.signal(signum, signal.default_int_handler)
+        os.environ.clear()
+        os.environ.update(self.spec["environment"])
+        sys.path[0] = os.getcwd()  # what -m puts first
+        sys.argv = ["-m"]
+
+
+def bring_up_loopback():
+    """block_network=True: the namespace has only `lo`, up (as bubblewrap's --unshare-net)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        import fcntl
+
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(probe, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def main():
+    control = socket.socket(fileno=int(os.environ.pop("HOMEPORT_ZYGOTE_FD")))
+    started = time.perf_counter()
+    try:
+        import threading
+
+        import modal  # noqa: F401
+        import modal._container_entrypoint  # noqa: F401
+
+        if threading.active_count() != 1:
+            raise RuntimeError(f"importing the client started {threading.active_count() - 1} thread(s); forking is unsafe")
+        zygote = Zygote(control)
+    except BaseException:
+        send(control, {"op": "failed", "error": traceback.format_exc()[-2000:]})
+        raise
+    send(control, {"op": "ready", "import_ms": round((time.perf_counter() - started) * 1000, 1), "pid": os.getpid()})
+    container = zygote.serve()
+    del zygote
+    if not container.run():
+        return
+    # The entrypoint: out of the zygote's frames, run the client's __main__.
+    import runpy
+
+    runpy._run_module_as_main(ENTRYPOINT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Containers forked from a zygote: the user's module is imported in each container, after
+the fork, so its import-time state is its own. Functional, not timed (see bench/)."""
+
+from __future__ import annotations
+
+import ast
+
+from tests.conftest import Server, assert_ok, run_python
+
+
+def test_forked_containers_get_fresh_import_time_state(server: Server) -> None:
+    text = assert_ok(run_python(server, "from fresh_state_app import app, state\nwith app.run():\n    print('STATES', list(state.map(range(4))))\n"))
+    states = ast.literal_eval(text.split("STATES ", 1)[1].splitlines()[0])
+    by_host = {s["host"]: s for s in states}
+    assert len(by_host) >= 2, by_host
+    # Had the zygote imported the user's module, every container would share these.
+    assert len({s["token"] for s in by_host.values()}) == len(by_host)
+    assert len({s["import_random"] for s in by_host.values()}) == len(by_host)
+    # Had the random generator not been reseeded after the fork, containers would repeat it.
+    assert len({s["call_random"] for s in states}) == len(states)
+    assert len({s["urandom"] for s in states}) == len(states)
+    log = server.log_path.read_text()
+    for host in by_host:  # the hostname is the container's task id
+        assert f"container {host} forked from zygote" in log, host
+
+
+def test_an_image_cannot_use_its_zygote_to_reach_the_host(server: Server) -> None:
+    """The zygote runs the image's own Python (and whatever start-up hooks the image has)
+    with capabilities over namespaces of its own; what the host gave it stays read-only."""
+    text = assert_ok(run_python(server, "from hostile_zygote_app import app, hello\nwith app.run():\n    print('HELLO', hello.remote())\n"))
+    host = text.split("HELLO hello from ", 1)[1].split()[0]
+    log = server.log_path.read_text()
+    assert f"container {host} forked from zygote" in log  # the hook ran in that zygote
+    probe = ast.literal_eval(log.split("ZYGOTE-PROBE ", 1)[1].splitlines()[0])
+    assert probe == {
+        "host_sysctl": "EROFS",  # uid 0 there is the host's: a writable /proc/sys would be its sysctls
+        "fresh_writable_proc": "EPERM",
+        "client_package_writable": "EPERM",  # shared by every container on the node
+        "image_writable": "EPERM",
+        "zygote_script": "EROFS",
+    }, probe
