@@ -51,7 +51,7 @@ def serve(
     blob_port: int = typer.Option(0, "--blob-port", help="HTTP port for blob URLs (default: port + 1)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     database_url: str | None = DatabaseUrl,
-    max_containers: int = typer.Option(32, "--max-containers", help="Containers this node runs at once."),
+    max_containers: int = typer.Option(128, "--max-containers", help="Containers this node runs at once (memory reservations usually bind first)."),
     runtime: str = typer.Option(
         os.environ.get("HOMEPORT_RUNTIME", "sandbox"),
         "--runtime",

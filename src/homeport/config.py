@@ -113,7 +113,7 @@ class Settings:
     blob_port: int = 0  # 0: port + 1
     host: str = "127.0.0.1"
     database_url: str | None = None  # None: SQLite under the data dir
-    max_containers: int = 32  # containers this node runs at once
+    max_containers: int = 128  # containers this node runs at once (its memory budget usually binds first)
     runtime: str = "sandbox"  # "sandbox" (bubblewrap) or "gvisor" (runsc, for untrusted code)
     # Fork sandbox containers from a pre-imported zygote per image (HOMEPORT_ZYGOTES=0: never).
     zygotes: bool = dataclasses.field(default_factory=lambda: os.environ.get("HOMEPORT_ZYGOTES", "1") != "0")

@@ -4,8 +4,13 @@ the fork, so its import-time state is its own. Functional, not timed (see bench/
 from __future__ import annotations
 
 import ast
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
-from tests.conftest import Server, assert_ok, run_python
+from tests.conftest import APPS, VENV_BIN, Server, assert_ok, run_python
 
 
 def test_forked_containers_get_fresh_import_time_state(server: Server) -> None:
@@ -39,3 +44,52 @@ def test_an_image_cannot_use_its_zygote_to_reach_the_host(server: Server) -> Non
         "image_writable": "EPERM",
         "zygote_script": "EROFS",
     }, probe
+
+
+def _zygotes_of(server: Server) -> list[int]:
+    """Host pids of this server's zygotes (their Python, under unshare and bubblewrap)."""
+    found, pending = [], [server.process.pid] if server.process else []
+    while pending:
+        pid = pending.pop()
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"python", b"/.homeport/zygote.py"]:
+                found.append(pid)
+                continue
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_zygote_loses_no_input(own_server: Server) -> None:
+    """Its containers die with it (they must not outlive what forked them); their inputs
+    go back to the queue (not the function's fault: no retry is used; `slow` has none) and
+    run in containers started the ordinary way until a new zygote is up."""
+    script = """
+import time
+from scaling_app import app, slow
+with app.run():
+    call = slow.spawn(1)
+    time.sleep(1.0)  # the input is running in a forked container
+    open(READY, "w").write("running")
+    print("RESULT", call.get(timeout=120), slow.remote(2))
+"""
+    ready = own_server.data_dir.parent / "running"
+    process = subprocess.Popen(
+        [str(VENV_BIN / "python"), "-c", script.replace("READY", repr(str(ready)))],
+        cwd=APPS, env=own_server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ready.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    zygotes = _zygotes_of(own_server)
+    assert zygotes, "no zygote was running"
+    for pid in zygotes:
+        os.kill(pid, signal.SIGKILL)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    hosts = output.split("RESULT ", 1)[1].split()[:2]
+    assert all(host.startswith("ta-") for host in hosts), output  # both answered, by containers
+    log = own_server.log_path.read_text()
+    assert "is gone" in log  # the server saw it, and requeued the input without using a retry

@@ -255,6 +255,14 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def inputs_queued(self, function_id: str, count: int) -> None:
+        """New inputs: containers of this node with room take them by themselves (the queue
+        notifies them); placement is woken only when they cannot hold them all. It also
+        runs every second whatever happens, so nothing waits on this shortcut."""
+        room = sum(c.free_slots for c in self.containers.values() if c.function_id == function_id)
+        if room < count:
+            self.wake()
+
     async def run_build_function(
         self,
         workspace_id: str,
@@ -676,6 +684,9 @@ class Scheduler:
         self.forget_credential(running.task_id)
         self.gpus.release(running.task_id)
         runtime_reason = running.container.exit_reason()
+        if running.stop_reason is None and getattr(running.container, "lost", False):
+            # The platform lost it (its zygote died): its inputs run again elsewhere, retries untouched.
+            running.stop_reason = runtime_reason
         reason = running.stop_reason or runtime_reason or f"exited with code {code}"
         with self.engine.begin() as connection:
             connection.execute(

@@ -7,10 +7,14 @@ sandboxed runtime and real images slot in without touching the control plane.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+
+from homeport.worker import cgroups
 
 OutputCallback = Callable[[int, str], None]  # (file descriptor 1|2, text)
 
@@ -63,6 +67,33 @@ class ContainerSpec:
     command: tuple[str, ...] = ("python", "-m", "modal._container_entrypoint")
     # May be forked from this zygote (worker/zygote.py) instead of started afresh.
     zygote: object | None = None  # a zygote.ZygoteImage
+
+
+class Holdings:
+    """What a started container holds until it has exited, released in order by `release`:
+    its output readers (drained), what `on_exit` lists (its network, its mounts), its
+    cgroup (asked first whether it ran out of memory) and its work directory."""
+
+    def __init__(self, readers: list[asyncio.Task[None]], work_dir: Path, cgroup: cgroups.Cgroup | None) -> None:
+        self.readers = readers
+        self.work_dir = work_dir
+        self.cgroup = cgroup
+        self.on_exit: list[Callable[[], None]] = []
+        self.oom_killed = False
+
+    async def release(self) -> None:
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        for release in self.on_exit:
+            await asyncio.to_thread(release)
+        if self.cgroup is not None:
+            self.oom_killed = self.cgroup.oom_killed()
+            self.cgroup.remove()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def exit_reason(self) -> str | None:
+        if self.oom_killed and self.cgroup is not None:
+            return f"the container exceeded its memory limit of {self.cgroup.limits.memory_mib} MiB"
+        return None
 
 
 class Container(Protocol):

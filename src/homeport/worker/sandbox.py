@@ -26,6 +26,7 @@ from homeport.worker.runtime import (
     CONTROL_SOCKET,
     ContainerSpec,
     ContainerStartError,
+    Holdings,
     OutputCallback,
 )
 from homeport.worker.zygote import ForkedContainer, ZygoteImage, ZygotePool, ZygoteUnavailable
@@ -47,27 +48,15 @@ class ProcessContainer:
     ):
         self.task_id = task_id
         self._process = process
-        self._readers = readers
-        self._work_dir = work_dir
-        self._cgroup = cgroup
-        self._oom_killed = False
-        self.on_exit: list[Callable[[], None]] = []  # what to release once it has exited (its network)
+        self.holdings = Holdings(readers, work_dir, cgroup)
 
     async def wait(self) -> int:
         code = await self._process.wait()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        for release in self.on_exit:
-            await asyncio.to_thread(release)
-        if self._cgroup is not None:
-            self._oom_killed = self._cgroup.oom_killed()
-            self._cgroup.remove()
-        shutil.rmtree(self._work_dir, ignore_errors=True)
+        await self.holdings.release()
         return code
 
     def exit_reason(self) -> str | None:
-        if self._oom_killed and self._cgroup is not None:
-            return f"the container exceeded its memory limit of {self._cgroup.limits.memory_mib} MiB"
-        return None
+        return self.holdings.exit_reason()
 
     def interrupt(self) -> None:
         # To the entrypoint itself: bubblewrap would die of SIGINT and take the whole
@@ -320,7 +309,7 @@ class SandboxRuntime:
             raise
         if attachment is not None and self.network is not None:
             network, attached = self.network, attachment
-            container.on_exit.append(lambda: network.detach(attached))
+            container.holdings.on_exit.append(lambda: network.detach(attached))
         return container
 
     async def _spawn(

@@ -34,7 +34,6 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from homeport.worker import cgroups, rootfs, seccomp
@@ -44,6 +43,7 @@ from homeport.worker.runtime import (
     CONTROL_SOCKET,
     ContainerSpec,
     ContainerStartError,
+    Holdings,
     OutputCallback,
 )
 
@@ -61,6 +61,7 @@ FORK_TIMEOUT_S = 10.0
 # A zygote no container has used for this long is stopped (it holds ~40 MiB).
 IDLE_S = 600.0
 MAX_ZYGOTES = 16
+LOST = -signal.SIGKILL  # the exit code of containers whose zygote died (PDEATHSIG)
 RETRY_S = 60.0  # after a zygote failed or died, before another is tried for that image
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -114,6 +115,12 @@ def _unmount(target: Path) -> None:
     _libc.umount2(str(target).encode(), MNT_DETACH)
 
 
+def _release_stage(stage: Path) -> None:
+    _unmount(stage)
+    with contextlib.suppress(OSError):
+        stage.rmdir()
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -165,31 +172,23 @@ class ForkedContainer:
         self.task_id = task_id
         self.host_pid = host_pid  # PID 1 of its namespace
         self._exited = exited
-        self._readers = readers
-        self._work_dir = work_dir
-        self._cgroup = cgroup
-        self._stage = stage
-        self._oom_killed = False
-        self.on_exit: list[Callable[[], None]] = []
+        self.holdings = Holdings(readers, work_dir, cgroup)
+        self.holdings.on_exit.append(lambda: _release_stage(stage))
 
     async def wait(self) -> int:
         code = await self._exited
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        for release in self.on_exit:
-            await asyncio.to_thread(release)
-        if self._cgroup is not None:
-            self._oom_killed = self._cgroup.oom_killed()
-            self._cgroup.remove()
-        _unmount(self._stage)
-        with contextlib.suppress(OSError):
-            self._stage.rmdir()
-        shutil.rmtree(self._work_dir, ignore_errors=True)
+        await self.holdings.release()
         return code
 
     def exit_reason(self) -> str | None:
-        if self._oom_killed and self._cgroup is not None:
-            return f"the container exceeded its memory limit of {self._cgroup.limits.memory_mib} MiB"
-        return None
+        if self.lost:
+            return "its zygote exited (the container went with it)"
+        return self.holdings.exit_reason()
+
+    @property
+    def lost(self) -> bool:
+        """Ended by the platform, not by itself: its inputs are not its fault."""
+        return self._exited.done() and self._exited.result() == LOST
 
     def interrupt(self) -> None:
         # To the entrypoint (PID 2 inside): @exit handlers run and volumes commit.
@@ -219,11 +218,15 @@ class Zygote:
         self._exited: dict[str, asyncio.Future[int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.import_ms = 0.0
+        self.dead = False
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None and not (
-            self.ready.done() and self.ready.exception() is not None
+        return (
+            not self.dead
+            and self.process is not None
+            and self.process.returncode is None
+            and not (self.ready.done() and self.ready.exception() is not None)
         )
 
     @property
@@ -361,6 +364,10 @@ class Zygote:
                 exited.set_result(int(message["code"]))
 
     def _gone(self, reason: str) -> None:
+        if not self.dead and self.ready.done() and self.ready.exception() is None:
+            log.warning("zygote %s is gone (%s); its containers with it", self.directory.name, reason)
+        self.dead = True
+        self.last_used = time.monotonic()  # the next one is tried RETRY_S from now
         if not self.ready.done():
             self.ready.set_exception(ZygoteUnavailable(reason))
         for future in [*self._forked.values()]:
@@ -368,7 +375,7 @@ class Zygote:
                 future.set_exception(ZygoteUnavailable(reason))
         for future in self._exited.values():
             if not future.done():
-                future.set_result(-signal.SIGKILL)  # PDEATHSIG took them
+                future.set_result(LOST)  # PDEATHSIG took them
         self._forked.clear()
         self._exited.clear()
 
@@ -465,15 +472,13 @@ class Zygote:
                 reader.cancel()
             if attachment is not None and network is not None:
                 network.detach(attachment)
-            _unmount(stage)
-            with contextlib.suppress(OSError):
-                stage.rmdir()
+            _release_stage(stage)
             raise
         container = ForkedContainer(spec.task_id, host_pid, exited, readers, spec.work_dir, prepared.cgroup, stage)
         log.info("container %s forked from zygote %s in %.1f ms", spec.task_id, self.directory.name, (time.monotonic() - began) * 1000)
         if attachment is not None and network is not None:
             network_, attached = network, attachment
-            container.on_exit.append(lambda: network_.detach(attached))
+            container.holdings.on_exit.insert(0, lambda: network_.detach(attached))
         return container
 
     async def stop(self) -> None:

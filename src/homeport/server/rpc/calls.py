@@ -66,16 +66,16 @@ async def function_map(context: RequestContext, request: api_pb2.FunctionMapRequ
     function = _callable_function(context, request.function_id)
     _check_inputs(list(request.pipelined_inputs))
     calls = context.state.calls
-    function_call_id = calls.create_call(
+    items = [(item.idx, item.input) for item in request.pipelined_inputs]
+    function_call_id, input_ids = calls.start_call(
         context.workspace_id,
         function.id,
         function.app_id,
         request.function_call_invocation_type,
         request.function_call_type,
+        items,
     )
-    items = [(item.idx, item.input) for item in request.pipelined_inputs]
-    input_ids = calls.enqueue(function_call_id, function.id, items)
-    context.state.scheduler.wake()
+    context.state.scheduler.inputs_queued(function.id, len(items))
     definition = function.definition or api_pb2.Function()
     return api_pb2.FunctionMapResponse(
         function_call_id=function_call_id,
@@ -106,7 +106,7 @@ async def function_put_inputs(
         )
     items = [(item.idx, item.input) for item in request.inputs]
     input_ids = calls.enqueue(call.id, call.function_id, items)
-    context.state.scheduler.wake()
+    context.state.scheduler.inputs_queued(call.function_id, len(items))
     return api_pb2.FunctionPutInputsResponse(
         inputs=[
             api_pb2.FunctionPutInputsResponseItem(idx=idx, input_id=input_id, input_jwt=input_jwt(call.id, input_id, idx))

@@ -109,6 +109,13 @@ class CallService:
     def create_call(
         self, workspace_id: str, function_id: str, app_id: str, invocation_type: int, call_type: int
     ) -> str:
+        return self.start_call(workspace_id, function_id, app_id, invocation_type, call_type, [])[0]
+
+    def start_call(
+        self, workspace_id: str, function_id: str, app_id: str, invocation_type: int, call_type: int,
+        items: list[tuple[int, api_pb2.FunctionInput]],
+    ) -> tuple[str, list[str]]:  # fmt: skip
+        """A new call and its first inputs, in one transaction: (call id, input ids)."""
         function_call_id = ids.new_id("function_call")
         with self.engine.begin() as connection:
             connection.execute(
@@ -122,7 +129,10 @@ class CallService:
                     created_at=time.time(),
                 )
             )
-        return function_call_id
+            input_ids = self._insert_inputs(connection, function_call_id, function_id, items)
+        if items:
+            self.notifier.notify(queue_key(function_id), limit=len(items))
+        return function_call_id, input_ids
 
     def call(self, workspace_id: str, function_call_id: str) -> sa.Row:
         """The call's identity (id, workspace, function, app, invocation type)."""
@@ -146,6 +156,17 @@ class CallService:
     def enqueue(
         self, function_call_id: str, function_id: str, items: list[tuple[int, api_pb2.FunctionInput]]
     ) -> list[str]:
+        if not items:
+            return []
+        with self.engine.begin() as connection:
+            input_ids = self._insert_inputs(connection, function_call_id, function_id, items)
+        self.notifier.notify(queue_key(function_id), limit=len(items))
+        return input_ids
+
+    @staticmethod
+    def _insert_inputs(
+        connection: sa.Connection, function_call_id: str, function_id: str, items: list[tuple[int, api_pb2.FunctionInput]]
+    ) -> list[str]:
         now = time.time()
         rows = [
             dict(
@@ -162,9 +183,7 @@ class CallService:
             for idx, function_input in items
         ]
         if rows:
-            with self.engine.begin() as connection:
-                connection.execute(schema.inputs.insert(), rows)
-            self.notifier.notify(queue_key(function_id), limit=len(rows))
+            connection.execute(schema.inputs.insert(), rows)
         return [row["id"] for row in rows]
 
     def pending_counts(self) -> dict[str, int]:
