@@ -27,11 +27,13 @@ from pathlib import Path
 log = logging.getLogger("homeport.network")
 
 CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
 NETNS_DIR = Path("/run/netns")
 CLAIMS_DIR = Path("/run/homeport/container-addresses")
 NAMESPACE_PREFIX = "hp-"
 ORPHAN_AGE_S = 60.0
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
 class NetworkError(Exception):
@@ -98,10 +100,16 @@ class BridgeNetwork:
                 swept += 1
         for claim in CLAIMS_DIR.glob("*") if CLAIMS_DIR.exists() else []:
             try:
-                holder = claim.read_text().strip()
+                holder, owner = _read_claim(claim)
+                age = now - claim.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if not (NETNS_DIR / holder).exists() and now - claim.stat().st_mtime > ORPHAN_AGE_S:
+            if owner is not None and not _alive(owner):
+                # Its server is gone, and with it (its mount namespace) the namespace: only
+                # the name's file is left on /run.
+                (NETNS_DIR / holder).unlink(missing_ok=True)
+                claim.unlink(missing_ok=True)
+            elif owner is None and not (NETNS_DIR / holder).exists() and age > ORPHAN_AGE_S:
                 claim.unlink(missing_ok=True)
         return swept
 
@@ -112,17 +120,19 @@ class BridgeNetwork:
 
     # -- containers ----------------------------------------------------------------------
 
-    def attach(self, task_id: str, pid: int | None = None) -> Attachment:
-        """A namespace with eth0 on the bridge: a new one, or (pid) the one that process
-        made for itself (a zygote's container, see worker/zygote.py)."""
+    def attach(self, task_id: str, pid: int | None = None, namespace_fd: int | None = None) -> Attachment:
+        """A namespace with eth0 on the bridge: a new one, or (namespace_fd) one a zygote's
+        container made for itself (see worker/zygote.py), given by an open descriptor."""
         short = task_id.removeprefix("ta-")[:10].lower()
         namespace, host_interface = f"{NAMESPACE_PREFIX}{short}", f"hv{short}"
         address = self._allocate(namespace)
         prefix = self.network.prefixlen
         try:
+            if namespace_fd is not None:
+                _name_namespace(namespace_fd, namespace)
             _ip_batch(
                 [
-                    f"netns attach {namespace} {pid}" if pid else f"netns add {namespace}",
+                    *([] if namespace_fd is not None else [f"netns add {namespace}"]),
                     f"link add {host_interface} type veth peer name eth0 netns {namespace}",
                     f"link set {host_interface} master {self.bridge}",
                     f"link set dev {host_interface} type bridge_slave isolated on",
@@ -169,26 +179,66 @@ class BridgeNetwork:
                     fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 except FileExistsError:
                     try:
-                        holder = claim.read_text().strip()
-                    except FileNotFoundError:
-                        continue
-                    try:
+                        holder, owner = _read_claim(claim)
                         age = time.time() - claim.stat().st_mtime
                     except FileNotFoundError:
                         continue
-                    # A claim whose namespace is gone is stale once old enough: a young one may
-                    # belong to a server (this or another) that has not made its namespace yet.
-                    if (holder and (NETNS_DIR / holder).exists()) or age < ORPHAN_AGE_S:
+                    # A claim is stale once its server is gone; an old-style one (no server
+                    # pid) once its namespace is gone and it is old enough: a young one may
+                    # belong to a server that has not made its namespace yet.
+                    if owner is not None and _alive(owner):
                         continue
-                    claim.write_text(namespace)  # left by a server that died: take it over
+                    if owner is None and ((holder and (NETNS_DIR / holder).exists()) or age < ORPHAN_AGE_S):
+                        continue
+                    claim.write_text(f"{namespace} {os.getpid()}")  # left by a server that died: take it over
                     return str(address)
                 with os.fdopen(fd, "w") as file:
-                    file.write(namespace)
+                    # The namespace's name, and the server that holds it: servers keep their
+                    # mounts (the names) in mount namespaces of their own, so another server
+                    # tells a live claim from a dead one by the holder's process.
+                    file.write(f"{namespace} {os.getpid()}")
                 return str(address)
         raise NetworkError(f"the container subnet {self.network} is exhausted")
 
     def _release(self, address: str) -> None:
         (CLAIMS_DIR / address).unlink(missing_ok=True)
+
+
+def _read_claim(claim: Path) -> tuple[str, int | None]:
+    holder, _, owner = claim.read_text().strip().partition(" ")
+    return holder, int(owner) if owner.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _name_namespace(fd: int, name: str) -> None:
+    """Make a namespace held by `fd` reachable as `ip -n <name>` (what `ip netns attach`
+    does for a pid, without trusting a pid)."""
+    NETNS_DIR.mkdir(parents=True, exist_ok=True)
+    path = NETNS_DIR / name
+    path.touch()
+    if _libc.mount(f"/proc/self/fd/{fd}".encode(), str(path).encode(), None, MS_BIND, None) != 0:
+        errno = ctypes.get_errno()
+        path.unlink(missing_ok=True)
+        raise NetworkError(f"naming network namespace {name}: {os.strerror(errno)}")
+
+
+def bring_up_loopback(namespace_fd: int) -> None:
+    """A namespace with only `lo`, up (block_network=True for a zygote's container)."""
+    result = subprocess.run(
+        ["nsenter", f"--net=/proc/self/fd/{namespace_fd}", "ip", "link", "set", "lo", "up"],
+        capture_output=True, text=True, check=False, pass_fds=(namespace_fd,),
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise NetworkError(f"bringing up the container's loopback failed: {result.stderr.strip()[-300:]}")
 
 
 def _ip_batch(commands: list[str], namespace: str | None = None) -> None:

@@ -77,6 +77,18 @@ class Overlay:
             _raise_errno("mounting the overlay")
 
 
+def enter_private_mount_namespace() -> bool:
+    """Give the calling process (the server, before it starts any thread) a mount
+    namespace of its own that still receives the host's mounts: whatever it mounts
+    (zygote stages, network namespace names) goes away with it, however it ends, instead
+    of staying behind on the host. False where that is not possible (not root)."""
+    if os.geteuid() != 0 or _libc.unshare(CLONE_NEWNS) != 0:
+        return False
+    if _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
+        _raise_errno("making / a slave mount")
+    return True
+
+
 def _raise_errno(what: str) -> None:
     errno = ctypes.get_errno()
     raise OSError(errno, f"{what}: {os.strerror(errno)}")

@@ -283,7 +283,10 @@ class SandboxRuntime:
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer | ForkedContainer:
         prepared = await prepare(spec, self.limits_enabled)
         zygote = None
-        if self.zygotes is not None and isinstance(spec.zygote, ZygoteImage) and spec.zygote.accepts(spec):
+        # Forked containers get a network namespace of their own: with no bridge (containers
+        # on the host's network) they start the ordinary way.
+        forkable = isinstance(spec.zygote, ZygoteImage) and spec.zygote.accepts(spec) and (not spec.network or self.network is not None)
+        if self.zygotes is not None and forkable:
             zygote = await self.zygotes.get(spec.zygote)
         if zygote is not None:
             try:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 
 from homeport.worker import cgroups, rootfs, seccomp
-from homeport.worker.network import Attachment, BridgeNetwork, NetworkError
+from homeport.worker.network import Attachment, BridgeNetwork, NetworkError, bring_up_loopback
 from homeport.worker.runtime import (
     ARGUMENTS_PATH,
     CONTROL_SOCKET,
@@ -61,16 +62,23 @@ FORK_TIMEOUT_S = 10.0
 # A zygote no container has used for this long is stopped (it holds ~40 MiB).
 IDLE_S = 600.0
 MAX_ZYGOTES = 16
-LOST = -signal.SIGKILL  # the exit code of containers whose zygote died (PDEATHSIG)
+# What containers whose zygote died are reported to have exited with (PDEATHSIG took
+# them): no real exit status looks like it.
+LOST = -1000
+ZYGOTE_LIMITS = cgroups.Limits(memory_mib=2048, pids=cgroups.DEFAULT_PIDS)
 RETRY_S = 60.0  # after a zygote failed or died, before another is tried for that image
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_REMOUNT = 32
 MS_BIND = 4096
+MS_MOVE = 8192
+MS_PRIVATE = 1 << 18
 MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+NS_GET_USERNS = 0xB701
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
@@ -95,14 +103,28 @@ class ZygoteImage:
         secret), need devices, keep their writable layer or bind paths outside their work
         directory start the ordinary way."""
         started = dict(self.environment)
-        python_variables = {k for k in (*started, *spec.environment) if k.startswith("PYTHON")}
+        read_at_start = {k for k in (*started, *spec.environment) if _read_at_start(k)}
         return (
             not spec.gpu_devices
             and spec.upper_dir is None
             and spec.command == ContainerSpec.command
-            and all(started.get(k) == spec.environment.get(k) for k in python_variables)
+            and all(started.get(k) == spec.environment.get(k) for k in read_at_start)
             and all(d.host_path.is_relative_to(spec.work_dir) for d in spec.directories)
         )
+
+
+# A container's own variables, which nothing reads before its entrypoint runs.
+PER_CONTAINER = {"MODAL_TASK_ID", "MODAL_OVERRIDE_HEADERS", "MODAL_CONTAINER_ARGUMENTS_PATH"}
+
+
+def _read_at_start(name: str) -> bool:
+    """Variables the interpreter or the client's modules read when they start or are
+    imported (PYTHON*, MODAL_LOGLEVEL, MODAL_CONFIG_PATH, locale, time zone, ...): in a
+    forked container they would keep the zygote's values, so a container whose values
+    differ (set by a secret) starts the ordinary way."""
+    if name in PER_CONTAINER:
+        return False
+    return name.startswith(("PYTHON", "MODAL_", "LC_")) or name in ("TZ", "LANG", "LANGUAGE", "HOME", "PATH")
 
 
 def _mount(source: str | None, target: Path, flags: int) -> None:
@@ -112,7 +134,8 @@ def _mount(source: str | None, target: Path, flags: int) -> None:
 
 
 def _unmount(target: Path) -> None:
-    _libc.umount2(str(target).encode(), MNT_DETACH)
+    # Never through a symbolic link (the zygote's directories are not to be trusted).
+    _libc.umount2(str(target).encode(), MNT_DETACH | UMOUNT_NOFOLLOW)
 
 
 def _release_stage(stage: Path) -> None:
@@ -164,16 +187,84 @@ def _zygote_pid(launcher: int) -> int | None:
     return None
 
 
+class _Child:
+    """A container the zygote says it forked, checked before the server acts on it: the
+    zygote runs image code, so neither its pid nor its namespaces are taken on trust."""
+
+    def __init__(self, pid: int, pidfd: int, netns: int) -> None:
+        self.pid = pid  # host pid of the container's PID 1
+        self.pidfd = pidfd  # that very process, even if the number is reused later
+        self.netns = netns  # its network namespace (an fd)
+
+    @classmethod
+    def verify(cls, zygote: Zygote, inner_pid: int) -> _Child:
+        host_pid = _forked_child(zygote.host_pid, inner_pid)
+        if host_pid is None:
+            raise ZygoteUnavailable("the container the zygote reported is not among its children")
+        pidfd = os.pidfd_open(host_pid)
+        netns = -1
+        try:
+            netns = os.open(f"/proc/{host_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            child = cls(host_pid, pidfd, netns)
+            child.check_alive()  # the pid still names the process the pidfd holds
+            if _parent(host_pid) != zygote.host_pid:
+                raise ZygoteUnavailable("the reported container is not the zygote's child")
+            # Its own new network namespace, made inside the zygote's user namespace: not
+            # the host's, not the zygote's, not anybody else's.
+            owner = os.fdopen(fcntl.ioctl(netns, NS_GET_USERNS), closefd=True)
+            with owner:
+                owned_by_zygote = os.fstat(owner.fileno()).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/user").st_ino
+            if not owned_by_zygote or os.fstat(netns).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/net").st_ino:
+                raise ZygoteUnavailable("the reported container has no network namespace of its own")
+            return child
+        except BaseException:
+            os.close(pidfd)
+            if netns >= 0:
+                os.close(netns)
+            raise
+
+    def check_alive(self) -> None:
+        try:
+            signal.pidfd_send_signal(self.pidfd, 0)
+        except ProcessLookupError:
+            raise ZygoteUnavailable("the forked container exited before it started") from None
+
+    def close_netns(self) -> None:
+        if self.netns >= 0:
+            os.close(self.netns)
+            self.netns = -1
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self.pidfd, signum)
+
+    def close(self) -> None:
+        self.close_netns()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 class ForkedContainer:
     """A container forked from a zygote (the runtime.Container interface)."""
 
-    def __init__(self, task_id: str, host_pid: int, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
+    def __init__(self, task_id: str, child: _Child, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
                  work_dir: Path, cgroup: cgroups.Cgroup | None, stage: Path) -> None:  # fmt: skip
         self.task_id = task_id
-        self.host_pid = host_pid  # PID 1 of its namespace
+        self._child = child  # PID 1 of its namespace
         self._exited = exited
         self.holdings = Holdings(readers, work_dir, cgroup)
-        self.holdings.on_exit.append(lambda: _release_stage(stage))
+        self.holdings.on_exit += [lambda: _release_stage(stage), child.close]
 
     async def wait(self) -> int:
         code = await self._exited
@@ -191,17 +282,14 @@ class ForkedContainer:
         return self._exited.done() and self._exited.result() == LOST
 
     def interrupt(self) -> None:
-        # To the entrypoint (PID 2 inside): @exit handlers run and volumes commit.
-        targets = _children(self.host_pid)[:1] or [self.host_pid]
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGINT)
+        # PID 1 passes it on to the entrypoint: @exit handlers run and volumes commit.
+        if not self._exited.done():
+            self._child.signal(signal.SIGINT)
 
     def kill(self) -> None:
         # PID 1 of the namespace: the kernel takes every other process in it along.
         if not self._exited.done():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.host_pid, signal.SIGKILL)
+            self._child.signal(signal.SIGKILL)
 
 
 class Zygote:
@@ -219,6 +307,7 @@ class Zygote:
         self._tasks: list[asyncio.Task[None]] = []
         self.import_ms = 0.0
         self.dead = False
+        self.cgroup: cgroups.Cgroup | None = None
 
     @property
     def alive(self) -> bool:
@@ -234,12 +323,16 @@ class Zygote:
         return len(self._exited)
 
     async def start(self) -> None:
-        for name in ("upper", "work", "root", "stage"):
+        for name in ("upper", "work", "root", "stage", "prep"):
             (self.directory / name).mkdir(parents=True, exist_ok=True)
-        # The stage is a shared mount point: what the server binds under it later shows up
-        # inside the zygote (whose copy is a slave of it).
-        _mount(str(self.stage), self.stage, MS_BIND)
-        _mount(None, self.stage, MS_SHARED)
+        # The stage is a shared mount point of its own (made private first, so it leaves
+        # the peer group of the filesystem it is on): what the server mounts under it
+        # later shows up inside the zygote, whose copy is a slave of it (and read-only).
+        # Container trees are put together under "prep", a private mount point.
+        for point, propagation in ((self.stage, MS_SHARED), (self.directory / "prep", MS_PRIVATE)):
+            _mount(str(point), point, MS_BIND)
+            _mount(None, point, MS_PRIVATE)
+            _mount(None, point, propagation)
         container_filter = self.directory / "seccomp.bpf"
         container_filter.write_bytes(seccomp.program() if seccomp.supported() else b"")
         overlay = rootfs.Overlay(
@@ -251,7 +344,7 @@ class Zygote:
             (self.image.client_package_dir, "/pkg", True),
             (ZYGOTE_SCRIPT, f"{INSIDE}/zygote.py", True),
             (container_filter, f"{INSIDE}/seccomp.bpf", True),
-            (self.stage, STAGE_INSIDE, False),
+            (self.stage, STAGE_INSIDE, True),
         ]
         if self.image.control_socket is not None:
             binds.append((self.image.control_socket, f"{INSIDE}/grpc.sock", False))
@@ -269,12 +362,20 @@ class Zygote:
             else:
                 point.touch()
         merged = overlay.merged
+        # A cgroup of its own: image code runs in it from the start (and forked containers
+        # until the server moves them into theirs).
+        self.cgroup = cgroups.Cgroup(f"zygote-{self.directory.name}", ZYGOTE_LIMITS) if cgroups.available() else None
+        if self.cgroup is not None:
+            self.cgroup.create()
+        cgroup = self.cgroup
 
         def furnish() -> None:
             """Between fork and exec, still as the host's root: the overlay root and every
             bind, read-only ones remounted so. Made before the zygote's user namespace
             exists, so inside it they are locked: its capabilities cannot make them
             writable (or reveal what is under them)."""
+            if cgroup is not None:
+                cgroup.join()
             overlay.mount_in_child()
             image = merged / IMAGE_INSIDE.lstrip("/")
             _mount(str(merged), image, MS_BIND)  # before the binds below: none of them inside it
@@ -297,7 +398,10 @@ class Zygote:
             'mount -t proc -o ro,nosuid,nodev,noexec proc "$0" && exec "$@"', str(merged / "proc"),
         ]  # fmt: skip
         options = [
-            "--die-with-parent", "--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL",
+            # Only what making the containers' namespaces and mounts takes: no CAP_NET_ADMIN
+            # or CAP_NET_RAW, so the zygote has no say over its containers' networks.
+            "--die-with-parent", "--unshare-user", "--uid", "0", "--gid", "0",
+            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
             "--bind", str(merged), "/", "--dev", "/dev",
         ]  # fmt: skip
@@ -310,6 +414,9 @@ class Zygote:
                 options, environment, ["python", f"{INSIDE}/zygote.py"], furnish, None, merge_stderr=True,
                 seccomp_program=zygote_filter, extra_fds=(theirs.fileno(),), prefix=prefix,
             )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         ours.setblocking(False)
@@ -336,11 +443,16 @@ class Zygote:
                 self._on_message(json.loads(data))
         except OSError as error:
             log.warning("zygote %s: control channel failed: %s", self.directory.name, error)
+        except (ValueError, KeyError, TypeError) as error:  # it runs image code: its words are checked
+            log.warning("zygote %s sent a malformed message (%r); stopping it", self.directory.name, error)
+            if self.process is not None and self.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
         finally:
             self._gone("its zygote exited")
 
     def _on_message(self, message: dict) -> None:  # type: ignore[type-arg]
-        op, task = message["op"], message.get("task", "")
+        op, task = str(message["op"]), str(message.get("task", ""))
         if op == "ready":
             self.import_ms = message["import_ms"]
             self.host_pid = (self.process and _zygote_pid(self.process.pid)) or 0
@@ -354,7 +466,7 @@ class Zygote:
         elif op == "forked":
             future = self._forked.pop(task, None)
             if future is not None and not future.done():
-                future.set_result(message["pid"])
+                future.set_result(int(message["pid"]))
         elif op == "exited":
             forked = self._forked.pop(task, None)
             if forked is not None and not forked.done():
@@ -391,20 +503,44 @@ class Zygote:
         except OSError as error:
             raise ZygoteUnavailable(f"the zygote does not answer: {error}") from None
 
+    def _stage_task(self, spec: ContainerSpec, writable: list[Path]) -> Path:
+        """Show the zygote this container's work directory (and nothing else): read-only,
+        with only the writable layer and writable volumes read-write on top. Made on the
+        host, so inside the zygote these mounts are locked: it can neither remount them
+        writable (the mounts layer holds hard links to blobs other workspaces share) nor
+        take them away."""
+        # Built in a private place, then moved under the (shared) stage in one piece: a
+        # remount after the fact would not reach the zygote's copy.
+        tree = self.directory / "prep" / spec.task_id
+        tree.mkdir()
+        try:
+            _mount(str(spec.work_dir), tree, MS_BIND | MS_REC)
+            _mount(None, tree, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            for path in writable:
+                path.mkdir(parents=True, exist_ok=True)
+                _mount(str(path), tree / path.relative_to(spec.work_dir), MS_BIND)
+            stage = self.stage / spec.task_id
+            stage.mkdir()
+            _mount(str(tree), stage, MS_MOVE)
+        except OSError:
+            _release_stage(tree)
+            raise
+        tree.rmdir()
+        return stage
+
     async def fork(self, spec: ContainerSpec, prepared, network: BridgeNetwork | None, on_output: OutputCallback) -> ForkedContainer:  # type: ignore[no-untyped-def]
         """Fork a container for `spec` (already laid out by sandbox.prepare)."""
         from homeport.worker.sandbox import pump_output
 
         self.last_used = began = time.monotonic()
-        stage = self.stage / spec.task_id
-        stage.mkdir()
-        _mount(str(spec.work_dir), stage, MS_BIND)
+        overlay = prepared.overlay
+        writable = [overlay.upper.parent] + [d.host_path for d in spec.directories if not d.read_only]
+        stage = self._stage_task(spec, writable)
         inside = f"{STAGE_INSIDE}/{spec.task_id}"
 
         def translate(path: Path) -> str:
             return f"{inside}/{path.relative_to(spec.work_dir)}"
 
-        overlay = prepared.overlay
         lower = [translate(layer) for layer in overlay.lower if layer.is_relative_to(spec.work_dir)] + [IMAGE_INSIDE]
         binds = [
             [translate(prepared.hosts), "/etc/hosts", True],
@@ -423,10 +559,14 @@ class Zygote:
             "merged": translate(overlay.merged),
             "disk_mib": overlay.size_mib,
             "binds": binds,
-            "network": bool(spec.network and network is not None),
-            "environment": prepared.environment,
             "working_dir": spec.working_dir,
         }
+        # The environment (secrets, the container's credential) travels in a memory file
+        # the zygote hands to the child unread: nothing of it stays in the zygote's memory,
+        # which every later container is forked from.
+        environment = os.memfd_create("homeport-environment", os.MFD_CLOEXEC)
+        os.write(environment, json.dumps(prepared.environment).encode())
+        os.lseek(environment, 0, os.SEEK_SET)
         loop = asyncio.get_running_loop()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
@@ -436,29 +576,34 @@ class Zygote:
         self._exited[spec.task_id] = exited
         attachment: Attachment | None = None
         readers: list[asyncio.Task[None]] = []
+        child: _Child | None = None
         try:
             try:
-                self._send({"op": "fork", "task": spec.task_id, "spec": request}, (stdout_w, stderr_w))
+                self._send({"op": "fork", "task": spec.task_id, "spec": request}, (stdout_w, stderr_w, environment))
             finally:
-                os.close(stdout_w)
-                os.close(stderr_w)
+                for fd in (stdout_w, stderr_w, environment):
+                    os.close(fd)
             readers = [
                 asyncio.create_task(pump_output(await _reader(stdout_r), 1, on_output)),
                 asyncio.create_task(pump_output(await _reader(stderr_r), 2, on_output)),
             ]
             stdout_r = stderr_r = -1
-            inner_pid = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
-            host_pid = _forked_child(self.host_pid, inner_pid)
-            if host_pid is None:
-                raise ZygoteUnavailable(f"forked container {spec.task_id} is not among the zygote's children")
+            try:
+                inner_pid = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
+            except TimeoutError:
+                self._gone("it did not fork a container in time")
+                raise ZygoteUnavailable(f"the zygote did not fork {spec.task_id} within {FORK_TIMEOUT_S:.0f} s") from None
+            child = _Child.verify(self, inner_pid)
             if prepared.cgroup is not None:
-                prepared.cgroup.add(host_pid)
-            if request["network"]:
-                assert network is not None
+                prepared.cgroup.add(child.pid)
+            if network is not None and spec.network:
                 try:
-                    attachment = await asyncio.to_thread(network.attach, spec.task_id, host_pid)
+                    attachment = await asyncio.to_thread(network.attach, spec.task_id, None, child.netns)
                 except NetworkError as error:
                     raise ContainerStartError(str(error)) from None
+            else:
+                await asyncio.to_thread(bring_up_loopback, child.netns)
+            child.check_alive()
             self._send({"op": "go", "task": spec.task_id})
         except BaseException:
             self._forked.pop(spec.task_id, None)
@@ -474,7 +619,10 @@ class Zygote:
                 network.detach(attachment)
             _release_stage(stage)
             raise
-        container = ForkedContainer(spec.task_id, host_pid, exited, readers, spec.work_dir, prepared.cgroup, stage)
+        finally:
+            if child is not None:
+                child.close_netns()
+        container = ForkedContainer(spec.task_id, child, exited, readers, spec.work_dir, prepared.cgroup, stage)
         log.info("container %s forked from zygote %s in %.1f ms", spec.task_id, self.directory.name, (time.monotonic() - began) * 1000)
         if attachment is not None and network is not None:
             network_, attached = network, attachment
@@ -492,10 +640,13 @@ class Zygote:
             self._control.close()
             self._control = None
         self._gone("its zygote was stopped")
-        for entry in self.stage.iterdir() if self.stage.exists() else []:
-            _unmount(entry)
-        _unmount(self.stage)
+        for point in (self.stage, self.directory / "prep"):
+            for entry in point.iterdir() if point.is_dir() else []:
+                _unmount(entry)
+            _unmount(point)
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
 async def _reader(fd: int) -> asyncio.StreamReader:
@@ -513,6 +664,7 @@ class ZygotePool:
         self.root = root
         self.zygotes: dict[ZygoteImage, Zygote] = {}
         self._starting: dict[ZygoteImage, asyncio.Task[None]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self._counter = 0
         self._sweep_leftovers()
         os.chmod(self.root, 0o700)  # zygote roots hold image files (setuid binaries included)
@@ -523,10 +675,10 @@ class ZygotePool:
             self.root.mkdir(parents=True)
             return
         for directory in self.root.iterdir():
-            stage = directory / "stage"
-            for entry in stage.iterdir() if stage.is_dir() else []:
-                _unmount(entry)
-            _unmount(stage)
+            for point in (directory / "stage", directory / "prep"):
+                for entry in point.iterdir() if point.is_dir() and not point.is_symlink() else []:
+                    _unmount(entry)
+                _unmount(point)
             shutil.rmtree(directory, ignore_errors=True)
 
     async def get(self, image: ZygoteImage) -> Zygote | None:
@@ -573,7 +725,9 @@ class ZygotePool:
     def _forget(self, image: ZygoteImage) -> None:
         zygote = self.zygotes.pop(image, None)
         if zygote is not None:
-            asyncio.get_running_loop().create_task(zygote.stop())
+            stopping = asyncio.get_running_loop().create_task(zygote.stop())
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
 
     def _evict_one(self) -> bool:
         idle = [(z.last_used, image) for image, z in self.zygotes.items() if z.containers == 0 and image not in self._starting]

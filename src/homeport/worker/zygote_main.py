@@ -15,7 +15,8 @@ fork. This file uses the standard library only (it runs on whatever Python the i
 and never imports Homeport.
 
 Protocol (SOCK_SEQPACKET, one JSON object per message, fds with SCM_RIGHTS):
-  server -> zygote  {"op": "fork", "task": ..., "spec": {...}}  fds: [stdout, stderr]
+  server -> zygote  {"op": "fork", "task": ..., "spec": {...}}  fds: [stdout, stderr, environment]
+                    (the environment, secrets included, is a memory file only the child reads)
                     {"op": "go", "task": ...}     the server has placed the child in its
                                                   cgroup and network: set it up and run
                     {"op": "abort", "task": ...}
@@ -34,6 +35,7 @@ import struct
 import sys
 import time
 import traceback
+import types
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -59,9 +61,6 @@ SECCOMP_MODE_FILTER = 2
 SYS_PIVOT_ROOT = 155
 SYS_CAPSET = 126
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 1
 # The device nodes every container gets (as bubblewrap's --dev does).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 ENTRYPOINT = "modal._container_entrypoint"
@@ -100,6 +99,33 @@ def bind(source, target, read_only):
     mount(source, target, None, MS_BIND | MS_REC)
     if read_only:
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def in_root(root, path):
+    """`path` inside the container's root, its symbolic links resolved there (never
+    against the zygote's own root, which is still ours while the binds are made)."""
+    resolved = root
+    pending = [part for part in path.split("/") if part]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in (".", ""):
+            continue
+        if part == "..":
+            resolved = max(root, os.path.dirname(resolved))
+            continue
+        candidate = resolved + "/" + part
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise OSError(40, f"too many symbolic links under {path}")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                resolved = root
+            pending = [p for p in link.split("/") if p] + pending
+            continue
+        resolved = candidate
+    return resolved
 
 
 class Fprog(ctypes.Structure):
@@ -217,7 +243,7 @@ class Container:
     def __init__(self, task, spec, fds, ready_w, go_r, seccomp):
         self.task = task
         self.spec = spec
-        self.stdout, self.stderr = fds
+        self.stdout, self.stderr, self.environment_fd = fds
         self.ready_w = ready_w
         self.go_r = go_r
         self.seccomp = seccomp
@@ -233,6 +259,7 @@ class Container:
         os._exit(self.supervise())
 
     def setup(self):
+        os.setsid()  # its own session and process group: kill(0, ...) reaches only the container
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signum, signal.SIG_DFL)
@@ -244,10 +271,10 @@ class Container:
             os._exit(253)
         os.close(self.go_r)
         os.dup2(self.stderr, 2)  # setup errors reach the container's log
+        with os.fdopen(self.environment_fd, "rb") as environment:
+            self.environment = json.loads(environment.read())
         self.enter_root()
         check(libc.sethostname(self.task.encode(), len(self.task)), "sethostname")
-        if not self.spec["network"]:
-            bring_up_loopback()
         self.drop_privileges()
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
@@ -272,8 +299,8 @@ class Container:
         mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']},userxattr")
         self.make_dev(root + "/dev")
         for source, target, read_only in spec["binds"]:
-            bind(source, root + target, read_only)
-        os.makedirs(root + spec["working_dir"], exist_ok=True)
+            bind(source, in_root(root, target), read_only)
+        os.makedirs(in_root(root, spec["working_dir"]), exist_ok=True)
         old = root + "/.homeport-old-root"
         os.makedirs(old, exist_ok=True)
         check(libc.syscall(SYS_PIVOT_ROOT, root.encode(), old.encode()), "pivot_root")
@@ -343,19 +370,11 @@ class Container:
         for signum in (signal.SIGINT,):
             signal.signal(signum, signal.default_int_handler)
         os.environ.clear()
-        os.environ.update(self.spec["environment"])
+        os.environ.update(self.environment)
         sys.path[0] = os.getcwd()  # what -m puts first
         sys.argv = ["-m"]
-
-
-def bring_up_loopback():
-    """block_network=True: the namespace has only `lo`, up (as bubblewrap's --unshare-net)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        import fcntl
-
-        request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(probe, SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        # A __main__ of its own (not the zygote's module, whose names would show).
+        sys.modules["__main__"] = types.ModuleType("__main__")
 
 
 def main():
@@ -369,6 +388,9 @@ def main():
 
         if threading.active_count() != 1:
             raise RuntimeError(f"importing the client started {threading.active_count() - 1} thread(s); forking is unsafe")
+        # Its dependencies stay imported; the module itself runs afresh as __main__ in each
+        # container (runpy warns about a module already imported).
+        del sys.modules[ENTRYPOINT]
         zygote = Zygote(control)
     except BaseException:
         send(control, {"op": "failed", "error": traceback.format_exc()[-2000:]})
