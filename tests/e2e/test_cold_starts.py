@@ -43,6 +43,8 @@ def test_an_image_cannot_use_its_zygote_to_reach_the_host(server: Server) -> Non
         "client_package_writable": "EPERM",  # shared by every container on the node
         "image_writable": "EPERM",
         "zygote_script": "EROFS",
+        "stage": "EROFS",  # where its containers' work directories appear
+        "network_admin": "EPERM",  # no say over its containers' networks
     }, probe
 
 

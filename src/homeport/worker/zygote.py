@@ -398,10 +398,11 @@ class Zygote:
             'mount -t proc -o ro,nosuid,nodev,noexec proc "$0" && exec "$@"', str(merged / "proc"),
         ]  # fmt: skip
         options = [
-            # Only what making the containers' namespaces and mounts takes: no CAP_NET_ADMIN
-            # or CAP_NET_RAW, so the zygote has no say over its containers' networks.
+            # What making the containers' namespaces and overlay mounts takes (overlayfs
+            # copies up with the mounter's file capabilities), but no CAP_NET_ADMIN or
+            # CAP_NET_RAW: the zygote has no say over its containers' networks.
             "--die-with-parent", "--unshare-user", "--uid", "0", "--gid", "0",
-            "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP",
+            "--cap-drop", "CAP_NET_ADMIN", "--cap-drop", "CAP_NET_RAW", "--cap-drop", "CAP_SYS_PTRACE",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
             "--bind", str(merged), "/", "--dev", "/dev",
         ]  # fmt: skip

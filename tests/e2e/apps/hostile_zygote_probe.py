@@ -26,6 +26,16 @@ def write_same(path):  # type: ignore[no-untyped-def]
         setting.write(value)
 
 
+def network_admin():  # type: ignore[no-untyped-def]
+    """Take the loopback interface down: needs CAP_NET_ADMIN over the network namespace."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        fcntl.ioctl(probe, 0x8914, struct.pack("16sH14x", b"lo", 0))  # SIOCSIFFLAGS
+
+
 if "HOMEPORT_ZYGOTE_FD" in os.environ:  # only in the zygote
     libc = ctypes.CDLL(None, use_errno=True)
     os.makedirs("/tmp/probe-proc", exist_ok=True)
@@ -35,5 +45,7 @@ if "HOMEPORT_ZYGOTE_FD" in os.environ:  # only in the zygote
         "client_package_writable": attempt(lambda: libc.mount(None, b"/pkg", None, MS_REMOUNT | MS_BIND, None)),
         "image_writable": attempt(lambda: libc.mount(None, b"/.homeport/image", None, MS_REMOUNT | MS_BIND, None)),
         "zygote_script": attempt(lambda: open("/.homeport/zygote.py", "a").close()),
+        "stage": attempt(lambda: open("/.homeport/t/planted", "w").close()),
+        "network_admin": attempt(network_admin),
     }
     print("ZYGOTE-PROBE", results, flush=True)
