@@ -4,7 +4,9 @@ retries, min_containers and update_autoscaler. Functional, not timed."""
 from __future__ import annotations
 
 import ast
+import json
 import secrets
+import time
 
 from tests.conftest import Server, assert_ok, run_modal, run_python
 
@@ -97,3 +99,33 @@ def test_memory_is_never_oversubscribed(tmp_path) -> None:  # type: ignore[no-un
         assert "memory=5000 MiB cannot be satisfied" in value(text, "HUGE")
     finally:
         small.stop()
+
+
+def _containers_of(server: Server, app_id: str) -> list[str]:
+    listed = json.loads(assert_ok(run_modal(server, "container", "list", "--json")))
+    return [row["container_id"] for row in listed if row["app_id"] == app_id]
+
+
+def test_container_list_logs_and_stop(server: Server) -> None:
+    deployed = assert_ok(run_modal(server, "deploy", "container_cli_app.py"))
+    app_id = "ap-" + deployed.split("/apps/ap-", 1)[1].split()[0].strip("/")
+    deadline = time.monotonic() + 60
+    while not (containers := _containers_of(server, app_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(containers) == 1, containers  # min_containers=1, with no call made
+    first = containers[0]
+    deadline = time.monotonic() + 30
+    logs = ""
+    while f"container-cli imported in {first}" not in logs and time.monotonic() < deadline:
+        logs = assert_ok(run_modal(server, "container", "logs", first))
+        time.sleep(0.5)
+    assert f"container-cli imported in {first}" in logs  # its own output, from its own container
+    assert_ok(run_modal(server, "container", "stop", first, "--yes"))
+    deadline = time.monotonic() + 60
+    while (containers := _containers_of(server, app_id)) in ([], [first]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first not in containers and len(containers) == 1, containers  # min_containers brought up another
+    assert f"container {first} stopped: stopped on request" in server.log_path.read_text()
+    stopped = run_modal(server, "container", "stop", first, "--yes")
+    assert stopped.returncode != 0 and "already stopped" in stopped.stdout + stopped.stderr
+    assert_ok(run_modal(server, "app", "stop", "container-cli", "--yes"))

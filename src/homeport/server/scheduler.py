@@ -752,6 +752,15 @@ class Scheduler:
     def container(self, task_id: str) -> RunningContainer | None:
         return self.containers.get(task_id)
 
+    def task_record(self, task_id: str) -> sa.Row | None:
+        """A container's row (any node's, running or stopped)."""
+        t = schema.tasks
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(t.c.id, t.c.workspace_id, t.c.app_id, t.c.state, t.c.exit_code, t.c.stop_reason,
+                          t.c.created_at, t.c.stopped_at).where(t.c.id == task_id)
+            ).first()  # fmt: skip
+
     def on_hello(self, task_id: str) -> None:
         running = self.containers.get(task_id)
         if running is not None:

@@ -140,6 +140,26 @@ async def container_stop(context: RequestContext, request: api_pb2.ContainerStop
     return api_pb2.ContainerStopResponse()
 
 
+@handler("TaskGetInfo")
+async def task_get_info(context: RequestContext, request: api_pb2.TaskGetInfoRequest) -> api_pb2.TaskGetInfoResponse:
+    """What `modal container logs ID` and `modal container stop ID` look up first: the
+    container's app and when it started and stopped."""
+    task = context.state.scheduler.task_record(request.task_id)
+    if task is None or task.workspace_id != context.workspace_id:
+        raise errors.not_found(f"container {request.task_id} not found")
+    info = api_pb2.TaskInfo(id=task.id, enqueued_at=task.created_at, started_at=task.created_at)
+    if task.stopped_at is not None:
+        info.finished_at = task.stopped_at
+        failed = task.exit_code not in (0, None) and task.stop_reason and "exited with code" in task.stop_reason
+        info.result.CopyFrom(
+            api_pb2.GenericResult(
+                status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE if failed else api_pb2.GenericResult.GENERIC_STATUS_SUCCESS,
+                exception=task.stop_reason or "",
+            )
+        )
+    return api_pb2.TaskGetInfoResponse(app_id=task.app_id, info=info)
+
+
 @handler("TaskList")
 async def task_list(context: RequestContext, request: api_pb2.TaskListRequest) -> api_pb2.TaskListResponse:
     tasks = []
