@@ -337,7 +337,7 @@ async def run_in_image(
     arguments += ["--chdir", config.workdir or "/"]
     environment = {"HOME": "/root", **host_environment, **config.env, **extra_env}
     environment.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    attachment = await asyncio.to_thread(network.attach, f"ta-b{token_source.token_hex(5)}") if network else None
+    attachment = await network.attach_in_thread(f"ta-b{token_source.token_hex(5)}") if network else None
     try:
         process = await spawn_bwrap(arguments, environment, command, overlay.mount_in_child, attachment, merge_stderr=True)
         assert process.stdout is not None

@@ -373,7 +373,10 @@ class Scheduler:
                     # idle container holding one is asked to make room.
                     self._free_idle_gpus(function.id)
                     break
-                await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices)
+                reason = f"{count} input(s) queued, {free} free slot(s)"
+                if function.id in self.builds:
+                    reason = "an image build step"
+                await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices, reason)
 
     async def _keep_warm(self) -> None:
         """min_containers stay up without traffic; while a function is busy, buffer_containers
@@ -397,8 +400,10 @@ class Scheduler:
                 gpu_indices = self._acquire_gpus(task_id, self._gpu_options(function))
                 if gpu_indices is None:
                     break  # no GPU free: warm containers never take one from queued work
-                log.info("starting a warm container for %s (min_containers/buffer_containers)", function_id)
-                await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices)
+                await self._start(
+                    function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices,
+                    "kept warm (min_containers/buffer_containers)",
+                )  # fmt: skip
 
     @staticmethod
     def _warm_target(definition: api_pb2.Function, mine: list[RunningContainer]) -> int:
@@ -457,6 +462,7 @@ class Scheduler:
         workspace_id: str,
         task_id: str,
         gpu_indices: list[int],
+        reason: str,
     ) -> None:
         if function.id in self.builds and any(c.function_id == function.id for c in self.containers.values()):
             return  # a run_function step: exactly one container writes its layer
@@ -601,7 +607,7 @@ class Scheduler:
         running.definition.timeout_secs = timeout
         running.volumes = views
         self.containers[task_id] = running
-        log.info("started container %s for %s (%s)", task_id, definition.function_name, function.id)
+        log.info("started container %s for %s (%s): %s", task_id, definition.function_name, function.id, reason)
         assert self._tasks is not None
         self._tasks.create_task(self._watch(running))
 

@@ -14,6 +14,7 @@ Everything is done with `ip -batch` (one process per container start) and iptabl
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import dataclasses
 import ipaddress
@@ -156,6 +157,18 @@ class BridgeNetwork:
             self._release(address)
             raise
         return Attachment(namespace, address, host_interface)
+
+    async def attach_in_thread(self, task_id: str, namespace_fd: int | None = None) -> Attachment:
+        """`attach` off the event loop. If the caller is cancelled meanwhile (a server
+        shutting down), the namespace and address are released once made, not leaked."""
+        job = asyncio.ensure_future(asyncio.to_thread(self.attach, task_id, None, namespace_fd))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() is not None else self.detach(done.result())
+            )
+            raise
 
     def detach(self, attachment: Attachment) -> None:
         self._cleanup(attachment.namespace, attachment.host_interface)

@@ -299,7 +299,7 @@ class SandboxRuntime:
         attachment = None
         if spec.network and self.network is not None:
             try:
-                attachment = await asyncio.to_thread(self.network.attach, spec.task_id)
+                attachment = await self.network.attach_in_thread(spec.task_id)
             except NetworkError as error:
                 prepared.release(spec)
                 raise ContainerStartError(str(error)) from None

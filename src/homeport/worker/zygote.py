@@ -599,7 +599,7 @@ class Zygote:
                 prepared.cgroup.add(child.pid)
             if network is not None and spec.network:
                 try:
-                    attachment = await asyncio.to_thread(network.attach, spec.task_id, None, child.netns)
+                    attachment = await network.attach_in_thread(spec.task_id, child.netns)
                 except NetworkError as error:
                     raise ContainerStartError(str(error)) from None
             else:
