@@ -705,7 +705,8 @@ class ZygotePool:
     def prewarm(self, image: ZygoteImage) -> None:
         if image in self.zygotes or image in self._starting:
             return
-        if len(self.zygotes) >= MAX_ZYGOTES and not self._evict_one():
+        running = sum(1 for known, z in self.zygotes.items() if z.alive or known in self._starting)
+        if running >= MAX_ZYGOTES and not self._evict_one():
             return
         self._counter += 1
         zygote = Zygote(image, self.root / f"z{os.getpid()}-{self._counter}")
@@ -731,7 +732,12 @@ class ZygotePool:
             stopping.add_done_callback(self._stopping.discard)
 
     def _evict_one(self) -> bool:
-        idle = [(z.last_used, image) for image, z in self.zygotes.items() if z.containers == 0 and image not in self._starting]
+        # Dead ones are not evicted: their entry keeps their back-off (see get).
+        idle = [
+            (z.last_used, image)
+            for image, z in self.zygotes.items()
+            if z.alive and z.containers == 0 and image not in self._starting
+        ]
         if not idle:
             return False
         self._forget(min(idle)[1])

@@ -112,7 +112,8 @@ def in_root(root, path):
         if part in (".", ""):
             continue
         if part == "..":
-            resolved = max(root, os.path.dirname(resolved))
+            if resolved != root:  # never above the container's root
+                resolved = os.path.dirname(resolved)
             continue
         candidate = resolved + "/" + part
         if os.path.islink(candidate):
