@@ -94,4 +94,8 @@ with app.run():
     hosts = output.split("RESULT ", 1)[1].split()[:2]
     assert all(host.startswith("ta-") for host in hosts), output  # both answered, by containers
     log = own_server.log_path.read_text()
-    assert "is gone" in log  # the server saw it, and requeued the input without using a retry
+    assert "is gone" in log  # the server saw it
+    lost = [line.split("container ", 1)[1].split()[0] for line in log.splitlines() if "stopped: its zygote exited" in line]
+    assert lost, "no container was lost with the zygote"
+    # The spawned input ran in a lost container and was answered by another, without a retry.
+    assert hosts[0] not in lost, (hosts, lost)

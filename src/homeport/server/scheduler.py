@@ -327,9 +327,7 @@ class Scheduler:
                 # wake the containers polling for this function.
                 self.notifier.notify(queue_key(function_id), limit=count)
             try:
-                function = self.apps.function(function_id)
-                definition, params = catalog.effective_definition(self.apps, function)
-                app = self.apps.get("", function.app_id)
+                function, definition, params, app = self._resolve(function_id)
             except Exception as error:
                 log.warning("cannot place inputs of %s: %s", function_id, error)
                 continue
@@ -378,14 +376,18 @@ class Scheduler:
                     reason = "an image build step"
                 await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices, reason)
 
+    def _resolve(self, function_id: str):  # type: ignore[no-untyped-def]
+        """(function, its effective definition, its parameters, its app); raises if gone."""
+        function = self.apps.function(function_id)
+        definition, params = catalog.effective_definition(self.apps, function)
+        return function, definition, params, self.apps.get("", function.app_id)
+
     async def _keep_warm(self) -> None:
         """min_containers stay up without traffic; while a function is busy, buffer_containers
         more wait idle for the next burst."""
         for function_id in self.apps.warm_functions():
             try:
-                function = self.apps.function(function_id)
-                definition, params = catalog.effective_definition(self.apps, function)
-                app = self.apps.get("", function.app_id)
+                function, definition, params, app = self._resolve(function_id)
             except Exception as error:
                 log.warning("cannot keep %s warm: %s", function_id, error)
                 continue
@@ -643,9 +645,7 @@ class Scheduler:
         first containers are then forked, not started from a fresh interpreter."""
         for function_id in function_ids:
             try:
-                function = self.apps.function(function_id)
-                definition, _ = catalog.effective_definition(self.apps, function)
-                app = self.apps.get("", function.app_id)
+                _, definition, _, app = self._resolve(function_id)
                 layers, config = self.images.runtime_image(definition.image_id)
             except Exception as error:  # not built yet, or gone: nothing to prewarm
                 log.debug("no zygote for %s: %s", function_id, error)

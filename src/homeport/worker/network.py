@@ -7,7 +7,7 @@ through the bridge, NAT'ed out to whatever the host reaches.
   Homeport server registered (its blob/volume HTTP listener): the control plane itself
   is a Unix socket, and other host services stay out of reach.
 - `block_network=True` containers get a namespace with only `lo` (bubblewrap's
-  --unshare-net); this module is not involved.
+  --unshare-net; for a zygote's container, `bring_up_loopback`).
 
 Everything is done with `ip -batch` (one process per container start) and iptables.
 """
@@ -25,16 +25,16 @@ import threading
 import time
 from pathlib import Path
 
+from homeport.worker import rootfs
+
 log = logging.getLogger("homeport.network")
 
 CLONE_NEWNET = 0x40000000
-MS_BIND = 4096
 NETNS_DIR = Path("/run/netns")
 CLAIMS_DIR = Path("/run/homeport/container-addresses")
 NAMESPACE_PREFIX = "hp-"
 ORPHAN_AGE_S = 60.0
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
 class NetworkError(Exception):
@@ -121,7 +121,7 @@ class BridgeNetwork:
 
     # -- containers ----------------------------------------------------------------------
 
-    def attach(self, task_id: str, pid: int | None = None, namespace_fd: int | None = None) -> Attachment:
+    def attach(self, task_id: str, namespace_fd: int | None = None) -> Attachment:
         """A namespace with eth0 on the bridge: a new one, or (namespace_fd) one a zygote's
         container made for itself (see worker/zygote.py), given by an open descriptor."""
         short = task_id.removeprefix("ta-")[:10].lower()
@@ -161,7 +161,7 @@ class BridgeNetwork:
     async def attach_in_thread(self, task_id: str, namespace_fd: int | None = None) -> Attachment:
         """`attach` off the event loop. If the caller is cancelled meanwhile (a server
         shutting down), the namespace and address are released once made, not leaked."""
-        job = asyncio.ensure_future(asyncio.to_thread(self.attach, task_id, None, namespace_fd))
+        job = asyncio.ensure_future(asyncio.to_thread(self.attach, task_id, namespace_fd))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -238,10 +238,11 @@ def _name_namespace(fd: int, name: str) -> None:
     NETNS_DIR.mkdir(parents=True, exist_ok=True)
     path = NETNS_DIR / name
     path.touch()
-    if _libc.mount(f"/proc/self/fd/{fd}".encode(), str(path).encode(), None, MS_BIND, None) != 0:
-        errno = ctypes.get_errno()
+    try:
+        rootfs.bind(f"/proc/self/fd/{fd}", path)
+    except OSError as error:
         path.unlink(missing_ok=True)
-        raise NetworkError(f"naming network namespace {name}: {os.strerror(errno)}")
+        raise NetworkError(f"naming network namespace {name}: {error.strerror}") from None
 
 
 def bring_up_loopback(namespace_fd: int) -> None:

@@ -13,15 +13,44 @@ import os
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
-MS_NOSUID = 2
-MS_NODEV = 4
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 # The kernel reads mount options from one page.
 MAX_OPTIONS = 4096
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+def mount(source: str | Path | None, target: str | Path, flags: int, fstype: str | None = None, data: str | None = None) -> None:
+    """mount(2); OSError naming what failed. Fine between fork and exec (no locks, no logging)."""
+    encoded = [None if value is None else str(value).encode() for value in (source, target, fstype, data)]
+    if _libc.mount(encoded[0], encoded[1], encoded[2], flags, encoded[3]) != 0:
+        _raise_errno(f"mount {source or fstype} on {target}")
+
+
+def bind(source: str | Path, target: str | Path, read_only: bool = False, flags: int = 0) -> None:
+    """A bind mount (flags: MS_REC for the mounts under it too), remounted read-only when
+    asked: a bind cannot be made read-only in the same call."""
+    mount(source, target, MS_BIND | flags)
+    if read_only:
+        mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def unmount(target: str | Path) -> None:
+    """Detach a mount (and what is under it), never through a symbolic link; nothing there
+    is not an error."""
+    _libc.umount2(str(target).encode(), MNT_DETACH | UMOUNT_NOFOLLOW)
 
 
 class RootfsError(Exception):
@@ -64,17 +93,12 @@ class Overlay:
         if _libc.unshare(CLONE_NEWNS) != 0:
             _raise_errno("unshare(CLONE_NEWNS)")
         # Keep our mounts from propagating back to the host's namespace.
-        propagation = MS_SLAVE if self.receive_host_mounts else MS_PRIVATE
-        if _libc.mount(b"none", b"/", None, MS_REC | propagation, None) != 0:
-            _raise_errno("making / private")
+        mount(None, "/", MS_REC | (MS_SLAVE if self.receive_host_mounts else MS_PRIVATE))
         if self.size_mib:
-            options = f"size={self.size_mib}m,mode=0755".encode()
-            if _libc.mount(b"tmpfs", str(self.upper.parent).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
-                _raise_errno("mounting the size-limited writable layer")
+            mount("tmpfs", self.upper.parent, MS_NOSUID | MS_NODEV, "tmpfs", f"size={self.size_mib}m,mode=0755")
             os.mkdir(self.upper)
             os.mkdir(self.work)
-        if _libc.mount(b"overlay", str(self.merged).encode(), b"overlay", 0, self.options().encode()) != 0:
-            _raise_errno("mounting the overlay")
+        mount("overlay", self.merged, 0, "overlay", self.options())
 
 
 def enter_private_mount_namespace() -> bool:
@@ -84,8 +108,7 @@ def enter_private_mount_namespace() -> bool:
     of staying behind on the host. False where that is not possible (not root)."""
     if os.geteuid() != 0 or _libc.unshare(CLONE_NEWNS) != 0:
         return False
-    if _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
-        _raise_errno("making / a slave mount")
+    mount(None, "/", MS_REC | MS_SLAVE)
     return True
 
 

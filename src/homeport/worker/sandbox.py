@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -138,13 +139,14 @@ SANDBOX_TOOL_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 
-def proc_arguments() -> list[str]:
+@functools.cache
+def proc_arguments() -> tuple[str, ...]:
     """A private /proc with the host kernel's settings read-only (see PROC_READ_ONLY)."""
     arguments = ["--proc", "/proc"]
     for entry in PROC_READ_ONLY:
         if os.path.exists(f"/proc/{entry}"):
             arguments += ["--ro-bind", f"/proc/{entry}", f"/proc/{entry}"]
-    return arguments
+    return tuple(arguments)
 
 
 def environment_arguments(environment: dict[str, str]) -> list[str]:

@@ -150,11 +150,11 @@ async def task_get_info(context: RequestContext, request: api_pb2.TaskGetInfoReq
     info = api_pb2.TaskInfo(id=task.id, enqueued_at=task.created_at, started_at=task.created_at)
     if task.stopped_at is not None:
         info.finished_at = task.stopped_at
-        failed = task.exit_code not in (0, None) and task.stop_reason and "exited with code" in task.stop_reason
+        success = task.exit_code in (0, None)
         info.result.CopyFrom(
             api_pb2.GenericResult(
-                status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE if failed else api_pb2.GenericResult.GENERIC_STATUS_SUCCESS,
-                exception=task.stop_reason or "",
+                status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS if success else api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+                exception=task.stop_reason or "",  # why it stopped, as the server log says
             )
         )
     return api_pb2.TaskGetInfoResponse(app_id=task.app_id, info=info)
