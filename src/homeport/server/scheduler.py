@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from grpclib import GRPCError
 from modal_proto import api_pb2
 
 from homeport import ids
@@ -519,8 +520,12 @@ class Scheduler:
             )
             return
         secret_values: dict[str, str] = {}
-        for secret_id in definition.secret_ids:
-            secret_values.update(self.secrets.values(secret_id))
+        try:
+            for secret_id in definition.secret_ids:
+                secret_values.update(self.secrets.values(workspace_id, secret_id))
+        except GRPCError as error:
+            self._fail_start(function, task_id, f"{error.message}; was it deleted? Create it again and redeploy")
+            return
         started_with = self._interpreter_environment(image_config, environment_name)
         environment = {
             **started_with,

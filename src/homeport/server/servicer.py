@@ -1,7 +1,8 @@
 """The gRPC surface: maps every RPC of the client's `ModalClient` service to a handler.
 
-Every call is authenticated (a user token, or a container's own credential), checked
-for a supported client version, and wrapped so that a failing handler is logged with
+Every call is authenticated from its metadata before its body is read (a user token, or
+a container's own credential), checked for a supported client version, has every object
+id it names checked against the caller's workspace (`ownership`), and is wrapped so that a failing handler is logged with
 its request id and answered INTERNAL instead of crashing the server. RPCs without a
 handler answer UNIMPLEMENTED with a message naming them.
 """
@@ -23,6 +24,7 @@ from modal_proto import api_grpc
 from homeport import SUPPORTED_CLIENT_VERSION, ids
 from homeport.server import errors
 from homeport.server.context import RequestContext
+from homeport.server.ownership import OwnershipCheck
 from homeport.server.rpc import load_all
 from homeport.server.state import ServerState
 
@@ -47,6 +49,7 @@ class HomeportServicer:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.handlers = load_all()
+        self.ownership = OwnershipCheck(state.engine)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         routes = api_grpc.ModalClientBase.__mapping__(_HandlerCollector())  # type: ignore[arg-type]
@@ -68,10 +71,12 @@ class HomeportServicer:
             request_id = ids.new_id("request")
             started = time.monotonic()
             try:
-                request = await stream.recv_message()
                 if handler is None:
                     raise errors.unimplemented(rpc_name)
                 context = self._authenticate(rpc_name, request_id, stream.metadata or {})
+                request = await stream.recv_message()
+                if context.workspace_id:
+                    self.ownership.check(context.workspace_id, request)
                 if streams_reply:
                     await handler(context, request, stream.send_message)
                 else:

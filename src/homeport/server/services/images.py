@@ -110,7 +110,7 @@ class ImageService:
         self, workspace_id: str, image: api_pb2.Image, builder_version: str, force_build: bool, build_function_id: str = ""
     ) -> tuple[str, int, str]:
         """(image_id, status, exception); status PENDING means a build is running: join it."""
-        key = content_hash(image, builder_version, secret_identity(self._secret_values(image.secret_ids)))
+        key = content_hash(image, builder_version, secret_identity(self._secret_values(workspace_id, image.secret_ids)))
         i = schema.images
         with self.engine.begin() as connection:
             row = connection.execute(
@@ -141,10 +141,10 @@ class ImageService:
         self._start_build(workspace_id, image_id, force_build, build_function_id)
         return image_id, PENDING, ""
 
-    def _secret_values(self, secret_ids) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    def _secret_values(self, workspace_id: str, secret_ids) -> dict[str, str]:  # type: ignore[no-untyped-def]
         values: dict[str, str] = {}
         for secret_id in secret_ids:
-            values.update(self.secrets.values(secret_id))
+            values.update(self.secrets.values(workspace_id, secret_id))
         return values
 
     def _start_build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str) -> None:
@@ -177,7 +177,7 @@ class ImageService:
             definition = self._definition(image_id)
             parents = {base.docker_tag: await self._wait_for_parent(workspace_id, base.image_id) for base in definition.base_images}
             context_dir, context_hash = await asyncio.to_thread(self._context, image_id, definition)
-            secret_env = self._secret_values(definition.secret_ids)
+            secret_env = self._secret_values(workspace_id, definition.secret_ids)
             if definition.volume_mounts and not definition.build_function.definition:
                 raise BuildFailed(
                     "volumes= on run_commands/pip_install steps are not supported by Homeport yet; "
@@ -271,7 +271,7 @@ class ImageService:
         digest = hashlib.sha256()
         digest.update(parent.top_key.encode() + b"\0run_function\0")
         digest.update(definition.build_function.SerializeToString(deterministic=True))
-        digest.update(secret_identity(self._secret_values(function_definition.secret_ids)).encode())
+        digest.update(secret_identity(self._secret_values(workspace_id, function_definition.secret_ids)).encode())
         for mount in function_definition.volume_mounts:
             digest.update(f"\0volume\0{mount.volume_id}:{mount.mount_path}".encode())
         if force:

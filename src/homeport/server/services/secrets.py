@@ -60,8 +60,15 @@ class SecretService:
             return {}
         return dict(json.loads(self._fernet.decrypt(row.ciphertext)))
 
-    def values(self, secret_id: str) -> dict[str, str]:
+    def values(self, workspace_id: str, secret_id: str) -> dict[str, str]:
+        """A secret's values, for a container or build of its own workspace only."""
+        o = schema.storage_objects
         with self.engine.connect() as connection:
+            owner = connection.execute(
+                sa.select(o.c.workspace_id).where(o.c.id == secret_id, o.c.kind == "secret")
+            ).scalar()
+            if owner != workspace_id:
+                raise errors.not_found(f"secret {secret_id} not found in this workspace")
             return self._read(connection, secret_id)
 
     def keys(self, secret_id: str) -> list[str]:
