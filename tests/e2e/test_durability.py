@@ -43,7 +43,7 @@ def test_kill_9_loses_nothing_acknowledged(own_server: Server) -> None:
         )
     )
     assert "done 144" in text
-    assert "rerun second attempt" in text  # re-run on restart, as its retries allow
+    assert "rerun second attempt" in text  # run again after the restart, though it has no retries
     assert "deployed 49" in text
 
 

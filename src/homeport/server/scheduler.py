@@ -208,19 +208,17 @@ class Scheduler:
 
     def recover(self) -> None:
         """After a restart: containers of the previous run are gone (they die with the
-        server); their running inputs are failed or retried per their retry policy."""
+        server). Their running inputs go back to the queue without using the function's
+        retries: a platform fault is not the user's failure."""
         t = schema.tasks
         with self.engine.begin() as connection:
             connection.execute(
                 t.update().where(t.c.state != "stopped").values(state="stopped", stopped_at=time.time(),
                                                                 stop_reason="the server restarted")
             )
-        for row in self.calls.running_inputs():
-            self._finish_input(
-                row.id,
-                row.function_id,
-                api_pb2.GenericResult(status=FAILURE, exception="the server restarted while this input was running"),
-            )
+        requeued = self.calls.requeue_claimed()
+        if requeued:
+            log.info("%d input(s) running when the server stopped are queued again (their retries are not used)", requeued)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:

@@ -12,7 +12,7 @@ def square(x: int) -> int:
     return x * x
 
 
-@app.function(retries=1)
+@app.function()  # no retries: a server crash must not count as a failure
 def first_attempt_hangs(marker_dict: str) -> str:
     markers = modal.Dict.from_name(marker_dict, create_if_missing=True)
     if not markers.get("started"):

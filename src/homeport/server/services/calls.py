@@ -241,13 +241,6 @@ class CallService:
                 )
             ).all()
 
-    def running_inputs(self) -> list[sa.Row]:
-        i = schema.inputs
-        with self.engine.connect() as connection:
-            return connection.execute(
-                sa.select(i.c.id, i.c.function_id, i.c.task_id, i.c.claimed_at).where(i.c.state == CLAIMED)
-            ).all()
-
     # --- outputs ---------------------------------------------------------------------
 
     def finish(
@@ -381,15 +374,13 @@ class CallService:
             )
             return [row.id for row in rows]
 
-    def requeue_orphans(self, live_task_ids: set[str]) -> int:
-        """Inputs claimed by containers that no longer exist go back to the queue (server restart)."""
+    def requeue_claimed(self) -> int:
+        """Every claimed input goes back to the queue, its attempt count unchanged: after a
+        server restart no container of the previous run is left to finish them."""
         i = schema.inputs
         with self.engine.begin() as connection:
-            rows = connection.execute(sa.select(i.c.id, i.c.task_id).where(i.c.state == CLAIMED)).all()
-            orphans = [row.id for row in rows if row.task_id not in live_task_ids]
-            if orphans:
-                connection.execute(i.update().where(i.c.id.in_(orphans)).values(state=PENDING, task_id=None))
-        return len(orphans)
+            result = connection.execute(i.update().where(i.c.state == CLAIMED).values(state=PENDING, task_id=None))
+        return int(result.rowcount or 0)
 
     # --- data channels (generator values) -----------------------------------------------
 
