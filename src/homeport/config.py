@@ -6,6 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from homeport import ids
+
 # Base root filesystems and the client package for containers: slow to make, the same for
 # every server on a machine, so kept outside any data directory (and any clone).
 DEFAULT_CACHE_DIR = Path(os.environ.get("HOMEPORT_CACHE_DIR", "/var/cache/homeport"))
@@ -74,6 +76,8 @@ class DataLayout:
         return self.volume_blocks / sha256_hex[:2] / sha256_hex
 
     def blob(self, blob_id: str) -> Path:
+        if not ids.is_id("blob", blob_id):  # the id becomes a path: nothing else may
+            raise ValueError(f"{blob_id!r} is not a blob id")
         return self.blobs / blob_id[-2:] / blob_id
 
     @property

@@ -44,6 +44,14 @@ def new_id(kind: str) -> str:
     return f"{PREFIXES[kind]}-" + _encode(secrets.randbits(131), _ALPHANUMERIC, 22)
 
 
+def is_id(kind: str, value: str) -> bool:
+    """Whether a value has the shape of an id of this kind (what `new_id` makes)."""
+    if kind == "task":
+        return len(value) == 29 and value.startswith("ta-") and all(c in _TASK_ALPHABET for c in value[3:])
+    prefix = PREFIXES[kind] + "-"
+    return len(value) == len(prefix) + 22 and value.startswith(prefix) and value[len(prefix) :].isalnum() and value.isascii()
+
+
 def _encode(number: int, alphabet: str, length: int) -> str:
     base = len(alphabet)
     characters = []

@@ -78,7 +78,7 @@ class LocalBlobStore:
     # --- content ---------------------------------------------------------------------
 
     def exists(self, blob_id: str) -> bool:
-        return self.layout.blob(blob_id).exists()
+        return ids.is_id("blob", blob_id) and self.layout.blob(blob_id).exists()
 
     def path(self, blob_id: str) -> Path:
         return self.layout.blob(blob_id)
@@ -150,10 +150,9 @@ def blob_routes(store: LocalBlobStore) -> list[web.RouteDef]:
 
     async def get_blob(request: web.Request) -> web.StreamResponse:
         blob_id = authorize(request, "get")
-        path = store.path(blob_id)
-        if not path.exists():
+        if not store.exists(blob_id):
             raise web.HTTPNotFound(text=f"blob {blob_id} not found")
-        return web.FileResponse(path, chunk_size=CHUNK_SIZE)
+        return web.FileResponse(store.path(blob_id), chunk_size=CHUNK_SIZE)
 
     return [web.put("/blobs/{blob_id}", put_blob), web.get("/blobs/{blob_id}", get_blob)]
 

@@ -9,10 +9,10 @@ import signal
 from pathlib import Path
 
 from aiohttp import web
-from grpclib.server import Server
 
 from homeport.config import Settings
 from homeport.server.blobstore import blob_routes, volume_routes
+from homeport.server.connections import CONTAINER_SOCKET_LIMITS, GuardedServer
 from homeport.server.gateway import Gateway, gateway_middleware
 from homeport.server.servicer import HomeportServicer
 from homeport.server.state import ServerState, build_state
@@ -65,13 +65,13 @@ async def serve(settings: Settings) -> None:
     state = build_state(settings)
     state.scheduler.recover()
     servicer = HomeportServicer(state)
-    grpc_server = Server([servicer])
+    grpc_server = GuardedServer([servicer])
     await grpc_server.start(settings.host, settings.port)
     socket_path = settings.layout.control_socket
     if len(str(socket_path)) > 100:
         raise SystemExit(f"the data dir path is too long for a Unix socket ({socket_path}); use a shorter --data-dir")
     socket_path.unlink(missing_ok=True)
-    container_server = Server([servicer])
+    container_server = GuardedServer([servicer], CONTAINER_SOCKET_LIMITS)
     await container_server.start(path=str(socket_path))
 
     http_app = web.Application(client_max_size=0, middlewares=[gateway_middleware(Gateway(state))])

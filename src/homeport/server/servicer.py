@@ -23,6 +23,7 @@ from modal_proto import api_grpc
 
 from homeport import SUPPORTED_CLIENT_VERSION, ids
 from homeport.server import errors
+from homeport.server.connections import read_request
 from homeport.server.context import RequestContext
 from homeport.server.ownership import OwnershipCheck
 from homeport.server.rpc import load_all
@@ -74,7 +75,7 @@ class HomeportServicer:
                 if handler is None:
                     raise errors.unimplemented(rpc_name)
                 context = self._authenticate(rpc_name, request_id, stream.metadata or {})
-                request = await stream.recv_message()
+                request = await read_request(stream, rpc_name)
                 if context.workspace_id:
                     self.ownership.check(context.workspace_id, request)
                 if streams_reply:
@@ -90,7 +91,9 @@ class HomeportServicer:
                         if undelivered is not None:
                             undelivered(context, request, response)
                         raise
-            except GRPCError:
+            except GRPCError as error:
+                if error.status in (Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED, Status.UNAUTHENTICATED):
+                    log.info("request %s (%s) refused: %s", request_id, rpc_name, error.message)
                 raise
             except CALLER_GONE:
                 log.debug("request %s (%s): the caller went away", request_id, rpc_name)
