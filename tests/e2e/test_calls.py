@@ -145,6 +145,19 @@ def test_container_that_dies_fails_its_input_with_the_exit_code(server: Server) 
     assert "error: RemoteError" in text and "exited with code 3" in text
 
 
+def test_a_container_killed_by_a_signal_says_137_and_the_signal(server: Server) -> None:
+    script = in_app(
+        """
+        try:
+            killed.remote()
+        except Exception as error:
+            print("error:", type(error).__name__, error)
+        """
+    )
+    text = assert_ok(run_python(server, script))
+    assert "exited with code 137 (killed by signal 9)" in text
+
+
 def test_large_arguments_and_results_travel_as_blobs(server: Server) -> None:
     size = 50 * 1024 * 1024
     script = in_app(

@@ -53,3 +53,10 @@ def test_environments_keep_names_apart(server: Server) -> None:
     assert "Hello, env!" in assert_ok(found)
     missing = run_python(server, "import modal\nmodal.Function.from_name('env-only', 'greet').remote('x')")
     assert missing.returncode != 0 and "NotFoundError" in output(missing)
+
+
+def test_modal_run_leaves_no_error_in_the_server_log(own_server: Server) -> None:
+    """The client resets its long-polls when it exits; that is not a server error."""
+    assert_ok(run_modal(own_server, "run", "hello.py"))
+    log = own_server.log_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]

@@ -46,6 +46,8 @@ from homeport.worker.runtime import (
     ContainerStartError,
     MountedFile,
     Runtime,
+    describe_exit,
+    shell_exit_code,
 )
 from homeport.worker.zygote import ZygoteImage
 
@@ -688,7 +690,7 @@ class Scheduler:
         return running.volumes.get(volume_id) if running is not None else None
 
     async def _watch(self, running: RunningContainer) -> None:
-        code = await running.container.wait()
+        code = shell_exit_code(await running.container.wait())
         self.containers.pop(running.task_id, None)
         self.forget_credential(running.task_id)
         self.gpus.release(running.task_id)
@@ -696,7 +698,7 @@ class Scheduler:
         if running.stop_reason is None and getattr(running.container, "lost", False):
             # The platform lost it (its zygote died): its inputs run again elsewhere, retries untouched.
             running.stop_reason = runtime_reason
-        reason = running.stop_reason or runtime_reason or f"exited with code {code}"
+        reason = running.stop_reason or runtime_reason or describe_exit(code)
         with self.engine.begin() as connection:
             connection.execute(
                 schema.tasks.update()
@@ -713,7 +715,7 @@ class Scheduler:
             self._fail_pending(running.function_id, failure)
         elif code != 0 and running.stop_reason is None:
             tail = "".join(running.stderr_tail)[-STDERR_TAIL_BYTES:].strip()
-            message = f"the container for {running.definition.function_name} exited with code {code}"
+            message = f"the container for {running.definition.function_name} {describe_exit(code)}"
             if runtime_reason:
                 message = f"{runtime_reason} and was stopped ({running.definition.function_name})"
                 tail = ""

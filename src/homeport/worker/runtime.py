@@ -96,6 +96,19 @@ class Holdings:
         return None
 
 
+def shell_exit_code(code: int) -> int:
+    """One convention for a container killed by a signal, whichever process reported it:
+    the shell's 128 + N (Python's subprocess says -N; a PID 1 in a namespace says 128 + N)."""
+    return 128 - code if code < 0 else code
+
+
+def describe_exit(code: int) -> str:
+    """"exited with code 137 (killed by signal 9)" for a shell-style exit code."""
+    if code > 128 and code - 128 < 65:
+        return f"exited with code {code} (killed by signal {code - 128})"
+    return f"exited with code {code}"
+
+
 class Container(Protocol):
     task_id: str
 

@@ -54,6 +54,13 @@ def crash(code):
     os._exit(code)
 
 
+@app.function()
+def killed():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 @app.function(timeout=2)
 def too_slow():
     time.sleep(30)
