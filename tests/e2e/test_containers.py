@@ -149,6 +149,8 @@ def escapes():
         "io_uring_setup": lambda: libc.syscall(425, 1, None),
     }
     results = {name: outcome(attempt()) for name, attempt in attempts.items()}
+    # kcmp: harmless on itself (0 without a filter), but on no list: what an allow-list refuses
+    results["unlisted_kcmp"] = outcome(libc.syscall(312, os.getpid(), os.getpid(), 0, 0, 0))
     status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
     results["capabilities"] = status["CapEff"].strip()
     results["no_new_privs"] = status["NoNewPrivs"].strip()
@@ -175,12 +177,13 @@ def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:
     (tmp_path / "escapes.py").write_text(ESCAPES.replace("HOST_REPO", str(REPO)))
     text = assert_ok(run_modal(server, "run", "escapes.py", cwd=tmp_path))
     results = eval(text.split("ESCAPES ", 1)[1].splitlines()[0])
-    special = ("capabilities", "no_new_privs", "seccomp", "host_paths", "proc_sys", "processes")
+    special = ("capabilities", "no_new_privs", "seccomp", "host_paths", "proc_sys", "processes", "unlisted_kcmp")
     refused = {name: value for name, value in results.items() if name not in special}
     assert all(value == "EPERM" for value in refused.values()), refused
     assert results["capabilities"] == "0000000000000000"
     assert results["no_new_privs"] == "1"
     assert results["seccomp"] == "2"  # a filter is installed
+    assert results["unlisted_kcmp"] == "ENOSYS"  # an allow-list: what is on no list is refused
     assert results["host_paths"] == []  # none of the host's files
     assert results["proc_sys"] in ("EROFS", "EPERM", "EACCES")
     # A PID namespace of its own: its init and the entrypoint (no host or zygote processes).

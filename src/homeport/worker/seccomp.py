@@ -1,111 +1,135 @@
-"""A seccomp filter for containers: the system calls that could reach past the sandbox
-fail with EPERM, whatever capabilities a process might gain. bubblewrap installs it
-(`--seccomp FD`) right before it executes the container's entrypoint.
+"""The containers' seccomp filter: an allow-list built with libseccomp.
 
-The filter is a classic BPF program built here (no libseccomp binding needed): anything
-not x86-64 (32-bit and x32 entry points, a classic way around deny lists) is refused,
-then each listed call is refused, everything else allowed. The list follows Docker's
-default profile where it matters for escapes.
+Modelled on Docker's default profile: the system calls ordinary programs make are
+allowed; those that reach past the sandbox (new mounts and namespaces, other processes'
+memory, the kernel, the host's clock and identity, io_uring) fail with EPERM; every
+other call, including any a later kernel adds, fails with ENOSYS, so libc falls back as
+it would on an older kernel. `clone` is allowed only without namespace flags (a new user
+namespace would hand the caller every capability inside it) and `clone3` answers ENOSYS,
+since its flags live in memory a filter cannot read. Other architectures' entry points
+(32-bit and x32 on x86-64) are refused.
+
+libseccomp (the system library, through the `pyseccomp` binding) turns names into each
+architecture's numbers and compiles the BPF program; bubblewrap installs it with
+`--seccomp FD` right before the container's entrypoint, and a zygote's containers load it
+themselves before any of their code runs.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
-import platform
-import struct
+import tempfile
 
-AUDIT_ARCH_X86_64 = 0xC000003E
-X32_SYSCALL_BIT = 0x40000000
-SECCOMP_RET_ALLOW = 0x7FFF0000
-SECCOMP_RET_ERRNO = 0x00050000
+import pyseccomp
 
-BPF_LD_W_ABS = 0x20
-BPF_JEQ_K = 0x15
-BPF_JGE_K = 0x35
-BPF_RET_K = 0x06
-BPF_JSET_K = 0x45
-OFFSET_NR = 0  # struct seccomp_data: int nr; __u32 arch; ...
-OFFSET_ARCH = 4
-OFFSET_ARG0 = 16  # args[0], low 32 bits (little-endian)
-CLONE = 56
-CLONE3 = 435
-# CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWTIME
-NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
+# What ordinary programs call, following Docker's default profile (its unconditional
+# allows, and its capability-gated ones where the container holds the capability).
+ALLOWED = """
+accept accept4 access alarm arch_prctl bind brk cachestat capget capset chdir chmod chown
+chroot clock_getres clock_gettime clock_nanosleep close close_range connect
+copy_file_range creat dup dup2 dup3 epoll_create epoll_create1 epoll_ctl epoll_pwait
+epoll_pwait2 epoll_wait eventfd eventfd2 execve execveat exit exit_group faccessat
+faccessat2 fadvise64 fallocate fanotify_mark fchdir fchmod fchmodat fchmodat2 fchown
+fchownat fcntl fdatasync fgetxattr flistxattr flock fork fremovexattr fsetxattr fstat
+fstatfs fsync ftruncate futex futex_requeue futex_wait futex_waitv futex_wake futimesat
+get_mempolicy get_robust_list get_thread_area getcpu getcwd getdents getdents64 getegid
+geteuid getgid getgroups getitimer getpeername getpgid getpgrp getpid getppid getpriority
+getrandom getresgid getresuid getrlimit getrusage getsid getsockname getsockopt gettid
+gettimeofday getuid getxattr inotify_add_watch inotify_init inotify_init1
+inotify_rm_watch io_cancel io_destroy io_getevents io_pgetevents io_setup io_submit ioctl
+ioprio_get ioprio_set kill landlock_add_rule landlock_create_ruleset
+landlock_restrict_self lchown lgetxattr link linkat listen listxattr llistxattr
+lremovexattr lseek lsetxattr lstat madvise membarrier memfd_create memfd_secret mincore
+mkdir mkdirat mknod mknodat mlock mlock2 mlockall mmap modify_ldt mprotect mq_getsetattr
+mq_notify mq_open mq_timedreceive mq_timedsend mq_unlink mremap msgctl msgget msgrcv
+msgsnd msync munlock munlockall munmap nanosleep newfstatat open openat openat2 pause
+pidfd_open pidfd_send_signal pipe pipe2 pkey_alloc pkey_free pkey_mprotect poll ppoll
+prctl pread64 preadv preadv2 prlimit64 process_mrelease pselect6 pwrite64 pwritev
+pwritev2 read readahead readlink readlinkat readv recvfrom recvmmsg recvmsg
+remap_file_pages removexattr rename renameat renameat2 restart_syscall rmdir rseq
+rt_sigaction rt_sigpending rt_sigprocmask rt_sigqueueinfo rt_sigreturn rt_sigsuspend
+rt_sigtimedwait rt_tgsigqueueinfo sched_get_priority_max sched_get_priority_min
+sched_getaffinity sched_getattr sched_getparam sched_getscheduler sched_rr_get_interval
+sched_setaffinity sched_setattr sched_setparam sched_setscheduler sched_yield seccomp
+select semctl semget semop semtimedop sendfile sendmmsg sendmsg sendto set_robust_list
+set_thread_area set_tid_address setfsgid setfsuid setgid setgroups setitimer setpgid
+setpriority setregid setresgid setresuid setreuid setrlimit setsid setsockopt setuid
+setxattr shmat shmctl shmdt shmget shutdown sigaltstack signalfd signalfd4 socket
+socketpair splice stat statfs statx symlink symlinkat sync sync_file_range syncfs sysinfo
+tee tgkill time timer_create timer_delete timer_getoverrun timer_gettime timer_settime
+timerfd_create timerfd_gettime timerfd_settime times tkill truncate umask uname unlink
+unlinkat utime utimensat utimes vfork vmsplice wait4 waitid write writev
+""".split()
 
-# x86-64 system call numbers refused inside containers, by what they would allow.
-BLOCKED_X86_64 = {
-    # new mounts and namespaces (a way to regain privileges inside a user namespace)
-    "mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308,
-    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-    "mount_setattr": 442,
-    # other processes' memory and state
-    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
-    # the kernel itself
-    "init_module": 175, "finit_module": 313, "delete_module": 176, "kexec_load": 246, "kexec_file_load": 320,
-    "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163, "bpf": 321, "perf_event_open": 298,
-    "iopl": 172, "ioperm": 173, "syslog": 103, "quotactl": 179, "lookup_dcookie": 212, "userfaultfd": 323,
-    # io_uring: a large kernel surface, and its operations bypass this filter
-    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    # the host's identity and clock
-    "sethostname": 170, "setdomainname": 171, "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305,
-    "adjtimex": 159,
-    # files by handle (bypasses the mount namespace) and the kernel keyring (shared, not namespaced)
-    "open_by_handle_at": 304, "name_to_handle_at": 303, "keyctl": 250, "add_key": 248, "request_key": 249,
-}  # fmt: skip
-
+# Refused with EPERM, by what they would allow.
+REFUSED = """
+mount umount2 pivot_root unshare setns open_tree move_mount fsopen fsconfig fsmount fspick mount_setattr
+ptrace process_vm_readv process_vm_writev
+init_module finit_module delete_module kexec_load kexec_file_load reboot swapon swapoff acct bpf
+perf_event_open iopl ioperm syslog quotactl lookup_dcookie userfaultfd
+io_uring_setup io_uring_enter io_uring_register
+sethostname setdomainname settimeofday clock_settime clock_adjtime adjtimex
+open_by_handle_at name_to_handle_at keyctl add_key request_key
+""".split()
 
 # A zygote (worker/zygote.py) makes each container's namespaces and mounts itself, inside
 # its own user namespace: it may use these; every container it forks installs the full
 # filter on top before any of its code runs.
-ZYGOTE_ALLOWED = {"mount", "umount2", "pivot_root", "unshare", "setns", "sethostname"}
-BLOCKED_IN_ZYGOTE = {name: number for name, number in BLOCKED_X86_64.items() if name not in ZYGOTE_ALLOWED}
+ZYGOTE_ALLOWED = ("mount", "umount2", "pivot_root", "unshare", "setns", "sethostname")
 
-
-def _instruction(code: int, jump_true: int, jump_false: int, value: int) -> bytes:
-    return struct.pack("=HBBI", code, jump_true, jump_false, value)
-
-
-def program(blocked: dict[str, int] | None = None) -> bytes:
-    """The filter as the kernel wants it: an array of struct sock_filter.
-
-    Layout: refuse other architectures and x32; `clone` only without namespace flags
-    (a new user namespace would hand the caller every capability inside it); `clone3`
-    answers ENOSYS, so libc falls back to `clone`, whose flags can be inspected; then the
-    deny list; everything else allowed."""
-    numbers = sorted(set((blocked or BLOCKED_X86_64).values()) - {CLONE, CLONE3})
-    # (code, jump-true label, jump-false label, value); labels resolve to relative offsets.
-    code: list[tuple[int, str | None, str | None, int]] = [
-        (BPF_LD_W_ABS, None, None, OFFSET_ARCH),
-        (BPF_JEQ_K, None, "deny", AUDIT_ARCH_X86_64),
-        (BPF_LD_W_ABS, None, None, OFFSET_NR),
-        (BPF_JGE_K, "deny", None, X32_SYSCALL_BIT),
-        (BPF_JEQ_K, "clone", None, CLONE),
-        (BPF_JEQ_K, "enosys", None, CLONE3),
-        *((BPF_JEQ_K, "deny", None, number) for number in numbers),
-        (BPF_RET_K, None, None, SECCOMP_RET_ALLOW),
-    ]
-    labels = {"clone": len(code)}
-    code += [
-        (BPF_LD_W_ABS, None, None, OFFSET_ARG0),
-        (BPF_JSET_K, "deny", None, NAMESPACE_FLAGS),
-        (BPF_RET_K, None, None, SECCOMP_RET_ALLOW),
-    ]
-    labels["enosys"] = len(code)
-    code.append((BPF_RET_K, None, None, SECCOMP_RET_ERRNO | errno.ENOSYS))
-    labels["deny"] = len(code)
-    code.append((BPF_RET_K, None, None, SECCOMP_RET_ERRNO | errno.EPERM))
-
-    def offset(index: int, label: str | None) -> int:
-        return 0 if label is None else labels[label] - (index + 1)
-
-    return b"".join(
-        _instruction(op, offset(index, true), offset(index, false), value) for index, (op, true, false, value) in enumerate(code)
-    )
+# personality(2) only to query or for the execution domains programs ask for (Docker's rule).
+PERSONALITIES = (0x0, 0x0008, 0x20000, 0x20008, 0xFFFFFFFF)
+# CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
+# CLONE_NEWNET, CLONE_NEWTIME
+NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80
 
 
 def supported() -> bool:
-    return platform.machine() == "x86_64"
+    """Whether libseccomp can build a filter for this machine."""
+    try:
+        return pyseccomp.system_arch() != 0
+    except Exception:
+        return False
+
+
+@functools.cache
+def program(for_zygote: bool = False) -> bytes:
+    """The filter as the kernel wants it: an array of struct sock_filter."""
+    permitted = ZYGOTE_ALLOWED if for_zygote else ()
+    seccomp = pyseccomp.SyscallFilter(pyseccomp.ERRNO(errno.ENOSYS))
+    seccomp.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.ERRNO(errno.EPERM))
+    seccomp.set_attr(pyseccomp.Attr.CTL_NNP, 0)  # no_new_privs is set by whoever loads it
+    for name in (*ALLOWED, *permitted):
+        _add(seccomp, pyseccomp.ALLOW, name)
+    for name in REFUSED:
+        if name not in permitted:
+            _add(seccomp, pyseccomp.ERRNO(errno.EPERM), name)
+    for persona in PERSONALITIES:
+        _add(seccomp, pyseccomp.ALLOW, "personality", pyseccomp.Arg(0, pyseccomp.EQ, persona))
+    _add(seccomp, pyseccomp.ALLOW, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, NAMESPACE_FLAGS, 0))
+    for flag in _bits(NAMESPACE_FLAGS):
+        _add(seccomp, pyseccomp.ERRNO(errno.EPERM), "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag))
+    # clone3 is on no list: the default answer, ENOSYS, makes libc fall back to clone.
+    with tempfile.TemporaryFile() as compiled:
+        seccomp.export_bpf(compiled)
+        compiled.seek(0)
+        return compiled.read()
+
+
+def _add(seccomp: pyseccomp.SyscallFilter, action: int, name: str, *args: pyseccomp.Arg) -> None:
+    try:
+        number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    except Exception:
+        return  # not a system call of this architecture
+    if number < 0:
+        return
+    seccomp.add_rule(action, name, *args)
+
+
+def _bits(mask: int) -> list[int]:
+    return [1 << bit for bit in range(mask.bit_length()) if mask & (1 << bit)]
 
 
 def program_fd(code: bytes | None = None) -> int:

@@ -392,7 +392,7 @@ class Zygote:
         environment = {**dict(self.image.environment), "HOMEPORT_ZYGOTE_FD": str(theirs.fileno())}
         from homeport.worker.sandbox import spawn_bwrap  # sandbox imports this module
 
-        zygote_filter = seccomp.program(seccomp.BLOCKED_IN_ZYGOTE) if seccomp.supported() else None
+        zygote_filter = seccomp.program(for_zygote=True) if seccomp.supported() else None
         try:
             self.process = await spawn_bwrap(
                 options, environment, ["python", f"{INSIDE}/zygote.py"], furnish, None, merge_stderr=True,
