@@ -110,6 +110,45 @@ class CacheLayout:
         return self.root / "client"
 
 
+def _number_from_environment(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"{name}={value!r} is not a number") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How long the server keeps what it no longer needs, and how much it accepts. Each may
+    be set in the environment (the name in the comment)."""
+
+    # Finished calls' results and data chunks (HOMEPORT_RESULT_RETENTION_S); Modal keeps 7 days.
+    result_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_RESULT_RETENTION_S", 7 * 86400))
+    # Container and app logs (HOMEPORT_LOG_RETENTION_S).
+    log_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_LOG_RETENTION_S", 7 * 86400))
+    # A blob nothing refers to yet is kept this long after its upload (HOMEPORT_BLOB_GRACE_S).
+    blob_grace_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_BLOB_GRACE_S", 3600))
+    # The largest blob a client may declare (HOMEPORT_BLOB_MAX_BYTES); also never more than
+    # the disk holds.
+    blob_max_bytes: int = dataclasses.field(
+        default_factory=lambda: int(_number_from_environment("HOMEPORT_BLOB_MAX_BYTES", 64 * 2**30))
+    )
+    # Seconds between retention passes (HOMEPORT_RETENTION_INTERVAL_S).
+    interval_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_RETENTION_INTERVAL_S", 30))
+    # What a container may write to its disk (its writable layer) when it does not ask for
+    # ephemeral_disk= (HOMEPORT_CONTAINER_DISK_MIB).
+    container_disk_mib: int = dataclasses.field(
+        default_factory=lambda: int(_number_from_environment("HOMEPORT_CONTAINER_DISK_MIB", 10 * 1024))
+    )
+    # What one container may write to its logs (HOMEPORT_CONTAINER_LOG_BYTES); the rest is dropped.
+    container_log_bytes: int = dataclasses.field(
+        default_factory=lambda: int(_number_from_environment("HOMEPORT_CONTAINER_LOG_BYTES", 64 * 2**20))
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -127,8 +166,7 @@ class Settings:
     web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
     web_scheme: str = "http"
     web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none
-    # How long finished call results are kept (the issue asks for at least 24 h).
-    result_retention_s: float = 7 * 24 * 3600
+    limits: Limits = dataclasses.field(default_factory=Limits)
     cache_dir: Path = DEFAULT_CACHE_DIR
     # Image layers: under the data dir unless set (HOMEPORT_LAYER_DIR). A layer dir belongs
     # to one server: `homeport images prune` removes what that server's images do not use.

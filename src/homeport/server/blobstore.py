@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,14 +28,32 @@ from homeport.server.store import schema
 CHUNK_SIZE = 1024 * 1024
 # How long an upload or download URL stays valid.
 URL_LIFETIME_S = 3600
+# Disk the blob store leaves free for the database, logs and containers.
+DISK_RESERVE_BYTES = 2 * 2**30
 
 
 class LocalBlobStore:
-    def __init__(self, layout: DataLayout, engine: sa.Engine, base_url: str, signing_key: bytes) -> None:
+    def __init__(
+        self, layout: DataLayout, engine: sa.Engine, base_url: str, signing_key: bytes, max_bytes: int = 64 * 2**30
+    ) -> None:
         self.layout = layout
         self.engine = engine
         self.base_url = base_url
+        self.max_bytes = max_bytes
         self._key = signing_key
+
+    def refusal(self, size: int) -> str | None:
+        """Why a blob of this size cannot be stored here, or None."""
+        if size > self.max_bytes:
+            return (
+                f"a blob of {size} bytes is over this server's limit of {self.max_bytes} bytes "
+                "(HOMEPORT_BLOB_MAX_BYTES); pass large data through a Volume instead"
+            )
+        self.layout.blobs.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.layout.blobs).free - DISK_RESERVE_BYTES
+        if size > free:
+            return f"a blob of {size} bytes does not fit: the server has {max(free, 0)} bytes of disk free for blobs"
+        return None
 
     # --- ids and URLs ---------------------------------------------------------------
 
@@ -94,13 +113,27 @@ class LocalBlobStore:
         self._publish(blob_id, temporary)
         return blob_id
 
+    def remove_file(self, blob_id: str) -> int:
+        """Delete a blob's content (its row is gone already); returns the bytes freed."""
+        path = self.layout.blob(blob_id)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
     def read_bytes(self, blob_id: str) -> bytes:
         return self.layout.blob(blob_id).read_bytes()
 
     async def receive(self, blob_id: str, chunks: AsyncIterator[bytes]) -> str:
-        """Stream an upload to disk; it becomes visible only once whole and synced.
+        """Stream an upload to disk; it becomes visible only once whole and synced. An upload
+        longer than the size declared to BlobCreate is refused (ValueError).
 
         Returns the MD5 hex digest of what was received (the S3 ETag)."""
+        with self.engine.connect() as connection:
+            declared = connection.execute(sa.select(schema.blobs.c.size).where(schema.blobs.c.id == blob_id)).scalar()
+        limit = self.max_bytes if declared is None else declared
         temporary = self.layout.uploads / f"{blob_id}.{os.getpid()}.{time.monotonic_ns()}.part"
         digest = hashlib.md5()
         size = 0
@@ -109,6 +142,8 @@ class LocalBlobStore:
                 async for chunk in chunks:
                     digest.update(chunk)
                     size += len(chunk)
+                    if size > limit:
+                        raise ValueError(f"the upload is longer than the {limit} bytes declared for blob {blob_id}")
                     file.write(chunk)
                 file.flush()
                 os.fsync(file.fileno())
@@ -141,7 +176,10 @@ def blob_routes(store: LocalBlobStore) -> list[web.RouteDef]:
 
     async def put_blob(request: web.Request) -> web.Response:
         blob_id = authorize(request, "put")
-        etag = await store.receive(blob_id, request.content.iter_chunked(CHUNK_SIZE))
+        try:
+            etag = await store.receive(blob_id, request.content.iter_chunked(CHUNK_SIZE))
+        except ValueError as error:
+            raise web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, text=str(error)) from None
         expected_md5 = request.headers.get("Content-MD5")
         if expected_md5:
             if base64.b64encode(bytes.fromhex(etag)).decode() != expected_md5:

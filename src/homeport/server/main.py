@@ -14,6 +14,7 @@ from homeport.config import Settings
 from homeport.server.blobstore import blob_routes, volume_routes
 from homeport.server.connections import CONTAINER_SOCKET_LIMITS, GuardedServer
 from homeport.server.gateway import Gateway, gateway_middleware
+from homeport.server.retention import RetentionService
 from homeport.server.servicer import HomeportServicer
 from homeport.server.state import ServerState, build_state
 
@@ -103,10 +104,12 @@ async def serve(settings: Settings) -> None:
         async with asyncio.TaskGroup() as group:
             scheduler_task = group.create_task(state.scheduler.run())
             images_task = group.create_task(state.images.run())
+            retention_task = group.create_task(RetentionService(state.engine, state.blobs, settings.limits).run())
             await stop.wait()
             log.info("shutting down")
             scheduler_task.cancel()
             images_task.cancel()
+            retention_task.cancel()
     finally:
         await state.scheduler.shutdown()
         for server in (grpc_server, container_server):

@@ -24,6 +24,7 @@ from grpclib import GRPCError
 from modal_proto import api_pb2
 
 from homeport import ids
+from homeport.config import Limits
 from homeport.images import client_package
 from homeport.server.auth import hash_secret
 from homeport.server.notify import poll
@@ -35,6 +36,7 @@ from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.services.volumes import volume_metadata
 from homeport.server.store import schema
+from homeport.worker import rootfs
 from homeport.worker.cpu import CpuMeter
 from homeport.worker.gpus import GpuPool, GpuRequest
 from homeport.worker.gpus import detect as detect_gpus
@@ -111,6 +113,8 @@ class RunningContainer:
     stop_requested_at: float | None = None
     init_failure: api_pb2.GenericResult | None = None
     stderr_tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
+    disk_limit_mib: int = 0  # enforced by watching its writable layer; 0: bounded otherwise (ephemeral_disk=)
+    fault: str | None = None  # why we killed it for its own doing (e.g. its disk use): its inputs fail with this
     volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
 
     @property
@@ -171,7 +175,7 @@ class Scheduler:
         task_dir,  # type: ignore[no-untyped-def]
         server_url: str,
         max_containers: int,
-        result_retention_s: float,
+        limits: Limits,
         storage,  # type: ignore[no-untyped-def]
         queues,  # type: ignore[no-untyped-def]
         secrets,  # type: ignore[no-untyped-def]
@@ -192,7 +196,7 @@ class Scheduler:
         self.server_url = server_url
         self.max_containers = max_containers
         self.forget_credential: Callable[[str], None] = lambda task_id: None
-        self.result_retention_s = result_retention_s
+        self.limits = limits
         self.storage = storage
         self.queues = queues
         self.secrets = secrets
@@ -232,6 +236,7 @@ class Scheduler:
             group.create_task(self._loop("timeouts", self._enforce_deadlines, lambda: asyncio.sleep(0.5)))
             group.create_task(self._loop("schedules", self._run_schedules, lambda: asyncio.sleep(1.0)))
             group.create_task(self._loop("housekeeping", self._housekeeping, lambda: asyncio.sleep(10.0)))
+            group.create_task(self._loop("disk limits", self._enforce_disk_limits, lambda: asyncio.sleep(2.0)))
 
     async def _loop(self, name: str, step, pause) -> None:  # type: ignore[no-untyped-def]
         while True:
@@ -587,13 +592,23 @@ class Scheduler:
 
         build_step = self.builds.get(function.id)
 
+        logged_bytes = 0
+
         def on_output(fd: int, text: str) -> None:
+            nonlocal logged_bytes
             text = redact(text)
             if build_step is not None:
                 build_step.on_output(text)
             if running is not None and fd == 2:
                 running.stderr_tail.append(text)
-            self.logs.append(function.app_id, task_id, function.id, fd, text)
+            if logged_bytes < self.limits.container_log_bytes:
+                logged_bytes += len(text)
+                if logged_bytes >= self.limits.container_log_bytes:
+                    text += (
+                        f"\n[homeport: this container has written {self.limits.container_log_bytes} bytes of logs; "
+                        "the rest is not kept (HOMEPORT_CONTAINER_LOG_BYTES)]\n"
+                    )
+                self.logs.append(function.app_id, task_id, function.id, fd, text)
 
         try:
             container = await self.runtime.start(spec, on_output)
@@ -610,6 +625,8 @@ class Scheduler:
             started_at=time.monotonic(),
             max_inputs=max(definition.max_concurrent_inputs, 1),
             idle_timeout_s=autoscaling.autoscaling(definition, DEFAULT_IDLE_S).scaledown_window_s,
+            # ephemeral_disk= is a size-limited file system already; a build step's layer is the image's
+            disk_limit_mib=0 if definition.resources.ephemeral_disk_mb or build_step else self.limits.container_disk_mib,
         )
         running.definition.timeout_secs = timeout
         running.volumes = views
@@ -694,7 +711,7 @@ class Scheduler:
         self.containers.pop(running.task_id, None)
         self.forget_credential(running.task_id)
         self.gpus.release(running.task_id)
-        runtime_reason = running.container.exit_reason()
+        runtime_reason = running.fault or running.container.exit_reason()
         if running.stop_reason is None and getattr(running.container, "lost", False):
             # The platform lost it (its zygote died): its inputs run again elsewhere, retries untouched.
             running.stop_reason = runtime_reason
@@ -921,13 +938,24 @@ class Scheduler:
             log.info("schedule fired for %s (%s)", definition.function_name, call_id)
             self.wake()
 
+    async def _enforce_disk_limits(self) -> None:
+        """A container's writable layer lives on the host's disk; one that outgrows its limit
+        is killed and its inputs fail saying so (as kubelet does for ephemeral storage)."""
+        for running in list(self.containers.values()):
+            if not running.disk_limit_mib or running.fault is not None:
+                continue
+            used = await asyncio.to_thread(rootfs.used_bytes, self.task_dir(running.task_id) / "writable")
+            if used > running.disk_limit_mib * 2**20 and running.task_id in self.containers:
+                running.fault = (
+                    f"the container wrote more than its disk limit of {running.disk_limit_mib} MiB "
+                    "(ask for more with ephemeral_disk=, in MiB)"
+                )
+                log.warning("container %s: %s", running.task_id, running.fault)
+                running.container.kill()
+
     async def _housekeeping(self) -> None:
         self.runtime.sweep()
         for app_id in self.apps.stale_ephemeral_apps():
             await self.stop_app(app_id, "its client stopped sending heartbeats")
         self.storage.expire()
         self.queues.expire()
-        cutoff = time.time() - self.result_retention_s
-        with self.engine.begin() as connection:
-            connection.execute(schema.outputs.delete().where(schema.outputs.c.created_at < cutoff))
-            connection.execute(schema.call_data.delete().where(schema.call_data.c.created_at < cutoff))

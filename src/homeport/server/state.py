@@ -103,7 +103,11 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     auth = AuthService(engine)
     auth.ensure_default_workspace()
     blobs = LocalBlobStore(
-        layout, engine, settings.blob_base_url, shared_setting(engine, BLOB_SIGNING_KEY, random_secrets.token_hex(32)).encode()
+        layout,
+        engine,
+        settings.blob_base_url,
+        shared_setting(engine, BLOB_SIGNING_KEY, random_secrets.token_hex(32)).encode(),
+        settings.limits.blob_max_bytes,
     )
     apps = AppService(engine, notifier)
     calls = CallService(engine, notifier)
@@ -159,7 +163,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         task_dir=layout.task_dir,
         server_url=settings.server_url,
         max_containers=settings.max_containers,
-        result_retention_s=settings.result_retention_s,
+        limits=settings.limits,
         storage=storage,
         queues=queues,
         secrets=secret_service,

@@ -136,3 +136,30 @@ def has_entries(path: Path) -> bool:
             return any(True for _ in entries)
     except FileNotFoundError:
         return False
+
+
+def used_bytes(path: Path) -> int:
+    """Disk space the files under `path` take (allocated blocks, as du counts them), without
+    following symbolic links or crossing into other file systems."""
+    try:
+        device = path.lstat().st_dev
+    except FileNotFoundError:
+        return 0
+    total, pending = 0, [str(path)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    status = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if status.st_dev != device:
+                    continue
+                total += status.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+    return total

@@ -55,6 +55,24 @@ def crash(code):
 
 
 @app.function()
+def shout(lines):
+    for number in range(lines):
+        print(f"shouting line {number:05d} " + "x" * 60)
+    return lines
+
+
+@app.function()
+def fill_disk(mib):
+    with open("/tmp/filler", "wb") as filler:
+        for _ in range(mib):
+            filler.write(os.urandom(1024 * 1024))
+            filler.flush()
+            os.fsync(filler.fileno())
+            time.sleep(0.05)
+    return "wrote it all"
+
+
+@app.function()
 def killed():
     import signal
 

@@ -14,6 +14,9 @@ async def blob_create(context: RequestContext, request: api_pb2.BlobCreateReques
     if request.content_length < 0:
         raise errors.invalid_argument("content_length must not be negative")
     blobs = context.state.blobs
+    refusal = blobs.refusal(request.content_length)
+    if refusal is not None:
+        raise errors.resource_exhausted(refusal)
     blob_id = blobs.create(context.workspace_id, request.content_length, request.content_md5)
     # Client 1.6.4 reads only the plural fields (blob_ids, upload_urls.items).
     return api_pb2.BlobCreateResponse(

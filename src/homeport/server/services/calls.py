@@ -175,6 +175,7 @@ class CallService:
                 function_id=function_id,
                 idx=idx,
                 payload=function_input.SerializeToString(),
+                blob_id=function_input.args_blob_id or None,
                 state=PENDING,
                 attempt=0,
                 not_before=0.0,
@@ -292,6 +293,7 @@ class CallService:
                         "data_format": data_format,
                         "retry_count": row.attempt,
                         "created_at": now,
+                        "blob_id": result.data_blob_id or None,
                     },
                 )
                 requeued = False
@@ -396,6 +398,7 @@ class CallService:
                         chunk=chunk.SerializeToString(),
                         chunk_index=chunk.index,
                         created_at=now,
+                        blob_id=chunk.data_blob_id or None,
                     )
                     for chunk in chunks
                 ],

@@ -121,7 +121,7 @@ blobs = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=True),
     sa.Column("md5_base64", sa.String(40), nullable=True),
     sa.Column("complete", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
 )
 
 images = sa.Table(
@@ -180,6 +180,7 @@ inputs = sa.Table(
     sa.Column("not_before", sa.Float, nullable=False, server_default="0"),
     sa.Column("claimed_at", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("blob_id", sa.String(40), nullable=True, index=True),  # the argument blob, while it is needed
     # Claiming takes the oldest pending inputs of a function: filter and order from one index.
     sa.Index("ix_inputs_claim_order", "function_id", "state", "created_at"),
     sa.Index("ix_inputs_task", "task_id"),
@@ -196,6 +197,7 @@ outputs = sa.Table(
     sa.Column("data_format", sa.Integer, nullable=False),
     sa.Column("retry_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("blob_id", sa.String(40), nullable=True, index=True),  # the result blob
 )
 
 # Generator values and other per-call data channels (data_out from the container).
@@ -208,6 +210,7 @@ call_data = sa.Table(
     sa.Column("chunk", sa.LargeBinary, nullable=False),  # api_pb2.DataChunk
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("chunk_index", sa.BigInteger, nullable=False, server_default="0"),  # DataChunk.index
+    sa.Column("blob_id", sa.String(40), nullable=True, index=True),  # the chunk's blob
     sa.Index("ix_call_data_cursor", "function_call_id", "direction", "chunk_index"),
 )
 
@@ -235,7 +238,7 @@ logs = sa.Table(
     sa.Column("function_id", sa.String(40), nullable=True),
     sa.Column("file_descriptor", sa.Integer, nullable=False),
     sa.Column("data", sa.Text, nullable=False),
-    sa.Column("timestamp", sa.Float, nullable=False),
+    sa.Column("timestamp", sa.Float, nullable=False, index=True),
 )
 
 # Server-wide values shared by every node (e.g. the key that signs blob URLs).
