@@ -20,3 +20,20 @@ def first_attempt_hangs(marker_dict: str) -> str:
         time.sleep(600)
         return "first attempt"
     return "second attempt"
+
+
+@app.function()
+def slow_square(x: int) -> int:
+    time.sleep(0.3)
+    return x * x
+
+
+volume = modal.Volume.from_name("durable-commits", create_if_missing=True)
+
+
+@app.function(volumes={"/data": volume})
+def write_and_commit(name: str, text: str) -> str:
+    with open(f"/data/{name}", "w") as file:
+        file.write(text)
+    volume.commit()
+    return "committed"
