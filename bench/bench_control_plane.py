@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import APPS, MODAL, run_python, start_server
 
-MEASURE = r'''
+MEASURE = r"""
 import json, os, statistics, time, asyncio
 import modal
 from grpclib.client import Channel
@@ -69,13 +69,18 @@ print("RESULT", json.dumps({
     "warm_p50": statistics.median(warm), "warm_p99": percentile(warm, 0.99),
     "map_inputs_per_s": 2000 / map_s,
 }))
-'''
+"""
 
 
 def modal_run_to_first_result(server) -> float:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     process = subprocess.Popen(
-        [MODAL, "run", "hello.py"], cwd=APPS, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [MODAL, "run", "hello.py"],
+        cwd=APPS,
+        env=server.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert process.stdout is not None
     elapsed = None
@@ -103,10 +108,14 @@ def main() -> None:
     ms = 1000
     print(f"{'measure':<44}{'value':>12}{'baseline':>12}{'ratio':>8}")
     print(f"{'bare gRPC round trip p50 (baseline)':<44}{figures['raw_p50'] * ms:>10.2f}ms{'':>12}{'':>8}")
-    print(f"{'warm .remote() p50':<44}{figures['warm_p50'] * ms:>10.2f}ms{figures['raw_p50'] * ms:>10.2f}ms"
-          f"{figures['warm_p50'] / figures['raw_p50']:>8.1f}")
-    print(f"{'warm .remote() p99':<44}{figures['warm_p99'] * ms:>10.2f}ms{figures['raw_p99'] * ms:>10.2f}ms"
-          f"{figures['warm_p99'] / figures['raw_p99']:>8.1f}")
+    print(
+        f"{'warm .remote() p50':<44}{figures['warm_p50'] * ms:>10.2f}ms{figures['raw_p50'] * ms:>10.2f}ms"
+        f"{figures['warm_p50'] / figures['raw_p50']:>8.1f}"
+    )
+    print(
+        f"{'warm .remote() p99':<44}{figures['warm_p99'] * ms:>10.2f}ms{figures['raw_p99'] * ms:>10.2f}ms"
+        f"{figures['warm_p99'] / figures['raw_p99']:>8.1f}"
+    )
     print(f"{'.map() over 2,000 inputs':<44}{figures['map_inputs_per_s']:>8.0f} in/s")
     print(f"{'modal run hello.py to first result (median of 3)':<44}{first_result * ms:>10.0f}ms")
 

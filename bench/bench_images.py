@@ -73,9 +73,19 @@ def built_images(data_dir: Path) -> list[dict[str, object]]:
 
     engine = sa.create_engine(f"sqlite:///{data_dir / 'homeport.db'}")
     with engine.connect() as connection:
-        rows = connection.execute(sa.text("SELECT id, definition, layers, build_seconds FROM images ORDER BY created_at")).all()
+        rows = connection.execute(
+            sa.text("SELECT id, definition, layers, build_seconds FROM images ORDER BY created_at")
+        ).all()
     engine.dispose()
-    return [{"id": r.id, "definition": r.definition, "layers": json.loads(r.layers or "[]"), "seconds": r.build_seconds or 0.0} for r in rows]
+    return [
+        {
+            "id": r.id,
+            "definition": r.definition,
+            "layers": json.loads(r.layers or "[]"),
+            "seconds": r.build_seconds or 0.0,
+        }
+        for r in rows
+    ]
 
 
 def run_app(server, directory: Path, image: str) -> float:  # type: ignore[no-untyped-def]
@@ -148,13 +158,33 @@ def main() -> None:
         ms = 1000
         rows = [
             ("figure", "value", "baseline", "ratio"),
-            (f"cold build debian_slim() (base {'built too' if cold_base else 'cached'})", f"{slim_build:.1f} s", "", ""),
+            (
+                f"cold build debian_slim() (base {'built too' if cold_base else 'cached'})",
+                f"{slim_build:.1f} s",
+                "",
+                "",
+            ),
             ("  modal run wall, incl. that build", f"{slim_wall:.1f} s", "", ""),
-            ("cold build of the pip_install('numpy') layer", f"{numpy_build:.1f} s", f"{pip_s:.1f} s (host pip, fresh venv)", f"{numpy_build / pip_s:.2f}"),
+            (
+                "cold build of the pip_install('numpy') layer",
+                f"{numpy_build:.1f} s",
+                f"{pip_s:.1f} s (host pip, fresh venv)",
+                f"{numpy_build / pip_s:.2f}",
+            ),
             ("  modal run wall, incl. that build", f"{numpy_wall:.1f} s", "", ""),
             ("modal run wall, everything cached", f"{rerun_wall:.2f} s", "", ""),
-            ("cached image lookup p50 (ImageGetOrCreate)", f"{lookup_s * ms:.2f} ms", f"{bare_rpc * ms:.2f} ms (bare RPC)", f"{lookup_s / bare_rpc:.1f}"),
-            ("rootfs assembly p50 (fork+ns+overlay+exec)", f"{mounted_s * ms:.2f} ms", f"{plain_s * ms:.2f} ms (fork+exec)", f"{mounted_s / plain_s:.1f}"),
+            (
+                "cached image lookup p50 (ImageGetOrCreate)",
+                f"{lookup_s * ms:.2f} ms",
+                f"{bare_rpc * ms:.2f} ms (bare RPC)",
+                f"{lookup_s / bare_rpc:.1f}",
+            ),
+            (
+                "rootfs assembly p50 (fork+ns+overlay+exec)",
+                f"{mounted_s * ms:.2f} ms",
+                f"{plain_s * ms:.2f} ms (fork+exec)",
+                f"{mounted_s / plain_s:.1f}",
+            ),
             ("  of which the overlay mount", f"{(mounted_s - plain_s) * ms:.2f} ms", "", ""),
         ]
         for ref in chain:  # type: ignore[union-attr]

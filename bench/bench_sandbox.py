@@ -23,11 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from homeport.config import DEFAULT_CACHE_DIR  # noqa: E402
-from homeport.images.bases import BaseCache  # noqa: E402
-from homeport.worker.network import BridgeNetwork  # noqa: E402
-from homeport.worker.runtime import ContainerSpec  # noqa: E402
-from homeport.worker.sandbox import SandboxRuntime  # noqa: E402
+from homeport.config import DEFAULT_CACHE_DIR
+from homeport.images.bases import BaseCache
+from homeport.worker.network import BridgeNetwork
+from homeport.worker.runtime import ContainerSpec
+from homeport.worker.sandbox import SandboxRuntime
 
 PKG = Path("/nonexistent")
 
@@ -65,7 +65,9 @@ async def measure(runtime, layers: list[Path], work: Path, n: int) -> list[float
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    base = BaseCache(DEFAULT_CACHE_DIR / "bases").ensure("python:3.11-slim-bookworm", lambda text: print(text, end=""))
+    base = BaseCache(DEFAULT_CACHE_DIR / "bases").ensure(
+        "python:3.11-slim-bookworm", lambda text: print(text, end="")
+    )
     with tempfile.TemporaryDirectory(prefix="homeport-bench-sandbox-") as temporary:
         work = Path(temporary)
         global PKG
@@ -79,16 +81,29 @@ def main() -> None:
         rows = [("runtime", "p50", "p90", "baseline p50 (fork+exec)", "ratio")]
         network = BridgeNetwork()
         network.setup([])
-        runtimes = [("sandbox (bubblewrap)", SandboxRuntime()), ("sandbox + own network (veth, bridge)", SandboxRuntime(network))]
+        runtimes = [
+            ("sandbox (bubblewrap)", SandboxRuntime()),
+            ("sandbox + own network (veth, bridge)", SandboxRuntime(network)),
+        ]
         if shutil.which("runsc"):
             from homeport.worker.gvisor import GvisorRuntime
 
             runtimes.append(("gVisor (runsc)", GvisorRuntime()))
         for name, runtime in runtimes:
-            samples = asyncio.run(measure(runtime, [base.rootfs], work / name.split()[0].strip("(") / str(len(rows)), n))
+            samples = asyncio.run(
+                measure(runtime, [base.rootfs], work / name.split()[0].strip("(") / str(len(rows)), n)
+            )
             p50 = statistics.median(samples)
             p90 = statistics.quantiles(samples, n=10)[-1]
-            rows.append((name, f"{p50 * 1000:.1f} ms", f"{p90 * 1000:.1f} ms", f"{statistics.median(plain) * 1000:.2f} ms", f"{p50 / statistics.median(plain):.0f}"))
+            rows.append(
+                (
+                    name,
+                    f"{p50 * 1000:.1f} ms",
+                    f"{p90 * 1000:.1f} ms",
+                    f"{statistics.median(plain) * 1000:.2f} ms",
+                    f"{p50 / statistics.median(plain):.0f}",
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         print(f"{n} starts each, base {base.tag} ({base.source})")
         for row in rows:

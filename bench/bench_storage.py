@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import run_python, start_server
 
-MEASURE = r'''
+MEASURE = r"""
 import asyncio, json, os, statistics, time
 import modal
 from grpclib.client import Channel
@@ -110,7 +110,7 @@ figures["local_write_mbs"], figures["local_read_mbs"] = disk_rates(os.environ["B
 with app.run():
     figures.update(in_container.remote())
 print("RESULT", json.dumps(figures))
-'''
+"""
 
 
 def main() -> None:
@@ -127,14 +127,44 @@ def main() -> None:
     ms = 1000
     rows = [
         ("bare gRPC round trip p50 (baseline)", f"{f['bare_rpc'] * ms:.2f} ms", "", ""),
-        ("Dict put p50, client", f"{f['client_dict_put'] * ms:.2f} ms", f"{f['bare_rpc'] * ms:.2f} ms", f"{f['client_dict_put'] / f['bare_rpc']:.1f}"),
-        ("Dict get p50, client", f"{f['client_dict_get'] * ms:.2f} ms", f"{f['bare_rpc'] * ms:.2f} ms", f"{f['client_dict_get'] / f['bare_rpc']:.1f}"),
-        ("Dict put p50, container", f"{f['container_dict_put'] * ms:.2f} ms", f"{f['bare_rpc'] * ms:.2f} ms", f"{f['container_dict_put'] / f['bare_rpc']:.1f}"),
-        ("Dict get p50, container", f"{f['container_dict_get'] * ms:.2f} ms", f"{f['bare_rpc'] * ms:.2f} ms", f"{f['container_dict_get'] / f['bare_rpc']:.1f}"),
+        (
+            "Dict put p50, client",
+            f"{f['client_dict_put'] * ms:.2f} ms",
+            f"{f['bare_rpc'] * ms:.2f} ms",
+            f"{f['client_dict_put'] / f['bare_rpc']:.1f}",
+        ),
+        (
+            "Dict get p50, client",
+            f"{f['client_dict_get'] * ms:.2f} ms",
+            f"{f['bare_rpc'] * ms:.2f} ms",
+            f"{f['client_dict_get'] / f['bare_rpc']:.1f}",
+        ),
+        (
+            "Dict put p50, container",
+            f"{f['container_dict_put'] * ms:.2f} ms",
+            f"{f['bare_rpc'] * ms:.2f} ms",
+            f"{f['container_dict_put'] / f['bare_rpc']:.1f}",
+        ),
+        (
+            "Dict get p50, container",
+            f"{f['container_dict_get'] * ms:.2f} ms",
+            f"{f['bare_rpc'] * ms:.2f} ms",
+            f"{f['container_dict_get'] / f['bare_rpc']:.1f}",
+        ),
         ("Queue put_many (100/batch)", f"{f['queue_put_per_s']:.0f} items/s", "", ""),
         ("Queue get_many (100/batch)", f"{f['queue_get_per_s']:.0f} items/s", "", ""),
-        ("Volume write 1 GiB in a container", f"{f['volume_write_mbs']:.0f} MB/s", f"{f['local_write_mbs']:.0f} MB/s", f"{f['volume_write_mbs'] / f['local_write_mbs']:.2f}"),
-        ("Volume read 1 GiB in a container", f"{f['volume_read_mbs']:.0f} MB/s", f"{f['local_read_mbs']:.0f} MB/s", f"{f['volume_read_mbs'] / f['local_read_mbs']:.2f}"),
+        (
+            "Volume write 1 GiB in a container",
+            f"{f['volume_write_mbs']:.0f} MB/s",
+            f"{f['local_write_mbs']:.0f} MB/s",
+            f"{f['volume_write_mbs'] / f['local_write_mbs']:.2f}",
+        ),
+        (
+            "Volume read 1 GiB in a container",
+            f"{f['volume_read_mbs']:.0f} MB/s",
+            f"{f['local_read_mbs']:.0f} MB/s",
+            f"{f['volume_read_mbs'] / f['local_read_mbs']:.2f}",
+        ),
         ("commit of 1,000 new small files", f"{f['commit_1000_files_s'] * ms:.0f} ms", "", ""),
         ("commit with nothing changed", f"{f['commit_unchanged_s'] * ms:.0f} ms", "", ""),
     ]

@@ -30,12 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import assert_ok, run_modal, run_python, start_server  # noqa: E402
+from tests.conftest import assert_ok, run_modal, run_python, start_server
 
 RAY_PYTHON = REPO / ".venv-ray" / "bin" / "python"
 CGROUP_MEMORY = Path("/sys/fs/cgroup/memory/homeport")
 
-APP = '''
+APP = """
 import socket, time, modal
 app = modal.App("bench-scaling")
 
@@ -56,9 +56,9 @@ def hold(seconds):
 @app.function(min_containers=8, scaledown_window=2)
 def idle(x):
     return x
-'''
+"""
 
-HOMEPORT = r'''
+HOMEPORT = r"""
 import json, os, statistics, sys, time
 from pathlib import Path
 import modal
@@ -97,9 +97,9 @@ fanout_s = max(starts) - t0
 
 print("RESULT", json.dumps({"warm_p50": statistics.median(warm), "warm_p99": pct(warm, 0.99),
       "cold_p50": statistics.median(colds), "map_rate": map_rate, "fanout_s": fanout_s}))
-'''
+"""
 
-RAY = r'''
+RAY = r"""
 import json, os, statistics, time
 import ray
 
@@ -151,7 +151,7 @@ def pss(pid):
 idle_bytes = statistics.median(pss(pid) for pid in pids)
 print("RESULT", json.dumps({"warm_p50": statistics.median(warm), "warm_p99": pct(warm, 0.99),
       "cold_p50": statistics.median(colds), "map_rate": map_rate, "fanout_s": fanout_s, "idle_bytes": idle_bytes}))
-'''
+"""
 
 
 def container_pss(task: str) -> int:
@@ -183,7 +183,9 @@ def idle_container_bytes(server) -> tuple[float, float]:  # type: ignore[no-unty
             live = [task for task, path in zip(tasks, usage_files) if path.exists()]
             return (
                 statistics.median(container_pss(task) for task in live),
-                statistics.median(int((CGROUP_MEMORY / task / "memory.usage_in_bytes").read_text()) for task in live),
+                statistics.median(
+                    int((CGROUP_MEMORY / task / "memory.usage_in_bytes").read_text()) for task in live
+                ),
             )
         time.sleep(1)
     return float("nan"), float("nan")
@@ -194,7 +196,9 @@ def main() -> None:
     parser.add_argument("--map-inputs", type=int, default=10_000)
     args = parser.parse_args()
     if not RAY_PYTHON.exists():
-        raise SystemExit("Ray is not installed: python3 -m venv .venv-ray && .venv-ray/bin/pip install ray==2.60.0")
+        raise SystemExit(
+            "Ray is not installed: python3 -m venv .venv-ray && .venv-ray/bin/pip install ray==2.60.0"
+        )
     with tempfile.TemporaryDirectory(prefix="homeport-bench-ray-") as temporary:
         tmp = Path(temporary)
         (tmp / "bench_scaling.py").write_text(APP)
@@ -202,7 +206,9 @@ def main() -> None:
         try:
             assert_ok(run_modal(server, "deploy", "bench_scaling.py", cwd=tmp, timeout=900))
             idle_bytes, idle_cgroup_bytes = idle_container_bytes(server)
-            result = run_python(server, HOMEPORT, cwd=tmp, timeout=3600, BENCH_MAP_INPUTS=str(args.map_inputs))
+            result = run_python(
+                server, HOMEPORT, cwd=tmp, timeout=3600, BENCH_MAP_INPUTS=str(args.map_inputs)
+            )
             ours = json.loads(assert_ok(result).split("RESULT ", 1)[1].splitlines()[0])
             ours["idle_bytes"] = idle_bytes
         finally:
@@ -211,8 +217,12 @@ def main() -> None:
         fresh = start_server(tmp / "fresh", server_env={"HOMEPORT_ZYGOTES": "0"})
         try:
             assert_ok(run_modal(fresh, "deploy", "bench_scaling.py", cwd=tmp, timeout=900))
-            result = run_python(fresh, HOMEPORT, cwd=tmp, timeout=900, BENCH_MAP_INPUTS="0", BENCH_COLD_ONLY="1")
-            ours["cold_fresh_p50"] = json.loads(assert_ok(result).split("RESULT ", 1)[1].splitlines()[0])["cold_p50"]
+            result = run_python(
+                fresh, HOMEPORT, cwd=tmp, timeout=900, BENCH_MAP_INPUTS="0", BENCH_COLD_ONLY="1"
+            )
+            ours["cold_fresh_p50"] = json.loads(assert_ok(result).split("RESULT ", 1)[1].splitlines()[0])[
+                "cold_p50"
+            ]
         finally:
             fresh.stop()
     ray_run = subprocess.run(
@@ -225,13 +235,48 @@ def main() -> None:
     ms = 1000
     rows = [
         ("figure", "Homeport", "Ray 2.60.0", "Homeport / Ray"),
-        ("warm .remote() p50", f"{ours['warm_p50'] * ms:.2f} ms", f"{ray['warm_p50'] * ms:.2f} ms", f"{ours['warm_p50'] / ray['warm_p50']:.1f}"),
-        ("warm .remote() p99", f"{ours['warm_p99'] * ms:.2f} ms", f"{ray['warm_p99'] * ms:.2f} ms", f"{ours['warm_p99'] / ray['warm_p99']:.1f}"),
-        ("cold .remote() p50 (Ray: new actor + call)", f"{ours['cold_p50'] * ms:.0f} ms", f"{ray['cold_p50'] * ms:.0f} ms", f"{ours['cold_p50'] / ray['cold_p50']:.1f}"),
-        ("  the same, fresh interpreter (HOMEPORT_ZYGOTES=0)", f"{ours['cold_fresh_p50'] * ms:.0f} ms", "", ""),
-        (f".map() over {args.map_inputs} inputs (Ray: tasks)", f"{ours['map_rate']:.0f}/s", f"{ray['map_rate']:.0f}/s", f"{ray['map_rate'] / ours['map_rate']:.1f} (Ray / Homeport)"),
-        ("0 -> 32 running containers (Ray: 32 actors)", f"{ours['fanout_s']:.2f} s", f"{ray['fanout_s']:.2f} s", f"{ours['fanout_s'] / ray['fanout_s']:.1f}"),
-        ("memory per idle container, PSS (Ray: idle actor)", f"{ours['idle_bytes'] / 2**20:.1f} MiB", f"{ray['idle_bytes'] / 2**20:.1f} MiB", f"{ours['idle_bytes'] / ray['idle_bytes']:.2f}"),
+        (
+            "warm .remote() p50",
+            f"{ours['warm_p50'] * ms:.2f} ms",
+            f"{ray['warm_p50'] * ms:.2f} ms",
+            f"{ours['warm_p50'] / ray['warm_p50']:.1f}",
+        ),
+        (
+            "warm .remote() p99",
+            f"{ours['warm_p99'] * ms:.2f} ms",
+            f"{ray['warm_p99'] * ms:.2f} ms",
+            f"{ours['warm_p99'] / ray['warm_p99']:.1f}",
+        ),
+        (
+            "cold .remote() p50 (Ray: new actor + call)",
+            f"{ours['cold_p50'] * ms:.0f} ms",
+            f"{ray['cold_p50'] * ms:.0f} ms",
+            f"{ours['cold_p50'] / ray['cold_p50']:.1f}",
+        ),
+        (
+            "  the same, fresh interpreter (HOMEPORT_ZYGOTES=0)",
+            f"{ours['cold_fresh_p50'] * ms:.0f} ms",
+            "",
+            "",
+        ),
+        (
+            f".map() over {args.map_inputs} inputs (Ray: tasks)",
+            f"{ours['map_rate']:.0f}/s",
+            f"{ray['map_rate']:.0f}/s",
+            f"{ray['map_rate'] / ours['map_rate']:.1f} (Ray / Homeport)",
+        ),
+        (
+            "0 -> 32 running containers (Ray: 32 actors)",
+            f"{ours['fanout_s']:.2f} s",
+            f"{ray['fanout_s']:.2f} s",
+            f"{ours['fanout_s'] / ray['fanout_s']:.1f}",
+        ),
+        (
+            "memory per idle container, PSS (Ray: idle actor)",
+            f"{ours['idle_bytes'] / 2**20:.1f} MiB",
+            f"{ray['idle_bytes'] / 2**20:.1f} MiB",
+            f"{ours['idle_bytes'] / ray['idle_bytes']:.2f}",
+        ),
         ("  the same, its cgroup's usage", f"{idle_cgroup_bytes / 2**20:.1f} MiB", "", ""),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import VENV_BIN, run_modal, start_server
 
-APP = '''
+APP = """
 import modal
 app = modal.App("bench-web", image=modal.Image.debian_slim().pip_install("fastapi[standard]"))
 
@@ -33,19 +33,21 @@ app = modal.App("bench-web", image=modal.Image.debian_slim().pip_install("fastap
 @modal.fastapi_endpoint()
 def ping():
     return {"pong": True}
-'''
+"""
 
-DIRECT = '''
+DIRECT = """
 from fastapi import FastAPI
 app = FastAPI()
 
 @app.get("/")
 def ping():
     return {"pong": True}
-'''
+"""
 
 
-async def load(url: str, host: str | None, seconds: float = 10.0, concurrency: int = 16) -> tuple[float, float, float]:
+async def load(
+    url: str, host: str | None, seconds: float = 10.0, concurrency: int = 16
+) -> tuple[float, float, float]:
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
     headers = {"Host": host} if host else {}
@@ -89,7 +91,14 @@ def main() -> None:
             server.stop()
         direct_port = free_port()
         uvicorn = subprocess.Popen(
-            [str(VENV_BIN / "uvicorn"), "direct_app:app", "--port", str(direct_port), "--log-level", "warning"],
+            [
+                str(VENV_BIN / "uvicorn"),
+                "direct_app:app",
+                "--port",
+                str(direct_port),
+                "--log-level",
+                "warning",
+            ],
             cwd=root,
         )
         try:
@@ -100,9 +109,15 @@ def main() -> None:
             uvicorn.wait()
     ms = 1000
     print(f"{'measure':<40}{'gateway':>12}{'uvicorn':>12}{'ratio':>8}")
-    print(f"{'requests/s (16 connections)':<40}{gateway[0]:>12.0f}{direct[0]:>12.0f}{gateway[0] / direct[0]:>8.2f}")
-    print(f"{'p50 latency':<40}{gateway[1] * ms:>10.1f}ms{direct[1] * ms:>10.1f}ms{gateway[1] / direct[1]:>8.1f}")
-    print(f"{'p99 latency':<40}{gateway[2] * ms:>10.1f}ms{direct[2] * ms:>10.1f}ms{gateway[2] / direct[2]:>8.1f}")
+    print(
+        f"{'requests/s (16 connections)':<40}{gateway[0]:>12.0f}{direct[0]:>12.0f}{gateway[0] / direct[0]:>8.2f}"
+    )
+    print(
+        f"{'p50 latency':<40}{gateway[1] * ms:>10.1f}ms{direct[1] * ms:>10.1f}ms{gateway[1] / direct[1]:>8.1f}"
+    )
+    print(
+        f"{'p99 latency':<40}{gateway[2] * ms:>10.1f}ms{direct[2] * ms:>10.1f}ms{gateway[2] / direct[2]:>8.1f}"
+    )
     print(f"{'time to first byte, cold endpoint':<40}{cold_ttfb * ms:>10.0f}ms")
 
 

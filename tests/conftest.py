@@ -69,13 +69,20 @@ class Server:
     def start(self) -> None:
         (self.data_dir / "client.env").unlink(missing_ok=True)
         command = [
-            str(VENV_BIN / "homeport"), "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
+            str(VENV_BIN / "homeport"),
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
         ]
         if self.database_url:
             command += ["--database-url", self.database_url]
         log = open(self.log_path, "ab")
         environment = {**os.environ, "HOMEPORT_LAYER_DIR": TEST_LAYER_DIR, **self.server_env}
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, env=environment)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=log, start_new_session=True, env=environment
+        )
         deadline = time.monotonic() + 60
         while not (self.data_dir / "client.env").exists():
             if self.process.poll() is not None:
@@ -108,7 +115,9 @@ class Server:
         return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-def start_server(tmp: Path, database_url: str | None = None, server_env: dict[str, str] | None = None) -> Server:
+def start_server(
+    tmp: Path, database_url: str | None = None, server_env: dict[str, str] | None = None
+) -> Server:
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     server = Server(data_dir, free_port_pair(), None, tmp / "server.log", database_url, server_env or {})
@@ -146,12 +155,27 @@ def _start_postgres(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
         shutil.chown(directory, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     data = directory / "cluster"
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
     process = subprocess.Popen(
-        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-k", str(directory), "-c", "listen_addresses=",
-         "-c", "fsync=on"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            *as_user,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-k",
+            str(directory),
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "fsync=on",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     socket_file = directory / ".s.PGSQL.5432"
     deadline = time.monotonic() + 60
@@ -177,15 +201,24 @@ def postgres_url() -> Iterator[str]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def run_modal(server: Server, *args: str, cwd: Path = APPS, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
+def run_modal(
+    server: Server, *args: str, cwd: Path = APPS, timeout: float = 180, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [MODAL, *args], cwd=cwd, env=server.env(**env), capture_output=True, text=True, timeout=timeout
     )
 
 
-def run_python(server: Server, script: str, cwd: Path = APPS, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
+def run_python(
+    server: Server, script: str, cwd: Path = APPS, timeout: float = 180, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, env=server.env(**env), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env=server.env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -51,16 +51,26 @@ def serve(
     blob_port: int = typer.Option(0, "--blob-port", help="HTTP port for blob URLs (default: port + 1)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     database_url: str | None = DatabaseUrl,
-    max_containers: int = typer.Option(128, "--max-containers", help="Containers this node runs at once (memory reservations usually bind first)."),
+    max_containers: int = typer.Option(
+        128,
+        "--max-containers",
+        help="Containers this node runs at once (memory reservations usually bind first).",
+    ),
     runtime: str = typer.Option(
         os.environ.get("HOMEPORT_RUNTIME", "sandbox"),
         "--runtime",
         help="Container runtime: sandbox (bubblewrap, default) or gvisor (runsc: a user-space kernel for untrusted code).",
     ),
-    web_domain: str = typer.Option("localhost", "--web-domain", help="Web endpoints answer at <label>.<domain>."),
-    web_scheme: str = typer.Option("http", "--web-scheme", help="Scheme in web endpoint URLs (https behind a TLS proxy)."),
+    web_domain: str = typer.Option(
+        "localhost", "--web-domain", help="Web endpoints answer at <label>.<domain>."
+    ),
+    web_scheme: str = typer.Option(
+        "http", "--web-scheme", help="Scheme in web endpoint URLs (https behind a TLS proxy)."
+    ),
     web_port: int = typer.Option(
-        -1, "--web-port", help="Port in web endpoint URLs: -1 = the HTTP listener's, 0 = none (behind a proxy on 80/443)."
+        -1,
+        "--web-port",
+        help="Port in web endpoint URLs: -1 = the HTTP listener's, 0 = none (behind a proxy on 80/443).",
     ),
 ) -> None:
     """Run the server in the foreground; writes DATA_DIR/client.env once ready."""
@@ -68,8 +78,16 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(
-        data_dir, database_url, port=port, blob_port=blob_port, host=host, max_containers=max_containers,
-        web_domain=web_domain, web_scheme=web_scheme, web_port=web_port, runtime=runtime,
+        data_dir,
+        database_url,
+        port=port,
+        blob_port=blob_port,
+        host=host,
+        max_containers=max_containers,
+        web_domain=web_domain,
+        web_scheme=web_scheme,
+        web_port=web_port,
+        runtime=runtime,
     )
     if runtime not in ("sandbox", "gvisor"):
         typer.echo(f"Error: unknown runtime {runtime!r}; use --runtime sandbox or --runtime gvisor", err=True)
@@ -100,7 +118,9 @@ def _write_profile(client_env: dict[str, str]) -> None:
     config[PROFILE] = profile
     path.write_text(toml.dumps(config))
     if others_active:
-        typer.echo(f"Another modal profile is active; use `MODAL_PROFILE={PROFILE} modal run ...` or `modal profile activate {PROFILE}`.")
+        typer.echo(
+            f"Another modal profile is active; use `MODAL_PROFILE={PROFILE} modal run ...` or `modal profile activate {PROFILE}`."
+        )
 
 
 @app.command()
@@ -165,7 +185,9 @@ def token_create(
     workspace: str = typer.Option("main", "--workspace", "-w"),
     label: str = typer.Option("", "--label"),
     proxy_auth: bool = typer.Option(
-        False, "--proxy-auth", help="A token only for web endpoints with requires_proxy_auth=True (Modal-Key/Modal-Secret)."
+        False,
+        "--proxy-auth",
+        help="A token only for web endpoints with requires_proxy_auth=True (Modal-Key/Modal-Secret).",
     ),
     data_dir: Path = DataDir,
     database_url: str | None = DatabaseUrl,
@@ -190,7 +212,9 @@ def token_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl)
     for info in _auth(data_dir, database_url).list_tokens():
         state = "revoked" if info.revoked else "active"
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created_at))
-        typer.echo(f"{info.token_id}  {info.workspace_name:<16} {info.scope:<6} {state:<8} {created}  {info.label}")
+        typer.echo(
+            f"{info.token_id}  {info.workspace_name:<16} {info.scope:<6} {state:<8} {created}  {info.label}"
+        )
 
 
 @token_app.command("revoke")
@@ -253,7 +277,9 @@ def images_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl
     engine, layers = _layer_store(data_dir, database_url)
     table = Table("Image", "Status", "Layers", "Size", "Base", "Built", "Last step", box=None)
     for image in list_images(engine, layers):
-        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(image["built_at"])) if image["built_at"] else "-"  # type: ignore[arg-type]
+        built = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(image["built_at"])) if image["built_at"] else "-"
+        )  # type: ignore[arg-type]
         step = str(image["last_step"])
         table.add_row(
             str(image["id"]), str(image["status"]), str(image["layers"]), _size(image["size"]),  # type: ignore[arg-type]

@@ -88,7 +88,15 @@ class DataLayout:
         return self.tasks / task_id
 
     def ensure(self) -> None:
-        for path in (self.root, self.blobs, self.uploads, self.tasks, self.volume_content, self.volume_blocks, self.image_contexts):
+        for path in (
+            self.root,
+            self.blobs,
+            self.uploads,
+            self.tasks,
+            self.volume_content,
+            self.volume_blocks,
+            self.image_contexts,
+        ):
             path.mkdir(parents=True, exist_ok=True)
         # Image layers and container roots hold files from images (setuid binaries included):
         # only root may walk into them.
@@ -126,18 +134,26 @@ class Limits:
     be set in the environment (the name in the comment)."""
 
     # Finished calls' results and data chunks (HOMEPORT_RESULT_RETENTION_S); Modal keeps 7 days.
-    result_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_RESULT_RETENTION_S", 7 * 86400))
+    result_s: float = dataclasses.field(
+        default_factory=lambda: _number_from_environment("HOMEPORT_RESULT_RETENTION_S", 7 * 86400)
+    )
     # Container and app logs (HOMEPORT_LOG_RETENTION_S).
-    log_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_LOG_RETENTION_S", 7 * 86400))
+    log_s: float = dataclasses.field(
+        default_factory=lambda: _number_from_environment("HOMEPORT_LOG_RETENTION_S", 7 * 86400)
+    )
     # A blob nothing refers to yet is kept this long after its upload (HOMEPORT_BLOB_GRACE_S).
-    blob_grace_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_BLOB_GRACE_S", 3600))
+    blob_grace_s: float = dataclasses.field(
+        default_factory=lambda: _number_from_environment("HOMEPORT_BLOB_GRACE_S", 3600)
+    )
     # The largest blob a client may declare (HOMEPORT_BLOB_MAX_BYTES); also never more than
     # the disk holds.
     blob_max_bytes: int = dataclasses.field(
         default_factory=lambda: int(_number_from_environment("HOMEPORT_BLOB_MAX_BYTES", 64 * 2**30))
     )
     # Seconds between retention passes (HOMEPORT_RETENTION_INTERVAL_S).
-    interval_s: float = dataclasses.field(default_factory=lambda: _number_from_environment("HOMEPORT_RETENTION_INTERVAL_S", 30))
+    interval_s: float = dataclasses.field(
+        default_factory=lambda: _number_from_environment("HOMEPORT_RETENTION_INTERVAL_S", 30)
+    )
     # What a container may write to its disk (its writable layer) when it does not ask for
     # ephemeral_disk= (HOMEPORT_CONTAINER_DISK_MIB).
     container_disk_mib: int = dataclasses.field(
@@ -162,7 +178,9 @@ class Settings:
     zygotes: bool = dataclasses.field(default_factory=lambda: os.environ.get("HOMEPORT_ZYGOTES", "1") != "0")
     # Each container on its own network namespace behind the node's bridge (HOMEPORT_CONTAINER_SUBNET);
     # "" shares the host's network instead.
-    container_subnet: str = dataclasses.field(default_factory=lambda: os.environ.get("HOMEPORT_CONTAINER_SUBNET", "10.89.0.0/16"))
+    container_subnet: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("HOMEPORT_CONTAINER_SUBNET", "10.89.0.0/16")
+    )
     web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
     web_scheme: str = "http"
     web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none
@@ -170,9 +188,13 @@ class Settings:
     cache_dir: Path = DEFAULT_CACHE_DIR
     # Image layers: under the data dir unless set (HOMEPORT_LAYER_DIR). A layer dir belongs
     # to one server: `homeport images prune` removes what that server's images do not use.
-    layer_dir: Path | None = dataclasses.field(default_factory=lambda: _optional_path(os.environ.get("HOMEPORT_LAYER_DIR")))
+    layer_dir: Path | None = dataclasses.field(
+        default_factory=lambda: _optional_path(os.environ.get("HOMEPORT_LAYER_DIR"))
+    )
     # A local OCI layout consulted for `FROM <tag>` before any registry (HOMEPORT_OCI_MIRROR).
-    oci_mirror: Path | None = dataclasses.field(default_factory=lambda: _optional_path(os.environ.get("HOMEPORT_OCI_MIRROR")))
+    oci_mirror: Path | None = dataclasses.field(
+        default_factory=lambda: _optional_path(os.environ.get("HOMEPORT_OCI_MIRROR"))
+    )
 
     @property
     def cache(self) -> CacheLayout:

@@ -49,7 +49,12 @@ def is_id(kind: str, value: str) -> bool:
     if kind == "task":
         return len(value) == 29 and value.startswith("ta-") and all(c in _TASK_ALPHABET for c in value[3:])
     prefix = PREFIXES[kind] + "-"
-    return len(value) == len(prefix) + 22 and value.startswith(prefix) and value[len(prefix) :].isalnum() and value.isascii()
+    return (
+        len(value) == len(prefix) + 22
+        and value.startswith(prefix)
+        and value[len(prefix) :].isalnum()
+        and value.isascii()
+    )
 
 
 def _encode(number: int, alphabet: str, length: int) -> str:

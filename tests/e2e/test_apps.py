@@ -46,7 +46,9 @@ def test_lookup_of_unknown_app_names_it(server: Server) -> None:
 
 def test_app_list_stop_and_logs(server: Server) -> None:
     assert_ok(run_modal(server, "deploy", "hello.py"))
-    assert_ok(run_python(server, "import modal\nprint(modal.Function.from_name('hello', 'greet').remote('logs'))"))
+    assert_ok(
+        run_python(server, "import modal\nprint(modal.Function.from_name('hello', 'greet').remote('logs'))")
+    )
     listing = assert_ok(run_modal(server, "app", "list"))
     assert "hello" in listing and "deployed" in listing
     logs = assert_ok(run_modal(server, "app", "logs", "hello"))
@@ -63,14 +65,20 @@ def test_redeploy_replaces_the_previous_version(server: Server, tmp_path) -> Non
     assert_ok(run_modal(server, "deploy", str(app_file)))
     app_file.write_text(source.replace('"hello"', '"versioned"').replace("Hello, ", "Howdy, "))
     assert_ok(run_modal(server, "deploy", str(app_file)))
-    text = assert_ok(run_python(server, "import modal\nprint(modal.Function.from_name('versioned', 'greet').remote('v2'))"))
+    text = assert_ok(
+        run_python(server, "import modal\nprint(modal.Function.from_name('versioned', 'greet').remote('v2'))")
+    )
     assert "Howdy, v2!" in text
 
 
 def test_container_output_streams_live_to_modal_run(server: Server) -> None:
     process = subprocess.Popen(
         [MODAL, "run", "basics.py::talk", "--lines", "10"],
-        cwd=APPS, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=APPS,
+        env=server.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert process.stdout is not None
     seen_first_at = None
@@ -93,7 +101,11 @@ def test_container_output_streams_live_to_modal_run(server: Server) -> None:
 def test_ctrl_c_stops_the_ephemeral_app_and_its_containers(server: Server) -> None:
     process = subprocess.Popen(
         [MODAL, "run", "basics.py::talk", "--lines", "1000"],
-        cwd=APPS, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=APPS,
+        env=server.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     assert process.stdout is not None

@@ -20,7 +20,9 @@ def call_raw(server: Server, rpc: str, request, metadata: dict[str, str]):  # ty
     async def go():  # type: ignore[no-untyped-def]
         channel = Channel("127.0.0.1", server.port)
         try:
-            return await getattr(api_grpc.ModalClientStub(channel), rpc)(request, metadata=metadata, timeout=10)
+            return await getattr(api_grpc.ModalClientStub(channel), rpc)(
+                request, metadata=metadata, timeout=10
+            )
         finally:
             channel.close()
 
@@ -47,7 +49,12 @@ def test_missing_or_wrong_token_is_refused(server: Server) -> None:
 
 def test_unsupported_client_version_names_the_supported_one(server: Server) -> None:
     with pytest.raises(GRPCError) as raised:
-        call_raw(server, "AppList", api_pb2.AppListRequest(), user_metadata(server, **{"x-modal-client-version": "0.60.0"}))
+        call_raw(
+            server,
+            "AppList",
+            api_pb2.AppListRequest(),
+            user_metadata(server, **{"x-modal-client-version": "0.60.0"}),
+        )
     assert raised.value.status == Status.FAILED_PRECONDITION
     assert SUPPORTED_CLIENT_VERSION in str(raised.value.message)
 
@@ -108,11 +115,17 @@ def test_workspaces_see_only_their_own_apps(server: Server) -> None:
     other = dict(line.split("=", 1) for line in token.stdout.split())
     assert_ok(run_modal(server, "deploy", "basics.py"))
     call_id = assert_ok(
-        run_python(server, "import modal\nprint(modal.Function.from_name('basics', 'square').spawn(3).object_id)")
+        run_python(
+            server, "import modal\nprint(modal.Function.from_name('basics', 'square').spawn(3).object_id)"
+        )
     ).split()[-1]
-    lookup = run_python(server, "import modal\nmodal.Function.from_name('basics', 'square').remote(2)", **other)
+    lookup = run_python(
+        server, "import modal\nmodal.Function.from_name('basics', 'square').remote(2)", **other
+    )
     assert lookup.returncode != 0 and "NotFoundError" in output(lookup)
-    stolen = run_python(server, f"import modal\nmodal.FunctionCall.from_id({call_id!r}).get(timeout=5)", **other)
+    stolen = run_python(
+        server, f"import modal\nmodal.FunctionCall.from_id({call_id!r}).get(timeout=5)", **other
+    )
     assert stolen.returncode != 0 and "not found" in output(stolen)
     # The same name deploys independently in the other workspace.
     assert_ok(run_modal(server, "deploy", "hello.py", **other))
@@ -126,7 +139,10 @@ def test_revoked_token_is_refused(server: Server) -> None:
     credentials = dict(line.split("=", 1) for line in token.stdout.split())
     assert_ok(run_modal(server, "app", "list", **credentials))
     listed = server.homeport("token", "list")
-    assert credentials["MODAL_TOKEN_ID"] in listed.stdout and credentials["MODAL_TOKEN_SECRET"] not in listed.stdout
+    assert (
+        credentials["MODAL_TOKEN_ID"] in listed.stdout
+        and credentials["MODAL_TOKEN_SECRET"] not in listed.stdout
+    )
     assert server.homeport("token", "revoke", credentials["MODAL_TOKEN_ID"]).returncode == 0
     refused = run_modal(server, "app", "list", **credentials)
     assert refused.returncode != 0 and "revoked" in output(refused)

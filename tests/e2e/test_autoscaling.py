@@ -16,24 +16,44 @@ def value(text: str, label: str):  # type: ignore[no-untyped-def]
 
 
 def test_map_fans_out_over_several_containers(server: Server) -> None:
-    text = assert_ok(run_python(server, "from scaling_app import app, slow\nwith app.run():\n    print('HOSTS', list(slow.map(range(8))))\n"))
+    text = assert_ok(
+        run_python(
+            server,
+            "from scaling_app import app, slow\nwith app.run():\n    print('HOSTS', list(slow.map(range(8))))\n",
+        )
+    )
     assert len(set(value(text, "HOSTS"))) > 1
 
 
 def test_concurrent_inputs_share_one_container(server: Server) -> None:
-    text = assert_ok(run_python(server, "from scaling_app import app, shared\nwith app.run():\n    print('HOSTS', list(shared.map(range(8))))\n"))
+    text = assert_ok(
+        run_python(
+            server,
+            "from scaling_app import app, shared\nwith app.run():\n    print('HOSTS', list(shared.map(range(8))))\n",
+        )
+    )
     assert len(set(value(text, "HOSTS"))) == 1
 
 
 def test_batched_function_receives_batches_of_at_most_four(server: Server) -> None:
-    text = assert_ok(run_python(server, "from scaling_app import app, batch_sizes\nwith app.run():\n    print('SIZES', list(batch_sizes.map(range(8))))\n"))
+    text = assert_ok(
+        run_python(
+            server,
+            "from scaling_app import app, batch_sizes\nwith app.run():\n    print('SIZES', list(batch_sizes.map(range(8))))\n",
+        )
+    )
     sizes = value(text, "SIZES")
     assert len(sizes) == 8 and max(sizes) == 4 and all(1 <= size <= 4 for size in sizes)
 
 
 def test_input_of_a_killed_container_is_retried(server: Server) -> None:
     marker = f"crash-{secrets.token_hex(4)}"
-    text = assert_ok(run_python(server, f"from scaling_app import app, dies_once\nwith app.run():\n    print('RESULT', repr(dies_once.remote({marker!r})))\n"))
+    text = assert_ok(
+        run_python(
+            server,
+            f"from scaling_app import app, dies_once\nwith app.run():\n    print('RESULT', repr(dies_once.remote({marker!r})))\n",
+        )
+    )
     assert value(text, "RESULT") == "survived"
 
 

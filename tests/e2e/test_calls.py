@@ -26,7 +26,9 @@ def test_modal_run_single_function(server: Server) -> None:
 
 
 def test_app_run_from_a_script_remote_and_local(server: Server) -> None:
-    text = assert_ok(run_python(server, in_app("print('remote', square.remote(3)); print('local', square.local(4))")))
+    text = assert_ok(
+        run_python(server, in_app("print('remote', square.remote(3)); print('local', square.local(4))"))
+    )
     assert "remote 9" in text and "local 16" in text
 
 
@@ -46,7 +48,9 @@ def test_map_return_exceptions_puts_the_exception_in_place(server: Server) -> No
 
 
 def test_starmap_and_for_each(server: Server) -> None:
-    script = in_app("print('starmap', list(add.starmap([(1, 2), (3, 4)]))); add.for_each([1, 2], [3, 4]); print('for_each done')")
+    script = in_app(
+        "print('starmap', list(add.starmap([(1, 2), (3, 4)]))); add.for_each([1, 2], [3, 4]); print('for_each done')"
+    )
     text = assert_ok(run_python(server, script))
     assert "starmap [3, 7]" in text and "for_each done" in text
 
@@ -175,11 +179,15 @@ def test_large_arguments_and_results_travel_as_blobs(server: Server) -> None:
 def test_function_call_from_id_in_another_process(server: Server) -> None:
     assert_ok(run_modal(server, "deploy", "basics.py"))
     spawned = assert_ok(
-        run_python(server, "import modal\nprint(modal.Function.from_name('basics', 'square').spawn(12).object_id)")
+        run_python(
+            server, "import modal\nprint(modal.Function.from_name('basics', 'square').spawn(12).object_id)"
+        )
     )
     call_id = spawned.strip().splitlines()[-1]
     assert call_id.startswith("fc-")
-    text = assert_ok(run_python(server, f"import modal\nprint('got', modal.FunctionCall.from_id({call_id!r}).get(timeout=60))"))
+    text = assert_ok(
+        run_python(
+            server, f"import modal\nprint('got', modal.FunctionCall.from_id({call_id!r}).get(timeout=60))"
+        )
+    )
     assert "got 144" in text
-
-

@@ -28,8 +28,13 @@ def test_up_adds_a_profile_without_clobbering_others_and_down_stops(tmp_path) ->
     data_dir = tmp_path / "data"
     port = free_port_pair()
     homeport = [str(VENV_BIN / "homeport")]
-    up = subprocess.run([*homeport, "up", "--data-dir", str(data_dir), "--port", str(port)],
-                        env=env, capture_output=True, text=True, timeout=120)
+    up = subprocess.run(
+        [*homeport, "up", "--data-dir", str(data_dir), "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         config = toml.load(config_path)
@@ -37,10 +42,18 @@ def test_up_adds_a_profile_without_clobbering_others_and_down_stops(tmp_path) ->
         assert config["homeport"]["server_url"] == f"http://127.0.0.1:{port}"
         assert config["homeport"]["active"] is True
         # A plain `modal run`, with no MODAL_* variables, now reaches the server.
-        result = subprocess.run([MODAL, "run", "hello.py"], cwd=APPS, env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [MODAL, "run", "hello.py"], cwd=APPS, env=env, capture_output=True, text=True, timeout=120
+        )
         assert "Hello, Homeport!" in output(result), output(result)
     finally:
-        down = subprocess.run([*homeport, "down", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True, timeout=60)
+        down = subprocess.run(
+            [*homeport, "down", "--data-dir", str(data_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert down.returncode == 0 and "stopped" in down.stdout
     assert not (data_dir / "server.pid").exists()
 
@@ -48,7 +61,8 @@ def test_up_adds_a_profile_without_clobbering_others_and_down_stops(tmp_path) ->
 def test_environments_keep_names_apart(server: Server) -> None:
     assert_ok(run_modal(server, "deploy", "-e", "staging", "hello.py", "--name", "env-only"))
     found = run_python(
-        server, "import modal\nprint(modal.Function.from_name('env-only', 'greet', environment_name='staging').remote('env'))"
+        server,
+        "import modal\nprint(modal.Function.from_name('env-only', 'greet', environment_name='staging').remote('env'))",
     )
     assert "Hello, env!" in assert_ok(found)
     missing = run_python(server, "import modal\nmodal.Function.from_name('env-only', 'greet').remote('x')")

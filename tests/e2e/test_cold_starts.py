@@ -14,7 +14,12 @@ from tests.conftest import APPS, VENV_BIN, Server, assert_ok, run_python
 
 
 def test_forked_containers_get_fresh_import_time_state(server: Server) -> None:
-    text = assert_ok(run_python(server, "from fresh_state_app import app, state\nwith app.run():\n    print('STATES', list(state.map(range(4))))\n"))
+    text = assert_ok(
+        run_python(
+            server,
+            "from fresh_state_app import app, state\nwith app.run():\n    print('STATES', list(state.map(range(4))))\n",
+        )
+    )
     states = ast.literal_eval(text.split("STATES ", 1)[1].splitlines()[0])
     by_host = {s["host"]: s for s in states}
     assert len(by_host) >= 2, by_host
@@ -32,7 +37,12 @@ def test_forked_containers_get_fresh_import_time_state(server: Server) -> None:
 def test_an_image_cannot_use_its_zygote_to_reach_the_host(server: Server) -> None:
     """The zygote runs the image's own Python (and whatever start-up hooks the image has)
     with capabilities over namespaces of its own; what the host gave it stays read-only."""
-    text = assert_ok(run_python(server, "from hostile_zygote_app import app, hello\nwith app.run():\n    print('HELLO', hello.remote())\n"))
+    text = assert_ok(
+        run_python(
+            server,
+            "from hostile_zygote_app import app, hello\nwith app.run():\n    print('HELLO', hello.remote())\n",
+        )
+    )
     host = text.split("HELLO hello from ", 1)[1].split()[0]
     log = server.log_path.read_text()
     assert f"container {host} forked from zygote" in log  # the hook ran in that zygote
@@ -54,7 +64,10 @@ def _zygotes_of(server: Server) -> list[int]:
     while pending:
         pid = pending.pop()
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"python", b"/.homeport/zygote.py"]:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [
+                b"python",
+                b"/.homeport/zygote.py",
+            ]:
                 found.append(pid)
                 continue
             for task in Path(f"/proc/{pid}/task").iterdir():
@@ -95,7 +108,11 @@ with app.run():
     assert all(host.startswith("ta-") for host in hosts), output  # both answered, by containers
     log = own_server.log_path.read_text()
     assert "is gone" in log  # the server saw it
-    lost = [line.split("container ", 1)[1].split()[0] for line in log.splitlines() if "stopped: its zygote exited" in line]
+    lost = [
+        line.split("container ", 1)[1].split()[0]
+        for line in log.splitlines()
+        if "stopped: its zygote exited" in line
+    ]
     assert lost, "no container was lost with the zygote"
     # The spawned input ran in a lost container and was answered by another, without a retry.
     assert hosts[0] not in lost, (hosts, lost)

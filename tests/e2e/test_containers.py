@@ -14,7 +14,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """Every isolation test runs twice: on containers forked from a zygote (the default)
     and on containers started from a fresh interpreter (HOMEPORT_ZYGOTES=0)."""
     zygotes = "1" if request.param == "forked" else "0"
-    started = start_server(tmp_path_factory.mktemp(f"containers-{request.param}"), server_env={"HOMEPORT_ZYGOTES": zygotes})
+    started = start_server(
+        tmp_path_factory.mktemp(f"containers-{request.param}"), server_env={"HOMEPORT_ZYGOTES": zygotes}
+    )
     yield started
     started.stop()
 
@@ -37,12 +39,16 @@ with app.run():
 
 
 def test_cpu_quota_limits_a_busy_loop(server: Server) -> None:
-    text = assert_ok(run_python(server, "from limits_app import app, burn\nwith app.run():\n    print('cores', burn.remote(2.0))"))
+    text = assert_ok(
+        run_python(
+            server, "from limits_app import app, burn\nwith app.run():\n    print('cores', burn.remote(2.0))"
+        )
+    )
     cores = float(text.split("cores ")[1].split()[0])
     assert cores < 0.35, cores  # cpu=0.25; unlimited it would be close to 1.0
 
 
-PROBE = '''
+PROBE = """
 import socket, subprocess, modal
 app = modal.App("probe")
 
@@ -73,7 +79,7 @@ def default():
 def main():
     print("BLOCKED", blocked.remote())
     print("DEFAULT", default.remote())
-'''
+"""
 
 
 def test_block_network_leaves_only_loopback_and_escapes_are_refused(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -117,12 +123,14 @@ with app.run():
         assert "t4 devices '0'" in text
         assert "fallback devices '0'" in text  # no H100 here: the T4 fallback ran it
         both = text.split("both ")[1]
-        assert both.startswith("['0', '0']") and float(both.split("took ")[1].split()[0]) >= 3.9  # one after the other
+        assert (
+            both.startswith("['0', '0']") and float(both.split("took ")[1].split()[0]) >= 3.9
+        )  # one after the other
     finally:
         gpu_server.stop()
 
 
-ESCAPES = '''
+ESCAPES = """
 import ctypes, errno, os, modal
 app = modal.App("escapes")
 
@@ -168,7 +176,7 @@ def escapes():
 @app.local_entrypoint()
 def main():
     print("ESCAPES", escapes.remote())
-'''
+"""
 
 
 def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -177,7 +185,15 @@ def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:
     (tmp_path / "escapes.py").write_text(ESCAPES.replace("HOST_REPO", str(REPO)))
     text = assert_ok(run_modal(server, "run", "escapes.py", cwd=tmp_path))
     results = eval(text.split("ESCAPES ", 1)[1].splitlines()[0])
-    special = ("capabilities", "no_new_privs", "seccomp", "host_paths", "proc_sys", "processes", "unlisted_kcmp")
+    special = (
+        "capabilities",
+        "no_new_privs",
+        "seccomp",
+        "host_paths",
+        "proc_sys",
+        "processes",
+        "unlisted_kcmp",
+    )
     refused = {name: value for name, value in results.items() if name not in special}
     assert all(value == "EPERM" for value in refused.values()), refused
     assert results["capabilities"] == "0000000000000000"
@@ -190,7 +206,7 @@ def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:
     assert results["processes"][:2] == [1, 2] and len(results["processes"]) <= 3, results["processes"]
 
 
-FORGER = '''
+FORGER = """
 import os, modal
 app = modal.App("forger")
 
@@ -234,7 +250,7 @@ async def forge(foreign_dict_id: str, victim_function_id: str) -> dict:
 def main(dict_id: str):
     print("FORGED", forge.remote(dict_id, victim.object_id))
     print("VICTIM", victim.remote())
-'''
+"""
 
 
 def test_forged_requests_from_a_container_are_refused(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -253,7 +269,9 @@ def test_forged_requests_from_a_container_are_refused(server: Server, tmp_path) 
     (tmp_path / "forger.py").write_text(FORGER)
     text = assert_ok(run_modal(server, "run", "forger.py", "--dict-id", dict_id, cwd=tmp_path))
     forged = eval(text.split("FORGED ", 1)[1].splitlines()[0])
-    assert forged["foreign_dict_with_own_credential"] == "NOT_FOUND"  # another workspace's object does not exist here
+    assert (
+        forged["foreign_dict_with_own_credential"] == "NOT_FOUND"
+    )  # another workspace's object does not exist here
     assert forged["other_functions_inputs"] == "PERMISSION_DENIED"
     assert forged["forged_task_secret"] == "UNAUTHENTICATED"
     assert forged["no_credential"] == "UNAUTHENTICATED"
@@ -282,7 +300,7 @@ def test_gvisor_runtime_runs_functions_in_a_user_space_kernel(tmp_path) -> None:
         gvisor.stop()
 
 
-NEIGHBOURS = '''
+NEIGHBOURS = """
 import socket, time, modal
 app = modal.App("neighbours")
 board = modal.Dict.from_name("neighbours-board", create_if_missing=True)
@@ -326,7 +344,7 @@ def main():
     print("NEIGHBOUR", neighbour.remote())
     print("LISTENER", waiting.get())
     print("BIG", len(big.remote()))
-'''
+"""
 
 
 def test_containers_have_their_own_network_and_cannot_reach_each_other(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -336,7 +354,9 @@ def test_containers_have_their_own_network_and_cannot_reach_each_other(server: S
     assert ip.startswith("10.89.")  # its own eth0 address on the node's container network
     assert outcome != "reached"
     assert "LISTENER nobody connected" in text
-    assert "BIG 3145728" in text  # payloads over 2 MiB travel by blob URL, reachable from the container network
+    assert (
+        "BIG 3145728" in text
+    )  # payloads over 2 MiB travel by blob URL, reachable from the container network
 
 
 def test_ephemeral_disk_bounds_the_writable_layer(server: Server) -> None:

@@ -17,7 +17,11 @@ def _restart_hard(server: Server) -> None:
 
 def _background_python(server: Server, script: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", script], cwd=APPS, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-c", script],
+        cwd=APPS,
+        env=server.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
 
@@ -82,14 +86,21 @@ def test_spawned_calls_running_during_kill_9_all_finish(own_server: Server) -> N
 def test_a_deploy_cut_short_by_kill_9_deploys_again_and_runs(own_server: Server) -> None:
     server = own_server
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "modal", "deploy", "durable.py"], cwd=APPS, env=server.env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "modal", "deploy", "durable.py"],
+        cwd=APPS,
+        env=server.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(1.5)
     _restart_hard(server)
     deploy.wait(timeout=120)
     assert_ok(run_modal(server, "deploy", "durable.py"))
-    text = assert_ok(run_python(server, "import modal\nprint('got', modal.Function.from_name('durable', 'square').remote(9))"))
+    text = assert_ok(
+        run_python(
+            server, "import modal\nprint('got', modal.Function.from_name('durable', 'square').remote(9))"
+        )
+    )
     assert "got 81" in text
 
 
@@ -97,9 +108,15 @@ def test_a_volume_commit_acknowledged_before_kill_9_is_kept(own_server: Server) 
     server = own_server
     assert_ok(run_modal(server, "deploy", "durable.py"))
     text = assert_ok(
-        run_python(server, "import modal\nprint(modal.Function.from_name('durable', 'write_and_commit').remote('kept.txt', 'before the crash'))")
+        run_python(
+            server,
+            "import modal\nprint(modal.Function.from_name('durable', 'write_and_commit').remote('kept.txt', 'before the crash'))",
+        )
     )
     assert "committed" in text
     _restart_hard(server)
-    read = run_python(server, "import modal\nprint(b''.join(modal.Volume.from_name('durable-commits').read_file('kept.txt')))")
+    read = run_python(
+        server,
+        "import modal\nprint(b''.join(modal.Volume.from_name('durable-commits').read_file('kept.txt')))",
+    )
     assert "before the crash" in output(read), output(read)

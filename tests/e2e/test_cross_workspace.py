@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from google.protobuf.message import Message
 from grpclib import GRPCError, Status
-from modal_proto import api_grpc, api_pb2
+from modal_proto import api_grpc
 
 from homeport.server.ownership import IdFieldTree, id_field_tree
 from homeport.server.rpc import load_all
@@ -153,11 +153,17 @@ def intruder(server: Server) -> dict[str, str]:
     assert token.returncode == 0, token.stderr
     credentials = dict(line.split("=", 1) for line in token.stdout.split())
     return user_metadata(
-        server, **{"x-modal-token-id": credentials["MODAL_TOKEN_ID"], "x-modal-token-secret": credentials["MODAL_TOKEN_SECRET"]}
+        server,
+        **{
+            "x-modal-token-id": credentials["MODAL_TOKEN_ID"],
+            "x-modal-token-secret": credentials["MODAL_TOKEN_SECRET"],
+        },
     )
 
 
-@pytest.mark.parametrize(("rpc", "path"), [case for case in CASES if FIELD_KINDS.get(case[1].rsplit(".", 1)[-1])])
+@pytest.mark.parametrize(
+    ("rpc", "path"), [case for case in CASES if FIELD_KINDS.get(case[1].rsplit(".", 1)[-1])]
+)
 def test_another_workspaces_id_is_not_found(
     server: Server, victims: dict[str, str], intruder: dict[str, str], rpc: str, path: str
 ) -> None:
@@ -175,7 +181,10 @@ def test_a_function_naming_another_workspaces_secret_never_runs(
 ) -> None:  # type: ignore[no-untyped-def]
     """The reported attack, through the real client: workspace B defines a function with
     workspace A's secret id and calls it."""
-    credentials = {"MODAL_TOKEN_ID": intruder["x-modal-token-id"], "MODAL_TOKEN_SECRET": intruder["x-modal-token-secret"]}
+    credentials = {
+        "MODAL_TOKEN_ID": intruder["x-modal-token-id"],
+        "MODAL_TOKEN_SECRET": intruder["x-modal-token-secret"],
+    }
     script = (
         "import modal\n"
         "from modal.secret import _Secret\n"

@@ -81,6 +81,9 @@ def test_committed_volume_files_survive_kill_9(own_server: Server, tmp_path) -> 
     server.stop(hard=True)
     server.start()
     text = assert_ok(
-        run_python(server, "import modal\nprint(b''.join(modal.Volume.from_name('durable-vol').read_file('kept.txt')))")
+        run_python(
+            server,
+            "import modal\nprint(b''.join(modal.Volume.from_name('durable-vol').read_file('kept.txt')))",
+        )
     )
     assert "committed before the crash" in text

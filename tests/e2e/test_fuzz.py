@@ -43,7 +43,11 @@ class RawCodec(ProtoCodec):
     """Sends bytes as they are, so a request body can be anything."""
 
     def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message) if isinstance(message, (bytes, bytearray)) else super().encode(message, message_type)
+        return (
+            bytes(message)
+            if isinstance(message, (bytes, bytearray))
+            else super().encode(message, message_type)
+        )
 
 
 def _routes() -> dict[str, Any]:
@@ -75,7 +79,9 @@ def _random_value(field: FieldDescriptor, rng: random.Random, depth: int) -> Any
             return None
         return random_message(field.message_type, rng, depth + 1)
     if field.type == FieldDescriptor.TYPE_STRING:
-        return rng.choice(["", "x", "fu-" + "A" * 22, "../../etc/passwd", "\u00e9" * rng.randint(1, 50), "a" * 5000])
+        return rng.choice(
+            ["", "x", "fu-" + "A" * 22, "../../etc/passwd", "\u00e9" * rng.randint(1, 50), "a" * 5000]
+        )
     if field.type == FieldDescriptor.TYPE_BYTES:
         return rng.randbytes(rng.randint(0, 64))
     if field.type == FieldDescriptor.TYPE_BOOL:
@@ -84,7 +90,11 @@ def _random_value(field: FieldDescriptor, rng: random.Random, depth: int) -> Any
         return rng.choice([value.number for value in field.enum_type.values])
     if field.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
         return rng.choice([0.0, -1.0, 1e30, float("nan"), 3.5])
-    unsigned = field.type in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED32)
+    unsigned = field.type in (
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_FIXED32,
+    )
     return rng.choice([0, 1, 7, 2**31 - 1] + ([] if unsigned else [-1, -(2**31)]))
 
 
@@ -111,16 +121,28 @@ def fuzz_cases(rng: random.Random) -> list[tuple[str, bytes, bool]]:
     """(rpc, body, with credentials) for every RPC of the client's service."""
     cases: list[tuple[str, bytes, bool]] = []
     for rpc, route in sorted(_routes().items()):
-        valid = _build(route.request_type, random_message(route.request_type.DESCRIPTOR, rng)).SerializeToString()
+        valid = _build(
+            route.request_type, random_message(route.request_type.DESCRIPTOR, rng)
+        ).SerializeToString()
         cases.append((rpc, valid, True))
-        cases.append((rpc, _build(route.request_type, random_message(route.request_type.DESCRIPTOR, rng)).SerializeToString(), True))
+        cases.append(
+            (
+                rpc,
+                _build(
+                    route.request_type, random_message(route.request_type.DESCRIPTOR, rng)
+                ).SerializeToString(),
+                True,
+            )
+        )
         cases.append((rpc, rng.randbytes(rng.randint(1, 200)), True))
         cases.append((rpc, valid[: max(0, len(valid) // 2)] + b"\xff\xff", True))
         cases.append((rpc, valid, False))
     return cases
 
 
-async def _send(server: Server, cases: list[tuple[str, bytes, bool]], metadata: dict[str, str]) -> list[tuple[str, Any]]:
+async def _send(
+    server: Server, cases: list[tuple[str, bytes, bool]], metadata: dict[str, str]
+) -> list[tuple[str, Any]]:
     routes = _routes()
     anonymous = {"x-modal-client-version": SUPPORTED_CLIENT_VERSION, "x-modal-client-type": "1"}
     outcomes: list[tuple[str, Any]] = []
@@ -132,8 +154,12 @@ async def _send(server: Server, cases: list[tuple[str, bytes, bool]], metadata: 
             channel = Channel("127.0.0.1", server.port, codec=RawCodec())
             try:
                 stream = channel.request(
-                    f"/modal.client.ModalClient/{rpc}", route.cardinality, route.request_type, route.reply_type,
-                    timeout=CALL_TIMEOUT_S, metadata=metadata if authenticated else anonymous,
+                    f"/modal.client.ModalClient/{rpc}",
+                    route.cardinality,
+                    route.request_type,
+                    route.reply_type,
+                    timeout=CALL_TIMEOUT_S,
+                    metadata=metadata if authenticated else anonymous,
                 )
                 async with stream as call:
                     await call.send_message(body, end=True)  # type: ignore[arg-type]
@@ -142,7 +168,7 @@ async def _send(server: Server, cases: list[tuple[str, bytes, bool]], metadata: 
                 outcomes.append((rpc, Status.OK))
             except GRPCError as error:
                 outcomes.append((rpc, error.status))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 outcomes.append((rpc, Status.DEADLINE_EXCEEDED))
             finally:
                 channel.close()
@@ -168,7 +194,9 @@ def test_random_truncated_and_unauthenticated_bodies_never_fail_internally(fuzz_
     assert server.process is not None
     before = _rss_mib(server.process.pid)
     outcomes = asyncio.run(_send(server, fuzz_cases(random.Random(SEED)), user_metadata(server)))
-    bad = sorted({f"{rpc}: {status.name}" for rpc, status in outcomes if status not in ACCEPTED_FAILURES | {Status.OK}})
+    bad = sorted(
+        {f"{rpc}: {status.name}" for rpc, status in outcomes if status not in ACCEPTED_FAILURES | {Status.OK}}
+    )
     assert not bad, f"answered with an internal failure: {bad}"
     log = server.log_text()
     assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]

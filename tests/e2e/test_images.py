@@ -21,7 +21,9 @@ def reported(text: str, label: str) -> dict:
     return ast.literal_eval(line[len(label) + 1 :])
 
 
-def write_app(directory: Path, image_expression: str, body: str = "return open('/result').read().strip()") -> Path:
+def write_app(
+    directory: Path, image_expression: str, body: str = "return open('/result').read().strip()"
+) -> Path:
     app_file = directory / "app.py"
     app_file.write_text(
         "import modal\n"
@@ -57,7 +59,9 @@ def test_every_builder_method_shapes_the_functions_filesystem(images_app_output:
     assert builder["cwd"] == "/srv/app"  # workdir
     assert builder["one"] == "first"  # add_local_file(copy=True)
     assert builder["nested"] == ["two.txt"]  # add_local_dir(copy=True)
-    assert builder["helper"] == "COPIED!" and builder["helper_file"].startswith("/root/helper_pkg")  # python source
+    assert builder["helper"] == "COPIED!" and builder["helper_file"].startswith(
+        "/root/helper_pkg"
+    )  # python source
     assert builder["flavor"] == "chocolate"  # dockerfile_commands with ARG and build_args
     assert builder["config"] == "threshold=42"  # COPY from the context dir
     assert builder["host_checkout_visible"] is False  # the image's filesystem, not the host's
@@ -66,7 +70,9 @@ def test_every_builder_method_shapes_the_functions_filesystem(images_app_output:
 def test_dockerfile_instructions_are_honoured(images_app_output: str) -> None:
     image = reported(images_app_output, "DOCKERFILE")
     assert image["cwd"] == "/srv/site"  # WORKDIR with $VAR
-    assert image["mode"] == "from dockerfile" and image["home"] == "/srv/site"  # multi-pair ENV with continuation
+    assert (
+        image["mode"] == "from dockerfile" and image["home"] == "/srv/site"
+    )  # multi-pair ENV with continuation
     assert image["settings"] == 'name = "site"'  # COPY to a relative destination
     assert image["data"] == ["a.txt", "b.txt"]  # COPY of a directory's contents
     assert image["edition"] == "edition=community"  # ARG default, seen by RUN
@@ -103,10 +109,14 @@ def test_changing_a_step_rebuilds_from_that_step_only(server: Server, tmp_path: 
 
 
 def test_force_build_rebuilds(server: Server, tmp_path: Path) -> None:
-    app_file = write_app(tmp_path, "modal.Image.debian_slim().run_commands('cat /proc/sys/kernel/random/uuid > /result')")
+    app_file = write_app(
+        tmp_path, "modal.Image.debian_slim().run_commands('cat /proc/sys/kernel/random/uuid > /result')"
+    )
     first = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path)))
     cached = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path)))
-    forced_text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, MODAL_FORCE_BUILD="1", timeout=600))
+    forced_text = assert_ok(
+        run_modal(server, "run", str(app_file), cwd=tmp_path, MODAL_FORCE_BUILD="1", timeout=600)
+    )
     assert cached == first
     assert result_of(forced_text) != first
     assert "(cached)" not in forced_text
@@ -118,7 +128,9 @@ def test_broken_step_fails_the_run_with_step_status_and_output(server: Server, t
     assert result.returncode != 0
     text = output(result)
     assert "`RUN echo about to break; exit 3` failed with exit status 3" in text
-    assert "about to break" in text.split("failed with exit status 3", 1)[1]  # the output's tail, in the error
+    assert (
+        "about to break" in text.split("failed with exit status 3", 1)[1]
+    )  # the output's tail, in the error
 
 
 def test_unsupported_instruction_fails_naming_it(server: Server, tmp_path: Path) -> None:
@@ -130,9 +142,18 @@ def test_unsupported_instruction_fails_naming_it(server: Server, tmp_path: Path)
 
 def test_two_clients_asking_for_one_image_share_one_build(server: Server, tmp_path: Path) -> None:
     nonce = secrets.token_hex(4)
-    app_file = write_app(tmp_path, f"modal.Image.debian_slim().run_commands('sleep 3; echo building-{nonce} > /result')")
+    app_file = write_app(
+        tmp_path, f"modal.Image.debian_slim().run_commands('sleep 3; echo building-{nonce} > /result')"
+    )
     runs = [
-        subprocess.Popen([MODAL, "run", str(app_file)], cwd=tmp_path, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [MODAL, "run", str(app_file)],
+            cwd=tmp_path,
+            env=server.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for _ in range(2)
     ]
     texts = [run.communicate(timeout=300)[0] for run in runs]
@@ -149,7 +170,8 @@ def test_images_list_shows_sizes_and_prune_removes_only_unused_layers(tmp_path: 
     server = start_server(tmp_path, server_env={"HOMEPORT_LAYER_DIR": str(tmp_path / "layers")})
     try:
         app_file = write_app(
-            tmp_path, "modal.Image.debian_slim().run_commands('cat /proc/sys/kernel/random/uuid > /result', force_build=True)"
+            tmp_path,
+            "modal.Image.debian_slim().run_commands('cat /proc/sys/kernel/random/uuid > /result', force_build=True)",
         )
         first = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, timeout=600)))
         second = result_of(assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path)))
@@ -199,7 +221,11 @@ def test_run_function_bakes_its_writes_with_its_secrets_and_volumes(server: Serv
     )
     text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, timeout=600))
     assert "prepared in the build" in text  # the build function's output is in the build log
-    assert result_of(text) == (f"tok:seed-{nonce}:arg", None, False)  # baked; secret and volume were build-only
+    assert result_of(text) == (
+        f"tok:seed-{nonce}:arg",
+        None,
+        False,
+    )  # baked; secret and volume were build-only
     again = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
     assert "prepared in the build" not in again and result_of(again)[0] == f"tok:seed-{nonce}:arg"  # cached
 
@@ -218,11 +244,21 @@ def test_from_registry_pulls_from_a_local_oci_layout(tmp_path: Path) -> None:
         ["cp", "-a", f"{base.rootfs}/.", str(bundle / "rootfs")],
         ["sh", "-c", f"echo from-the-layout > {bundle}/rootfs/etc/origin"],
         ["umoci", "repack", "--image", f"{layout}:{reference}", str(bundle)],
-        ["umoci", "config", "--image", f"{layout}:{reference}", "--config.env", "ORIGIN=oci", "--config.workingdir", "/srv"],
+        [
+            "umoci",
+            "config",
+            "--image",
+            f"{layout}:{reference}",
+            "--config.env",
+            "ORIGIN=oci",
+            "--config.workingdir",
+            "/srv",
+        ],
     ):
         subprocess.run(command, check=True, capture_output=True)
     server = start_server(
-        tmp_path / "server", server_env={"HOMEPORT_OCI_MIRROR": str(layout), "HOMEPORT_CACHE_DIR": str(tmp_path / "cache")}
+        tmp_path / "server",
+        server_env={"HOMEPORT_OCI_MIRROR": str(layout), "HOMEPORT_CACHE_DIR": str(tmp_path / "cache")},
     )
     try:
         app_file = write_app(
@@ -237,8 +273,9 @@ def test_from_registry_pulls_from_a_local_oci_layout(tmp_path: Path) -> None:
         server.stop()
 
 
-
-def test_failed_forced_rebuild_leaves_deployed_functions_on_the_built_image(server: Server, tmp_path: Path) -> None:
+def test_failed_forced_rebuild_leaves_deployed_functions_on_the_built_image(
+    server: Server, tmp_path: Path
+) -> None:
     nonce = secrets.token_hex(4)
     deadline = int(time.time()) + 25  # the step passes before this moment and fails after it
     app_file = tmp_path / "deployed.py"
@@ -251,7 +288,9 @@ def test_failed_forced_rebuild_leaves_deployed_functions_on_the_built_image(serv
         "    return open('/result').read().strip()\n"
     )
     assert_ok(run_modal(server, "deploy", str(app_file), cwd=tmp_path))
-    call = f"import modal\nprint('RESULT', repr(modal.Function.from_name('forced-{nonce}', 'read').remote()))\n"
+    call = (
+        f"import modal\nprint('RESULT', repr(modal.Function.from_name('forced-{nonce}', 'read').remote()))\n"
+    )
     assert result_of(assert_ok(run_python(server, call))) == nonce
     time.sleep(max(deadline + 1 - time.time(), 0))
     forced = run_modal(server, "deploy", str(app_file), cwd=tmp_path, MODAL_FORCE_BUILD="1")

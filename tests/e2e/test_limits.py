@@ -56,7 +56,9 @@ def test_large_arguments_and_results_are_deleted_once_nothing_needs_them(forgetf
 
 def test_a_blob_too_large_to_store_is_refused_with_the_limit(server: Server) -> None:
     with pytest.raises(GRPCError) as raised:
-        call_raw(server, "BlobCreate", api_pb2.BlobCreateRequest(content_length=10 * 2**40), user_metadata(server))
+        call_raw(
+            server, "BlobCreate", api_pb2.BlobCreateRequest(content_length=10 * 2**40), user_metadata(server)
+        )
     assert raised.value.status == Status.RESOURCE_EXHAUSTED
     assert "over this server's limit" in str(raised.value.message)
 

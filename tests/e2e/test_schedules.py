@@ -30,5 +30,7 @@ def test_period_schedule_runs_repeatedly_until_the_app_stops(server: Server, tmp
     drained = "import modal\nq = modal.Queue.from_name('ticker-ticks')\nq.clear()\nprint('LEFT', q.len())\n"
     assert_ok(run_python(server, drained))
     time.sleep(4)
-    left = assert_ok(run_python(server, "import modal\nprint('LEFT', modal.Queue.from_name('ticker-ticks').len())\n"))
+    left = assert_ok(
+        run_python(server, "import modal\nprint('LEFT', modal.Queue.from_name('ticker-ticks').len())\n")
+    )
     assert "LEFT 0" in left  # no more runs once stopped

@@ -54,7 +54,9 @@ def test_dict_shared_between_functions_and_client(server: Server, tmp_path) -> N
 
 def test_dict_cli(server: Server) -> None:
     assert_ok(run_modal(server, "dict", "create", "cli-dict"))
-    assert_ok(run_python(server, "import modal\nd = modal.Dict.from_name('cli-dict')\nd['k'] = 'v'\nd['n'] = 3"))
+    assert_ok(
+        run_python(server, "import modal\nd = modal.Dict.from_name('cli-dict')\nd['k'] = 'v'\nd['n'] = 3")
+    )
     assert "cli-dict" in assert_ok(run_modal(server, "dict", "list"))
     assert assert_ok(run_modal(server, "dict", "get", "cli-dict", "k")).strip() == "v"
     items = json.loads(assert_ok(run_modal(server, "dict", "items", "cli-dict", "--json")))
@@ -102,7 +104,8 @@ print("blocking", value, "woke after put", round(time.monotonic() - put_at[0], 3
 
 def test_queue_item_over_the_size_limit_is_refused_clearly(server: Server) -> None:
     result = run_python(
-        server, "import modal\nq = modal.Queue.from_name('big-q', create_if_missing=True)\nq.put(b'x' * (2 * 1024 * 1024))"
+        server,
+        "import modal\nq = modal.Queue.from_name('big-q', create_if_missing=True)\nq.put(b'x' * (2 * 1024 * 1024))",
     )
     assert result.returncode != 0
     assert "over the limit of 1048576 bytes" in output(result)
@@ -110,7 +113,12 @@ def test_queue_item_over_the_size_limit_is_refused_clearly(server: Server) -> No
 
 def test_queue_cli(server: Server) -> None:
     assert_ok(run_modal(server, "queue", "create", "cli-q"))
-    assert_ok(run_python(server, "import modal\nq = modal.Queue.from_name('cli-q')\nq.put_many([1, 2, 3])\nq.put('x', partition='p')"))
+    assert_ok(
+        run_python(
+            server,
+            "import modal\nq = modal.Queue.from_name('cli-q')\nq.put_many([1, 2, 3])\nq.put('x', partition='p')",
+        )
+    )
     assert assert_ok(run_modal(server, "queue", "len", "cli-q")).strip() == "3"
     assert assert_ok(run_modal(server, "queue", "len", "cli-q", "--total")).strip() == "4"
     assert assert_ok(run_modal(server, "queue", "peek", "cli-q", "2")).split() == ["1", "2"]
@@ -122,7 +130,8 @@ def test_queue_cli(server: Server) -> None:
 
 def test_unpicklable_key_is_a_clear_client_error(server: Server) -> None:
     result = run_python(
-        server, "import modal, threading\nd = modal.Dict.from_name('pickles', create_if_missing=True)\nd[threading.Lock()] = 1"
+        server,
+        "import modal, threading\nd = modal.Dict.from_name('pickles', create_if_missing=True)\nd[threading.Lock()] = 1",
     )
     assert result.returncode != 0 and "pickle" in output(result).lower()
 
@@ -130,7 +139,9 @@ def test_unpicklable_key_is_a_clear_client_error(server: Server) -> None:
 def test_secrets_reach_functions_and_never_the_logs(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     dotenv = tmp_path / ".env"
     dotenv.write_text("FROM_DOTENV=dotenv-value-777\n")
-    assert_ok(run_modal(server, "secret", "create", "api-keys", "API_KEY=super-secret-value-123", "OTHER=plain"))
+    assert_ok(
+        run_modal(server, "secret", "create", "api-keys", "API_KEY=super-secret-value-123", "OTHER=plain")
+    )
     assert_ok(run_modal(server, "secret", "create", "from-file", "--from-dotenv", str(dotenv)))
     listing = assert_ok(run_modal(server, "secret", "list"))
     assert "api-keys" in listing and "from-file" in listing and "super-secret-value-123" not in listing
@@ -167,11 +178,17 @@ def test_other_workspaces_cannot_reach_storage_objects(server: Server) -> None:
     token = server.homeport("token", "create", "--workspace", "team-storage")
     other = dict(line.split("=", 1) for line in token.stdout.split())
     dict_id = assert_ok(
-        run_python(server, "import modal\nd = modal.Dict.from_name('private', create_if_missing=True)\nd['k'] = 1\nprint(d.object_id)")
+        run_python(
+            server,
+            "import modal\nd = modal.Dict.from_name('private', create_if_missing=True)\nd['k'] = 1\nprint(d.object_id)",
+        )
     ).split()[-1]
     by_name = run_python(server, "import modal\nmodal.Dict.from_name('private').len()", **other)
     assert by_name.returncode != 0 and "not found" in output(by_name)
-    other_metadata = user_metadata(server, **{"x-modal-token-id": other["MODAL_TOKEN_ID"], "x-modal-token-secret": other["MODAL_TOKEN_SECRET"]})
+    other_metadata = user_metadata(
+        server,
+        **{"x-modal-token-id": other["MODAL_TOKEN_ID"], "x-modal-token-secret": other["MODAL_TOKEN_SECRET"]},
+    )
     with pytest.raises(GRPCError) as raised:
         call_raw(server, "DictGet", api_pb2.DictGetRequest(dict_id=dict_id, key=b"k"), other_metadata)
     assert raised.value.status == Status.NOT_FOUND

@@ -85,14 +85,24 @@ with app.run():
 
 
 def test_changes_are_committed_when_the_container_exits(server: Server) -> None:
-    assert_ok(run_python(server, "from volumes_app import app, write\nwith app.run():\n    write.remote('late.txt', 'kept', commit=False)"))
+    assert_ok(
+        run_python(
+            server,
+            "from volumes_app import app, write\nwith app.run():\n    write.remote('late.txt', 'kept', commit=False)",
+        )
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         listing = run_modal(server, "volume", "ls", "shared-volume")
         if "late.txt" in listing.stdout:
             break
         time.sleep(0.5)
-    text = assert_ok(run_python(server, "import modal\nprint(b''.join(modal.Volume.from_name('shared-volume').read_file('late.txt')))"))
+    text = assert_ok(
+        run_python(
+            server,
+            "import modal\nprint(b''.join(modal.Volume.from_name('shared-volume').read_file('late.txt')))",
+        )
+    )
     assert "b'kept'" in text
 
 

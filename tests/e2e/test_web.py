@@ -21,12 +21,19 @@ def deployed(server: Server) -> Iterator[str]:
 
 
 def request(
-    server: Server, label: str, method: str = "GET", path: str = "/", body: bytes | None = None,
-    headers: dict[str, str] | None = None, timeout: float = 60,
+    server: Server,
+    label: str,
+    method: str = "GET",
+    path: str = "/",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request to `<label>.localhost`, the way curl or a browser sends it."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port + 1, timeout=timeout)
-    connection.request(method, path, body=body, headers={"Host": f"{label}.localhost:{server.port + 1}", **(headers or {})})
+    connection.request(
+        method, path, body=body, headers={"Host": f"{label}.localhost:{server.port + 1}", **(headers or {})}
+    )
     response = connection.getresponse()
     data = response.read()
     connection.close()
@@ -38,12 +45,20 @@ def test_deploy_prints_each_url_and_get_web_url_returns_it(server: Server, deplo
     assert f"http://main--webapp-echo.localhost:{port}" in deployed
     assert f"http://main--hello-label.localhost:{port}" in deployed  # label= overrides the name
     assert f"Model.predict -> http://main--webapp-model-predict.localhost:{port}" in deployed
-    text = assert_ok(run_python(server, "import modal\nprint(modal.Function.from_name('webapp', 'echo').get_web_url())"))
+    text = assert_ok(
+        run_python(server, "import modal\nprint(modal.Function.from_name('webapp', 'echo').get_web_url())")
+    )
     assert f"http://main--webapp-echo.localhost:{port}" in text
 
 
 def test_fastapi_endpoint_json_and_query(server: Server, deployed: str) -> None:
-    status, _, body = request(server, "main--webapp-echo", "POST", body=b'{"a": 1, "b": [2]}', headers={"Content-Type": "application/json"})
+    status, _, body = request(
+        server,
+        "main--webapp-echo",
+        "POST",
+        body=b'{"a": 1, "b": [2]}',
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 200 and json.loads(body) == {"received": {"a": 1, "b": [2]}, "keys": ["a", "b"]}
     status, _, body = request(server, "main--hello-label", path="/?name=homeport")
     assert status == 200 and json.loads(body) == {"hello": "homeport"}
@@ -56,10 +71,16 @@ def test_asgi_app_statuses_headers_redirects_cookies_and_forms(server: Server, d
     assert (status, headers["x-custom"], body) == (418, "yes", b"status 418")
     status, headers, _ = request(server, "main--webapp-api", path="/redirect")
     assert status == 307 and headers["location"] == "/status/200"
-    status, headers, body = request(server, "main--webapp-api", path="/cookie", headers={"Cookie": "flavor=choc"})
+    status, headers, body = request(
+        server, "main--webapp-api", path="/cookie", headers={"Cookie": "flavor=choc"}
+    )
     assert json.loads(body) == {"seen": "choc"} and "flavor=oatmeal" in headers["set-cookie"]
     status, _, body = request(
-        server, "main--webapp-api", "POST", "/form", body=b"a=1&b=two",
+        server,
+        "main--webapp-api",
+        "POST",
+        "/form",
+        body=b"a=1&b=two",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert status == 200 and json.loads(body) == {"fields": {"a": "1", "b": "two"}}
@@ -114,7 +135,11 @@ def test_proxy_auth_needs_a_proxy_token(server: Server, deployed: str) -> None:
     status, _, _ = request(server, "main--webapp-guarded")
     assert status == 401
     api = server.client_env
-    status, _, _ = request(server, "main--webapp-guarded", headers={"Modal-Key": api["MODAL_TOKEN_ID"], "Modal-Secret": api["MODAL_TOKEN_SECRET"]})
+    status, _, _ = request(
+        server,
+        "main--webapp-guarded",
+        headers={"Modal-Key": api["MODAL_TOKEN_ID"], "Modal-Secret": api["MODAL_TOKEN_SECRET"]},
+    )
     assert status == 401  # an API token is not a proxy-auth token
     created = server.homeport("token", "create", "--proxy-auth")
     assert created.returncode == 0, created.stderr
@@ -126,10 +151,23 @@ def test_proxy_auth_needs_a_proxy_token(server: Server, deployed: str) -> None:
 def test_deployed_url_answers_in_a_headless_browser(server: Server, deployed: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = f"http://main--hello-label.localhost:{server.port + 1}/?name=browser"
     result = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert '{"hello":"browser"}' in result.stdout, result.stderr[-2000:]
 
@@ -143,7 +181,9 @@ def test_websocket_echo_through_asgi_app(server: Server, deployed: str) -> None:
         url = f"http://127.0.0.1:{server.port + 1}/echo"
         heard: list[object] = []
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(url, headers={"Host": f"main--webapp-api.localhost:{server.port + 1}"}) as socket:
+            async with session.ws_connect(
+                url, headers={"Host": f"main--webapp-api.localhost:{server.port + 1}"}
+            ) as socket:
                 await socket.send_str("hello")
                 heard.append((await socket.receive(timeout=30)).data)
                 await socket.send_bytes(b"abc")
@@ -170,8 +210,11 @@ def test_modal_serve_reloads_on_change_and_keeps_the_url(server: Server, tmp_pat
     )
     app_file.write_text(source.replace("VERSION", "1"))
     process = subprocess.Popen(
-        [MODAL, "serve", str(app_file)], cwd=tmp_path, env=server.env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [MODAL, "serve", str(app_file)],
+        cwd=tmp_path,
+        env=server.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         label = "main--served-hello-dev"
@@ -222,9 +265,15 @@ def test_idle_endpoint_scales_to_zero_and_wakes_on_the_next_request(server: Serv
     assert_ok(run_modal(server, "deploy", str(app_file), cwd=tmp_path))
     status, _, first = request(server, "main--sleepy-who")
     assert status == 200
-    app_id = next(a["app_id"] for a in json.loads(assert_ok(run_modal(server, "app", "list", "--json"))) if a["description"] == "sleepy" and a["state"] == "deployed")
+    app_id = next(
+        a["app_id"]
+        for a in json.loads(assert_ok(run_modal(server, "app", "list", "--json")))
+        if a["description"] == "sleepy" and a["state"] == "deployed"
+    )
     deadline = time.monotonic() + 30
-    while any(t["app_id"] == app_id for t in json.loads(assert_ok(run_modal(server, "container", "list", "--json")))):
+    while any(
+        t["app_id"] == app_id for t in json.loads(assert_ok(run_modal(server, "container", "list", "--json")))
+    ):
         assert time.monotonic() < deadline, "the idle container never stopped"
         time.sleep(0.5)
     status, _, second = request(server, "main--sleepy-who")

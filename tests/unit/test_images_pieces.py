@@ -14,7 +14,15 @@ from homeport.images.layers import LayerStore
 
 def test_continuations_comments_and_flags_are_joined_like_docker() -> None:
     instructions = dockerfile.parse(
-        ["# comment", "FROM python:3.11-slim-bookworm", "", "RUN echo a && \\", "    # inside", "    echo b", "COPY --chmod=755 a.sh /a.sh"]
+        [
+            "# comment",
+            "FROM python:3.11-slim-bookworm",
+            "",
+            "RUN echo a && \\",
+            "    # inside",
+            "    echo b",
+            "COPY --chmod=755 a.sh /a.sh",
+        ]
     )
     assert [i.keyword for i in instructions] == ["FROM", "RUN", "COPY"]
     assert instructions[1].arguments == "echo a && echo b"
@@ -51,4 +59,3 @@ def test_a_layer_exists_only_once_committed(tmp_path: Path) -> None:
     assert store.get(key) == layer and layer.config.workdir == "/w"
     assert (store.path(layer.ref) / "file").read_text() == "content"
     assert store.all_refs() == [layer.ref]
-

@@ -22,7 +22,9 @@ def check(tmp_path: Path) -> OwnershipCheck:
     engine = open_engine(Settings(data_dir=tmp_path))
     with engine.begin() as connection:
         for workspace in ("ac-a", "ac-b"):
-            connection.execute(schema.workspaces.insert().values(id=workspace, name=workspace, created_at=time.time()))
+            connection.execute(
+                schema.workspaces.insert().values(id=workspace, name=workspace, created_at=time.time())
+            )
     return OwnershipCheck(engine)
 
 
@@ -30,7 +32,9 @@ def _add_mount(check: OwnershipCheck, workspace_id: str | None) -> str:
     mount_id = ids.new_id("mount")
     with check.engine.begin() as connection:
         connection.execute(
-            schema.mounts.insert().values(id=mount_id, workspace_id=workspace_id, files=b"[]", created_at=time.time())
+            schema.mounts.insert().values(
+                id=mount_id, workspace_id=workspace_id, files=b"[]", created_at=time.time()
+            )
         )
     return mount_id
 
@@ -38,13 +42,17 @@ def _add_mount(check: OwnershipCheck, workspace_id: str | None) -> str:
 def _add_blob(check: OwnershipCheck, workspace_id: str | None) -> str:
     blob_id = ids.new_id("blob")
     with check.engine.begin() as connection:
-        connection.execute(schema.blobs.insert().values(id=blob_id, workspace_id=workspace_id, created_at=time.time()))
+        connection.execute(
+            schema.blobs.insert().values(id=blob_id, workspace_id=workspace_id, created_at=time.time())
+        )
     return blob_id
 
 
 def test_a_workspace_may_name_its_own_objects_and_the_global_client_mount(check: OwnershipCheck) -> None:
     own, shared = _add_mount(check, "ac-a"), _add_mount(check, None)
-    request = api_pb2.FunctionCreateRequest(function=api_pb2.Function(function_name="f", mount_ids=[own, shared]))
+    request = api_pb2.FunctionCreateRequest(
+        function=api_pb2.Function(function_name="f", mount_ids=[own, shared])
+    )
     check.check("ac-a", request)
     check.check("ac-a", request)  # answered from the cache the second time
 

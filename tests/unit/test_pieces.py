@@ -21,7 +21,9 @@ def test_ids_have_the_shapes_the_client_checks() -> None:
 
 
 def test_retry_delay_grows_by_the_coefficient_up_to_the_maximum() -> None:
-    policy = api_pb2.FunctionRetryPolicy(retries=5, initial_delay_ms=1000, backoff_coefficient=2.0, max_delay_ms=5000)
+    policy = api_pb2.FunctionRetryPolicy(
+        retries=5, initial_delay_ms=1000, backoff_coefficient=2.0, max_delay_ms=5000
+    )
     assert [retry_delay_s(policy, n) for n in range(1, 5)] == [1.0, 2.0, 4.0, 5.0]
 
 
@@ -62,7 +64,10 @@ def test_web_urls_follow_the_configured_domain_scheme_and_port() -> None:
 
     label = host_label("main", "My App", "Model.predict", "")
     assert label == "main--my-app-model-predict"
-    assert Settings(data_dir=Path("/x"), port=7480).web_url(label) == "http://main--my-app-model-predict.localhost:7481"
+    assert (
+        Settings(data_dir=Path("/x"), port=7480).web_url(label)
+        == "http://main--my-app-model-predict.localhost:7481"
+    )
     production = Settings(data_dir=Path("/x"), web_domain="apps.example.com", web_scheme="https", web_port=0)
     assert production.web_url("main--api") == "https://main--api.apps.example.com"
     assert host_label("main", "app", "f", "custom-label", "dev") == "main--custom-label-dev"
@@ -80,7 +85,9 @@ def test_gpu_pool_assigns_whole_devices_exclusively() -> None:
     pool.release("ta-1")
     assert pool.acquire("ta-3", GpuRequest("A100-80GB", 1)) == [1]
     assert pool.describe() == "1 x T4, 2 x A100-80GB"
-    assert model_name("NVIDIA A100-SXM4-80GB") == "A100-80GB" and model_name("NVIDIA H100 80GB HBM3") == "H100"
+    assert (
+        model_name("NVIDIA A100-SXM4-80GB") == "A100-80GB" and model_name("NVIDIA H100 80GB HBM3") == "H100"
+    )
 
 
 def test_gpu_containers_get_the_hosts_driver_libraries() -> None:

@@ -22,7 +22,9 @@ HOUR = 3600.0
 @pytest.fixture
 def store(tmp_path: Path) -> LocalBlobStore:
     settings = Settings(data_dir=tmp_path)
-    return LocalBlobStore(settings.layout, open_engine(settings), "http://127.0.0.1:1", b"key", max_bytes=1000)
+    return LocalBlobStore(
+        settings.layout, open_engine(settings), "http://127.0.0.1:1", b"key", max_bytes=1000
+    )
 
 
 def _blob(store: LocalBlobStore, age_s: float) -> str:
@@ -38,8 +40,14 @@ def _input(engine: sa.Engine, blob_id: str, state: str) -> None:
     with engine.begin() as connection:
         connection.execute(
             schema.inputs.insert().values(
-                id=ids.new_id("input"), function_call_id="fc-1", function_id="fu-1", idx=0, payload=b"",
-                state=state, created_at=time.time(), blob_id=blob_id,
+                id=ids.new_id("input"),
+                function_call_id="fc-1",
+                function_id="fu-1",
+                idx=0,
+                payload=b"",
+                state=state,
+                created_at=time.time(),
+                blob_id=blob_id,
             )
         )
 
@@ -54,11 +62,18 @@ def test_blobs_nothing_needs_are_deleted_and_the_rest_kept(store: LocalBlobStore
     with engine.begin() as connection:
         connection.execute(
             schema.outputs.insert().values(
-                function_call_id="fc-1", input_id="in-1", idx=0, result=b"", data_format=1, created_at=time.time(),
+                function_call_id="fc-1",
+                input_id="in-1",
+                idx=0,
+                result=b"",
+                data_format=1,
+                created_at=time.time(),
                 blob_id=result,
             )
         )
-        connection.execute(schema.mount_contents.insert().values(sha256_hex="0" * 64, blob_id=mount_file, size=100))
+        connection.execute(
+            schema.mount_contents.insert().values(sha256_hex="0" * 64, blob_id=mount_file, size=100)
+        )
 
     deleted, freed = RetentionService(engine, store, Limits(blob_grace_s=HOUR)).collect()
 
@@ -74,7 +89,12 @@ def test_results_and_logs_past_their_retention_are_deleted(store: LocalBlobStore
         for created in (old, recent):
             connection.execute(
                 schema.outputs.insert().values(
-                    function_call_id="fc-1", input_id="in-1", idx=0, result=b"", data_format=1, created_at=created
+                    function_call_id="fc-1",
+                    input_id="in-1",
+                    idx=0,
+                    result=b"",
+                    data_format=1,
+                    created_at=created,
                 )
             )
             connection.execute(
@@ -90,4 +110,6 @@ def test_a_blob_larger_than_the_limit_is_refused_with_the_reason(store: LocalBlo
     assert store.refusal(1000) is None
     refusal = store.refusal(1001)
     assert refusal is not None and "over this server's limit of 1000 bytes" in refusal
-    assert "does not fit" in (LocalBlobStore(store.layout, store.engine, "", b"k", max_bytes=2**62).refusal(2**60) or "")
+    assert "does not fit" in (
+        LocalBlobStore(store.layout, store.engine, "", b"k", max_bytes=2**62).refusal(2**60) or ""
+    )

@@ -16,7 +16,9 @@ from homeport.server.servicer import HomeportServicer
 from homeport.server.state import build_state
 
 
-def test_a_failing_handler_answers_internal_with_its_request_id_and_the_server_goes_on(tmp_path: Path) -> None:
+def test_a_failing_handler_answers_internal_with_its_request_id_and_the_server_goes_on(
+    tmp_path: Path,
+) -> None:
     state = build_state(Settings(data_dir=tmp_path))
     token_id, secret = state.auth.create_token("main")
     metadata = {
@@ -36,7 +38,9 @@ def test_a_failing_handler_answers_internal_with_its_request_id_and_the_server_g
             stub = api_grpc.ModalClientStub(channel)
             with pytest.raises(GRPCError) as raised:
                 await stub.AppList(api_pb2.AppListRequest(), metadata=metadata)
-            after = await stub.EnvironmentGetOrCreate(api_pb2.EnvironmentGetOrCreateRequest(), metadata=metadata)
+            after = await stub.EnvironmentGetOrCreate(
+                api_pb2.EnvironmentGetOrCreateRequest(), metadata=metadata
+            )
             return raised.value, after
 
     error, after = asyncio.run(scenario())

@@ -137,7 +137,12 @@ class BaseCache:
         try:
             reasons = []
             made = None
-            for attempt in (self._from_oci_mirror, self._from_registry, self._from_pypi_uv, self._from_recipe):
+            for attempt in (
+                self._from_oci_mirror,
+                self._from_registry,
+                self._from_pypi_uv,
+                self._from_recipe,
+            ):
                 try:
                     made = attempt(tag, staging / "rootfs", log)
                 except BaseUnavailable as reason:
@@ -149,7 +154,9 @@ class BaseCache:
             if made is None:
                 raise BaseUnavailable(f"cannot get the base image {tag}: " + "; ".join(reasons))
             config, source = made
-            (staging / "base.json").write_text(json.dumps({"tag": tag, "source": source, "config": config.to_json()}))
+            (staging / "base.json").write_text(
+                json.dumps({"tag": tag, "source": source, "config": config.to_json()})
+            )
             target = self.root / name
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
@@ -179,7 +186,9 @@ class BaseCache:
             raise BaseUnavailable("skopeo and umoci are not installed (scripts/install installs them)")
         layout = rootfs.parent / "oci"
         log(f"pulling {tag} with skopeo\n")
-        reference = tag if "/" in tag.split(":")[0] or "." in tag.split("/")[0] else f"docker.io/library/{tag}"
+        reference = (
+            tag if "/" in tag.split(":")[0] or "." in tag.split("/")[0] else f"docker.io/library/{tag}"
+        )
         result = subprocess.run(
             ["skopeo", "copy", "--retry-times", "0", f"docker://{reference}", f"oci:{layout}:image"],
             capture_output=True,
@@ -204,7 +213,18 @@ class BaseCache:
         download = rootfs.parent / "download"
         log(f"fetching {requirement} from PyPI for {tag}\n")
         code = _stream(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(download), requirement],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--dest",
+                str(download),
+                requirement,
+            ],
             log,
         )
         wheels = sorted(download.glob("uv-*.whl"))
@@ -260,7 +280,12 @@ def _python_like_official_image(rootfs: Path, version: str) -> None:
     in /usr/local/bin, and pip installing into the system interpreter."""
     local_bin = rootfs / "usr/local/bin"
     local_bin.mkdir(parents=True, exist_ok=True)
-    for name, target in (("python", "/usr/bin/python3"), ("python3", "/usr/bin/python3"), ("pip", "/usr/bin/pip3"), ("pip3", "/usr/bin/pip3")):
+    for name, target in (
+        ("python", "/usr/bin/python3"),
+        ("python3", "/usr/bin/python3"),
+        ("pip", "/usr/bin/pip3"),
+        ("pip3", "/usr/bin/pip3"),
+    ):
         link = local_bin / name
         if not link.is_symlink() and not link.exists():
             link.symlink_to(target)
@@ -282,12 +307,15 @@ def _oci_has(layout: Path, tag: str) -> bool:
     except (OSError, ValueError):
         return False
     return any(
-        manifest.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag for manifest in index.get("manifests", [])
+        manifest.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+        for manifest in index.get("manifests", [])
     )
 
 
 def _unpack_oci(reference: str, rootfs: Path, log: Log) -> ImageConfig:
-    inspected = subprocess.run(["skopeo", "inspect", "--config", f"oci:{reference}"], capture_output=True, text=True, check=False)
+    inspected = subprocess.run(
+        ["skopeo", "inspect", "--config", f"oci:{reference}"], capture_output=True, text=True, check=False
+    )
     if inspected.returncode != 0:
         raise BaseUnavailable(f"skopeo cannot read {reference}: {inspected.stderr.strip()[-300:]}")
     config = json.loads(inspected.stdout).get("config", {})
@@ -306,7 +334,9 @@ def _unpack_oci(reference: str, rootfs: Path, log: Log) -> ImageConfig:
 
 
 def _stream(command: list[str], log: Log) -> int:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     assert process.stdout is not None
     for line in process.stdout:
         log(line.decode(errors="replace"))

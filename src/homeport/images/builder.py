@@ -113,7 +113,9 @@ class ImageBuilder:
         self.bases = bases
         self.network = network
 
-    async def build(self, plan: BuildPlan, log: Log, on_layer: Callable[[list[str]], None] = lambda chain: None) -> BuiltImage:
+    async def build(
+        self, plan: BuildPlan, log: Log, on_layer: Callable[[list[str]], None] = lambda chain: None
+    ) -> BuiltImage:
         """Build the plan's steps; `on_layer` hears the chain after each step (so the layers
         of a build in progress are known to be in use)."""
         try:
@@ -121,10 +123,14 @@ class ImageBuilder:
         except DockerfileError as error:
             raise BuildFailed(str(error)) from None
         if not instructions or instructions[0].keyword != "FROM":
-            raise BuildFailed("an image definition must start with FROM; build on modal.Image.debian_slim() or Image.from_registry(...)")
+            raise BuildFailed(
+                "an image definition must start with FROM; build on modal.Image.debian_slim() or Image.from_registry(...)"
+            )
         froms = [i for i in instructions if i.keyword == "FROM"]
         if len(froms) > 1:
-            raise BuildFailed(f"multi-stage Dockerfiles are not supported by Homeport (second stage: `{froms[1].source}`)")
+            raise BuildFailed(
+                f"multi-stage Dockerfiles are not supported by Homeport (second stage: `{froms[1].source}`)"
+            )
         salt = token_source.token_hex(8) if plan.force else ""
         chain, config, key = await self._from(instructions[0], plan, log)
         arguments: dict[str, str] = {}
@@ -152,7 +158,9 @@ class ImageBuilder:
             config.python_version = await self._probe_python(chain, config)
         return BuiltImage(chain=chain, config=config, top_key=key, steps_run=steps_run)
 
-    async def _from(self, instruction: Instruction, plan: BuildPlan, log: Log) -> tuple[list[str], ImageConfig, str]:
+    async def _from(
+        self, instruction: Instruction, plan: BuildPlan, log: Log
+    ) -> tuple[list[str], ImageConfig, str]:
         words = dockerfile.words(instruction, plan.build_args)
         if not words:
             raise BuildFailed(f"`{instruction.source}` names no image")
@@ -163,7 +171,9 @@ class ImageBuilder:
         if parent is not None:
             return list(parent.chain), parent.config.copy(), parent.top_key
         if tag == "scratch":
-            raise BuildFailed("FROM scratch is not supported by Homeport; start from debian_slim() or a registry image")
+            raise BuildFailed(
+                "FROM scratch is not supported by Homeport; start from debian_slim() or a registry image"
+            )
         try:
             base = await asyncio.to_thread(self.bases.ensure, tag, log)
         except Exception as error:
@@ -194,7 +204,9 @@ class ImageBuilder:
                 if len(words) != 1:
                     raise BuildFailed(f"step {number} `{instruction.source}`: WORKDIR takes one path")
                 workdir = posixpath.normpath(posixpath.join(config.workdir or "/", words[0]))
-                await self._sandboxed(number, instruction, chain, staging, config, ["mkdir", "-p", workdir], {}, None, log)
+                await self._sandboxed(
+                    number, instruction, chain, staging, config, ["mkdir", "-p", workdir], {}, None, log
+                )
                 config.workdir = workdir
             elif keyword == "RUN":
                 command = instruction.exec_form()
@@ -210,7 +222,9 @@ class ImageBuilder:
             elif keyword in ("COPY", "ADD"):
                 await self._copy(number, instruction, chain, staging, config, variables, plan, log)
             else:
-                raise BuildFailed(f"step {number} `{instruction.source}`: Homeport does not support {keyword}")
+                raise BuildFailed(
+                    f"step {number} `{instruction.source}`: Homeport does not support {keyword}"
+                )
             return self.layers.commit(key, staging, instruction.source, config, replace=plan.force)
         finally:
             if staging.exists():
@@ -229,14 +243,18 @@ class ImageBuilder:
     ) -> None:
         words = dockerfile.words(instruction, variables)
         if len(words) < 2:
-            raise BuildFailed(f"step {number} `{instruction.source}`: {instruction.keyword} needs a source and a destination")
+            raise BuildFailed(
+                f"step {number} `{instruction.source}`: {instruction.keyword} needs a source and a destination"
+            )
         *sources, destination = words
         context = plan.context_dir
         source_image = instruction.flags.get("from")
         if source_image:
             # COPY --from=<image>: files out of another image (uv_pip_install copies uv this way).
             if source_image in plan.parents or instruction.keyword != "COPY":
-                raise BuildFailed(f"step {number} `{instruction.source}`: multi-stage builds are not supported by Homeport")
+                raise BuildFailed(
+                    f"step {number} `{instruction.source}`: multi-stage builds are not supported by Homeport"
+                )
             try:
                 base = await asyncio.to_thread(self.bases.ensure, source_image, log)
             except Exception as error:
@@ -245,20 +263,37 @@ class ImageBuilder:
         resolved: list[str] = []
         for source in sources:
             if instruction.keyword == "ADD" and "://" in source:
-                raise BuildFailed(f"step {number} `{instruction.source}`: ADD from a URL is not supported; use RUN with curl or wget")
+                raise BuildFailed(
+                    f"step {number} `{instruction.source}`: ADD from a URL is not supported; use RUN with curl or wget"
+                )
             relative = posixpath.normpath(source.lstrip("/")) if source.strip("/") else "."
             if relative.startswith(".."):
-                raise BuildFailed(f"step {number} `{instruction.source}`: {source} is outside the build context")
+                raise BuildFailed(
+                    f"step {number} `{instruction.source}`: {source} is outside the build context"
+                )
             matches = sorted(glob.glob(relative, root_dir=context)) if context is not None else []
             if not matches:
-                where = f"the image {source_image}" if source_image else "the build context (the files add_local_* and context files sent)"
+                where = (
+                    f"the image {source_image}"
+                    if source_image
+                    else "the build context (the files add_local_* and context files sent)"
+                )
                 raise BuildFailed(f"step {number} `{instruction.source}`: {source} is not in {where}")
-            if instruction.keyword == "ADD" and any(m.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")) for m in matches):
-                raise BuildFailed(f"step {number} `{instruction.source}`: ADD of archives (auto-extract) is not supported; use COPY and RUN tar")
+            if instruction.keyword == "ADD" and any(
+                m.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")) for m in matches
+            ):
+                raise BuildFailed(
+                    f"step {number} `{instruction.source}`: ADD of archives (auto-extract) is not supported; use COPY and RUN tar"
+                )
             resolved.extend(matches)
         if not destination.startswith("/"):
-            destination = posixpath.join(config.workdir or "/", destination) + ("/" if destination.endswith("/") else "")
-        env = {"HOMEPORT_CHOWN": instruction.flags.get("chown", ""), "HOMEPORT_CHMOD": instruction.flags.get("chmod", "")}
+            destination = posixpath.join(config.workdir or "/", destination) + (
+                "/" if destination.endswith("/") else ""
+            )
+        env = {
+            "HOMEPORT_CHOWN": instruction.flags.get("chown", ""),
+            "HOMEPORT_CHMOD": instruction.flags.get("chmod", ""),
+        }
         command = ["/bin/sh", "-c", COPY_SCRIPT, "copy", destination, *resolved]
         await self._sandboxed(number, instruction, chain, staging, config, command, env, context, log)
 
@@ -281,7 +316,9 @@ class ImageBuilder:
             tail.extend(text.splitlines())
             del tail[:-OUTPUT_TAIL_LINES]
 
-        code = await run_in_image(self.layers, chain, staging, config, command, extra_env, context, collect, self.network)
+        code = await run_in_image(
+            self.layers, chain, staging, config, command, extra_env, context, collect, self.network
+        )
         if code != 0:
             output = "\n".join(tail) or "(no output)"
             raise BuildFailed(
@@ -339,7 +376,9 @@ async def run_in_image(
     environment.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     attachment = await network.attach_in_thread(f"ta-b{token_source.token_hex(5)}") if network else None
     try:
-        process = await spawn_bwrap(arguments, environment, command, overlay.mount_in_child, attachment, merge_stderr=True)
+        process = await spawn_bwrap(
+            arguments, environment, command, overlay.mount_in_child, attachment, merge_stderr=True
+        )
         assert process.stdout is not None
         try:
             while chunk := await process.stdout.read(64 * 1024):
@@ -367,7 +406,9 @@ def _drop_mount_points(upper: Path, had_context: bool) -> None:
             point.rmdir()
 
 
-def _step_key(parent: str, instruction: Instruction, plan: BuildPlan, arguments: dict[str, str], salt: str) -> str:
+def _step_key(
+    parent: str, instruction: Instruction, plan: BuildPlan, arguments: dict[str, str], salt: str
+) -> str:
     digest = hashlib.sha256()
     digest.update(parent.encode() + b"\0" + instruction.source.encode() + b"\0" + salt.encode())
     if instruction.keyword in ("COPY", "ADD"):
@@ -378,7 +419,9 @@ def _step_key(parent: str, instruction: Instruction, plan: BuildPlan, arguments:
     return digest.hexdigest()
 
 
-def _arg_values(instruction: Instruction, plan: BuildPlan, config: ImageConfig, arguments: dict[str, str]) -> dict[str, str]:
+def _arg_values(
+    instruction: Instruction, plan: BuildPlan, config: ImageConfig, arguments: dict[str, str]
+) -> dict[str, str]:
     values = {}
     for name, default in dockerfile.key_values(instruction, {**config.env, **arguments}):
         values[name] = plan.build_args.get(name, default)
@@ -386,7 +429,11 @@ def _arg_values(instruction: Instruction, plan: BuildPlan, config: ImageConfig, 
 
 
 def _apply_metadata(
-    instruction: Instruction, config: ImageConfig, variables: dict[str, str], plan: BuildPlan, arguments: dict[str, str]
+    instruction: Instruction,
+    config: ImageConfig,
+    variables: dict[str, str],
+    plan: BuildPlan,
+    arguments: dict[str, str],
 ) -> None:
     keyword = instruction.keyword
     if keyword == "ENV":
@@ -401,7 +448,9 @@ def _apply_metadata(
     elif keyword in ("ENTRYPOINT", "CMD", "SHELL"):
         exec_form = instruction.exec_form()
         if keyword == "SHELL" and exec_form is None:
-            raise BuildFailed(f"`{instruction.source}`: SHELL takes the JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"]")
+            raise BuildFailed(
+                f'`{instruction.source}`: SHELL takes the JSON form, e.g. SHELL ["/bin/bash", "-c"]'
+            )
         value = exec_form if exec_form is not None else [*config.shell, instruction.arguments]
         if keyword == "ENTRYPOINT":
             config.entrypoint = value

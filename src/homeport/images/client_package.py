@@ -73,7 +73,9 @@ def ensure(cache_root: Path) -> Path:
                 destination = staging / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, destination)
-        (staging / ".complete").write_text("\n".join(f"{d.metadata['Name']}=={d.version}" for d in chosen) + "\n")
+        (staging / ".complete").write_text(
+            "\n".join(f"{d.metadata['Name']}=={d.version}" for d in chosen) + "\n"
+        )
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     finally:

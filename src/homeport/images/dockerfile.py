@@ -14,11 +14,27 @@ import re
 import shlex
 
 # Instructions Homeport honours. Anything else fails the build, naming it.
-SUPPORTED = {"FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "USER", "ENTRYPOINT", "CMD", "SHELL", "LABEL", "EXPOSE"}
+SUPPORTED = {
+    "FROM",
+    "RUN",
+    "COPY",
+    "ADD",
+    "ENV",
+    "ARG",
+    "WORKDIR",
+    "USER",
+    "ENTRYPOINT",
+    "CMD",
+    "SHELL",
+    "LABEL",
+    "EXPOSE",
+}
 # Docker instructions Homeport refuses rather than ignore silently.
 KNOWN_UNSUPPORTED = {"HEALTHCHECK", "VOLUME", "STOPSIGNAL", "ONBUILD", "MAINTAINER"}
 
-_VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_VARIABLE = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<op>[-+])(?P<word>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class DockerfileError(Exception):

@@ -52,7 +52,11 @@ class LayerStore:
 
     def lower_dirs(self, chain: list[str]) -> list[Path]:
         """Overlay lowerdirs for a chain (bottom first): topmost first, empty layers left out."""
-        return [self.path(ref) for ref in reversed(chain) if ref.startswith(BASE_PREFIX) or rootfs.has_entries(self.path(ref))]
+        return [
+            self.path(ref)
+            for ref in reversed(chain)
+            if ref.startswith(BASE_PREFIX) or rootfs.has_entries(self.path(ref))
+        ]
 
     def get(self, key: str) -> Layer | None:
         ref = layer_ref(key)
@@ -62,7 +66,9 @@ class LayerStore:
             return None
         if meta.get("key") != key:
             return None
-        return Layer(ref, meta["step"], ImageConfig.from_json(meta["config"]), meta["size"], meta["created_at"])
+        return Layer(
+            ref, meta["step"], ImageConfig.from_json(meta["config"]), meta["size"], meta["created_at"]
+        )
 
     def staging(self, key: str) -> Path:
         directory = self.root / f".tmp-{layer_ref(key)}-{os.getpid()}-{time.monotonic_ns()}"
@@ -93,7 +99,9 @@ class LayerStore:
         return layer
 
     def all_refs(self) -> list[str]:
-        return sorted(entry.name for entry in self.root.iterdir() if not entry.name.startswith(".") and entry.is_dir())
+        return sorted(
+            entry.name for entry in self.root.iterdir() if not entry.name.startswith(".") and entry.is_dir()
+        )
 
     def size(self, ref: str) -> int:
         if ref.startswith(BASE_PREFIX):

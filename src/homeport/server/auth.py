@@ -71,7 +71,9 @@ class AuthService:
     def list_workspaces(self) -> list[tuple[str, str]]:
         with self.engine.connect() as connection:
             rows = connection.execute(
-                sa.select(schema.workspaces.c.id, schema.workspaces.c.name).order_by(schema.workspaces.c.created_at)
+                sa.select(schema.workspaces.c.id, schema.workspaces.c.name).order_by(
+                    schema.workspaces.c.created_at
+                )
             )
             return [(row.id, row.name) for row in rows]
 
@@ -81,7 +83,9 @@ class AuthService:
                 sa.select(schema.workspaces.c.id).where(schema.workspaces.c.name == name)
             ).first()
         if row is None:
-            raise ValueError(f"no workspace named {name!r}; create it with `homeport workspace create {name}`")
+            raise ValueError(
+                f"no workspace named {name!r}; create it with `homeport workspace create {name}`"
+            )
         return str(row.id)
 
     def workspace_name(self, workspace_id: str) -> str:
@@ -154,7 +158,9 @@ class AuthService:
         with self.engine.connect() as connection:
             row = connection.execute(
                 sa.select(
-                    schema.tokens.c.workspace_id, schema.tokens.c.secret_hash, schema.tokens.c.revoked_at,
+                    schema.tokens.c.workspace_id,
+                    schema.tokens.c.secret_hash,
+                    schema.tokens.c.revoked_at,
                     schema.tokens.c.scope,
                 ).where(schema.tokens.c.id == token_id)
             ).first()
@@ -164,7 +170,9 @@ class AuthService:
             or row.scope != "api"
             or not hmac.compare_digest(row.secret_hash, hash_secret(secret))
         ):
-            raise errors.unauthenticated(f"token {token_id} is invalid or revoked; create one with `homeport token create`")
+            raise errors.unauthenticated(
+                f"token {token_id} is invalid or revoked; create one with `homeport token create`"
+            )
         self._tokens[(token_id, secret)] = (time.monotonic() + CACHE_TTL_S, str(row.workspace_id))
         return str(row.workspace_id)
 
@@ -175,7 +183,9 @@ class AuthService:
         t = schema.tokens
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(t.c.workspace_id, t.c.secret_hash, t.c.revoked_at, t.c.scope).where(t.c.id == token_id)
+                sa.select(t.c.workspace_id, t.c.secret_hash, t.c.revoked_at, t.c.scope).where(
+                    t.c.id == token_id
+                )
             ).first()
         return (
             row is not None
@@ -201,7 +211,9 @@ class AuthService:
         if row is None or not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
             raise errors.unauthenticated(f"invalid container credential for task {task_id}")
         if row.state == "stopped":
-            raise errors.unauthenticated(f"container {task_id} has stopped; its credential is no longer valid")
+            raise errors.unauthenticated(
+                f"container {task_id} has stopped; its credential is no longer valid"
+            )
         verified = VerifiedTask(row.workspace_id, TaskIdentity(task_id, row.app_id, row.function_id))
         self._tasks[(task_id, secret)] = (time.monotonic() + CACHE_TTL_S, verified)
         return verified

@@ -34,7 +34,12 @@ DISK_RESERVE_BYTES = 2 * 2**30
 
 class LocalBlobStore:
     def __init__(
-        self, layout: DataLayout, engine: sa.Engine, base_url: str, signing_key: bytes, max_bytes: int = 64 * 2**30
+        self,
+        layout: DataLayout,
+        engine: sa.Engine,
+        base_url: str,
+        signing_key: bytes,
+        max_bytes: int = 64 * 2**30,
     ) -> None:
         self.layout = layout
         self.engine = engine
@@ -62,7 +67,11 @@ class LocalBlobStore:
         with self.engine.begin() as connection:
             connection.execute(
                 schema.blobs.insert().values(
-                    id=blob_id, workspace_id=workspace_id, size=size, md5_base64=md5_base64, created_at=time.time()
+                    id=blob_id,
+                    workspace_id=workspace_id,
+                    size=size,
+                    md5_base64=md5_base64,
+                    created_at=time.time(),
                 )
             )
         return blob_id
@@ -76,7 +85,9 @@ class LocalBlobStore:
         signature = self._signature(blob_id, operation, expires)
         return f"{base_url or self.base_url}/blobs/{blob_id}?op={operation}&expires={expires}&sig={signature}"
 
-    def volume_content_url(self, sha256_hex: str, offset: int, length: int, base_url: str | None = None) -> str:
+    def volume_content_url(
+        self, sha256_hex: str, offset: int, length: int, base_url: str | None = None
+    ) -> str:
         key = f"{sha256_hex}:{offset}:{length}"
         expires = int(time.time()) + URL_LIFETIME_S
         signature = self._signature(key, "vget", expires)
@@ -132,7 +143,9 @@ class LocalBlobStore:
 
         Returns the MD5 hex digest of what was received (the S3 ETag)."""
         with self.engine.connect() as connection:
-            declared = connection.execute(sa.select(schema.blobs.c.size).where(schema.blobs.c.id == blob_id)).scalar()
+            declared = connection.execute(
+                sa.select(schema.blobs.c.size).where(schema.blobs.c.id == blob_id)
+            ).scalar()
         limit = self.max_bytes if declared is None else declared
         temporary = self.layout.uploads / f"{blob_id}.{os.getpid()}.{time.monotonic_ns()}.part"
         digest = hashlib.md5()
@@ -143,7 +156,9 @@ class LocalBlobStore:
                     digest.update(chunk)
                     size += len(chunk)
                     if size > limit:
-                        raise ValueError(f"the upload is longer than the {limit} bytes declared for blob {blob_id}")
+                        raise ValueError(
+                            f"the upload is longer than the {limit} bytes declared for blob {blob_id}"
+                        )
                     file.write(chunk)
                 file.flush()
                 os.fsync(file.fileno())

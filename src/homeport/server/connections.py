@@ -47,7 +47,14 @@ CONTAINER_SOCKET_LIMITS = ConnectionLimits(max_connections=16384)
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_BATCH_REQUEST_BYTES = 128 * 1024 * 1024
 BATCH_RPCS = frozenset(
-    {"FunctionMap", "FunctionPutInputs", "FunctionPutOutputs", "FunctionCallPutDataOut", "DictUpdate", "QueuePut"}
+    {
+        "FunctionMap",
+        "FunctionPutInputs",
+        "FunctionPutOutputs",
+        "FunctionCallPutDataOut",
+        "DictUpdate",
+        "QueuePut",
+    }
 )
 
 
@@ -79,7 +86,9 @@ async def read_request(stream: ServerStream, rpc_name: str) -> Message:
     try:
         request.ParseFromString(body)
     except DecodeError:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"{rpc_name}: the request body is not a valid {type(request).__name__}")
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"{rpc_name}: the request body is not a valid {type(request).__name__}"
+        )
     return request
 
 
@@ -136,7 +145,11 @@ class _Guard:
         if len(self.open) >= self.limits.max_connections:
             self.refused += 1
             if self.refused % 100 == 1:
-                log.warning("refusing connections: %d open, the limit (%d refused so far)", len(self.open), self.refused)
+                log.warning(
+                    "refusing connections: %d open, the limit (%d refused so far)",
+                    len(self.open),
+                    self.refused,
+                )
             return False
         self.open.add(connection)
         if self._sweeper is None:
@@ -160,7 +173,10 @@ class _Guard:
                 connection.last_active = now
                 continue
             quiet = now - connection.last_active
-            silent = not connection.served_a_request and now - connection.opened_at > self.limits.first_request_timeout_s
+            silent = (
+                not connection.served_a_request
+                and now - connection.opened_at > self.limits.first_request_timeout_s
+            )
             if (silent or quiet > self.limits.idle_timeout_s) and connection.transport is not None:
                 connection.transport.close()
         if self.open:

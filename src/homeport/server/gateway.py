@@ -37,7 +37,9 @@ def _page(status: int, title: str, detail: str) -> web.Response:
 
 
 def _asgi_chunk(index: int, message: api_pb2.Asgi) -> api_pb2.DataChunk:
-    return api_pb2.DataChunk(data_format=api_pb2.DATA_FORMAT_ASGI, data=message.SerializeToString(), index=index)
+    return api_pb2.DataChunk(
+        data_format=api_pb2.DATA_FORMAT_ASGI, data=message.SerializeToString(), index=index
+    )
 
 
 class Gateway:
@@ -60,15 +62,20 @@ class Gateway:
         if endpoint is None:
             return _page(404, "Not Found", f"No web endpoint is served at {request.host}.")
         if endpoint.requires_proxy_auth and not state.auth.verify_proxy_token(
-            endpoint.workspace_id, request.headers.get("Modal-Key", ""), request.headers.get("Modal-Secret", "")
+            endpoint.workspace_id,
+            request.headers.get("Modal-Key", ""),
+            request.headers.get("Modal-Secret", ""),
         ):
             return _page(401, "Unauthorized", "This endpoint needs valid Modal-Key and Modal-Secret headers.")
         function = state.apps.function(endpoint.function_id)
         definition = function.definition or api_pb2.Function()
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         call_id = state.calls.create_call(
-            endpoint.workspace_id, function.id, function.app_id,
-            api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC, api_pb2.FUNCTION_CALL_TYPE_UNARY,
+            endpoint.workspace_id,
+            function.id,
+            function.app_id,
+            api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC,
+            api_pb2.FUNCTION_CALL_TYPE_UNARY,
         )
         try:
             if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -83,11 +90,25 @@ class Gateway:
         state = self.state
         first = await request.content.read(BODY_CHUNK) if request.can_read_body else b""
         more = request.can_read_body and not request.content.at_eof()
-        state.calls.put_data(call_id, "in", [_asgi_chunk(1, api_pb2.Asgi(http_request=api_pb2.Asgi.HttpRequest(body=first, more_body=more)))])
+        state.calls.put_data(
+            call_id,
+            "in",
+            [_asgi_chunk(1, api_pb2.Asgi(http_request=api_pb2.Asgi.HttpRequest(body=first, more_body=more)))],
+        )
         scope = self._scope(request)
         state.calls.enqueue(
-            call_id, function_id,
-            [(0, api_pb2.FunctionInput(args=pickle.dumps(((scope,), {})), data_format=api_pb2.DATA_FORMAT_PICKLE, method_name=method_name))],
+            call_id,
+            function_id,
+            [
+                (
+                    0,
+                    api_pb2.FunctionInput(
+                        args=pickle.dumps(((scope,), {})),
+                        data_format=api_pb2.DATA_FORMAT_PICKLE,
+                        method_name=method_name,
+                    ),
+                )
+            ],
         )
         state.scheduler.wake()
         async with asyncio.TaskGroup() as group:
@@ -96,7 +117,9 @@ class Gateway:
                 return await asyncio.wait_for(self._download(request, call_id), timeout=timeout + 5)
             except TimeoutError:
                 await state.scheduler.cancel_call(call_id, terminate_containers=False)
-                return _page(504, "Gateway Timeout", f"The function did not answer within its timeout of {timeout} s.")
+                return _page(
+                    504, "Gateway Timeout", f"The function did not answer within its timeout of {timeout} s."
+                )
             finally:
                 if not uploader.done():
                     uploader.cancel()
@@ -154,14 +177,28 @@ class Gateway:
         """A WebSocket: `websocket.connect` in first, then frames both ways until either
         side closes. The call lives as long as the connection."""
         state = self.state
-        state.calls.put_data(call_id, "in", [_asgi_chunk(1, api_pb2.Asgi(websocket_connect=api_pb2.Asgi.WebsocketConnect()))])
+        state.calls.put_data(
+            call_id, "in", [_asgi_chunk(1, api_pb2.Asgi(websocket_connect=api_pb2.Asgi.WebsocketConnect()))]
+        )
         scope = self._scope(request)
         scope.update(type="websocket", scheme="wss" if request.secure else "ws")
         scope.pop("method", None)
-        scope["subprotocols"] = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        scope["subprotocols"] = [
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+        ]
         state.calls.enqueue(
-            call_id, function_id,
-            [(0, api_pb2.FunctionInput(args=pickle.dumps(((scope,), {})), data_format=api_pb2.DATA_FORMAT_PICKLE, method_name=method_name))],
+            call_id,
+            function_id,
+            [
+                (
+                    0,
+                    api_pb2.FunctionInput(
+                        args=pickle.dumps(((scope,), {})),
+                        data_format=api_pb2.DATA_FORMAT_PICKLE,
+                        method_name=method_name,
+                    ),
+                )
+            ],
         )
         state.scheduler.wake()
         messages = self._messages_out(call_id)
@@ -170,7 +207,9 @@ class Gateway:
             await state.scheduler.cancel_call(call_id, terminate_containers=False)
             return _page(403, "Forbidden", "The endpoint did not accept the WebSocket.")
         accept = first.websocket_accept
-        socket = web.WebSocketResponse(protocols=[accept.subprotocol] if accept.HasField("subprotocol") else ())
+        socket = web.WebSocketResponse(
+            protocols=[accept.subprotocol] if accept.HasField("subprotocol") else ()
+        )
         await socket.prepare(request)
         index = 1
 
@@ -186,7 +225,9 @@ class Gateway:
                     break
                 state.calls.put_data(call_id, "in", [_asgi_chunk(index, message)])
             index += 1
-            disconnect = api_pb2.Asgi(websocket_disconnect=api_pb2.Asgi.WebsocketDisconnect(code=socket.close_code or 1000))
+            disconnect = api_pb2.Asgi(
+                websocket_disconnect=api_pb2.Asgi.WebsocketDisconnect(code=socket.close_code or 1000)
+            )
             state.calls.put_data(call_id, "in", [_asgi_chunk(index, disconnect)])
 
         async def container_to_client() -> None:
@@ -200,7 +241,9 @@ class Gateway:
                         await socket.send_bytes(content.bytes)
                 elif kind == "websocket_close":
                     close = message.websocket_close
-                    await socket.close(code=close.code if close.HasField("code") else 1000, message=close.reason.encode())
+                    await socket.close(
+                        code=close.code if close.HasField("code") else 1000, message=close.reason.encode()
+                    )
                     return
             await socket.close()
 
@@ -231,7 +274,9 @@ class Gateway:
             for chunk in found:
                 last_index = chunk.index
                 message = api_pb2.Asgi()
-                message.ParseFromString(state.blobs.read_bytes(chunk.data_blob_id) if chunk.data_blob_id else chunk.data)
+                message.ParseFromString(
+                    state.blobs.read_bytes(chunk.data_blob_id) if chunk.data_blob_id else chunk.data
+                )
                 yield message
 
     def _scope(self, request: web.Request) -> dict:  # type: ignore[type-arg]
@@ -246,7 +291,10 @@ class Gateway:
             "raw_path": request.raw_path.split("?", 1)[0].encode(),
             "query_string": request.query_string.encode(),
             "root_path": "",
-            "headers": [[name.lower().encode("latin-1"), value.encode("latin-1")] for name, value in request.headers.items()],
+            "headers": [
+                [name.lower().encode("latin-1"), value.encode("latin-1")]
+                for name, value in request.headers.items()
+            ],
             "server": [request.host.split(":")[0], request.url.port or 80],
         }
         if peer:
@@ -263,7 +311,13 @@ def gateway_middleware(gateway: Gateway):  # type: ignore[no-untyped-def]
         if gateway.host_label(request) is not None:
             started = time.monotonic()
             response = await gateway.handle(request)
-            log.debug("%s %s -> %s in %.1f ms", request.method, request.path, response.status, (time.monotonic() - started) * 1000)
+            log.debug(
+                "%s %s -> %s in %.1f ms",
+                request.method,
+                request.path,
+                response.status,
+                (time.monotonic() - started) * 1000,
+            )
             return response
         return await handler(request)
 

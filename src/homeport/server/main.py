@@ -70,7 +70,9 @@ async def serve(settings: Settings) -> None:
     await grpc_server.start(settings.host, settings.port)
     socket_path = settings.layout.control_socket
     if len(str(socket_path)) > 100:
-        raise SystemExit(f"the data dir path is too long for a Unix socket ({socket_path}); use a shorter --data-dir")
+        raise SystemExit(
+            f"the data dir path is too long for a Unix socket ({socket_path}); use a shorter --data-dir"
+        )
     socket_path.unlink(missing_ok=True)
     container_server = GuardedServer([servicer], CONTAINER_SOCKET_LIMITS)
     await container_server.start(path=str(socket_path))
@@ -104,7 +106,9 @@ async def serve(settings: Settings) -> None:
         async with asyncio.TaskGroup() as group:
             scheduler_task = group.create_task(state.scheduler.run())
             images_task = group.create_task(state.images.run())
-            retention_task = group.create_task(RetentionService(state.engine, state.blobs, settings.limits).run())
+            retention_task = group.create_task(
+                RetentionService(state.engine, state.blobs, settings.limits).run()
+            )
             await stop.wait()
             log.info("shutting down")
             scheduler_task.cancel()
@@ -119,4 +123,3 @@ async def serve(settings: Settings) -> None:
         if state.network is not None:
             state.network.forget_ports([settings.effective_blob_port])
         state.engine.dispose()
-

@@ -46,7 +46,10 @@ def _owner_queries() -> dict[str, tuple[str, Any]]:
     storage = sa.select(s.c.id, s.c.workspace_id)
     return {
         ids.PREFIXES["app"]: ("app", sa.select(a.c.id, a.c.workspace_id)),
-        ids.PREFIXES["function"]: ("function", sa.select(f.c.id, a.c.workspace_id).join(a, a.c.id == f.c.app_id)),
+        ids.PREFIXES["function"]: (
+            "function",
+            sa.select(f.c.id, a.c.workspace_id).join(a, a.c.id == f.c.app_id),
+        ),
         ids.PREFIXES["class"]: ("class", sa.select(c.c.id, a.c.workspace_id).join(a, a.c.id == c.c.app_id)),
         ids.PREFIXES["function_call"]: ("function call", sa.select(fc.c.id, fc.c.workspace_id)),
         ids.PREFIXES["input"]: (

@@ -66,12 +66,18 @@ class RetentionService:
         results_cutoff = now - self.settings.result_s
         with self.engine.begin() as connection:
             connection.execute(schema.outputs.delete().where(schema.outputs.c.created_at < results_cutoff))
-            connection.execute(schema.call_data.delete().where(schema.call_data.c.created_at < results_cutoff))
-            connection.execute(schema.logs.delete().where(schema.logs.c.timestamp < now - self.settings.log_s))
+            connection.execute(
+                schema.call_data.delete().where(schema.call_data.c.created_at < results_cutoff)
+            )
+            connection.execute(
+                schema.logs.delete().where(schema.logs.c.timestamp < now - self.settings.log_s)
+            )
         deleted, freed = 0, 0
         while True:
             with self.engine.begin() as connection:
-                blob_ids = list(connection.execute(_unneeded_blobs(now - self.settings.blob_grace_s)).scalars())
+                blob_ids = list(
+                    connection.execute(_unneeded_blobs(now - self.settings.blob_grace_s)).scalars()
+                )
                 if blob_ids:
                     connection.execute(schema.blobs.delete().where(schema.blobs.c.id.in_(blob_ids)))
             for blob_id in blob_ids:

@@ -114,7 +114,9 @@ class RunningContainer:
     init_failure: api_pb2.GenericResult | None = None
     stderr_tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
     disk_limit_mib: int = 0  # enforced by watching its writable layer; 0: bounded otherwise (ephemeral_disk=)
-    fault: str | None = None  # why we killed it for its own doing (e.g. its disk use): its inputs fail with this
+    fault: str | None = (
+        None  # why we killed it for its own doing (e.g. its disk use): its inputs fail with this
+    )
     volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
 
     @property
@@ -219,12 +221,16 @@ class Scheduler:
         t = schema.tasks
         with self.engine.begin() as connection:
             connection.execute(
-                t.update().where(t.c.state != "stopped").values(state="stopped", stopped_at=time.time(),
-                                                                stop_reason="the server restarted")
+                t.update()
+                .where(t.c.state != "stopped")
+                .values(state="stopped", stopped_at=time.time(), stop_reason="the server restarted")
             )
         requeued = self.calls.requeue_claimed()
         if requeued:
-            log.info("%d input(s) running when the server stopped are queued again (their retries are not used)", requeued)
+            log.info(
+                "%d input(s) running when the server stopped are queued again (their retries are not used)",
+                requeued,
+            )
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -236,7 +242,9 @@ class Scheduler:
             group.create_task(self._loop("timeouts", self._enforce_deadlines, lambda: asyncio.sleep(0.5)))
             group.create_task(self._loop("schedules", self._run_schedules, lambda: asyncio.sleep(1.0)))
             group.create_task(self._loop("housekeeping", self._housekeeping, lambda: asyncio.sleep(10.0)))
-            group.create_task(self._loop("disk limits", self._enforce_disk_limits, lambda: asyncio.sleep(2.0)))
+            group.create_task(
+                self._loop("disk limits", self._enforce_disk_limits, lambda: asyncio.sleep(2.0))
+            )
 
     async def _loop(self, name: str, step, pause) -> None:  # type: ignore[no-untyped-def]
         while True:
@@ -294,7 +302,12 @@ class Scheduler:
             self.wake()
             outputs = []
             while not outputs:
-                outputs = await poll(self.notifier, [outputs_key(call_id)], lambda: self.calls.outputs_after(call_id, 0, 1), 60.0)
+                outputs = await poll(
+                    self.notifier,
+                    [outputs_key(call_id)],
+                    lambda: self.calls.outputs_after(call_id, 0, 1),
+                    60.0,
+                )
             for running in [c for c in self.containers.values() if c.function_id == function_id]:
                 self.request_stop(running, "its image build step finished")
             while any(c.function_id == function_id for c in self.containers.values()):
@@ -356,7 +369,9 @@ class Scheduler:
             gpu_options = self._gpu_options(function)
             if gpu_options and not any(self.gpus.can_ever_satisfy(GpuRequest(*o)) for o in gpu_options):
                 asked = " or ".join(str(GpuRequest(*o)) for o in gpu_options)
-                message = f"gpu={asked!r} cannot be satisfied on this cluster, which has {self.gpus.describe()}"
+                message = (
+                    f"gpu={asked!r} cannot be satisfied on this cluster, which has {self.gpus.describe()}"
+                )
                 self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
                 continue
             needed = memory_request_mib(definition)
@@ -380,7 +395,16 @@ class Scheduler:
                 reason = f"{count} input(s) queued, {free} free slot(s)"
                 if function.id in self.builds:
                     reason = "an image build step"
-                await self._start(function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices, reason)
+                await self._start(
+                    function,
+                    definition,
+                    params,
+                    app.environment_name,
+                    app.workspace_id,
+                    task_id,
+                    gpu_indices,
+                    reason,
+                )
 
     def _resolve(self, function_id: str):  # type: ignore[no-untyped-def]
         """(function, its effective definition, its parameters, its app); raises if gone."""
@@ -426,7 +450,9 @@ class Scheduler:
             definition, _ = catalog.effective_definition(self.apps, self.apps.function(running.function_id))
         except Exception:
             return True
-        mine = [c for c in self.containers.values() if c.function_id == running.function_id and not c.stop_reason]
+        mine = [
+            c for c in self.containers.values() if c.function_id == running.function_id and not c.stop_reason
+        ]
         return len(mine) - 1 >= self._warm_target(definition, mine)
 
     def _gpu_options(self, function) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
@@ -439,7 +465,10 @@ class Scheduler:
         """Device indices for a new container ([] without GPUs); None while all matching ones are busy."""
         if not gpu_options:
             return []
-        return next((got for o in gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None), None)
+        return next(
+            (got for o in gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None),
+            None,
+        )
 
     def _memory_available(self, needed_mib: int) -> bool:
         reserved = sum(memory_request_mib(c.definition) for c in self.containers.values())
@@ -491,7 +520,9 @@ class Scheduler:
         layout = catalog.app_layout(self.apps, function.app_id, dependencies)
         for obj in layout.objects:
             if obj.object_id.startswith("vo-") and not obj.HasField("volume_metadata"):
-                obj.volume_metadata.CopyFrom(volume_metadata(self.storage.get("volume", workspace_id, obj.object_id)))
+                obj.volume_metadata.CopyFrom(
+                    volume_metadata(self.storage.get("volume", workspace_id, obj.object_id))
+                )
         arguments = api_pb2.ContainerArguments(
             task_id=task_id,
             function_id=function.id,
@@ -521,7 +552,7 @@ class Scheduler:
                 function,
                 task_id,
                 f"image {definition.image_id} has Python {image_config.python_version}, but this server's client package "
-                f"(/pkg) is built for Python {wanted_python}; use modal.Image.debian_slim(python_version=\"{wanted_python}\")",
+                f'(/pkg) is built for Python {wanted_python}; use modal.Image.debian_slim(python_version="{wanted_python}")',
             )
             return
         secret_values: dict[str, str] = {}
@@ -529,7 +560,9 @@ class Scheduler:
             for secret_id in definition.secret_ids:
                 secret_values.update(self.secrets.values(workspace_id, secret_id))
         except GRPCError as error:
-            self._fail_start(function, task_id, f"{error.message}; was it deleted? Create it again and redeploy")
+            self._fail_start(
+                function, task_id, f"{error.message}; was it deleted? Create it again and redeploy"
+            )
             return
         started_with = self._interpreter_environment(image_config, environment_name)
         environment = {
@@ -538,7 +571,10 @@ class Scheduler:
             **{k: started_with[k] for k in FIXED_ENVIRONMENT},  # secrets cannot override these
             "MODAL_TASK_ID": task_id,
             **(
-                {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)), "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices))}
+                {
+                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
+                    "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
+                }
                 if gpu_indices
                 else {}
             ),
@@ -561,7 +597,9 @@ class Scheduler:
                 views[mount.volume_id] = VolumeView(mount.volume_id, directory, mount.read_only, base)
                 directories.append(BoundDirectory(directory, mount.mount_path, mount.read_only))
         except Exception as error:
-            message = str(error) if isinstance(error, ContainerStartError) else f"could not mount a volume: {error}"
+            message = (
+                str(error) if isinstance(error, ContainerStartError) else f"could not mount a volume: {error}"
+            )
             self._fail_start(function, task_id, message)
             return
         spec = ContainerSpec(
@@ -613,7 +651,11 @@ class Scheduler:
         try:
             container = await self.runtime.start(spec, on_output)
         except Exception as error:
-            message = str(error) if isinstance(error, ContainerStartError) else f"could not start a container: {error!r}"
+            message = (
+                str(error)
+                if isinstance(error, ContainerStartError)
+                else f"could not start a container: {error!r}"
+            )
             self._fail_start(function, task_id, message)
             return
         running = RunningContainer(
@@ -626,12 +668,16 @@ class Scheduler:
             max_inputs=max(definition.max_concurrent_inputs, 1),
             idle_timeout_s=autoscaling.autoscaling(definition, DEFAULT_IDLE_S).scaledown_window_s,
             # ephemeral_disk= is a size-limited file system already; a build step's layer is the image's
-            disk_limit_mib=0 if definition.resources.ephemeral_disk_mb or build_step else self.limits.container_disk_mib,
+            disk_limit_mib=0
+            if definition.resources.ephemeral_disk_mb or build_step
+            else self.limits.container_disk_mib,
         )
         running.definition.timeout_secs = timeout
         running.volumes = views
         self.containers[task_id] = running
-        log.info("started container %s for %s (%s): %s", task_id, definition.function_name, function.id, reason)
+        log.info(
+            "started container %s for %s (%s): %s", task_id, definition.function_name, function.id, reason
+        )
         assert self._tasks is not None
         self._tasks.create_task(self._watch(running))
 
@@ -653,7 +699,9 @@ class Scheduler:
             "MODAL_ENVIRONMENT": environment_name,
         }
 
-    def _zygote_image(self, workspace_id: str, image_layers: list[Path], environment: dict[str, str]) -> ZygoteImage:
+    def _zygote_image(
+        self, workspace_id: str, image_layers: list[Path], environment: dict[str, str]
+    ) -> ZygoteImage:
         return ZygoteImage(
             domain=workspace_id,
             layers=tuple(image_layers),
@@ -700,7 +748,9 @@ class Scheduler:
                 if view.read_only:
                     view.base = await asyncio.to_thread(self.volumes.materialize, volume_id, view.directory)
                 else:
-                    view.base = await asyncio.to_thread(self.volumes.reload, volume_id, view.directory, view.base)
+                    view.base = await asyncio.to_thread(
+                        self.volumes.reload, volume_id, view.directory, view.base
+                    )
 
     def _volume_view(self, task_id: str, volume_id: str) -> VolumeView | None:
         running = self.containers.get(task_id)
@@ -795,7 +845,9 @@ class Scheduler:
             running.hello = True
             self.wake()
             with self.engine.begin() as connection:
-                connection.execute(schema.tasks.update().where(schema.tasks.c.id == task_id).values(state="running"))
+                connection.execute(
+                    schema.tasks.update().where(schema.tasks.c.id == task_id).values(state="running")
+                )
 
     def on_claimed(self, task_id: str, input_ids: list[str]) -> None:
         running = self.containers.get(task_id)
@@ -854,17 +906,25 @@ class Scheduler:
                 if now - claimed_at > timeout:
                     running.inputs.pop(input_id, None)
                     message = f"{running.definition.function_name} timed out after {timeout} s"
-                    self.logs.append(running.app_id, running.task_id, running.function_id, FD_INFO, message + "\n")
+                    self.logs.append(
+                        running.app_id, running.task_id, running.function_id, FD_INFO, message + "\n"
+                    )
                     self._finish_input(
                         input_id,
                         running.function_id,
-                        api_pb2.GenericResult(status=TIMEOUT, exception=f"Function timed out after {timeout} seconds"),
+                        api_pb2.GenericResult(
+                            status=TIMEOUT, exception=f"Function timed out after {timeout} seconds"
+                        ),
                         running.task_id,
                     )
                     # The client cannot interrupt one input reliably: replace the container.
                     self.request_stop(running, f"input {input_id} timed out")
                     running.container.kill()
-            idle = not running.stop_reason and not running.inputs and now - running.last_active > running.idle_timeout_s
+            idle = (
+                not running.stop_reason
+                and not running.inputs
+                and now - running.last_active > running.idle_timeout_s
+            )
             if idle and self._may_scale_down(running):
                 self.request_stop(running, "idle")
             if running.stop_requested_at is not None:
@@ -897,7 +957,9 @@ class Scheduler:
             if running.app_id == app_id:
                 for input_id in list(running.inputs):
                     running.inputs.pop(input_id, None)
-                    self.calls.finish(input_id, result, api_pb2.DATA_FORMAT_PICKLE, None, task_id=running.task_id)
+                    self.calls.finish(
+                        input_id, result, api_pb2.DATA_FORMAT_PICKLE, None, task_id=running.task_id
+                    )
                 self.request_stop(running, reason)
                 running.container.interrupt()
 
@@ -933,7 +995,9 @@ class Scheduler:
                 api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC,
                 api_pb2.FUNCTION_CALL_TYPE_UNARY,
             )
-            payload = api_pb2.FunctionInput(args=pickle.dumps(((), {})), data_format=api_pb2.DATA_FORMAT_PICKLE)
+            payload = api_pb2.FunctionInput(
+                args=pickle.dumps(((), {})), data_format=api_pb2.DATA_FORMAT_PICKLE
+            )
             self.calls.enqueue(call_id, function.id, [(0, payload)])
             log.info("schedule fired for %s (%s)", definition.function_name, call_id)
             self.wake()

@@ -57,7 +57,10 @@ class HomeportServicer:
         routes = api_grpc.ModalClientBase.__mapping__(_HandlerCollector())  # type: ignore[arg-type]
         return {
             path: grpclib.const.Handler(
-                self._endpoint(route.func, route.cardinality), route.cardinality, route.request_type, route.reply_type
+                self._endpoint(route.func, route.cardinality),
+                route.cardinality,
+                route.request_type,
+                route.reply_type,
             )
             for path, route in routes.items()
         }
@@ -93,7 +96,11 @@ class HomeportServicer:
                             undelivered(context, request, response)
                         raise
             except GRPCError as error:
-                if error.status in (Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED, Status.UNAUTHENTICATED):
+                if error.status in (
+                    Status.INVALID_ARGUMENT,
+                    Status.RESOURCE_EXHAUSTED,
+                    Status.UNAUTHENTICATED,
+                ):
                     log.info("request %s (%s) refused: %s", request_id, rpc_name, error.message)
                 raise
             except CALLER_GONE:

@@ -33,7 +33,9 @@ def available() -> bool:
 class Cgroup:
     def __init__(self, task_id: str, limits: Limits) -> None:
         self.limits = limits
-        self.paths = {controller: CGROUP_ROOT / controller / "homeport" / task_id for controller in CONTROLLERS}
+        self.paths = {
+            controller: CGROUP_ROOT / controller / "homeport" / task_id for controller in CONTROLLERS
+        }
 
     def create(self) -> None:
         for path in self.paths.values():
@@ -46,7 +48,9 @@ class Cgroup:
                 swap.write_text(limit)
         if self.limits.cpu_cores:
             (self.paths["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(str(max(int(self.limits.cpu_cores * CPU_PERIOD_US), 1000)))
+            (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(
+                str(max(int(self.limits.cpu_cores * CPU_PERIOD_US), 1000))
+            )
         (self.paths["pids"] / "pids.max").write_text(str(self.limits.pids))
 
     def join(self) -> None:

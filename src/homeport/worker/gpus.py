@@ -54,7 +54,9 @@ def driver_files_from(ldconfig_output: str) -> list[str]:
 def driver_files() -> list[str]:
     """The host's NVIDIA driver libraries and tools, bound read-only into GPU containers."""
     try:
-        output = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=20, check=False).stdout
+        output = subprocess.run(
+            ["ldconfig", "-p"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         output = ""
     binaries = [path for name in DRIVER_BINARIES if (path := shutil.which(name))]
@@ -74,7 +76,10 @@ def detect() -> list[str]:
         return []
     try:
         output = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []

@@ -35,7 +35,12 @@ class GvisorContainer(ProcessContainer):
     async def wait(self) -> int:
         await self._process.wait()
         # runsc keeps state for a container until it is deleted.
-        await asyncio.to_thread(subprocess.run, [*self._runsc, "delete", "--force", self.task_id], capture_output=True, check=False)
+        await asyncio.to_thread(
+            subprocess.run,
+            [*self._runsc, "delete", "--force", self.task_id],
+            capture_output=True,
+            check=False,
+        )
         return await super().wait()
 
     def interrupt(self) -> None:
@@ -43,7 +48,9 @@ class GvisorContainer(ProcessContainer):
         subprocess.run([*self._runsc, "kill", self.task_id, "SIGINT"], capture_output=True, check=False)
 
     def kill(self) -> None:
-        subprocess.run([*self._runsc, "kill", "--all", self.task_id, "SIGKILL"], capture_output=True, check=False)
+        subprocess.run(
+            [*self._runsc, "kill", "--all", self.task_id, "SIGKILL"], capture_output=True, check=False
+        )
         super().kill()
 
 
@@ -75,7 +82,12 @@ class GvisorRuntime:
         mounts = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
             _bind(prepared.hosts, "/etc/hosts", read_only=True),
             _bind(prepared.arguments_path, ARGUMENTS_PATH, read_only=True),
             _bind(spec.client_package_dir, "/pkg", read_only=True),
@@ -94,7 +106,9 @@ class GvisorRuntime:
                 "args": list(spec.command),
                 "env": [f"{key}={value}" for key, value in prepared.environment.items()],
                 "cwd": spec.working_dir,
-                "capabilities": {kind: [] for kind in ("bounding", "effective", "inheritable", "permitted", "ambient")},
+                "capabilities": {
+                    kind: [] for kind in ("bounding", "effective", "inheritable", "permitted", "ambient")
+                },
                 "noNewPrivileges": True,
             },
             "root": {"path": str(prepared.overlay.merged), "readonly": False},
@@ -122,4 +136,9 @@ class GvisorRuntime:
 
 
 def _bind(source: Path, destination: str, read_only: bool) -> dict[str, object]:
-    return {"destination": destination, "type": "bind", "source": str(source), "options": ["rbind", "ro" if read_only else "rw"]}
+    return {
+        "destination": destination,
+        "type": "bind",
+        "source": str(source),
+        "options": ["rbind", "ro" if read_only else "rw"],
+    }

@@ -54,7 +54,6 @@ class Attachment:
             raise OSError(errno, f"setns into {self.namespace}: {os.strerror(errno)}")
 
 
-
 class BridgeNetwork:
     def __init__(self, bridge: str = "homeport0", subnet: str = "10.89.0.0/16") -> None:
         self.bridge = bridge
@@ -68,20 +67,34 @@ class BridgeNetwork:
         """The bridge, forwarding and NAT (idempotent), and the host ports containers may reach."""
         prefix = self.network.prefixlen
         if not Path(f"/sys/class/net/{self.bridge}").exists():
-            _ip_batch([f"link add {self.bridge} type bridge", f"addr add {self.gateway}/{prefix} dev {self.bridge}"])
+            _ip_batch(
+                [f"link add {self.bridge} type bridge", f"addr add {self.gateway}/{prefix} dev {self.bridge}"]
+            )
         _ip_batch([f"link set {self.bridge} up"])
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
         subnet = str(self.network)
         _ensure_rule("nat", "POSTROUTING", ["-s", subnet, "!", "-o", self.bridge, "-j", "MASQUERADE"])
         # The host from inside: only registered ports on the bridge address, and replies.
-        _ensure_rule("filter", "INPUT", ["-i", self.bridge, "-j", "HOMEPORT-INPUT"], chain_to_create="HOMEPORT-INPUT")
-        _ensure_rule("filter", "HOMEPORT-INPUT", ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])
+        _ensure_rule(
+            "filter", "INPUT", ["-i", self.bridge, "-j", "HOMEPORT-INPUT"], chain_to_create="HOMEPORT-INPUT"
+        )
+        _ensure_rule(
+            "filter",
+            "HOMEPORT-INPUT",
+            ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        )
         for port in allowed_ports:
-            _ensure_rule("filter", "HOMEPORT-INPUT", ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"])
+            _ensure_rule(
+                "filter",
+                "HOMEPORT-INPUT",
+                ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"],
+            )
         _ensure_rule("filter", "HOMEPORT-INPUT", ["-j", "DROP"], append_last=True)
         swept = self.sweep()
         if swept:
-            log.info("removed %d container network namespace(s) left by a server that stopped uncleanly", swept)
+            log.info(
+                "removed %d container network namespace(s) left by a server that stopped uncleanly", swept
+            )
 
     def sweep(self) -> int:
         """Delete container namespaces nobody is in any more (left by a server that was
@@ -95,7 +108,9 @@ class BridgeNetwork:
                     continue
             except FileNotFoundError:
                 continue
-            pids = subprocess.run(["ip", "netns", "pids", entry.name], capture_output=True, text=True, check=False)
+            pids = subprocess.run(
+                ["ip", "netns", "pids", entry.name], capture_output=True, text=True, check=False
+            )
             if pids.returncode == 0 and not pids.stdout.strip():
                 subprocess.run(["ip", "netns", "del", entry.name], capture_output=True, check=False)
                 swept += 1
@@ -117,7 +132,11 @@ class BridgeNetwork:
     def forget_ports(self, ports: list[int]) -> None:
         for port in ports:
             rule = ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"]
-            subprocess.run(["iptables", "-w", "-t", "filter", "-D", "HOMEPORT-INPUT", *rule], capture_output=True, check=False)
+            subprocess.run(
+                ["iptables", "-w", "-t", "filter", "-D", "HOMEPORT-INPUT", *rule],
+                capture_output=True,
+                check=False,
+            )
 
     # -- containers ----------------------------------------------------------------------
 
@@ -166,7 +185,9 @@ class BridgeNetwork:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
             job.add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() is not None else self.detach(done.result())
+                lambda done: (
+                    None if done.cancelled() or done.exception() is not None else self.detach(done.result())
+                )
             )
             raise
 
@@ -257,21 +278,38 @@ def bring_up_loopback(namespace_fd: int) -> None:
 
 def _ip_batch(commands: list[str], namespace: str | None = None) -> None:
     where = ["-n", namespace] if namespace else []
-    result = subprocess.run(["ip", *where, "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["ip", *where, "-batch", "-"],
+        input="\n".join(commands) + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise NetworkError(f"configuring the container network failed: {result.stderr.strip()[-500:]}")
 
 
-def _ensure_rule(table: str, chain: str, rule: list[str], chain_to_create: str | None = None, append_last: bool = False) -> None:
+def _ensure_rule(
+    table: str, chain: str, rule: list[str], chain_to_create: str | None = None, append_last: bool = False
+) -> None:
     if chain_to_create:
-        subprocess.run(["iptables", "-w", "-t", table, "-N", chain_to_create], capture_output=True, check=False)
-    exists = subprocess.run(["iptables", "-w", "-t", table, "-C", chain, *rule], capture_output=True, check=False).returncode == 0
+        subprocess.run(
+            ["iptables", "-w", "-t", table, "-N", chain_to_create], capture_output=True, check=False
+        )
+    exists = (
+        subprocess.run(
+            ["iptables", "-w", "-t", table, "-C", chain, *rule], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     if exists and not append_last:
         return
     if exists:  # keep the catch-all last: take it out and put it back at the end
         subprocess.run(["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True, check=False)
     position = ["-A", chain] if append_last or chain == "POSTROUTING" else ["-I", chain, "1"]
-    result = subprocess.run(["iptables", "-w", "-t", table, *position, *rule], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["iptables", "-w", "-t", table, *position, *rule], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise NetworkError(f"iptables {' '.join(rule)}: {result.stderr.strip()}")
 

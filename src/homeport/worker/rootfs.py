@@ -32,7 +32,13 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
-def mount(source: str | Path | None, target: str | Path, flags: int, fstype: str | None = None, data: str | None = None) -> None:
+def mount(
+    source: str | Path | None,
+    target: str | Path,
+    flags: int,
+    fstype: str | None = None,
+    data: str | None = None,
+) -> None:
     """mount(2); OSError naming what failed. Fine between fork and exec (no locks, no logging)."""
     encoded = [None if value is None else str(value).encode() for value in (source, target, fstype, data)]
     if _libc.mount(encoded[0], encoded[1], encoded[2], flags, encoded[3]) != 0:
@@ -95,7 +101,9 @@ class Overlay:
         # Keep our mounts from propagating back to the host's namespace.
         mount(None, "/", MS_REC | (MS_SLAVE if self.receive_host_mounts else MS_PRIVATE))
         if self.size_mib:
-            mount("tmpfs", self.upper.parent, MS_NOSUID | MS_NODEV, "tmpfs", f"size={self.size_mib}m,mode=0755")
+            mount(
+                "tmpfs", self.upper.parent, MS_NOSUID | MS_NODEV, "tmpfs", f"size={self.size_mib}m,mode=0755"
+            )
             os.mkdir(self.upper)
             os.mkdir(self.work)
         mount("overlay", self.merged, 0, "overlay", self.options())
@@ -120,7 +128,9 @@ def _raise_errno(what: str) -> None:
 def available() -> str | None:
     """None when overlay root filesystems can be made here; else why not."""
     if os.geteuid() != 0:
-        return "Homeport builds images and runs containers on overlayfs, which needs the server to run as root"
+        return (
+            "Homeport builds images and runs containers on overlayfs, which needs the server to run as root"
+        )
     try:
         filesystems = Path("/proc/filesystems").read_text()
     except OSError:

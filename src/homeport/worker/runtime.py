@@ -74,7 +74,9 @@ class Holdings:
     its output readers (drained), what `on_exit` lists (its network, its mounts), its
     cgroup (asked first whether it ran out of memory) and its work directory."""
 
-    def __init__(self, readers: list[asyncio.Task[None]], work_dir: Path, cgroup: cgroups.Cgroup | None) -> None:
+    def __init__(
+        self, readers: list[asyncio.Task[None]], work_dir: Path, cgroup: cgroups.Cgroup | None
+    ) -> None:
         self.readers = readers
         self.work_dir = work_dir
         self.cgroup = cgroup
@@ -103,7 +105,7 @@ def shell_exit_code(code: int) -> int:
 
 
 def describe_exit(code: int) -> str:
-    """"exited with code 137 (killed by signal 9)" for a shell-style exit code."""
+    """ "exited with code 137 (killed by signal 9)" for a shell-style exit code."""
     if code > 128 and code - 128 < 65:
         return f"exited with code {code} (killed by signal {code - 128})"
     return f"exited with code {code}"

@@ -89,7 +89,9 @@ def _descendants(pid: int) -> list[int]:
     while pending:
         current = pending.pop()
         try:
-            children = [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+            children = [
+                int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            ]
         except OSError:
             continue
         found.extend(children)
@@ -245,7 +247,11 @@ async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContaine
     lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
     upper_root = spec.upper_dir or spec.work_dir / "writable"
     overlay = rootfs.Overlay(
-        lower, upper_root / "fs", upper_root / "work", spec.work_dir / "root", size_mib=0 if spec.upper_dir else spec.disk_mib
+        lower,
+        upper_root / "fs",
+        upper_root / "work",
+        spec.work_dir / "root",
+        size_mib=0 if spec.upper_dir else spec.disk_mib,
     )
     try:
         overlay.prepare()
@@ -255,7 +261,9 @@ async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContaine
     environment["MODAL_CONTAINER_ARGUMENTS_PATH"] = ARGUMENTS_PATH
     cgroup = None
     if limits_enabled:
-        cgroup = cgroups.Cgroup(spec.task_id, cgroups.Limits(memory_mib=spec.memory_mib, cpu_cores=spec.cpu_cores))
+        cgroup = cgroups.Cgroup(
+            spec.task_id, cgroups.Limits(memory_mib=spec.memory_mib, cpu_cores=spec.cpu_cores)
+        )
         cgroup.create()
     return PreparedContainer(overlay, hosts, arguments_path, environment, cgroup)
 
@@ -266,7 +274,9 @@ class SandboxRuntime:
     def __init__(self, network: BridgeNetwork | None = None, zygotes: ZygotePool | None = None) -> None:
         self.limits_enabled = cgroups.available()
         if not self.limits_enabled:
-            log.warning("cgroup v1 (memory, cpu, pids) is not writable here: containers run without resource limits")
+            log.warning(
+                "cgroup v1 (memory, cpu, pids) is not writable here: containers run without resource limits"
+            )
         self.network = network
         self.zygotes = zygotes
 
@@ -282,12 +292,18 @@ class SandboxRuntime:
         if self.zygotes is not None:
             await self.zygotes.shutdown()
 
-    async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> ProcessContainer | ForkedContainer:
+    async def start(
+        self, spec: ContainerSpec, on_output: OutputCallback
+    ) -> ProcessContainer | ForkedContainer:
         prepared = await prepare(spec, self.limits_enabled)
         zygote = None
         # Forked containers get a network namespace of their own: with no bridge (containers
         # on the host's network) they start the ordinary way.
-        forkable = isinstance(spec.zygote, ZygoteImage) and spec.zygote.accepts(spec) and (not spec.network or self.network is not None)
+        forkable = (
+            isinstance(spec.zygote, ZygoteImage)
+            and spec.zygote.accepts(spec)
+            and (not spec.network or self.network is not None)
+        )
         if self.zygotes is not None and forkable:
             zygote = await self.zygotes.get(spec.zygote)
         if zygote is not None:
@@ -318,7 +334,11 @@ class SandboxRuntime:
         return container
 
     async def _spawn(
-        self, spec: ContainerSpec, prepared: PreparedContainer, attachment: Attachment | None, on_output: OutputCallback
+        self,
+        spec: ContainerSpec,
+        prepared: PreparedContainer,
+        attachment: Attachment | None,
+        on_output: OutputCallback,
     ) -> ProcessContainer:
         # Own PID, IPC and UTS namespaces: the container sees only its own processes (and
         # they all end with it), and its hostname is its id. No capabilities (bubblewrap
@@ -346,8 +366,20 @@ class SandboxRuntime:
             for path in gpus.driver_files():
                 command += ["--ro-bind", path, path]
         for directory in spec.directories:
-            command += ["--ro-bind" if directory.read_only else "--bind", str(directory.host_path), directory.container_path]
-        command += ["--ro-bind", str(spec.client_package_dir), "/pkg", "--dir", spec.working_dir, "--chdir", spec.working_dir]
+            command += [
+                "--ro-bind" if directory.read_only else "--bind",
+                str(directory.host_path),
+                directory.container_path,
+            ]
+        command += [
+            "--ro-bind",
+            str(spec.client_package_dir),
+            "/pkg",
+            "--dir",
+            spec.working_dir,
+            "--chdir",
+            spec.working_dir,
+        ]
         process = await spawn_bwrap(
             command, prepared.environment, list(spec.command), prepared.enter, attachment, merge_stderr=False
         )

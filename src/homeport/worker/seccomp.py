@@ -83,7 +83,9 @@ ZYGOTE_ALLOWED = ("mount", "umount2", "pivot_root", "unshare", "setns", "sethost
 PERSONALITIES = (0x0, 0x0008, 0x20000, 0x20008, 0xFFFFFFFF)
 # CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
 # CLONE_NEWNET, CLONE_NEWTIME
-NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80
+NAMESPACE_FLAGS = (
+    0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80
+)
 
 
 def supported() -> bool:
@@ -110,7 +112,9 @@ def program(for_zygote: bool = False) -> bytes:
         _add(seccomp, pyseccomp.ALLOW, "personality", pyseccomp.Arg(0, pyseccomp.EQ, persona))
     _add(seccomp, pyseccomp.ALLOW, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, NAMESPACE_FLAGS, 0))
     for flag in _bits(NAMESPACE_FLAGS):
-        _add(seccomp, pyseccomp.ERRNO(errno.EPERM), "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag))
+        _add(
+            seccomp, pyseccomp.ERRNO(errno.EPERM), "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
+        )
     # clone3 is on no list: the default answer, ENOSYS, makes libc fall back to clone.
     with tempfile.TemporaryFile() as compiled:
         seccomp.export_bpf(compiled)

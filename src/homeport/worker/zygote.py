@@ -166,7 +166,10 @@ def _zygote_pid(launcher: int) -> int | None:
         pid = pending.pop()
         try:
             # Its launchers carry the same words among their arguments; only it starts with them.
-            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"python", f"{INSIDE}/zygote.py".encode()]:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [
+                b"python",
+                f"{INSIDE}/zygote.py".encode(),
+            ]:
                 return pid
         except OSError:
             continue
@@ -200,8 +203,13 @@ class _Child:
             # the host's, not the zygote's, not anybody else's.
             owner = os.fdopen(fcntl.ioctl(netns, NS_GET_USERNS), closefd=True)
             with owner:
-                owned_by_zygote = os.fstat(owner.fileno()).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/user").st_ino
-            if not owned_by_zygote or os.fstat(netns).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/net").st_ino:
+                owned_by_zygote = (
+                    os.fstat(owner.fileno()).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/user").st_ino
+                )
+            if (
+                not owned_by_zygote
+                or os.fstat(netns).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/net").st_ino
+            ):
                 raise ZygoteUnavailable("the reported container has no network namespace of its own")
             return child
         except BaseException:
@@ -316,7 +324,10 @@ class Zygote:
         # the peer group of the filesystem it is on): what the server mounts under it
         # later shows up inside the zygote, whose copy is a slave of it (and read-only).
         # Container trees are put together under "prep", a private mount point.
-        for point, propagation in ((self.stage, rootfs.MS_SHARED), (self.directory / "prep", rootfs.MS_PRIVATE)):
+        for point, propagation in (
+            (self.stage, rootfs.MS_SHARED),
+            (self.directory / "prep", rootfs.MS_PRIVATE),
+        ):
             rootfs.bind(point, point)
             rootfs.mount(None, point, rootfs.MS_PRIVATE)
             rootfs.mount(None, point, propagation)
@@ -351,7 +362,9 @@ class Zygote:
         merged = overlay.merged
         # A cgroup of its own: image code runs in it from the start (and forked containers
         # until the server moves them into theirs).
-        self.cgroup = cgroups.Cgroup(f"zygote-{self.directory.name}", ZYGOTE_LIMITS) if cgroups.available() else None
+        self.cgroup = (
+            cgroups.Cgroup(f"zygote-{self.directory.name}", ZYGOTE_LIMITS) if cgroups.available() else None
+        )
         if self.cgroup is not None:
             self.cgroup.create()
         cgroup = self.cgroup
@@ -440,11 +453,17 @@ class Zygote:
         if op == "ready":
             self.import_ms = message["import_ms"]
             self.host_pid = (self.process and _zygote_pid(self.process.pid)) or 0
-            log.info("zygote %s ready: the client runtime imported in %.0f ms", self.directory.name, self.import_ms)
+            log.info(
+                "zygote %s ready: the client runtime imported in %.0f ms", self.directory.name, self.import_ms
+            )
             if not self.ready.done():
                 self.ready.set_result(None)
         elif op == "failed":
-            log.warning("zygote %s could not start (containers start the ordinary way): %s", self.directory.name, message["error"])
+            log.warning(
+                "zygote %s could not start (containers start the ordinary way): %s",
+                self.directory.name,
+                message["error"],
+            )
             if not self.ready.done():
                 self.ready.set_exception(ZygoteUnavailable(message["error"]))
         elif op == "forked":
@@ -454,7 +473,9 @@ class Zygote:
         elif op == "exited":
             forked = self._forked.pop(task, None)
             if forked is not None and not forked.done():
-                forked.set_exception(ZygoteUnavailable(message.get("error", "the container exited while being forked")))
+                forked.set_exception(
+                    ZygoteUnavailable(message.get("error", "the container exited while being forked"))
+                )
             exited = self._exited.pop(task, None)
             if exited is not None and not exited.done():
                 exited.set_result(int(message["code"]))
@@ -511,7 +532,9 @@ class Zygote:
         tree.rmdir()
         return stage
 
-    async def fork(self, spec: ContainerSpec, prepared, network: BridgeNetwork | None, on_output: OutputCallback) -> ForkedContainer:  # type: ignore[no-untyped-def]
+    async def fork(
+        self, spec: ContainerSpec, prepared, network: BridgeNetwork | None, on_output: OutputCallback
+    ) -> ForkedContainer:  # type: ignore[no-untyped-def]
         """Fork a container for `spec` (already laid out by sandbox.prepare)."""
         from homeport.worker.sandbox import pump_output
 
@@ -524,7 +547,9 @@ class Zygote:
         def translate(path: Path) -> str:
             return f"{inside}/{path.relative_to(spec.work_dir)}"
 
-        lower = [translate(layer) for layer in overlay.lower if layer.is_relative_to(spec.work_dir)] + [IMAGE_INSIDE]
+        lower = [translate(layer) for layer in overlay.lower if layer.is_relative_to(spec.work_dir)] + [
+            IMAGE_INSIDE
+        ]
         binds = [
             [translate(prepared.hosts), "/etc/hosts", True],
             [translate(prepared.arguments_path), ARGUMENTS_PATH, True],
@@ -562,7 +587,9 @@ class Zygote:
         child: _Child | None = None
         try:
             try:
-                self._send({"op": "fork", "task": spec.task_id, "spec": request}, (stdout_w, stderr_w, environment))
+                self._send(
+                    {"op": "fork", "task": spec.task_id, "spec": request}, (stdout_w, stderr_w, environment)
+                )
             finally:
                 for fd in (stdout_w, stderr_w, environment):
                     os.close(fd)
@@ -575,7 +602,9 @@ class Zygote:
                 inner_pid = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
             except TimeoutError:
                 self._gone("it did not fork a container in time")
-                raise ZygoteUnavailable(f"the zygote did not fork {spec.task_id} within {FORK_TIMEOUT_S:.0f} s") from None
+                raise ZygoteUnavailable(
+                    f"the zygote did not fork {spec.task_id} within {FORK_TIMEOUT_S:.0f} s"
+                ) from None
             child = _Child.verify(self, inner_pid)
             if prepared.cgroup is not None:
                 prepared.cgroup.add(child.pid)
@@ -605,8 +634,15 @@ class Zygote:
         finally:
             if child is not None:
                 child.close_netns()
-        container = ForkedContainer(spec.task_id, child, exited, readers, spec.work_dir, prepared.cgroup, stage)
-        log.info("container %s forked from zygote %s in %.1f ms", spec.task_id, self.directory.name, (time.monotonic() - began) * 1000)
+        container = ForkedContainer(
+            spec.task_id, child, exited, readers, spec.work_dir, prepared.cgroup, stage
+        )
+        log.info(
+            "container %s forked from zygote %s in %.1f ms",
+            spec.task_id,
+            self.directory.name,
+            (time.monotonic() - began) * 1000,
+        )
         if attachment is not None and network is not None:
             network_, attached = network, attachment
             container.holdings.on_exit.insert(0, lambda: network_.detach(attached))
@@ -631,7 +667,9 @@ class Zygote:
 async def _reader(fd: int) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
     return reader
 
 
@@ -672,7 +710,7 @@ class ZygotePool:
                 return None  # no room for another zygote
         try:
             await asyncio.shield(zygote.ready)
-        except Exception:  # noqa: BLE001 - logged where it failed; the container starts the ordinary way
+        except Exception:
             return None
         return zygote if zygote.alive else None
 

@@ -293,11 +293,23 @@ class Container:
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         root = spec["merged"]
         if spec["disk_mib"]:
-            mount("tmpfs", os.path.dirname(spec["upper"]), "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['disk_mib']}m,mode=0755")
+            mount(
+                "tmpfs",
+                os.path.dirname(spec["upper"]),
+                "tmpfs",
+                MS_NOSUID | MS_NODEV,
+                f"size={spec['disk_mib']}m,mode=0755",
+            )
         for path in (spec["upper"], spec["work"], root):
             os.makedirs(path, exist_ok=True)
         lower = ":".join(spec["lower"])
-        mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']},userxattr")
+        mount(
+            "overlay",
+            root,
+            "overlay",
+            0,
+            f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']},userxattr",
+        )
         self.make_dev(root + "/dev")
         for source, target, read_only in spec["binds"]:
             bind(source, in_root(root, target), read_only)
@@ -348,7 +360,9 @@ class Container:
         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
         buffer = ctypes.create_string_buffer(self.seccomp, len(self.seccomp))
         program = Fprog(len(self.seccomp) // 8, ctypes.addressof(buffer))
-        check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0), "installing seccomp")
+        check(
+            libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0), "installing seccomp"
+        )
 
     def supervise(self):
         """PID 1: reap every orphan, pass SIGINT/SIGTERM on to the entrypoint, and exit
@@ -384,11 +398,13 @@ def main():
     try:
         import threading
 
-        import modal  # noqa: F401
+        import modal
         import modal._container_entrypoint  # noqa: F401
 
         if threading.active_count() != 1:
-            raise RuntimeError(f"importing the client started {threading.active_count() - 1} thread(s); forking is unsafe")
+            raise RuntimeError(
+                f"importing the client started {threading.active_count() - 1} thread(s); forking is unsafe"
+            )
         # Its dependencies stay imported; the module itself runs afresh as __main__ in each
         # container (runpy warns about a module already imported).
         del sys.modules[ENTRYPOINT]
@@ -396,7 +412,10 @@ def main():
     except BaseException:
         send(control, {"op": "failed", "error": traceback.format_exc()[-2000:]})
         raise
-    send(control, {"op": "ready", "import_ms": round((time.perf_counter() - started) * 1000, 1), "pid": os.getpid()})
+    send(
+        control,
+        {"op": "ready", "import_ms": round((time.perf_counter() - started) * 1000, 1), "pid": os.getpid()},
+    )
     container = zygote.serve()
     del zygote
     if not container.run():

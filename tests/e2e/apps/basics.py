@@ -28,8 +28,7 @@ def fail_on(x, bad=3):
 
 @app.function()
 def countdown(n):
-    for i in range(n, 0, -1):
-        yield i
+    yield from range(n, 0, -1)
 
 
 @app.function()

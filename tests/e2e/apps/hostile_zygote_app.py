@@ -3,7 +3,7 @@
 import modal
 
 INSTALL = (
-    "python -c \"import site, shutil; d = site.getsitepackages()[0]; "
+    'python -c "import site, shutil; d = site.getsitepackages()[0]; '
     "shutil.copy('/tmp/hostile_zygote_probe.py', d); "
     "open(d + '/hostile_zygote_probe.pth', 'w').write('import hostile_zygote_probe' + chr(10))\""
 )

@@ -42,8 +42,12 @@ if "HOMEPORT_ZYGOTE_FD" in os.environ:  # only in the zygote
     results = {
         "host_sysctl": attempt(lambda: write_same("/proc/sys/vm/swappiness")),
         "fresh_writable_proc": attempt(lambda: libc.mount(b"proc", b"/tmp/probe-proc", b"proc", 0, None)),
-        "client_package_writable": attempt(lambda: libc.mount(None, b"/pkg", None, MS_REMOUNT | MS_BIND, None)),
-        "image_writable": attempt(lambda: libc.mount(None, b"/.homeport/image", None, MS_REMOUNT | MS_BIND, None)),
+        "client_package_writable": attempt(
+            lambda: libc.mount(None, b"/pkg", None, MS_REMOUNT | MS_BIND, None)
+        ),
+        "image_writable": attempt(
+            lambda: libc.mount(None, b"/.homeport/image", None, MS_REMOUNT | MS_BIND, None)
+        ),
         "zygote_script": attempt(lambda: open("/.homeport/zygote.py", "a").close()),
         "stage": attempt(lambda: open("/.homeport/t/planted", "w").close()),
         "network_admin": attempt(network_admin),

@@ -26,7 +26,9 @@ image = (
     )
 )
 
-dockerfile_image = modal.Image.from_dockerfile(HERE / "image_context" / "Dockerfile", context_dir=HERE / "image_context")
+dockerfile_image = modal.Image.from_dockerfile(
+    HERE / "image_context" / "Dockerfile", context_dir=HERE / "image_context"
+)
 
 app = modal.App("images-app")
 

@@ -19,7 +19,9 @@ def inspect() -> dict:
 
     return {
         "shout": helper_pkg.shout("mounted"),
-        "dir": sorted(str(p.relative_to("/root/assets")) for p in pathlib.Path("/root/assets").rglob("*") if p.is_file()),
+        "dir": sorted(
+            str(p.relative_to("/root/assets")) for p in pathlib.Path("/root/assets").rglob("*") if p.is_file()
+        ),
         "file": pathlib.Path("/data/config.txt").read_text().strip(),
     }
 

@@ -159,4 +159,6 @@ def files():
 
     pathlib.Path("/tmp/site").mkdir(exist_ok=True)
     pathlib.Path("/tmp/site/index.html").write_text("<h1>served by a web_server</h1>")
-    subprocess.Popen(["python", "-m", "http.server", str(WEB_SERVER_PORT), "--bind", "0.0.0.0", "--directory", "/tmp/site"])
+    subprocess.Popen(
+        ["python", "-m", "http.server", str(WEB_SERVER_PORT), "--bind", "0.0.0.0", "--directory", "/tmp/site"]
+    )

@@ -53,7 +53,9 @@ async def app_lookup(context: RequestContext, request: api_pb2.AppLookupRequest)
 
 
 @handler("AppPublish")
-async def app_publish(context: RequestContext, request: api_pb2.AppPublishRequest) -> api_pb2.AppPublishResponse:
+async def app_publish(
+    context: RequestContext, request: api_pb2.AppPublishRequest
+) -> api_pb2.AppPublishResponse:
     deployed_at = context.state.apps.publish(
         context.workspace_id,
         request.app_id,
@@ -116,7 +118,9 @@ async def app_list(context: RequestContext, request: api_pb2.AppListRequest) -> 
 
 
 @handler("AppGetLayout")
-async def app_get_layout(context: RequestContext, request: api_pb2.AppGetLayoutRequest) -> api_pb2.AppGetLayoutResponse:
+async def app_get_layout(
+    context: RequestContext, request: api_pb2.AppGetLayoutRequest
+) -> api_pb2.AppGetLayoutResponse:
     context.state.apps.get(context.workspace_id, request.app_id)
     return api_pb2.AppGetLayoutResponse(app_layout=catalog.app_layout(context.state.apps, request.app_id))
 

@@ -10,7 +10,9 @@ from homeport.server.rpc import handler
 
 
 @handler("BlobCreate")
-async def blob_create(context: RequestContext, request: api_pb2.BlobCreateRequest) -> api_pb2.BlobCreateResponse:
+async def blob_create(
+    context: RequestContext, request: api_pb2.BlobCreateRequest
+) -> api_pb2.BlobCreateResponse:
     if request.content_length < 0:
         raise errors.invalid_argument("content_length must not be negative")
     blobs = context.state.blobs
@@ -21,7 +23,9 @@ async def blob_create(context: RequestContext, request: api_pb2.BlobCreateReques
     # Client 1.6.4 reads only the plural fields (blob_ids, upload_urls.items).
     return api_pb2.BlobCreateResponse(
         blob_ids=[blob_id],
-        upload_urls=api_pb2.UploadUrlList(items=[blobs.url(blob_id, "put", context.state.blob_base_url(context.task is not None))]),
+        upload_urls=api_pb2.UploadUrlList(
+            items=[blobs.url(blob_id, "put", context.state.blob_base_url(context.task is not None))]
+        ),
     )
 
 
@@ -30,4 +34,6 @@ async def blob_get(context: RequestContext, request: api_pb2.BlobGetRequest) -> 
     blobs = context.state.blobs
     if not blobs.exists(request.blob_id):
         raise errors.not_found(f"blob {request.blob_id} not found")
-    return api_pb2.BlobGetResponse(download_url=blobs.url(request.blob_id, "get", context.state.blob_base_url(context.task is not None)))
+    return api_pb2.BlobGetResponse(
+        download_url=blobs.url(request.blob_id, "get", context.state.blob_base_url(context.task is not None))
+    )

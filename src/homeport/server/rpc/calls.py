@@ -40,7 +40,9 @@ def input_jwt(function_call_id: str, input_id: str, idx: int) -> str:
 
 def _check_inputs(items: list[api_pb2.FunctionPutInputsItem]) -> None:
     if len(items) > MAX_INPUTS_PER_REQUEST:
-        raise errors.invalid_argument(f"too many inputs in one request ({len(items)} > {MAX_INPUTS_PER_REQUEST})")
+        raise errors.invalid_argument(
+            f"too many inputs in one request ({len(items)} > {MAX_INPUTS_PER_REQUEST})"
+        )
     for item in items:
         if len(item.input.args) > MAX_INLINE_ARGS_BYTES:
             raise errors.invalid_argument(
@@ -62,7 +64,9 @@ def _callable_function(context: RequestContext, function_id: str):  # type: igno
 
 
 @handler("FunctionMap")
-async def function_map(context: RequestContext, request: api_pb2.FunctionMapRequest) -> api_pb2.FunctionMapResponse:
+async def function_map(
+    context: RequestContext, request: api_pb2.FunctionMapRequest
+) -> api_pb2.FunctionMapResponse:
     function = _callable_function(context, request.function_id)
     _check_inputs(list(request.pipelined_inputs))
     calls = context.state.calls
@@ -109,7 +113,9 @@ async def function_put_inputs(
     context.state.scheduler.inputs_queued(call.function_id, len(items))
     return api_pb2.FunctionPutInputsResponse(
         inputs=[
-            api_pb2.FunctionPutInputsResponseItem(idx=idx, input_id=input_id, input_jwt=input_jwt(call.id, input_id, idx))
+            api_pb2.FunctionPutInputsResponseItem(
+                idx=idx, input_id=input_id, input_jwt=input_jwt(call.id, input_id, idx)
+            )
             for (idx, _), input_id in zip(items, input_ids)
         ]
     )
@@ -138,7 +144,9 @@ async def function_get_outputs(
         min(request.timeout, MAX_POLL_S),
     )
     if found and request.clear_on_success:
-        calls.delete_outputs([o.seq for o in found if o.result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS])
+        calls.delete_outputs(
+            [o.seq for o in found if o.result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS]
+        )
     last_seq = max([o.seq for o in found], default=cursor)
     return api_pb2.FunctionGetOutputsResponse(
         outputs=[
@@ -209,9 +217,7 @@ async def _stream_data(
     last_index = request.last_index
     deadline = time.monotonic() + MAX_POLL_S
     while time.monotonic() < deadline:
-        with context.state.notifier.listen(
-            data_key(call.id, direction), outputs_key(call.id)
-        ) as listener:
+        with context.state.notifier.listen(data_key(call.id, direction), outputs_key(call.id)) as listener:
             chunks = calls.data_after(call.id, direction, last_index)
             for chunk in chunks:
                 await send(chunk)

@@ -44,7 +44,9 @@ async def function_get_inputs(
 ) -> api_pb2.FunctionGetInputsResponse:
     task = context.require_task()
     if request.function_id != task.function_id:
-        raise errors.permission_denied(f"container {task.task_id} serves {task.function_id}, not {request.function_id}")
+        raise errors.permission_denied(
+            f"container {task.task_id} serves {task.function_id}, not {request.function_id}"
+        )
     scheduler = context.state.scheduler
     # Client 1.6.4 asserts that a response carries at most max(1, batch_max_size) inputs.
     limit = max(1, request.batch_max_size)
@@ -53,12 +55,16 @@ async def function_get_inputs(
         running = scheduler.container(task.task_id)
         with context.state.notifier.listen(queue_key(task.function_id), stop_key(task.task_id)) as listener:
             if running is None or running.stop_reason:
-                return api_pb2.FunctionGetInputsResponse(inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)])
+                return api_pb2.FunctionGetInputsResponse(
+                    inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)]
+                )
             claimed = context.state.calls.claim(task.function_id, task.task_id, limit)
             if claimed:
                 scheduler.on_claimed(task.task_id, [c.input_id for c in claimed])
                 if len(claimed) < limit and request.batch_linger_ms:
-                    claimed += await _linger_for_batch(context, task, limit - len(claimed), request.batch_linger_ms / 1000)
+                    claimed += await _linger_for_batch(
+                        context, task, limit - len(claimed), request.batch_linger_ms / 1000
+                    )
                 return api_pb2.FunctionGetInputsResponse(
                     inputs=[
                         api_pb2.FunctionGetInputsItem(
@@ -97,7 +103,9 @@ async def _linger_for_batch(context: RequestContext, task, room: int, linger_s: 
 
 
 def _return_undelivered_inputs(
-    context: RequestContext, request: api_pb2.FunctionGetInputsRequest, response: api_pb2.FunctionGetInputsResponse
+    context: RequestContext,
+    request: api_pb2.FunctionGetInputsRequest,
+    response: api_pb2.FunctionGetInputsResponse,
 ) -> None:
     task = context.require_task()
     for item in response.inputs:
@@ -109,7 +117,9 @@ function_get_inputs.on_undelivered = _return_undelivered_inputs  # type: ignore[
 
 
 @handler("FunctionPutOutputs")
-async def function_put_outputs(context: RequestContext, request: api_pb2.FunctionPutOutputsRequest) -> empty_pb2.Empty:
+async def function_put_outputs(
+    context: RequestContext, request: api_pb2.FunctionPutOutputsRequest
+) -> empty_pb2.Empty:
     task = context.require_task()
     policy = context.state.scheduler.retry_policy(task.function_id)
     for item in request.outputs:
@@ -128,7 +138,9 @@ async def task_result(context: RequestContext, request: api_pb2.TaskResultReques
 
 
 @handler("ContainerStop")
-async def container_stop(context: RequestContext, request: api_pb2.ContainerStopRequest) -> api_pb2.ContainerStopResponse:
+async def container_stop(
+    context: RequestContext, request: api_pb2.ContainerStopRequest
+) -> api_pb2.ContainerStopResponse:
     scheduler = context.state.scheduler
     running = scheduler.container(request.task_id)
     if running is None:
@@ -141,7 +153,9 @@ async def container_stop(context: RequestContext, request: api_pb2.ContainerStop
 
 
 @handler("TaskGetInfo")
-async def task_get_info(context: RequestContext, request: api_pb2.TaskGetInfoRequest) -> api_pb2.TaskGetInfoResponse:
+async def task_get_info(
+    context: RequestContext, request: api_pb2.TaskGetInfoRequest
+) -> api_pb2.TaskGetInfoResponse:
     """What `modal container logs ID` and `modal container stop ID` look up first: the
     container's app and when it started and stopped."""
     task = context.state.scheduler.task_record(request.task_id)
@@ -153,7 +167,9 @@ async def task_get_info(context: RequestContext, request: api_pb2.TaskGetInfoReq
         success = task.exit_code in (0, None)
         info.result.CopyFrom(
             api_pb2.GenericResult(
-                status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS if success else api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+                status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
+                if success
+                else api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
                 exception=task.stop_reason or "",  # why it stopped, as the server log says
             )
         )

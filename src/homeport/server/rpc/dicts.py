@@ -17,16 +17,23 @@ MAX_ENTRY_BYTES = 16 * 1024 * 1024
 
 
 def _metadata(context: RequestContext, found: StorageObject) -> api_pb2.DictMetadata:
-    return api_pb2.DictMetadata(name=found.name or "", creation_info=api_pb2.CreationInfo(created_at=found.created_at))
+    return api_pb2.DictMetadata(
+        name=found.name or "", creation_info=api_pb2.CreationInfo(created_at=found.created_at)
+    )
 
 
 def _list_item(context: RequestContext, found: StorageObject) -> api_pb2.DictListResponse.DictInfo:
     return api_pb2.DictListResponse.DictInfo(
-        name=found.name or "", created_at=found.created_at, dict_id=found.id, metadata=_metadata(context, found)
+        name=found.name or "",
+        created_at=found.created_at,
+        dict_id=found.id,
+        metadata=_metadata(context, found),
     )
 
 
-def _initial_data(context: RequestContext, request: api_pb2.DictGetOrCreateRequest, found: StorageObject, created: bool) -> None:
+def _initial_data(
+    context: RequestContext, request: api_pb2.DictGetOrCreateRequest, found: StorageObject, created: bool
+) -> None:
     if created and request.data:
         context.state.dicts.update(found.id, [(e.key, e.value) for e in request.data], if_not_exists=False)
 
@@ -45,13 +52,17 @@ async def dict_get(context: RequestContext, request: api_pb2.DictGetRequest) -> 
 
 
 @handler("DictContains")
-async def dict_contains(context: RequestContext, request: api_pb2.DictContainsRequest) -> api_pb2.DictContainsResponse:
+async def dict_contains(
+    context: RequestContext, request: api_pb2.DictContainsRequest
+) -> api_pb2.DictContainsResponse:
     value = context.state.dicts.get(_dict_id(context, request.dict_id), request.key)
     return api_pb2.DictContainsResponse(found=value is not None)
 
 
 @handler("DictUpdate")
-async def dict_update(context: RequestContext, request: api_pb2.DictUpdateRequest) -> api_pb2.DictUpdateResponse:
+async def dict_update(
+    context: RequestContext, request: api_pb2.DictUpdateRequest
+) -> api_pb2.DictUpdateResponse:
     dict_id = _dict_id(context, request.dict_id)
     for entry in request.updates:
         if len(entry.key) + len(entry.value) > MAX_ENTRY_BYTES:
@@ -59,7 +70,9 @@ async def dict_update(context: RequestContext, request: api_pb2.DictUpdateReques
                 f"a Dict entry of {len(entry.key) + len(entry.value)} bytes is over the {MAX_ENTRY_BYTES}-byte limit; "
                 "store large values in a Volume and keep their paths in the Dict"
             )
-    created = context.state.dicts.update(dict_id, [(e.key, e.value) for e in request.updates], request.if_not_exists)
+    created = context.state.dicts.update(
+        dict_id, [(e.key, e.value) for e in request.updates], request.if_not_exists
+    )
     return api_pb2.DictUpdateResponse(created=created)
 
 

@@ -28,7 +28,9 @@ async def environment_get_or_create(
         environment_id=environment_id,
         metadata=api_pb2.EnvironmentMetadata(
             name=name,
-            settings=api_pb2.EnvironmentSettings(image_builder_version=IMAGE_BUILDER_VERSION, webhook_suffix=""),
+            settings=api_pb2.EnvironmentSettings(
+                image_builder_version=IMAGE_BUILDER_VERSION, webhook_suffix=""
+            ),
         ),
     )
 
@@ -43,12 +45,16 @@ async def environment_list(context: RequestContext, request: object) -> api_pb2.
 
 
 @handler("EnvironmentCreate")
-async def environment_create(context: RequestContext, request: api_pb2.EnvironmentCreateRequest) -> empty_pb2.Empty:
+async def environment_create(
+    context: RequestContext, request: api_pb2.EnvironmentCreateRequest
+) -> empty_pb2.Empty:
     context.state.environments.get_or_create(context.workspace_id, request.name)
     return empty_pb2.Empty()
 
 
 @handler("WorkspaceNameLookup")
-async def workspace_name_lookup(context: RequestContext, request: object) -> api_pb2.WorkspaceNameLookupResponse:
+async def workspace_name_lookup(
+    context: RequestContext, request: object
+) -> api_pb2.WorkspaceNameLookupResponse:
     name = context.state.auth.workspace_name(context.workspace_id)
     return api_pb2.WorkspaceNameLookupResponse(workspace_name=name, username=name)

@@ -50,7 +50,9 @@ def _assign_web_urls(
                 definition.web_url = url
         if definition is not None:
             context.state.web.register(
-                Endpoint(label, app.workspace_id, app.id, function_id, method_name, config.requires_proxy_auth)
+                Endpoint(
+                    label, app.workspace_id, app.id, function_id, method_name, config.requires_proxy_auth
+                )
             )
 
 
@@ -70,8 +72,14 @@ async def function_precreate(
         None,
     )
     _assign_web_urls(
-        context, app, function_id, request.function_name, request.webhook_config, dict(request.method_definitions),
-        metadata, None,
+        context,
+        app,
+        function_id,
+        request.function_name,
+        request.webhook_config,
+        dict(request.method_definitions),
+        metadata,
+        None,
     )
     return api_pb2.FunctionPrecreateResponse(function_id=function_id, handle_metadata=metadata)
 
@@ -96,14 +104,22 @@ async def function_create(
         app.id, definition.function_name, ""
     )
     _assign_web_urls(
-        context, app, function_id, definition.function_name, definition.webhook_config,
-        dict(definition.method_definitions), api_pb2.FunctionHandleMetadata(), definition,
+        context,
+        app,
+        function_id,
+        definition.function_name,
+        definition.webhook_config,
+        dict(definition.method_definitions),
+        api_pb2.FunctionHandleMetadata(),
+        definition,
     )
     metadata = catalog.metadata_for_definition(app.id, definition)
     schedule = request.schedule if request.HasField("schedule") else definition.schedule
     if schedule.WhichOneof("schedule_oneof"):
         definition.schedule.CopyFrom(schedule)
-    next_run = catalog.next_schedule_time(schedule, catalog.now()) if schedule.WhichOneof("schedule_oneof") else None
+    next_run = (
+        catalog.next_schedule_time(schedule, catalog.now()) if schedule.WhichOneof("schedule_oneof") else None
+    )
     context.state.apps.save_function(
         function_id, app.id, definition.function_name, definition, metadata, next_run, gpu_options
     )
@@ -116,7 +132,9 @@ async def function_create(
 
 
 @handler("ClassCreate")
-async def class_create(context: RequestContext, request: api_pb2.ClassCreateRequest) -> api_pb2.ClassCreateResponse:
+async def class_create(
+    context: RequestContext, request: api_pb2.ClassCreateRequest
+) -> api_pb2.ClassCreateResponse:
     context.state.apps.get(context.workspace_id, request.app_id)
     metadata = api_pb2.ClassHandleMetadata(methods=request.methods)
     class_id = context.state.apps.create_class(
@@ -139,12 +157,16 @@ def _deployed_function(context: RequestContext, app_name: str, environment_name:
     app_id = context.state.apps.require_deployed(context.workspace_id, environment, app_name)
     function = context.state.apps.function_by_tag(app_id, tag)
     if function is None or function.definition is None:
-        raise errors.not_found(f"function '{tag}' not found in app '{app_name}' (environment '{environment}')")
+        raise errors.not_found(
+            f"function '{tag}' not found in app '{app_name}' (environment '{environment}')"
+        )
     return function
 
 
 @handler("FunctionGet")
-async def function_get(context: RequestContext, request: api_pb2.FunctionGetRequest) -> api_pb2.FunctionGetResponse:
+async def function_get(
+    context: RequestContext, request: api_pb2.FunctionGetRequest
+) -> api_pb2.FunctionGetResponse:
     function = _deployed_function(context, request.app_name, request.environment_name, request.object_tag)
     return api_pb2.FunctionGetResponse(
         function_id=function.id,
@@ -193,7 +215,9 @@ async def function_update_scheduling_params(
     apps = context.state.apps
     function = apps.function(request.function_id)
     apps.get(context.workspace_id, function.app_id)
-    target = apps.function(function.parent_id) if function.parent_id else function  # class instances: their class
+    target = (
+        apps.function(function.parent_id) if function.parent_id else function
+    )  # class instances: their class
     definition = api_pb2.Function()
     definition.CopyFrom(target.definition or api_pb2.Function())
     autoscaling.merge_autoscaler_settings(definition, request.settings)
@@ -219,7 +243,11 @@ async def function_bind_params(
     parent = context.state.apps.function(request.function_id)
     context.state.apps.get(context.workspace_id, parent.app_id)
     if parent.parent_id is not None:
-        raise errors.invalid_argument(f"function {parent.id} is already bound; bind its base function instead")
+        raise errors.invalid_argument(
+            f"function {parent.id} is already bound; bind its base function instead"
+        )
     options = request.function_options if request.HasField("function_options") else None
     bound_id = context.state.apps.bind_function(parent, request.serialized_params, options)
-    return api_pb2.FunctionBindParamsResponse(bound_function_id=bound_id, handle_metadata=parent.handle_metadata)
+    return api_pb2.FunctionBindParamsResponse(
+        bound_function_id=bound_id, handle_metadata=parent.handle_metadata
+    )

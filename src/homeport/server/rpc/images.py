@@ -58,7 +58,9 @@ async def image_get_or_create(
         # An unset result tells client 1.6.4 to follow the build with ImageJoinStreaming.
         return api_pb2.ImageGetOrCreateResponse(image_id=image_id)
     _, _, config = images.status(context.workspace_id, image_id)
-    return api_pb2.ImageGetOrCreateResponse(image_id=image_id, result=_result(status, exception), metadata=_metadata(config))
+    return api_pb2.ImageGetOrCreateResponse(
+        image_id=image_id, result=_result(status, exception), metadata=_metadata(config)
+    )
 
 
 @handler("ImageJoinStreaming")
@@ -85,13 +87,18 @@ async def image_join_streaming(
                 await send(
                     api_pb2.ImageJoinStreamingResponse(
                         entry_id=str(seq),
-                        task_logs=[api_pb2.TaskLogs(data=data, file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT)],
+                        task_logs=[
+                            api_pb2.TaskLogs(data=data, file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT)
+                        ],
                     )
                 )
             if status != PENDING and not entries:
                 await send(
                     api_pb2.ImageJoinStreamingResponse(
-                        result=_result(status, exception), metadata=_metadata(config), entry_id=str(after), eof=True
+                        result=_result(status, exception),
+                        metadata=_metadata(config),
+                        entry_id=str(after),
+                        eof=True,
                     )
                 )
                 return

@@ -69,7 +69,9 @@ async def app_get_logs(
 
 
 @handler("AppFetchLogs")
-async def app_fetch_logs(context: RequestContext, request: api_pb2.AppFetchLogsRequest) -> api_pb2.AppFetchLogsResponse:
+async def app_fetch_logs(
+    context: RequestContext, request: api_pb2.AppFetchLogsRequest
+) -> api_pb2.AppFetchLogsResponse:
     app = context.state.apps.get(context.workspace_id, request.app_id)
     since = request.since.ToSeconds() if request.HasField("since") else None
     until = request.until.ToSeconds() + 1 if request.HasField("until") else None

@@ -21,7 +21,9 @@ async def mount_batched_check_existence(
 
 
 @handler("MountPutFile")
-async def mount_put_file(context: RequestContext, request: api_pb2.MountPutFileRequest) -> api_pb2.MountPutFileResponse:
+async def mount_put_file(
+    context: RequestContext, request: api_pb2.MountPutFileRequest
+) -> api_pb2.MountPutFileResponse:
     if len(request.sha256_hex) != 64:
         raise errors.invalid_argument("sha256_hex must be 64 hex characters")
     kind = request.WhichOneof("data_oneof")
@@ -49,7 +51,9 @@ async def mount_get_or_create(
     files: list[dict[str, object]] = []
     for f in request.files:
         if not f.filename.startswith("/") or ".." in f.filename.split("/"):
-            raise errors.invalid_argument(f"mount file path {f.filename!r} must be absolute and stay inside /")
+            raise errors.invalid_argument(
+                f"mount file path {f.filename!r} must be absolute and stay inside /"
+            )
         files.append({"path": f.filename, "sha256": f.sha256_hex, "mode": f.mode or 0o644})
     mount_id = context.state.mounts.create(context.workspace_id, request.deployment_name or None, files)
     return api_pb2.MountGetOrCreateResponse(mount_id=mount_id)

@@ -18,7 +18,9 @@ MAX_VALUES_PER_GET = 1000
 
 
 def _metadata(context: RequestContext, found: StorageObject) -> api_pb2.QueueMetadata:
-    return api_pb2.QueueMetadata(name=found.name or "", creation_info=api_pb2.CreationInfo(created_at=found.created_at))
+    return api_pb2.QueueMetadata(
+        name=found.name or "", creation_info=api_pb2.CreationInfo(created_at=found.created_at)
+    )
 
 
 def _list_item(context: RequestContext, found: StorageObject) -> api_pb2.QueueListResponse.QueueInfo:
@@ -48,7 +50,9 @@ def _partition(key: bytes) -> bytes:
 @handler("QueuePut")
 async def queue_put(context: RequestContext, request: api_pb2.QueuePutRequest) -> empty_pb2.Empty:
     context.state.queues.put(
-        _queue_id(context, request.queue_id), _partition(request.partition_key), list(request.values),
+        _queue_id(context, request.queue_id),
+        _partition(request.partition_key),
+        list(request.values),
         request.partition_ttl_seconds,
     )
     return empty_pb2.Empty()
@@ -81,13 +85,17 @@ async def queue_next_items(
         lambda: context.state.queues.peek_after(queue_id, partition, after),
         min(request.item_poll_timeout, MAX_POLL_S),
     )
-    return api_pb2.QueueNextItemsResponse(items=[api_pb2.QueueItem(value=value, entry_id=str(seq)) for seq, value in items])
+    return api_pb2.QueueNextItemsResponse(
+        items=[api_pb2.QueueItem(value=value, entry_id=str(seq)) for seq, value in items]
+    )
 
 
 @handler("QueueLen")
 async def queue_len(context: RequestContext, request: api_pb2.QueueLenRequest) -> api_pb2.QueueLenResponse:
     partition = None if request.total else _partition(request.partition_key)
-    return api_pb2.QueueLenResponse(len=context.state.queues.length(_queue_id(context, request.queue_id), partition))
+    return api_pb2.QueueLenResponse(
+        len=context.state.queues.length(_queue_id(context, request.queue_id), partition)
+    )
 
 
 @handler("QueueClear")

@@ -49,7 +49,9 @@ register_storage_verbs("secret", "Secret", "secret_id", _metadata, _list_item, "
 
 
 @handler("SecretGetInfo")
-async def secret_get_info(context: RequestContext, request: api_pb2.SecretGetInfoRequest) -> api_pb2.SecretGetInfoResponse:
+async def secret_get_info(
+    context: RequestContext, request: api_pb2.SecretGetInfoRequest
+) -> api_pb2.SecretGetInfoResponse:
     found = context.state.storage.get("secret", context.workspace_id, request.secret_id)
     return api_pb2.SecretGetInfoResponse(metadata=_metadata(context, found))
 
@@ -57,5 +59,7 @@ async def secret_get_info(context: RequestContext, request: api_pb2.SecretGetInf
 @handler("SecretUpdate")
 async def secret_update(context: RequestContext, request: api_pb2.SecretUpdateRequest) -> empty_pb2.Empty:
     found = context.state.storage.get("secret", context.workspace_id, request.secret_id)
-    context.state.secrets.set(found.id, {update.key: update.value for update in request.updates}, replace=False)
+    context.state.secrets.set(
+        found.id, {update.key: update.value for update in request.updates}, replace=False
+    )
     return empty_pb2.Empty()

@@ -56,7 +56,9 @@ def register_storage_verbs(
             limit=min(pagination.max_objects or MAX_LIST, MAX_LIST) if pagination else MAX_LIST,
             created_before=pagination.created_before if pagination else 0.0,
         )
-        return list_response_of(**{list_field: [list_item(context, o) for o in found], "environment_name": environment})
+        return list_response_of(
+            **{list_field: [list_item(context, o) for o in found], "environment_name": environment}
+        )
 
     @handler(f"{prefix}Delete")
     async def delete(context: RequestContext, request: Any) -> empty_pb2.Empty:

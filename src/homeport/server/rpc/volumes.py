@@ -24,14 +24,21 @@ def _metadata(context: RequestContext, found: StorageObject) -> api_pb2.VolumeMe
 
 def _list_item(context: RequestContext, found: StorageObject) -> api_pb2.VolumeListItem:
     return api_pb2.VolumeListItem(
-        label=found.name or "", volume_id=found.id, created_at=found.created_at, metadata=volume_metadata(found)
+        label=found.name or "",
+        volume_id=found.id,
+        created_at=found.created_at,
+        metadata=volume_metadata(found),
     )
 
 
-def _check_version(context: RequestContext, request: api_pb2.VolumeGetOrCreateRequest, found: StorageObject, created: bool) -> None:
+def _check_version(
+    context: RequestContext, request: api_pb2.VolumeGetOrCreateRequest, found: StorageObject, created: bool
+) -> None:
     # Client 1.6.4 leaves the version unset and follows the server's choice (v2).
     if request.version == api_pb2.VOLUME_FS_VERSION_V1:
-        raise errors.invalid_argument("Homeport serves Volumes in version 2 only; create it without --version 1")
+        raise errors.invalid_argument(
+            "Homeport serves Volumes in version 2 only; create it without --version 1"
+        )
 
 
 register_storage_verbs("volume", "Volume", "volume_id", _metadata, _list_item, "items", _check_version)
@@ -53,7 +60,9 @@ async def volume_list_files2(
     request: api_pb2.VolumeListFiles2Request,
     send: Callable[[api_pb2.VolumeListFiles2Response], Awaitable[None]],
 ) -> None:
-    entries = context.state.volumes.list(_volume_id(context, request.volume_id), request.path, request.recursive)
+    entries = context.state.volumes.list(
+        _volume_id(context, request.volume_id), request.path, request.recursive
+    )
     if request.max_entries:
         entries = entries[: request.max_entries]
     for start in range(0, max(len(entries), 1), LIST_BATCH):
@@ -73,7 +82,9 @@ async def volume_list_files2(
 
 
 @handler("VolumeGetFile2")
-async def volume_get_file2(context: RequestContext, request: api_pb2.VolumeGetFile2Request) -> api_pb2.VolumeGetFile2Response:
+async def volume_get_file2(
+    context: RequestContext, request: api_pb2.VolumeGetFile2Request
+) -> api_pb2.VolumeGetFile2Response:
     volume_id = _volume_id(context, request.volume_id)
     entry = context.state.volumes.entry(volume_id, request.path)
     if entry is None or entry.is_dir:
@@ -82,7 +93,10 @@ async def volume_get_file2(context: RequestContext, request: api_pb2.VolumeGetFi
     length = entry.size - start if not request.len else min(request.len, entry.size - start)
     urls = [
         context.state.blobs.volume_content_url(
-            entry.sha256 or "", offset, min(BLOCK_SIZE, start + length - offset), context.state.blob_base_url(context.task is not None)
+            entry.sha256 or "",
+            offset,
+            min(BLOCK_SIZE, start + length - offset),
+            context.state.blob_base_url(context.task is not None),
         )
         for offset in range(start, start + length, BLOCK_SIZE)
     ]
@@ -97,7 +111,9 @@ async def volume_put_files2(
     files = [(f.path, f.size, f.mode, [b.contents_sha256.hex() for b in f.blocks]) for f in request.files]
     for path, size, _, blocks in files:
         if len(blocks) != -(-size // BLOCK_SIZE):
-            raise errors.invalid_argument(f"file {path!r} of {size} bytes needs {-(-size // BLOCK_SIZE)} blocks")
+            raise errors.invalid_argument(
+                f"file {path!r} of {size} bytes needs {-(-size // BLOCK_SIZE)} blocks"
+            )
     missing = await asyncio.to_thread(
         context.state.volumes.put_files, volume_id, files, request.disallow_overwrite_existing_files
     )
@@ -116,13 +132,17 @@ async def volume_put_files2(
 
 
 @handler("VolumeRemoveFile2")
-async def volume_remove_file2(context: RequestContext, request: api_pb2.VolumeRemoveFile2Request) -> empty_pb2.Empty:
+async def volume_remove_file2(
+    context: RequestContext, request: api_pb2.VolumeRemoveFile2Request
+) -> empty_pb2.Empty:
     context.state.volumes.remove(_volume_id(context, request.volume_id), request.path, request.recursive)
     return empty_pb2.Empty()
 
 
 @handler("VolumeCopyFiles2")
-async def volume_copy_files2(context: RequestContext, request: api_pb2.VolumeCopyFiles2Request) -> empty_pb2.Empty:
+async def volume_copy_files2(
+    context: RequestContext, request: api_pb2.VolumeCopyFiles2Request
+) -> empty_pb2.Empty:
     context.state.volumes.copy(
         _volume_id(context, request.volume_id), list(request.src_paths), request.dst_path, request.recursive
     )
@@ -130,7 +150,9 @@ async def volume_copy_files2(context: RequestContext, request: api_pb2.VolumeCop
 
 
 @handler("VolumeCommit")
-async def volume_commit(context: RequestContext, request: api_pb2.VolumeCommitRequest) -> api_pb2.VolumeCommitResponse:
+async def volume_commit(
+    context: RequestContext, request: api_pb2.VolumeCommitRequest
+) -> api_pb2.VolumeCommitResponse:
     """From a container, stores its working copy's changes; elsewhere there is nothing to do."""
     volume_id = _volume_id(context, request.volume_id)
     if context.task is not None:

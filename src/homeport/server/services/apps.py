@@ -76,7 +76,15 @@ def _function_row(row: sa.Row) -> FunctionRow:
         options.ParseFromString(row.options)
     gpu_options = [(o["model"], o["count"]) for o in json.loads(row.gpu_options)] if row.gpu_options else []
     return FunctionRow(
-        row.id, row.app_id, row.tag, definition, metadata, row.parent_id, row.bound_params, options, gpu_options
+        row.id,
+        row.app_id,
+        row.tag,
+        definition,
+        metadata,
+        row.parent_id,
+        row.bound_params,
+        options,
+        gpu_options,
     )
 
 
@@ -90,7 +98,9 @@ class AppService:
 
     # --- apps ------------------------------------------------------------------------
 
-    def create(self, workspace_id: str, environment_name: str, description: str, state: int, client_id: str) -> str:
+    def create(
+        self, workspace_id: str, environment_name: str, description: str, state: int, client_id: str
+    ) -> str:
         app_id = ids.new_id("app")
         now = time.time()
         with self.engine.begin() as connection:
@@ -113,8 +123,14 @@ class AppService:
         with self.engine.connect() as connection:
             row = connection.execute(
                 sa.select(
-                    a.c.id, a.c.workspace_id, a.c.environment_name, a.c.description, a.c.name, a.c.state,
-                    a.c.created_at, a.c.stopped_at,
+                    a.c.id,
+                    a.c.workspace_id,
+                    a.c.environment_name,
+                    a.c.description,
+                    a.c.name,
+                    a.c.state,
+                    a.c.created_at,
+                    a.c.stopped_at,
                 ).where(a.c.id == app_id)
             ).first()
         if row is None or (workspace_id and row.workspace_id != workspace_id):
@@ -126,7 +142,9 @@ class AppService:
         with self.engine.connect() as connection:
             row = connection.execute(
                 sa.select(d.c.app_id).where(
-                    d.c.workspace_id == workspace_id, d.c.environment_name == environment_name, d.c.name == name
+                    d.c.workspace_id == workspace_id,
+                    d.c.environment_name == environment_name,
+                    d.c.name == name,
                 )
             ).first()
         return str(row.app_id) if row else None
@@ -171,13 +189,18 @@ class AppService:
                 d = schema.deployments
                 existing = connection.execute(
                     sa.select(d.c.app_id).where(
-                        d.c.workspace_id == workspace_id, d.c.environment_name == app.environment_name, d.c.name == name
+                        d.c.workspace_id == workspace_id,
+                        d.c.environment_name == app.environment_name,
+                        d.c.name == name,
                     )
                 ).first()
                 if existing is None:
                     connection.execute(
                         d.insert().values(
-                            workspace_id=workspace_id, environment_name=app.environment_name, name=name, app_id=app_id
+                            workspace_id=workspace_id,
+                            environment_name=app.environment_name,
+                            name=name,
+                            app_id=app_id,
                         )
                     )
                 elif existing.app_id != app_id:
@@ -238,8 +261,14 @@ class AppService:
         with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.select(
-                    a.c.id, a.c.workspace_id, a.c.environment_name, a.c.description, a.c.name, a.c.state,
-                    a.c.created_at, a.c.stopped_at,
+                    a.c.id,
+                    a.c.workspace_id,
+                    a.c.environment_name,
+                    a.c.description,
+                    a.c.name,
+                    a.c.state,
+                    a.c.created_at,
+                    a.c.stopped_at,
                 )
                 .where(a.c.workspace_id == workspace_id, a.c.environment_name == environment_name)
                 .where(sa.or_(a.c.state.in_(LIVE_STATES), a.c.stopped_at > time.time() - 3600))
@@ -269,7 +298,9 @@ class AppService:
             ).first()
             if exists is None:
                 connection.execute(
-                    schema.functions.insert().values(id=function_id, app_id=app_id, tag=tag, created_at=time.time())
+                    schema.functions.insert().values(
+                        id=function_id, app_id=app_id, tag=tag, created_at=time.time()
+                    )
                 )
         return function_id
 
@@ -285,7 +316,9 @@ class AppService:
     ) -> None:
         values = dict(
             keep_warm=_keeps_warm(definition),
-            gpu_options=json.dumps([{"model": m, "count": c} for m, c in gpu_options]) if gpu_options else None,
+            gpu_options=json.dumps([{"model": m, "count": c} for m, c in gpu_options])
+            if gpu_options
+            else None,
             app_id=app_id,
             tag=tag,
             definition=definition.SerializeToString(),
@@ -298,14 +331,18 @@ class AppService:
                 schema.functions.update().where(schema.functions.c.id == function_id).values(**values)
             )
             if updated.rowcount == 0:
-                connection.execute(schema.functions.insert().values(id=function_id, created_at=time.time(), **values))
+                connection.execute(
+                    schema.functions.insert().values(id=function_id, created_at=time.time(), **values)
+                )
 
     def function(self, function_id: str) -> FunctionRow:
         cached = self._functions.get(function_id)
         if cached is not None:
             return cached
         with self.engine.connect() as connection:
-            row = connection.execute(sa.select(schema.functions).where(schema.functions.c.id == function_id)).first()
+            row = connection.execute(
+                sa.select(schema.functions).where(schema.functions.c.id == function_id)
+            ).first()
         if row is None:
             raise errors.not_found(f"function {function_id} not found")
         function = _function_row(row)
@@ -353,7 +390,11 @@ class AppService:
             connection.execute(schema.classes.delete().where(schema.classes.c.id == class_id))
             connection.execute(
                 schema.classes.insert().values(
-                    id=class_id, app_id=app_id, tag=tag, function_id=function_id, handle_metadata=metadata,
+                    id=class_id,
+                    app_id=app_id,
+                    tag=tag,
+                    function_id=function_id,
+                    handle_metadata=metadata,
                     created_at=time.time(),
                 )
             )
@@ -388,7 +429,9 @@ class AppService:
         f, a = schema.functions, schema.apps
         with self.engine.connect() as connection:
             rows = connection.execute(
-                sa.select(f.c.id).join(a, a.c.id == f.c.app_id).where(f.c.keep_warm.is_(True), a.c.state.in_(LIVE_STATES))
+                sa.select(f.c.id)
+                .join(a, a.c.id == f.c.app_id)
+                .where(f.c.keep_warm.is_(True), a.c.state.in_(LIVE_STATES))
             )
             return [row.id for row in rows]
 
@@ -409,5 +452,7 @@ class AppService:
     def set_schedule_next(self, function_id: str, next_at: float) -> None:
         with self.engine.begin() as connection:
             connection.execute(
-                schema.functions.update().where(schema.functions.c.id == function_id).values(schedule_next_at=next_at)
+                schema.functions.update()
+                .where(schema.functions.c.id == function_id)
+                .values(schedule_next_at=next_at)
             )

@@ -35,12 +35,20 @@ def autoscaling(definition: api_pb2.Function, default_scaledown_s: float) -> Aut
         min_containers=pick("min_containers", definition.warm_pool_size),
         max_containers=pick("max_containers", definition.concurrency_limit),
         buffer_containers=pick("buffer_containers", definition._experimental_buffer_containers),
-        scaledown_window_s=float(pick("scaledown_window", definition.task_idle_timeout_secs) or default_scaledown_s),
+        scaledown_window_s=float(
+            pick("scaledown_window", definition.task_idle_timeout_secs) or default_scaledown_s
+        ),
     )
 
 
 def merge_autoscaler_settings(definition: api_pb2.Function, update: api_pb2.AutoscalerSettings) -> None:
     """`update_autoscaler(...)`: the fields given replace the current ones."""
-    for field in ("min_containers", "max_containers", "buffer_containers", "scaleup_window", "scaledown_window"):
+    for field in (
+        "min_containers",
+        "max_containers",
+        "buffer_containers",
+        "scaleup_window",
+        "scaledown_window",
+    ):
         if update.HasField(field):
             setattr(definition.autoscaler_settings, field, getattr(update, field))

@@ -87,7 +87,10 @@ _TAKE = (
 )
 _RUNNING_INPUT = (
     sa.select(
-        _inputs.c.function_call_id, _inputs.c.function_id, _inputs.c.idx, _inputs.c.attempt,
+        _inputs.c.function_call_id,
+        _inputs.c.function_id,
+        _inputs.c.idx,
+        _inputs.c.attempt,
         schema.function_calls.c.cancelled,
     )
     .join(schema.function_calls, schema.function_calls.c.id == _inputs.c.function_call_id)
@@ -141,9 +144,9 @@ class CallService:
             c = schema.function_calls
             with self.engine.connect() as connection:
                 row = connection.execute(
-                    sa.select(c.c.id, c.c.workspace_id, c.c.function_id, c.c.app_id, c.c.invocation_type).where(
-                        c.c.id == function_call_id
-                    )
+                    sa.select(
+                        c.c.id, c.c.workspace_id, c.c.function_id, c.c.app_id, c.c.invocation_type
+                    ).where(c.c.id == function_call_id)
                 ).first()
             if row is not None:
                 if len(self._calls) > 100_000:
@@ -165,7 +168,10 @@ class CallService:
 
     @staticmethod
     def _insert_inputs(
-        connection: sa.Connection, function_call_id: str, function_id: str, items: list[tuple[int, api_pb2.FunctionInput]]
+        connection: sa.Connection,
+        function_call_id: str,
+        function_id: str,
+        items: list[tuple[int, api_pb2.FunctionInput]],
     ) -> list[str]:
         now = time.time()
         rows = [
@@ -202,7 +208,9 @@ class CallService:
         i = schema.inputs
         with self.engine.connect() as connection:
             value = connection.execute(
-                sa.select(sa.func.min(i.c.not_before)).where(i.c.state == PENDING, i.c.not_before > time.time())
+                sa.select(sa.func.min(i.c.not_before)).where(
+                    i.c.state == PENDING, i.c.not_before > time.time()
+                )
             ).scalar()
         return float(value) if value is not None else None
 
@@ -220,7 +228,9 @@ class CallService:
                     payload.ParseFromString(row.payload)
                     invocation_type = self._invocation_type(connection, row.function_call_id)
                     claimed.append(
-                        ClaimedInput(row.id, row.function_call_id, row.idx, row.attempt, payload, invocation_type)
+                        ClaimedInput(
+                            row.id, row.function_call_id, row.idx, row.attempt, payload, invocation_type
+                        )
                     )
         return claimed
 
@@ -277,7 +287,10 @@ class CallService:
                     i.update()
                     .where(i.c.id == input_id)
                     .values(
-                        state=PENDING, task_id=None, attempt=attempt, not_before=now + retry_delay_s(retry_policy, attempt)
+                        state=PENDING,
+                        task_id=None,
+                        attempt=attempt,
+                        not_before=now + retry_delay_s(retry_policy, attempt),
                     )
                 )
                 requeued = True
@@ -319,7 +332,9 @@ class CallService:
         for row in rows:
             result = api_pb2.GenericResult()
             result.ParseFromString(row.result)
-            outputs.append(StoredOutput(row.seq, row.input_id, row.idx, result, row.data_format, row.retry_count))
+            outputs.append(
+                StoredOutput(row.seq, row.input_id, row.idx, result, row.data_format, row.retry_count)
+            )
         return outputs
 
     def delete_outputs(self, seqs: list[int]) -> None:
@@ -331,7 +346,9 @@ class CallService:
         with self.engine.connect() as connection:
             return int(
                 connection.execute(
-                    sa.select(sa.func.count()).where(i.c.function_call_id == function_call_id, i.c.state != DONE)
+                    sa.select(sa.func.count()).where(
+                        i.c.function_call_id == function_call_id, i.c.state != DONE
+                    )
                 ).scalar_one()
             )
 
@@ -339,14 +356,17 @@ class CallService:
         i = schema.inputs
         with self.engine.connect() as connection:
             return int(
-                connection.execute(sa.select(sa.func.count()).where(i.c.function_call_id == function_call_id)).scalar_one()
+                connection.execute(
+                    sa.select(sa.func.count()).where(i.c.function_call_id == function_call_id)
+                ).scalar_one()
             )
 
     def cancel(self, function_call_id: str) -> list[str]:
         """Cancel a call: pending inputs end as TERMINATED; returns the tasks running its inputs."""
         i = schema.inputs
         result = api_pb2.GenericResult(
-            status=api_pb2.GenericResult.GENERIC_STATUS_TERMINATED, exception="the function call was cancelled"
+            status=api_pb2.GenericResult.GENERIC_STATUS_TERMINATED,
+            exception="the function call was cancelled",
         )
         with self.engine.begin() as connection:
             connection.execute(
@@ -381,7 +401,9 @@ class CallService:
         server restart no container of the previous run is left to finish them."""
         i = schema.inputs
         with self.engine.begin() as connection:
-            result = connection.execute(i.update().where(i.c.state == CLAIMED).values(state=PENDING, task_id=None))
+            result = connection.execute(
+                i.update().where(i.c.state == CLAIMED).values(state=PENDING, task_id=None)
+            )
         return int(result.rowcount or 0)
 
     # --- data channels (generator values) -----------------------------------------------
@@ -408,7 +430,9 @@ class CallService:
     def drop_data(self, function_call_id: str) -> None:
         """Forget a call's data channels (a finished web request's bodies)."""
         with self.engine.begin() as connection:
-            connection.execute(schema.call_data.delete().where(schema.call_data.c.function_call_id == function_call_id))
+            connection.execute(
+                schema.call_data.delete().where(schema.call_data.c.function_call_id == function_call_id)
+            )
 
     def data_after(
         self, function_call_id: str, direction: str, last_index: int, limit: int = 64

@@ -67,7 +67,9 @@ class DictService:
 
     def length(self, dict_id: str) -> int:
         with self.engine.connect() as connection:
-            return int(connection.execute(sa.select(sa.func.count()).where(d.c.dict_id == dict_id)).scalar_one())
+            return int(
+                connection.execute(sa.select(sa.func.count()).where(d.c.dict_id == dict_id)).scalar_one()
+            )
 
     def clear(self, dict_id: str) -> None:
         with self.engine.begin() as connection:

@@ -24,7 +24,9 @@ class EnvironmentService:
                 return str(row.id)
             environment_id = ids.new_id("environment")
             connection.execute(
-                e.insert().values(id=environment_id, workspace_id=workspace_id, name=name, created_at=time.time())
+                e.insert().values(
+                    id=environment_id, workspace_id=workspace_id, name=name, created_at=time.time()
+                )
             )
             return environment_id
 

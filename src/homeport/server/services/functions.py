@@ -181,4 +181,3 @@ def next_schedule_time(schedule: api_pb2.Schedule, after: float) -> float | None
 
 def now() -> float:
     return time.time()
-

@@ -56,7 +56,9 @@ def content_hash(image: api_pb2.Image, builder_version: str, secrets_digest: str
     for base in image.base_images:
         digest.update(b"\0base\0" + base.docker_tag.encode() + b"=" + base.image_id.encode())
     for context_file in image.context_files:
-        digest.update(b"\0file\0" + context_file.filename.encode() + b"\0" + hashlib.sha256(context_file.data).digest())
+        digest.update(
+            b"\0file\0" + context_file.filename.encode() + b"\0" + hashlib.sha256(context_file.data).digest()
+        )
     digest.update(b"\0mount\0" + image.context_mount_id.encode())
     digest.update(b"\0build\0" + image.build_function.SerializeToString(deterministic=True))
     for name in sorted(image.build_args):
@@ -107,14 +109,23 @@ class ImageService:
     # -- asking for an image -------------------------------------------------------------
 
     def get_or_create(
-        self, workspace_id: str, image: api_pb2.Image, builder_version: str, force_build: bool, build_function_id: str = ""
+        self,
+        workspace_id: str,
+        image: api_pb2.Image,
+        builder_version: str,
+        force_build: bool,
+        build_function_id: str = "",
     ) -> tuple[str, int, str]:
         """(image_id, status, exception); status PENDING means a build is running: join it."""
-        key = content_hash(image, builder_version, secret_identity(self._secret_values(workspace_id, image.secret_ids)))
+        key = content_hash(
+            image, builder_version, secret_identity(self._secret_values(workspace_id, image.secret_ids))
+        )
         i = schema.images
         with self.engine.begin() as connection:
             row = connection.execute(
-                sa.select(i.c.id, i.c.status, i.c.exception).where(i.c.workspace_id == workspace_id, i.c.content_hash == key)
+                sa.select(i.c.id, i.c.status, i.c.exception).where(
+                    i.c.workspace_id == workspace_id, i.c.content_hash == key
+                )
             ).first()
             if row is None:
                 image_id = ids.new_id("image")
@@ -152,30 +163,44 @@ class ImageService:
             raise RuntimeError("the image builder is not running (ImageService.run was not started)")
         self._failed_rebuilds.pop(image_id, None)
         with self.engine.begin() as connection:
-            built = connection.execute(
-                sa.select(schema.images.c.status).where(schema.images.c.id == image_id)
-            ).scalar() == SUCCESS
+            built = (
+                connection.execute(
+                    sa.select(schema.images.c.status).where(schema.images.c.id == image_id)
+                ).scalar()
+                == SUCCESS
+            )
             if not built:
                 connection.execute(
-                    schema.images.update().where(schema.images.c.id == image_id).values(status=PENDING, exception="")
+                    schema.images.update()
+                    .where(schema.images.c.id == image_id)
+                    .values(status=PENDING, exception="")
                 )
             # A forced rebuild of a built image keeps the record built: functions already using
             # it go on starting containers from the current layers until the new ones replace them.
-            connection.execute(schema.image_build_logs.delete().where(schema.image_build_logs.c.image_id == image_id))
-        task = self._group.create_task(self._build(workspace_id, image_id, force, build_function_id, rebuild=built))
+            connection.execute(
+                schema.image_build_logs.delete().where(schema.image_build_logs.c.image_id == image_id)
+            )
+        task = self._group.create_task(
+            self._build(workspace_id, image_id, force, build_function_id, rebuild=built)
+        )
         self._building[image_id] = task
         task.add_done_callback(lambda _: self._building.pop(image_id, None))
 
     # -- building ------------------------------------------------------------------------
 
-    async def _build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str, rebuild: bool = False) -> None:
+    async def _build(
+        self, workspace_id: str, image_id: str, force: bool, build_function_id: str, rebuild: bool = False
+    ) -> None:
         writer = BuildLog(self.engine, self.notifier, image_id)
         flusher = asyncio.create_task(writer.flush_periodically())
         started = time.monotonic()
         context_dir: Path | None = None
         try:
             definition = self._definition(image_id)
-            parents = {base.docker_tag: await self._wait_for_parent(workspace_id, base.image_id) for base in definition.base_images}
+            parents = {
+                base.docker_tag: await self._wait_for_parent(workspace_id, base.image_id)
+                for base in definition.base_images
+            }
             context_dir, context_hash = await asyncio.to_thread(self._context, image_id, definition)
             secret_env = self._secret_values(workspace_id, definition.secret_ids)
             if definition.volume_mounts and not definition.build_function.definition:
@@ -184,9 +209,13 @@ class ImageService:
                     "use Image.run_function(..., volumes=...) for a build step that needs a volume"
                 )
             if definition.gpu_config.count or definition.gpu_config.gpu_type:
-                raise BuildFailed("gpu= on image build steps is not supported by Homeport yet; build without it")
+                raise BuildFailed(
+                    "gpu= on image build steps is not supported by Homeport yet; build without it"
+                )
             if definition.build_function.definition:
-                built = await self._run_function_step(workspace_id, definition, build_function_id, parents, force, writer)
+                built = await self._run_function_step(
+                    workspace_id, definition, build_function_id, parents, force, writer
+                )
             else:
                 built = await self.builder.build(
                     self._plan(definition, parents, context_dir, context_hash, secret_env, force),
@@ -218,7 +247,12 @@ class ImageService:
         except BuildFailed as failure:
             await self._fail(writer, image_id, str(failure), rebuild)
         except asyncio.CancelledError:
-            await self._fail(writer, image_id, "the build was interrupted (server shutting down); it restarts when asked for again", rebuild)
+            await self._fail(
+                writer,
+                image_id,
+                "the build was interrupted (server shutting down); it restarts when asked for again",
+                rebuild,
+            )
             raise
         except Exception as error:  # recorded on the image: the client sees it, the log keeps the traceback
             log.exception("image %s: build failed unexpectedly", image_id)
@@ -271,7 +305,9 @@ class ImageService:
         digest = hashlib.sha256()
         digest.update(parent.top_key.encode() + b"\0run_function\0")
         digest.update(definition.build_function.SerializeToString(deterministic=True))
-        digest.update(secret_identity(self._secret_values(workspace_id, function_definition.secret_ids)).encode())
+        digest.update(
+            secret_identity(self._secret_values(workspace_id, function_definition.secret_ids)).encode()
+        )
         for mount in function_definition.volume_mounts:
             digest.update(f"\0volume\0{mount.volume_id}:{mount.mount_path}".encode())
         if force:
@@ -281,27 +317,41 @@ class ImageService:
         cached = self.layers.get(key)
         if cached is not None:
             writer.write(f"=> run_function {name} (cached)\n")
-            return BuiltImage(chain=[*parent.chain, cached.ref], config=cached.config, top_key=key, steps_run=0)
+            return BuiltImage(
+                chain=[*parent.chain, cached.ref], config=cached.config, top_key=key, steps_run=0
+            )
         writer.write(f"=> run_function {name}\n")
         function_input = definition.build_function.input
         if not function_input.args:
-            function_input = api_pb2.FunctionInput(args=serialize(((), {})), data_format=api_pb2.DATA_FORMAT_PICKLE)
+            function_input = api_pb2.FunctionInput(
+                args=serialize(((), {})), data_format=api_pb2.DATA_FORMAT_PICKLE
+            )
         staging = self.layers.staging(key)
         try:
             assert self.run_build_function is not None
-            result = await self.run_build_function(workspace_id, function.app_id, function_id, function_input, staging, writer.write)
+            result = await self.run_build_function(
+                workspace_id, function.app_id, function_id, function_input, staging, writer.write
+            )
             if result.status != SUCCESS:
                 detail = (result.traceback or result.exception or "no error message").strip()
-                raise BuildFailed(f"run_function {name} failed: {result.exception or 'the container failed'}\n{detail[-2000:]}")
-            _drop_sandbox_mount_points(staging / "fs", [mount.mount_path for mount in function_definition.volume_mounts])
-            layer = self.layers.commit(key, staging, f"run_function {name}", parent.config.copy(), replace=force)
+                raise BuildFailed(
+                    f"run_function {name} failed: {result.exception or 'the container failed'}\n{detail[-2000:]}"
+                )
+            _drop_sandbox_mount_points(
+                staging / "fs", [mount.mount_path for mount in function_definition.volume_mounts]
+            )
+            layer = self.layers.commit(
+                key, staging, f"run_function {name}", parent.config.copy(), replace=force
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return BuiltImage(chain=[*parent.chain, layer.ref], config=layer.config, top_key=key, steps_run=1)
 
     def _record_progress(self, image_id: str, chain: list[str]) -> None:
         with self.engine.begin() as connection:
-            connection.execute(schema.images.update().where(schema.images.c.id == image_id).values(layers=json.dumps(chain)))
+            connection.execute(
+                schema.images.update().where(schema.images.c.id == image_id).values(layers=json.dumps(chain))
+            )
 
     async def _fail(self, writer: BuildLog, image_id: str, message: str, rebuild: bool = False) -> None:
         writer.write(f"Image build failed: {message}\n")
@@ -309,17 +359,25 @@ class ImageService:
         if rebuild:
             # The built layers stay in use; whoever forced this rebuild is told it failed.
             self._failed_rebuilds[image_id] = message
-            log.warning("image %s: forced rebuild failed, keeping the built layers: %s", image_id, message.splitlines()[0])
+            log.warning(
+                "image %s: forced rebuild failed, keeping the built layers: %s",
+                image_id,
+                message.splitlines()[0],
+            )
             return
         with self.engine.begin() as connection:
             connection.execute(
-                schema.images.update().where(schema.images.c.id == image_id).values(status=FAILURE, exception=message)
+                schema.images.update()
+                .where(schema.images.c.id == image_id)
+                .values(status=FAILURE, exception=message)
             )
         log.warning("image %s failed: %s", image_id, message.splitlines()[0])
 
     def _definition(self, image_id: str) -> api_pb2.Image:
         with self.engine.connect() as connection:
-            data = connection.execute(sa.select(schema.images.c.definition).where(schema.images.c.id == image_id)).scalar_one()
+            data = connection.execute(
+                sa.select(schema.images.c.definition).where(schema.images.c.id == image_id)
+            ).scalar_one()
         return api_pb2.Image.FromString(data)
 
     async def _wait_for_parent(self, workspace_id: str, parent_id: str) -> ParentImage:
@@ -328,12 +386,19 @@ class ImageService:
             with self.notifier.listen(f"image:{parent_id}") as listener:
                 with self.engine.connect() as connection:
                     row = connection.execute(
-                        sa.select(schema.images).where(schema.images.c.id == parent_id, schema.images.c.workspace_id == workspace_id)
+                        sa.select(schema.images).where(
+                            schema.images.c.id == parent_id, schema.images.c.workspace_id == workspace_id
+                        )
                     ).first()
                 if row is None:
                     raise BuildFailed(f"base image {parent_id} does not exist")
                 if row.status == SUCCESS and row.layers:
-                    return ParentImage(parent_id, json.loads(row.layers), ImageConfig.from_json(json.loads(row.config)), row.top_key)
+                    return ParentImage(
+                        parent_id,
+                        json.loads(row.layers),
+                        ImageConfig.from_json(json.loads(row.config)),
+                        row.top_key,
+                    )
                 if row.status == FAILURE:
                     raise BuildFailed(f"its base image {parent_id} failed to build: {row.exception}")
                 if time.monotonic() > deadline:
@@ -345,12 +410,26 @@ class ImageService:
         entries: list[tuple[str, str, int, Callable[[Path], None]]] = []
         for context_file in definition.context_files:
             data = context_file.data
-            entries.append((context_file.filename, hashlib.sha256(data).hexdigest(), 0o644, lambda p, d=data: p.write_bytes(d)))
+            entries.append(
+                (
+                    context_file.filename,
+                    hashlib.sha256(data).hexdigest(),
+                    0o644,
+                    lambda p, d=data: p.write_bytes(d),
+                )
+            )
         if definition.context_mount_id:
             _, files = self.mounts.files(definition.context_mount_id)
             for file in files:
                 source = self.blob_path(str(file["blob_id"]))
-                entries.append((str(file["path"]), str(file["sha256"]), int(file["mode"]), lambda p, s=source: shutil.copyfile(s, p)))  # type: ignore[call-overload,misc]
+                entries.append(
+                    (
+                        str(file["path"]),
+                        str(file["sha256"]),
+                        int(file["mode"]),
+                        lambda p, s=source: shutil.copyfile(s, p),
+                    )
+                )  # type: ignore[call-overload,misc]
         if not entries:
             return None, ""
         digest = hashlib.sha256()
@@ -373,7 +452,9 @@ class ImageService:
         i = schema.images
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(i.c.status, i.c.exception, i.c.config).where(i.c.id == image_id, i.c.workspace_id == workspace_id)
+                sa.select(i.c.status, i.c.exception, i.c.config).where(
+                    i.c.id == image_id, i.c.workspace_id == workspace_id
+                )
             ).first()
         if row is None:
             raise errors.not_found(f"image {image_id} not found")
@@ -388,7 +469,9 @@ class ImageService:
         logs = schema.image_build_logs
         with self.engine.connect() as connection:
             rows = connection.execute(
-                sa.select(logs.c.seq, logs.c.data).where(logs.c.image_id == image_id, logs.c.seq > after_seq).order_by(logs.c.seq)
+                sa.select(logs.c.seq, logs.c.data)
+                .where(logs.c.image_id == image_id, logs.c.seq > after_seq)
+                .order_by(logs.c.seq)
             ).all()
         return [(row.seq, row.data) for row in rows]
 
@@ -396,7 +479,9 @@ class ImageService:
         """What a container of this image mounts (overlay lowerdirs, topmost first) and its config."""
         i = schema.images
         with self.engine.connect() as connection:
-            row = connection.execute(sa.select(i.c.status, i.c.layers, i.c.config).where(i.c.id == image_id)).first()
+            row = connection.execute(
+                sa.select(i.c.status, i.c.layers, i.c.config).where(i.c.id == image_id)
+            ).first()
         if row is None or row.status != SUCCESS or not row.layers:
             raise LookupError(f"image {image_id} is not built; run the app again to build it")
         return self.layers.lower_dirs(json.loads(row.layers)), ImageConfig.from_json(json.loads(row.config))
@@ -441,9 +526,12 @@ class BuildLog:
             return
         self.seq += 1
         with self.engine.begin() as connection:
-            connection.execute(schema.image_build_logs.insert().values(image_id=self.image_id, seq=self.seq, data="".join(chunks)))
+            connection.execute(
+                schema.image_build_logs.insert().values(
+                    image_id=self.image_id, seq=self.seq, data="".join(chunks)
+                )
+            )
         self.notifier.notify(f"image:{self.image_id}")
-
 
 
 # -- inventory (the `homeport images` commands) ------------------------------------------
@@ -479,7 +567,11 @@ def list_images(engine: sa.Engine, layers: LayerStore) -> list[dict[str, object]
     for row in rows:
         chain = json.loads(row.layers) if row.layers else []
         definition = api_pb2.Image.FromString(row.definition)
-        steps = [command for command in definition.dockerfile_commands if command.strip() and not command.startswith("FROM base")]
+        steps = [
+            command
+            for command in definition.dockerfile_commands
+            if command.strip() and not command.startswith("FROM base")
+        ]
         images.append(
             {
                 "id": row.id,
@@ -499,7 +591,9 @@ def prune_layers(engine: sa.Engine, layers: LayerStore) -> tuple[list[str], int]
     Failed images keep nothing: their layers go unless a live image shares them."""
     i = schema.images
     with engine.connect() as connection:
-        rows = connection.execute(sa.select(i.c.layers).where(i.c.status != FAILURE, i.c.layers.is_not(None))).all()
+        rows = connection.execute(
+            sa.select(i.c.layers).where(i.c.status != FAILURE, i.c.layers.is_not(None))
+        ).all()
     live = {ref for row in rows for ref in json.loads(row.layers)}
     removed, freed = [], 0
     for ref in layers.all_refs():

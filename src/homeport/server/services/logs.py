@@ -39,7 +39,11 @@ class LogService:
         with self.engine.begin() as connection:
             connection.execute(
                 schema.logs.insert().values(
-                    app_id=app_id, task_id=task_id, function_id=function_id, file_descriptor=fd, data=data,
+                    app_id=app_id,
+                    task_id=task_id,
+                    function_id=function_id,
+                    file_descriptor=fd,
+                    data=data,
                     timestamp=time.time(),
                 )
             )
@@ -70,6 +74,13 @@ class LogService:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return [
-            LogEntry(row.seq, row.task_id or "", row.function_id or "", row.file_descriptor, row.data, row.timestamp)
+            LogEntry(
+                row.seq,
+                row.task_id or "",
+                row.function_id or "",
+                row.file_descriptor,
+                row.data,
+                row.timestamp,
+            )
             for row in rows
         ]

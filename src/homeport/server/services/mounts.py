@@ -49,11 +49,15 @@ class MountService:
             blob_id = self.blobs.put_bytes(content)
         with self.engine.begin() as connection:
             exists = connection.execute(
-                sa.select(schema.mount_contents.c.sha256_hex).where(schema.mount_contents.c.sha256_hex == sha256_hex)
+                sa.select(schema.mount_contents.c.sha256_hex).where(
+                    schema.mount_contents.c.sha256_hex == sha256_hex
+                )
             ).first()
             if exists is None:
                 connection.execute(
-                    schema.mount_contents.insert().values(sha256_hex=sha256_hex, blob_id=blob_id, size=len(content))
+                    schema.mount_contents.insert().values(
+                        sha256_hex=sha256_hex, blob_id=blob_id, size=len(content)
+                    )
                 )
 
     def create(self, workspace_id: str | None, name: str | None, files: list[dict[str, object]]) -> str:
@@ -85,7 +89,13 @@ class MountService:
                 return str(row.id)
             mount_id = ids.new_id("mount")
             connection.execute(
-                m.insert().values(id=mount_id, workspace_id=None, name=CLIENT_MOUNT_NAME, files=b"[]", created_at=time.time())
+                m.insert().values(
+                    id=mount_id,
+                    workspace_id=None,
+                    name=CLIENT_MOUNT_NAME,
+                    files=b"[]",
+                    created_at=time.time(),
+                )
             )
             return mount_id
 
@@ -108,7 +118,9 @@ class MountService:
             hashes = [f["sha256"] for f in files]
             blob_ids = {
                 r.sha256_hex: r.blob_id
-                for r in connection.execute(sa.select(c.c.sha256_hex, c.c.blob_id).where(c.c.sha256_hex.in_(hashes)))
+                for r in connection.execute(
+                    sa.select(c.c.sha256_hex, c.c.blob_id).where(c.c.sha256_hex.in_(hashes))
+                )
             }
         for f in files:
             f["blob_id"] = blob_ids[f["sha256"]]

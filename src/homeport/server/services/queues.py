@@ -46,11 +46,16 @@ class QueueService:
                 )
             connection.execute(
                 q.insert(),
-                [{"queue_id": queue_id, "partition_key": partition, "value": v, "expires_at": expires} for v in values],
+                [
+                    {"queue_id": queue_id, "partition_key": partition, "value": v, "expires_at": expires}
+                    for v in values
+                ],
             )
             # Every item of a partition shares the newest put's expiry, as on Modal.
             connection.execute(
-                q.update().where(q.c.queue_id == queue_id, q.c.partition_key == partition).values(expires_at=expires)
+                q.update()
+                .where(q.c.queue_id == queue_id, q.c.partition_key == partition)
+                .values(expires_at=expires)
             )
         self.notifier.notify(items_key(queue_id, partition))
 
@@ -77,12 +82,16 @@ class QueueService:
                     taken.append(row.value)
         return taken
 
-    def peek_after(self, queue_id: str, partition: bytes, after_seq: int, limit: int = 100) -> list[tuple[int, bytes]]:
+    def peek_after(
+        self, queue_id: str, partition: bytes, after_seq: int, limit: int = 100
+    ) -> list[tuple[int, bytes]]:
         with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.select(q.c.seq, q.c.value)
                 .where(
-                    q.c.queue_id == queue_id, q.c.partition_key == partition, q.c.seq > after_seq,
+                    q.c.queue_id == queue_id,
+                    q.c.partition_key == partition,
+                    q.c.seq > after_seq,
                     q.c.expires_at > time.time(),
                 )
                 .order_by(q.c.seq)

@@ -55,17 +55,24 @@ class StorageObjectService:
         """Resolve a `*GetOrCreate` request. Returns (object, created)."""
         label = KIND_LABEL[kind]
         now = time.time()
-        if creation_type in (api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL, api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP):
+        if creation_type in (
+            api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL,
+            api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP,
+        ):
             if name:
                 raise errors.invalid_argument(f"an ephemeral or app-owned {label} has no name (got {name!r})")
             ephemeral = creation_type == api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL
-            return self._insert(kind, workspace_id, environment_name, None, app_id or None, ephemeral, now), True
+            return self._insert(
+                kind, workspace_id, environment_name, None, app_id or None, ephemeral, now
+            ), True
         if not name:
             raise errors.invalid_argument(f"a {label} lookup needs a name")
         existing = self.by_name(kind, workspace_id, environment_name, name)
         if existing is not None:
             if creation_type == api_pb2.OBJECT_CREATION_TYPE_CREATE_FAIL_IF_EXISTS:
-                raise errors.already_exists(f"{label} '{name}' already exists in environment '{environment_name}'")
+                raise errors.already_exists(
+                    f"{label} '{name}' already exists in environment '{environment_name}'"
+                )
             return existing, False
         if creation_type in (
             api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING,
@@ -85,15 +92,28 @@ class StorageObjectService:
         )
 
     def _insert(
-        self, kind: str, workspace_id: str, environment_name: str, name: str | None, app_id: str | None,
-        ephemeral: bool, now: float,
+        self,
+        kind: str,
+        workspace_id: str,
+        environment_name: str,
+        name: str | None,
+        app_id: str | None,
+        ephemeral: bool,
+        now: float,
     ) -> StorageObject:
         object_id = ids.new_id(kind)
         with self.engine.begin() as connection:
             connection.execute(
                 schema.storage_objects.insert().values(
-                    id=object_id, kind=kind, workspace_id=workspace_id, environment_name=environment_name,
-                    name=name, owner_app_id=app_id, ephemeral=ephemeral, last_heartbeat_at=now, created_at=now,
+                    id=object_id,
+                    kind=kind,
+                    workspace_id=workspace_id,
+                    environment_name=environment_name,
+                    name=name,
+                    owner_app_id=app_id,
+                    ephemeral=ephemeral,
+                    last_heartbeat_at=now,
+                    created_at=now,
                 )
             )
         return StorageObject(object_id, kind, workspace_id, environment_name, name, now)
@@ -102,7 +122,9 @@ class StorageObjectService:
         o = schema.storage_objects
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(o.c.id, o.c.kind, o.c.workspace_id, o.c.environment_name, o.c.name, o.c.created_at).where(
+                sa.select(
+                    o.c.id, o.c.kind, o.c.workspace_id, o.c.environment_name, o.c.name, o.c.created_at
+                ).where(
                     o.c.workspace_id == workspace_id,
                     o.c.environment_name == environment_name,
                     o.c.kind == kind,
@@ -116,9 +138,9 @@ class StorageObjectService:
         o = schema.storage_objects
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(o.c.id, o.c.kind, o.c.workspace_id, o.c.environment_name, o.c.name, o.c.created_at).where(
-                    o.c.id == object_id, o.c.kind == kind
-                )
+                sa.select(
+                    o.c.id, o.c.kind, o.c.workspace_id, o.c.environment_name, o.c.name, o.c.created_at
+                ).where(o.c.id == object_id, o.c.kind == kind)
             ).first()
         if row is None or row.workspace_id != workspace_id:
             raise errors.not_found(f"{KIND_LABEL[kind]} {object_id} not found (it may have been deleted)")
@@ -155,7 +177,9 @@ class StorageObjectService:
                 remove = self._on_delete.get(kind)
                 if remove is not None:
                     remove(connection, object_id)
-                connection.execute(schema.storage_objects.delete().where(schema.storage_objects.c.id == object_id))
+                connection.execute(
+                    schema.storage_objects.delete().where(schema.storage_objects.c.id == object_id)
+                )
 
     def rename(self, kind: str, workspace_id: str, object_id: str, new_name: str) -> None:
         found = self.get(kind, workspace_id, object_id)
@@ -165,7 +189,9 @@ class StorageObjectService:
             raise errors.already_exists(f"{KIND_LABEL[kind]} '{new_name}' already exists")
         with self.engine.begin() as connection:
             connection.execute(
-                schema.storage_objects.update().where(schema.storage_objects.c.id == object_id).values(name=new_name)
+                schema.storage_objects.update()
+                .where(schema.storage_objects.c.id == object_id)
+                .values(name=new_name)
             )
 
     def heartbeat(self, kind: str, workspace_id: str, object_id: str) -> None:

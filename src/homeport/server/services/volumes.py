@@ -84,7 +84,9 @@ class VolumeService:
     def entries(self, volume_id: str) -> dict[str, Entry]:
         with self.engine.connect() as connection:
             rows = connection.execute(
-                sa.select(v.c.path, v.c.is_dir, v.c.size, v.c.mode, v.c.mtime, v.c.sha256).where(v.c.volume_id == volume_id)
+                sa.select(v.c.path, v.c.is_dir, v.c.size, v.c.mode, v.c.mtime, v.c.sha256).where(
+                    v.c.volume_id == volume_id
+                )
             ).all()
         return {row.path: Entry(*row) for row in rows}
 
@@ -110,7 +112,7 @@ class VolumeService:
         for entry in entries.values():
             if not entry.path.startswith(prefix) or entry.path == path:
                 continue
-            if recursive or "/" not in entry.path[len(prefix):]:
+            if recursive or "/" not in entry.path[len(prefix) :]:
                 found.append(entry)
         return sorted(found, key=lambda e: e.path)
 
@@ -120,8 +122,13 @@ class VolumeService:
         connection.execute(v.delete().where(v.c.volume_id == volume_id, v.c.path == entry.path))
         connection.execute(
             v.insert().values(
-                volume_id=volume_id, path=entry.path, is_dir=entry.is_dir, size=entry.size, mode=entry.mode,
-                mtime=entry.mtime, sha256=entry.sha256,
+                volume_id=volume_id,
+                path=entry.path,
+                is_dir=entry.is_dir,
+                size=entry.size,
+                mode=entry.mode,
+                mtime=entry.mtime,
+                sha256=entry.sha256,
             )
         )
 
@@ -131,7 +138,9 @@ class VolumeService:
         ).first()
         if existing is None:
             connection.execute(
-                v.insert().values(volume_id=volume_id, path=path, is_dir=True, size=0, mode=0o755, mtime=mtime)
+                v.insert().values(
+                    volume_id=volume_id, path=path, is_dir=True, size=0, mode=0o755, mtime=mtime
+                )
             )
         elif not existing.is_dir:
             raise errors.already_exists(f"'{path}' is a file in the volume, not a directory")
@@ -140,7 +149,9 @@ class VolumeService:
         path = normalize(path)
         if not path:
             if not recursive:
-                raise errors.invalid_argument("removing the volume root needs recursive=True (`modal volume rm -r`)")
+                raise errors.invalid_argument(
+                    "removing the volume root needs recursive=True (`modal volume rm -r`)"
+                )
         with self.engine.begin() as connection:
             if path:
                 row = connection.execute(
@@ -157,7 +168,9 @@ class VolumeService:
                         raise errors.failed_precondition(
                             f"'{path}' is a directory that is not empty; remove it with recursive=True (`rm -r`)"
                         )
-                connection.execute(v.delete().where(v.c.volume_id == volume_id, sa.or_(v.c.path == path, children)))
+                connection.execute(
+                    v.delete().where(v.c.volume_id == volume_id, sa.or_(v.c.path == path, children))
+                )
             else:
                 connection.execute(v.delete().where(v.c.volume_id == volume_id))
 
@@ -170,11 +183,20 @@ class VolumeService:
             for source in map(normalize, sources):
                 if source not in entries:
                     raise errors.not_found(f"no file or directory '{source}' in the volume")
-                base = f"{destination}/{PurePosixPath(source).name}".lstrip("/") if into_directory else destination
+                base = (
+                    f"{destination}/{PurePosixPath(source).name}".lstrip("/")
+                    if into_directory
+                    else destination
+                )
                 if entries[source].is_dir and not recursive:
-                    raise errors.invalid_argument(f"'{source}' is a directory; copy it with recursive=True (`cp -r`)")
-                for entry in [entries[source], *(e for e in entries.values() if e.path.startswith(source + "/"))]:
-                    target = base + entry.path[len(source):]
+                    raise errors.invalid_argument(
+                        f"'{source}' is a directory; copy it with recursive=True (`cp -r`)"
+                    )
+                for entry in [
+                    entries[source],
+                    *(e for e in entries.values() if e.path.startswith(source + "/")),
+                ]:
+                    target = base + entry.path[len(source) :]
                     self._upsert(connection, volume_id, dataclasses.replace(entry, path=target, mtime=now))
 
     # --- contents ------------------------------------------------------------------------
@@ -232,7 +254,9 @@ class VolumeService:
             if path in existing and existing[path].is_dir:
                 raise errors.already_exists(f"'{path}' is a directory in the volume")
             if disallow_overwrite and path in existing:
-                raise errors.already_exists(f"'{path}' already exists in the volume; use --force to overwrite it")
+                raise errors.already_exists(
+                    f"'{path}' already exists in the volume; use --force to overwrite it"
+                )
             sha256_hex, stored = self._store(self._assemble(blocks, size))
             written.append(Entry(path, False, stored, mode or 0o644, time.time(), sha256_hex))
         with self.engine.begin() as connection:

@@ -25,7 +25,9 @@ def sanitize(text: str) -> str:
     return re.sub(r"-{2,}", "-", label)
 
 
-def host_label(workspace_name: str, app_name: str, function_tag: str, requested: str, suffix: str = "") -> str:
+def host_label(
+    workspace_name: str, app_name: str, function_tag: str, requested: str, suffix: str = ""
+) -> str:
     if requested:
         if sanitize(requested) != requested:
             raise errors.invalid_argument(
@@ -62,8 +64,14 @@ class WebEndpointService:
     def resolve(self, label: str) -> Endpoint | None:
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(w.c.host_label, w.c.workspace_id, w.c.app_id, w.c.function_id, w.c.method_name, w.c.requires_proxy_auth)
-                .where(w.c.host_label == label)
+                sa.select(
+                    w.c.host_label,
+                    w.c.workspace_id,
+                    w.c.app_id,
+                    w.c.function_id,
+                    w.c.method_name,
+                    w.c.requires_proxy_auth,
+                ).where(w.c.host_label == label)
             ).first()
         return Endpoint(*row) if row else None
 
