@@ -278,8 +278,10 @@ def images_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl
     table = Table("Image", "Status", "Layers", "Size", "Base", "Built", "Last step", box=None)
     for image in list_images(engine, layers):
         built = (
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(image["built_at"])) if image["built_at"] else "-"
-        )  # type: ignore[arg-type]
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(float(str(image["built_at"]))))
+            if image["built_at"]
+            else "-"
+        )
         step = str(image["last_step"])
         table.add_row(
             str(image["id"]), str(image["status"]), str(image["layers"]), _size(image["size"]),  # type: ignore[arg-type]

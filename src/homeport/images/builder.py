@@ -451,11 +451,11 @@ def _apply_metadata(
             raise BuildFailed(
                 f'`{instruction.source}`: SHELL takes the JSON form, e.g. SHELL ["/bin/bash", "-c"]'
             )
-        value = exec_form if exec_form is not None else [*config.shell, instruction.arguments]
+        command = exec_form if exec_form is not None else [*config.shell, instruction.arguments]
         if keyword == "ENTRYPOINT":
-            config.entrypoint = value
+            config.entrypoint = command
         elif keyword == "CMD":
-            config.cmd = value
+            config.cmd = command
         else:
-            config.shell = value
+            config.shell = command
     # LABEL and EXPOSE change nothing a Homeport container uses.

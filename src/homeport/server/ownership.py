@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -86,10 +86,10 @@ def id_field_tree(descriptor: Descriptor, _visiting: frozenset[str] = frozenset(
     for field in descriptor.fields:
         if _is_id_field(field):
             tree[field.name] = (field.is_repeated, None)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name not in _visiting:
-            if field.message_type.GetOptions().map_entry:
+        elif (child := field.message_type) is not None and child.full_name not in _visiting:
+            if child.GetOptions().map_entry:
                 continue  # map<string, ...> keys are names, not ids
-            below = id_field_tree(field.message_type, _visiting | {descriptor.full_name})
+            below = id_field_tree(child, _visiting | {descriptor.full_name})
             if below:
                 tree[field.name] = (field.is_repeated, below)
     return tree
@@ -124,7 +124,7 @@ class OwnershipCheck:
         name = request.DESCRIPTOR.full_name
         tree = self._trees.get(name)
         if tree is None:
-            tree = self._trees[name] = id_field_tree(request.DESCRIPTOR)
+            tree = self._trees[name] = id_field_tree(cast(Descriptor, request.DESCRIPTOR))
         if not tree:
             return
         wanted: dict[str, list[str]] = {}

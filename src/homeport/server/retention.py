@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -26,7 +27,7 @@ log = logging.getLogger("homeport.retention")
 BLOBS_PER_PASS = 1000
 
 
-def _unneeded_blobs(cutoff: float) -> sa.Select[tuple[str]]:
+def _unneeded_blobs(cutoff: float) -> sa.Select[Any]:
     b, i = schema.blobs, schema.inputs
 
     def held_by(table: sa.Table, *conditions: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:

@@ -31,7 +31,7 @@ from homeport.server.notify import poll
 from homeport.server.services import autoscaling
 from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
-from homeport.server.services.calls import CLAIMED, PENDING, CallService, outputs_key, queue_key
+from homeport.server.services.calls import CLAIMED, PENDING, CallService, StoredOutput, outputs_key, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.services.volumes import volume_metadata
@@ -300,7 +300,7 @@ class Scheduler:
             )
             self.calls.enqueue(call_id, function_id, [(0, function_input)])
             self.wake()
-            outputs = []
+            outputs: list[StoredOutput] = []
             while not outputs:
                 outputs = await poll(
                     self.notifier,

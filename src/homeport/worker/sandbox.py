@@ -299,13 +299,12 @@ class SandboxRuntime:
         zygote = None
         # Forked containers get a network namespace of their own: with no bridge (containers
         # on the host's network) they start the ordinary way.
+        image = spec.zygote if isinstance(spec.zygote, ZygoteImage) else None
         forkable = (
-            isinstance(spec.zygote, ZygoteImage)
-            and spec.zygote.accepts(spec)
-            and (not spec.network or self.network is not None)
+            image is not None and image.accepts(spec) and (not spec.network or self.network is not None)
         )
-        if self.zygotes is not None and forkable:
-            zygote = await self.zygotes.get(spec.zygote)
+        if self.zygotes is not None and image is not None and forkable:
+            zygote = await self.zygotes.get(image)
         if zygote is not None:
             try:
                 return await zygote.fork(spec, prepared, self.network, on_output)

@@ -19,12 +19,12 @@ MAX_POLL_S = 55.0
 def _batches(entries: list[LogEntry]) -> list[api_pb2.TaskLogsBatch]:
     batches = []
     for (task_id, function_id), group in itertools.groupby(entries, key=lambda e: (e.task_id, e.function_id)):
-        group = list(group)
+        grouped = list(group)
         batches.append(
             api_pb2.TaskLogsBatch(
                 task_id=task_id,
                 function_id=function_id,
-                entry_id=str(group[-1].seq),
+                entry_id=str(grouped[-1].seq),
                 items=[
                     api_pb2.TaskLogs(
                         data=e.data,
@@ -32,7 +32,7 @@ def _batches(entries: list[LogEntry]) -> list[api_pb2.TaskLogsBatch]:
                         timestamp=e.timestamp,
                         container_id=e.task_id,
                     )
-                    for e in group
+                    for e in grouped
                 ],
             )
         )

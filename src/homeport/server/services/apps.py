@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 import time
@@ -276,7 +277,7 @@ class AppService:
             )
             return [AppRow(*row) for row in rows]
 
-    def stale_ephemeral_apps(self) -> list[str]:
+    def stale_ephemeral_apps(self) -> builtins.list[str]:
         a = schema.apps
         cutoff = time.time() - EPHEMERAL_HEARTBEAT_TIMEOUT_S
         with self.engine.connect() as connection:
@@ -312,7 +313,7 @@ class AppService:
         definition: api_pb2.Function,
         metadata: api_pb2.FunctionHandleMetadata,
         schedule_next_at: float | None,
-        gpu_options: list[tuple[str, int]] | None = None,
+        gpu_options: builtins.list[tuple[str, int]] | None = None,
     ) -> None:
         values = dict(
             keep_warm=_keeps_warm(definition),
@@ -358,7 +359,7 @@ class AppService:
             ).first()
         return _function_row(row) if row else None
 
-    def app_functions(self, app_id: str) -> list[FunctionRow]:
+    def app_functions(self, app_id: str) -> builtins.list[FunctionRow]:
         f = schema.functions
         with self.engine.connect() as connection:
             rows = connection.execute(sa.select(f).where(f.c.app_id == app_id, f.c.parent_id.is_(None)))
@@ -424,7 +425,7 @@ class AppService:
                 .values(definition=definition.SerializeToString(), keep_warm=_keeps_warm(definition))
             )
 
-    def warm_functions(self) -> list[str]:
+    def warm_functions(self) -> builtins.list[str]:
         """Functions of live apps that keep containers without inputs (min/buffer containers)."""
         f, a = schema.functions, schema.apps
         with self.engine.connect() as connection:
@@ -435,7 +436,7 @@ class AppService:
             )
             return [row.id for row in rows]
 
-    def due_schedules(self, now: float) -> list[FunctionRow]:
+    def due_schedules(self, now: float) -> builtins.list[FunctionRow]:
         f, a = schema.functions, schema.apps
         with self.engine.connect() as connection:
             rows = connection.execute(

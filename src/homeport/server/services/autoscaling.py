@@ -29,7 +29,7 @@ def autoscaling(definition: api_pb2.Function, default_scaledown_s: float) -> Aut
     settings = definition.autoscaler_settings
 
     def pick(field: str, legacy: int) -> int:
-        return getattr(settings, field) if settings.HasField(field) else legacy  # type: ignore[no-any-return]
+        return getattr(settings, field) if settings.HasField(field) else legacy  # type: ignore[no-any-return,arg-type]
 
     return Autoscaling(
         min_containers=pick("min_containers", definition.warm_pool_size),

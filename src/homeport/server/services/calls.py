@@ -191,7 +191,7 @@ class CallService:
         ]
         if rows:
             connection.execute(schema.inputs.insert(), rows)
-        return [row["id"] for row in rows]
+        return [str(row["id"]) for row in rows]
 
     def pending_counts(self) -> dict[str, int]:
         """Number of runnable inputs per function."""
@@ -246,11 +246,13 @@ class CallService:
     def claimed_by(self, task_id: str) -> list[sa.Row]:
         i = schema.inputs
         with self.engine.connect() as connection:
-            return connection.execute(
-                sa.select(i.c.id, i.c.function_call_id, i.c.function_id, i.c.claimed_at, i.c.attempt).where(
-                    i.c.task_id == task_id, i.c.state == CLAIMED
-                )
-            ).all()
+            return list(
+                connection.execute(
+                    sa.select(
+                        i.c.id, i.c.function_call_id, i.c.function_id, i.c.claimed_at, i.c.attempt
+                    ).where(i.c.task_id == task_id, i.c.state == CLAIMED)
+                ).all()
+            )
 
     # --- outputs ---------------------------------------------------------------------
 
@@ -281,7 +283,7 @@ class CallService:
             if row is None:
                 return False
             retries = retry_policy.retries if retry_policy is not None else 0
-            if retryable and row.attempt < retries and not row.cancelled:
+            if retry_policy is not None and retryable and row.attempt < retries and not row.cancelled:
                 attempt = row.attempt + 1
                 connection.execute(
                     i.update()

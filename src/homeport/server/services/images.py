@@ -9,6 +9,7 @@ next time the image is asked for, reusing the layers of the steps that succeeded
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -415,7 +416,7 @@ class ImageService:
                     context_file.filename,
                     hashlib.sha256(data).hexdigest(),
                     0o644,
-                    lambda p, d=data: p.write_bytes(d),
+                    functools.partial(_write_bytes, data=data),
                 )
             )
         if definition.context_mount_id:
@@ -427,9 +428,9 @@ class ImageService:
                         str(file["path"]),
                         str(file["sha256"]),
                         int(file["mode"]),
-                        lambda p, s=source: shutil.copyfile(s, p),
+                        functools.partial(_copy_file, source),
                     )
-                )  # type: ignore[call-overload,misc]
+                )
         if not entries:
             return None, ""
         digest = hashlib.sha256()
@@ -603,3 +604,11 @@ def prune_layers(engine: sa.Engine, layers: LayerStore) -> tuple[list[str], int]
         layers.remove(ref)
         removed.append(ref)
     return removed, freed
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _copy_file(source: Path, path: Path) -> None:
+    shutil.copyfile(source, path)

@@ -8,6 +8,7 @@ in that kind's own service.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import time
 from collections.abc import Callable
@@ -171,7 +172,7 @@ class StorageObjectService:
         self.get(kind, workspace_id, object_id)
         self._delete([object_id], kind)
 
-    def _delete(self, object_ids: list[str], kind: str) -> None:
+    def _delete(self, object_ids: builtins.list[str], kind: str) -> None:
         with self.engine.begin() as connection:
             for object_id in object_ids:
                 remove = self._on_delete.get(kind)

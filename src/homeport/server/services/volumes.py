@@ -11,6 +11,7 @@ container's own changes first, then brings the copy up to the latest committed s
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
 import os
@@ -174,7 +175,7 @@ class VolumeService:
             else:
                 connection.execute(v.delete().where(v.c.volume_id == volume_id))
 
-    def copy(self, volume_id: str, sources: list[str], destination: str, recursive: bool) -> None:
+    def copy(self, volume_id: str, sources: builtins.list[str], destination: str, recursive: bool) -> None:
         entries = self.entries(volume_id)
         destination = normalize(destination)
         into_directory = len(sources) > 1 or (destination in entries and entries[destination].is_dir)
@@ -233,8 +234,11 @@ class VolumeService:
         return self.layout.volume_block(sha256_hex)
 
     def put_files(
-        self, volume_id: str, files: list[tuple[str, int, int, list[str]]], disallow_overwrite: bool
-    ) -> list[tuple[int, int]]:
+        self,
+        volume_id: str,
+        files: builtins.list[tuple[str, int, int, builtins.list[str]]],
+        disallow_overwrite: bool,
+    ) -> builtins.list[tuple[int, int]]:
         """The v2 upload: each file is (path, size, mode, block sha256s). Returns the
         (file index, block index) pairs still missing; once none are, writes the files."""
         missing = [
@@ -264,7 +268,7 @@ class VolumeService:
                 self._upsert(connection, volume_id, entry)
         return []
 
-    def _assemble(self, blocks: list[str], size: int) -> Iterator[bytes]:
+    def _assemble(self, blocks: builtins.list[str], size: int) -> Iterator[bytes]:
         for index, block in enumerate(blocks):
             expected = min(BLOCK_SIZE, size - index * BLOCK_SIZE)
             produced = 0
