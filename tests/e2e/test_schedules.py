@@ -34,3 +34,27 @@ def test_period_schedule_runs_repeatedly_until_the_app_stops(server: Server, tmp
         run_python(server, "import modal\nprint('LEFT', modal.Queue.from_name('ticker-ticks').len())\n")
     )
     assert "LEFT 0" in left  # no more runs once stopped
+
+
+def test_a_schedule_fires_while_an_ephemeral_app_runs_and_stops_with_it(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app_file = tmp_path / "ephemeral_ticker.py"
+    app_file.write_text(
+        "import time, modal\napp = modal.App('ephemeral-ticker')\n"
+        "@app.function(schedule=modal.Period(seconds=2))\n"
+        "def tick():\n    modal.Queue.from_name('ephemeral-ticks', create_if_missing=True).put(time.time())\n"
+    )
+    script = (
+        "import modal, time\nfrom ephemeral_ticker import app\n"
+        "q = modal.Queue.from_name('ephemeral-ticks', create_if_missing=True)\n"
+        "with app.run():\n"
+        "    print('STAMPS', [q.get(timeout=30) for _ in range(2)])\n"
+    )
+    text = assert_ok(run_python(server, script, cwd=tmp_path))
+    assert text.count(".") >= 2 and "STAMPS [" in text
+    time.sleep(1)
+    assert_ok(run_python(server, "import modal\nmodal.Queue.from_name('ephemeral-ticks').clear()\n"))
+    time.sleep(5)
+    left = assert_ok(
+        run_python(server, "import modal\nprint('LEFT', modal.Queue.from_name('ephemeral-ticks').len())\n")
+    )
+    assert "LEFT 0" in left  # no more runs once the app has stopped

@@ -51,6 +51,19 @@ def test_deploy_prints_each_url_and_get_web_url_returns_it(server: Server, deplo
     assert f"http://main--webapp-echo.localhost:{port}" in text
 
 
+def test_the_printed_url_opens_from_python_on_this_machine(server: Server, deployed: str) -> None:
+    """Python's resolver (glibc) finds *.localhost once scripts/install has set up nss-myhostname."""
+    text = assert_ok(
+        run_python(
+            server,
+            "import json, urllib.request, modal\n"
+            "url = modal.Function.from_name('webapp', 'hello').get_web_url()\n"
+            "print('GOT', json.load(urllib.request.urlopen(url + '?name=python', timeout=30)))\n",
+        )
+    )
+    assert "GOT {'hello': 'python'}" in text
+
+
 def test_fastapi_endpoint_json_and_query(server: Server, deployed: str) -> None:
     status, _, body = request(
         server,

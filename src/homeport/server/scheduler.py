@@ -96,6 +96,34 @@ class VolumeView:
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
+class StartBackoff:
+    """Containers of one function that keep ending before they are ready: each start after
+    the second such failure in a row waits twice as long (up to a minute)."""
+
+    MAX_DELAY_S = 60.0
+
+    def __init__(self) -> None:
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}
+
+    def failed(self, function_id: str) -> float:
+        """Record a start that failed; returns how long the next one waits."""
+        count = self._failures[function_id] = self._failures.get(function_id, 0) + 1
+        delay = 0.0 if count < 2 else min(2.0 ** (count - 2), self.MAX_DELAY_S)
+        self._not_before[function_id] = time.monotonic() + delay
+        return delay
+
+    def succeeded(self, function_id: str) -> None:
+        self._failures.pop(function_id, None)
+        self._not_before.pop(function_id, None)
+
+    def failures(self, function_id: str) -> int:
+        return self._failures.get(function_id, 0)
+
+    def waiting(self, function_id: str) -> bool:
+        return time.monotonic() < self._not_before.get(function_id, 0.0)
+
+
 @dataclasses.dataclass
 class RunningContainer:
     task_id: str
@@ -108,6 +136,9 @@ class RunningContainer:
     idle_timeout_s: float
     inputs: dict[str, float] = dataclasses.field(default_factory=dict)  # input id -> claimed at
     hello: bool = False
+    # It has asked for its first input: imports and @enter hooks are done. Its idle clock
+    # starts then (client 1.6.4 sends ContainerHello before running them).
+    ready: bool = False
     last_active: float = dataclasses.field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set once we decided to stop it
     stop_requested_at: float | None = None
@@ -206,6 +237,7 @@ class Scheduler:
         self.control_socket = control_socket
         self.containers: dict[str, RunningContainer] = {}
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
+        self.start_backoff = StartBackoff()
         self._wake = asyncio.Event()
         self._cpu = CpuMeter()
         self.gpus = GpuPool(detect_gpus())
@@ -345,6 +377,8 @@ class Scheduler:
                 # Inputs whose retry delay just ended notify nobody by themselves:
                 # wake the containers polling for this function.
                 self.notifier.notify(queue_key(function_id), limit=count)
+            if self.start_backoff.waiting(function_id):
+                continue
             try:
                 function, definition, params, app = self._resolve(function_id)
             except Exception as error:
@@ -456,9 +490,12 @@ class Scheduler:
         return len(mine) - 1 >= self._warm_target(definition, mine)
 
     def _gpu_options(self, function) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
-        """(model, count) choices in rank order; class instances inherit their class's."""
+        """(model, count) choices in rank order; class instances inherit their class's unless
+        `with_options(gpu=...)` names another."""
         if function.gpu_options or not function.parent_id:
             return function.gpu_options  # type: ignore[no-any-return]
+        if function.options is not None and (chosen := catalog.gpu_request(function.options.resources)):
+            return [chosen]
         return self.apps.function(function.parent_id).gpu_options
 
     def _acquire_gpus(self, task_id: str, gpu_options: list[tuple[str, int]]) -> list[int] | None:
@@ -766,6 +803,17 @@ class Scheduler:
             # The platform lost it (its zygote died): its inputs run again elsewhere, retries untouched.
             running.stop_reason = runtime_reason
         reason = running.stop_reason or runtime_reason or describe_exit(code)
+        if not running.ready and running.stop_reason is None:
+            delay = self.start_backoff.failed(running.function_id)
+            if delay:
+                log.warning(
+                    "containers for %s (%s) have stopped before they were ready %d times in a row; "
+                    "the next one starts in %.0f s",
+                    running.definition.function_name,
+                    running.function_id,
+                    self.start_backoff.failures(running.function_id),
+                    delay,
+                )
         with self.engine.begin() as connection:
             connection.execute(
                 schema.tasks.update()
@@ -849,6 +897,14 @@ class Scheduler:
                     schema.tasks.update().where(schema.tasks.c.id == task_id).values(state="running")
                 )
 
+    def on_ready(self, task_id: str) -> None:
+        """The container asks for inputs: its start-up (imports, @enter) is over."""
+        running = self.containers.get(task_id)
+        if running is not None and not running.ready:
+            running.ready = True
+            running.last_active = time.monotonic()
+            self.start_backoff.succeeded(running.function_id)
+
     def on_claimed(self, task_id: str, input_ids: list[str]) -> None:
         running = self.containers.get(task_id)
         if running is not None:
@@ -884,7 +940,10 @@ class Scheduler:
             running.init_failure = result
 
     def retire(self, function_ids: set[str], reason: str) -> None:
-        """Stop taking inputs in the containers of these functions (and their bound variants)."""
+        """Stop taking inputs in the containers of these functions (and their bound variants);
+        their new version starts without waiting out the old one's start-up failures."""
+        for function_id in function_ids:
+            self.start_backoff.succeeded(function_id)
         for running in list(self.containers.values()):
             parent = self.apps.function(running.function_id).parent_id
             if running.function_id in function_ids or parent in function_ids:
@@ -921,7 +980,8 @@ class Scheduler:
                     self.request_stop(running, f"input {input_id} timed out")
                     running.container.kill()
             idle = (
-                not running.stop_reason
+                running.ready
+                and not running.stop_reason
                 and not running.inputs
                 and now - running.last_active > running.idle_timeout_s
             )

@@ -48,6 +48,7 @@ async def function_get_inputs(
             f"container {task.task_id} serves {task.function_id}, not {request.function_id}"
         )
     scheduler = context.state.scheduler
+    scheduler.on_ready(task.task_id)
     # Client 1.6.4 asserts that a response carries at most max(1, batch_max_size) inputs.
     limit = max(1, request.batch_max_size)
     deadline = time.monotonic() + GET_INPUTS_POLL_S

@@ -94,10 +94,12 @@ async def function_create(
         ranked = sorted(request.function_data.ranked_functions, key=lambda r: r.rank)
         definition = api_pb2.Function()
         definition.CopyFrom(ranked[0].function)
-        gpu_options = [g for g in (gpu_request(r.function.resources) for r in ranked) if g is not None]
+        gpu_options = [
+            g for g in (catalog.gpu_request(r.function.resources) for r in ranked) if g is not None
+        ]
     else:
         definition = request.function
-        gpu_options = [g for g in [gpu_request(definition.resources)] if g is not None]
+        gpu_options = [g for g in [catalog.gpu_request(definition.resources)] if g is not None]
     if not definition.function_name:
         raise errors.invalid_argument("FunctionCreate needs a function definition with a name")
     function_id = request.existing_function_id or context.state.apps.precreate_function(
@@ -141,15 +143,6 @@ async def class_create(
         request.app_id, request.existing_class_id, "", "", metadata.SerializeToString()
     )
     return api_pb2.ClassCreateResponse(class_id=class_id, handle_metadata=metadata)
-
-
-def gpu_request(resources: api_pb2.Resources) -> tuple[str, int] | None:
-    """(model, count) of a definition's `gpu=`, in the names `gpu=` uses ("A100-80GB")."""
-    config = resources.gpu_config
-    if not config.gpu_type and not config.type:
-        return None
-    model = config.gpu_type or api_pb2.GPUType.Name(config.type).removeprefix("GPU_TYPE_").replace("_", "-")
-    return model.upper(), max(config.count, 1)
 
 
 def _deployed_function(context: RequestContext, app_name: str, environment_name: str, tag: str):  # type: ignore[no-untyped-def]

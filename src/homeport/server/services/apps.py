@@ -381,6 +381,9 @@ class AppService:
                     bound_params=serialized_params,
                     options=options.SerializeToString() if options is not None else None,
                     created_at=time.time(),
+                    # with_options(buffer_containers=...): the variant keeps containers of its own
+                    keep_warm=options is not None
+                    and bool(options.buffer_containers or options.warm_pool_size),
                 )
             )
         return function_id
@@ -445,7 +448,9 @@ class AppService:
                 .where(
                     f.c.schedule_next_at.is_not(None),
                     f.c.schedule_next_at <= now,
-                    a.c.state == api_pb2.APP_STATE_DEPLOYED,
+                    # As on Modal, schedules also fire while an app run with `modal run`,
+                    # `modal serve` or `app.run()` is up, and stop with it.
+                    a.c.state.in_(LIVE_STATES),
                 )
             )
             return [_function_row(row) for row in rows]

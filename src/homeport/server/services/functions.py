@@ -105,29 +105,54 @@ def effective_definition(apps: AppService, function: FunctionRow) -> tuple[api_p
     parent = apps.function(function.parent_id)
     definition = api_pb2.Function()
     definition.CopyFrom(parent.definition or api_pb2.Function())
-    options = function.options
-    if options is not None:
-        if options.HasField("retry_policy"):
-            definition.retry_policy.CopyFrom(options.retry_policy)
-        if options.timeout_secs:
-            definition.timeout_secs = options.timeout_secs
-        if options.HasField("resources"):
-            definition.resources.CopyFrom(options.resources)
-        if options.replace_secret_ids:
-            del definition.secret_ids[:]
-        definition.secret_ids.extend(options.secret_ids)
-        if options.max_concurrent_inputs:
-            definition.max_concurrent_inputs = options.max_concurrent_inputs
-        if options.target_concurrent_inputs:
-            definition.target_concurrent_inputs = options.target_concurrent_inputs
-        if options.batch_max_size:
-            definition.batch_max_size = options.batch_max_size
-            definition.batch_linger_ms = options.batch_linger_ms
-        if options.concurrency_limit:
-            definition.concurrency_limit = options.concurrency_limit
-        if options.task_idle_timeout_secs:
-            definition.task_idle_timeout_secs = options.task_idle_timeout_secs
+    if function.options is not None:
+        apply_options(definition, function.options)
     return definition, function.bound_params or b""
+
+
+def apply_options(definition: api_pb2.Function, options: api_pb2.FunctionOptions) -> None:
+    """What `Cls.with_options(...)` (and `with_concurrency`, `with_batching`) changes in a
+    variant's definition. Client 1.6.4 sends only what the variant sets, and options cannot
+    unset anything (its docs: `gpu=None` does not make a CPU-only instance), so resources
+    merge into the class's; the autoscaler's new-style settings are set too, since they win
+    over the legacy fields (services/autoscaling.py)."""
+    if options.HasField("retry_policy"):
+        definition.retry_policy.CopyFrom(options.retry_policy)
+    if options.timeout_secs:
+        definition.timeout_secs = options.timeout_secs
+    if options.HasField("resources"):
+        definition.resources.MergeFrom(options.resources)
+    if options.replace_secret_ids:
+        del definition.secret_ids[:]
+    definition.secret_ids.extend(options.secret_ids)
+    if options.replace_volume_mounts:
+        del definition.volume_mounts[:]
+        definition.volume_mounts.extend(options.volume_mounts)
+    if options.max_concurrent_inputs:
+        definition.max_concurrent_inputs = options.max_concurrent_inputs
+    if options.target_concurrent_inputs:
+        definition.target_concurrent_inputs = options.target_concurrent_inputs
+    if options.batch_max_size:
+        definition.batch_max_size = options.batch_max_size
+        definition.batch_linger_ms = options.batch_linger_ms
+    settings = definition.autoscaler_settings
+    if options.concurrency_limit:
+        definition.concurrency_limit = settings.max_containers = options.concurrency_limit
+    if options.buffer_containers:
+        settings.buffer_containers = options.buffer_containers
+    if options.warm_pool_size:
+        definition.warm_pool_size = settings.min_containers = options.warm_pool_size
+    if options.task_idle_timeout_secs:
+        definition.task_idle_timeout_secs = settings.scaledown_window = options.task_idle_timeout_secs
+
+
+def gpu_request(resources: api_pb2.Resources) -> tuple[str, int] | None:
+    """(model, count) of a definition's `gpu=`, in the names `gpu=` uses ("A100-80GB")."""
+    config = resources.gpu_config
+    if not config.gpu_type and not config.type:
+        return None
+    model = config.gpu_type or api_pb2.GPUType.Name(config.type).removeprefix("GPU_TYPE_").replace("_", "-")
+    return model.upper(), max(config.count, 1)
 
 
 def app_layout(apps: AppService, app_id: str, dependencies: list[str] | None = None) -> api_pb2.AppLayout:
