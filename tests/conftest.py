@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# A test run started in the background by a non-interactive shell (as CI may be) inherits
+# SIGINT as ignored, Python keeps an inherited SIG_IGN, and so would every process the tests
+# start: Ctrl-C (SIGINT) would then never stop a `modal run`. Handle it as Python does by default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -117,7 +117,8 @@ def test_ctrl_c_stops_the_ephemeral_app_and_its_containers(server: Server) -> No
             break
     assert app_id is not None
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
+    # Keep reading: output still arriving would fill the pipe and block its exit.
+    process.communicate(timeout=60)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         apps = json.loads(run_modal(server, "app", "list", "--json").stdout)
