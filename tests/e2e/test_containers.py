@@ -97,6 +97,51 @@ def test_block_network_leaves_only_loopback_and_escapes_are_refused(server: Serv
         assert result["hostname"] == "refused"
 
 
+SYS_PROBE = """
+import errno, os, modal
+app = modal.App("sys-probe")
+
+@app.function(memory=300, cpu=0.5)
+def look():
+    def read(path):
+        try:
+            with open(path) as file:
+                return file.read().strip()
+        except OSError as error:
+            return errno.errorcode[error.errno]
+    try:
+        with open("/sys/class/net/lo/mtu", "w") as file:
+            file.write("1000")
+        written = "written"
+    except OSError as error:
+        written = errno.errorcode[error.errno]
+    return {
+        "net": sorted(os.listdir("/sys/class/net")),
+        "cpus_online": read("/sys/devices/system/cpu/online"),
+        "cgroups": sorted(os.listdir("/sys/fs/cgroup")),
+        "memory_limit": read("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+        "cpu_quota": read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+        "write": written,
+    }
+
+@app.local_entrypoint()
+def main():
+    print("SYS", look.remote())
+"""
+
+
+def test_containers_see_a_read_only_sys_of_their_own(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "sys_probe.py").write_text(SYS_PROBE)
+    text = assert_ok(run_modal(server, "run", "sys_probe.py", cwd=tmp_path))
+    seen = eval(text.split("SYS ", 1)[1].splitlines()[0])
+    assert seen["net"] == ["eth0", "lo"]  # its own interfaces, not the host's
+    assert seen["cpus_online"].startswith("0")
+    assert seen["cgroups"] == ["cpu", "memory", "pids"]  # its own cgroups only
+    assert seen["memory_limit"] == str(300 * 2**20)
+    assert seen["cpu_quota"] == "50000"
+    assert seen["write"] == "EROFS"
+
+
 def test_gpus_are_assigned_exclusively_and_impossible_requests_fail_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import start_server
 

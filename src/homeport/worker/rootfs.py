@@ -16,6 +16,7 @@ CLONE_NEWNS = 0x00020000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_MOVE = 8192
@@ -51,6 +52,25 @@ def bind(source: str | Path, target: str | Path, read_only: bool = False, flags:
     mount(source, target, MS_BIND | flags)
     if read_only:
         mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def mount_sys(root: Path, cgroups: dict[str, Path]) -> None:
+    """A read-only /sys under `root`, as Docker gives containers: a sysfs mounted from the
+    caller's network namespace (so /sys/class/net lists the container's own interfaces),
+    and /sys/fs/cgroup showing only the container's own cgroups (controller name ->
+    directory), read-only, so libraries can read their CPU and memory limits. Run between
+    fork and exec, after entering the container's network namespace and mounting its root."""
+    target = root / "sys"
+    os.makedirs(target, exist_ok=True)
+    mount("sysfs", target, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "sysfs")
+    if not cgroups:
+        return
+    hierarchy = target / "fs" / "cgroup"
+    mount("tmpfs", hierarchy, MS_NOSUID | MS_NODEV | MS_NOEXEC, "tmpfs", "size=64k,mode=0755")
+    for controller, directory in cgroups.items():
+        os.mkdir(hierarchy / controller)
+        bind(directory, hierarchy / controller, read_only=True)
+    mount(None, hierarchy, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def unmount(target: str | Path) -> None:

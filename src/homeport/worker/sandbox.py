@@ -233,6 +233,11 @@ class PreparedContainer:
             self.cgroup.join()
         self.overlay.mount_in_child()
 
+    def enter_with_sys(self) -> None:
+        """`enter`, then a read-only /sys of the container's own (see rootfs.mount_sys)."""
+        self.enter()
+        rootfs.mount_sys(self.overlay.merged, self.cgroup.paths if self.cgroup is not None else {})
+
 
 async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContainer:
     """The container's work directory: its arguments, the mounts layer, /etc/hosts, the
@@ -380,7 +385,12 @@ class SandboxRuntime:
             spec.working_dir,
         ]
         process = await spawn_bwrap(
-            command, prepared.environment, list(spec.command), prepared.enter, attachment, merge_stderr=False
+            command,
+            prepared.environment,
+            list(spec.command),
+            prepared.enter_with_sys,
+            attachment,
+            merge_stderr=False,
         )
         readers = [
             asyncio.create_task(pump_output(process.stdout, 1, on_output)),

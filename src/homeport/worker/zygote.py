@@ -66,6 +66,7 @@ MAX_ZYGOTES = 16
 # What containers whose zygote died are reported to have exited with (PDEATHSIG took
 # them): no real exit status looks like it.
 LOST = -1000
+SYSFS_FLAGS = rootfs.MS_RDONLY | rootfs.MS_NOSUID | rootfs.MS_NODEV | rootfs.MS_NOEXEC
 ZYGOTE_LIMITS = cgroups.Limits(memory_mib=2048, pids=cgroups.DEFAULT_PIDS)
 RETRY_S = 60.0  # after a zygote failed or died, before another is tried for that image
 NS_GET_USERNS = 0xB701
@@ -351,6 +352,7 @@ class Zygote:
         # Mount points, made in the zygote's own writable layer before it is mounted.
         upper = self.directory / "upper"
         (upper / "proc").mkdir(exist_ok=True)
+        (upper / "sys").mkdir(exist_ok=True)
         (upper / IMAGE_INSIDE.lstrip("/")).mkdir(parents=True, exist_ok=True)
         for source, inside, _ in binds:
             point = upper / inside.lstrip("/")
@@ -377,6 +379,10 @@ class Zygote:
             if cgroup is not None:
                 cgroup.join()
             overlay.mount_in_child()
+            # A read-only sysfs (of the host's network namespace: the zygote's own does not
+            # exist yet), locked so like /proc: the kernel lets a container mount its own
+            # sysfs inside only where one is visible, and only as restricted.
+            rootfs.mount("sysfs", merged / "sys", SYSFS_FLAGS, "sysfs")
             # The image again, before the binds below: none of them inside it.
             rootfs.bind(merged, merged / IMAGE_INSIDE.lstrip("/"), read_only=True)
             for source, inside, read_only in binds:
@@ -508,21 +514,26 @@ class Zygote:
         except OSError as error:
             raise ZygoteUnavailable(f"the zygote does not answer: {error}") from None
 
-    def _stage_task(self, spec: ContainerSpec, writable: list[Path]) -> Path:
+    def _stage_task(self, spec: ContainerSpec, writable: list[Path], cgroups: dict[str, Path]) -> Path:
         """Show the zygote this container's work directory (and nothing else): read-only,
-        with only the writable layer and writable volumes read-write on top. Made on the
-        host, so inside the zygote these mounts are locked: it can neither remount them
+        with only the writable layer and writable volumes read-write on top, and the
+        container's own cgroups (read-only, for its /sys/fs/cgroup) under `cgroup/`. Made on
+        the host, so inside the zygote these mounts are locked: it can neither remount them
         writable (the mounts layer holds hard links to blobs other workspaces share) nor
         take them away."""
         # Built in a private place, then moved under the (shared) stage in one piece: a
         # remount after the fact would not reach the zygote's copy.
         tree = self.directory / "prep" / spec.task_id
         tree.mkdir()
+        for controller in cgroups:
+            (spec.work_dir / "cgroup" / controller).mkdir(parents=True, exist_ok=True)
         try:
             rootfs.bind(spec.work_dir, tree, read_only=True, flags=rootfs.MS_REC)
             for path in writable:
                 path.mkdir(parents=True, exist_ok=True)
                 rootfs.bind(path, tree / path.relative_to(spec.work_dir))
+            for controller, directory in cgroups.items():
+                rootfs.bind(directory, tree / "cgroup" / controller, read_only=True)
             stage = self.stage / spec.task_id
             stage.mkdir()
             rootfs.mount(tree, stage, rootfs.MS_MOVE)
@@ -541,7 +552,8 @@ class Zygote:
         self.last_used = began = time.monotonic()
         overlay = prepared.overlay
         writable = [overlay.upper.parent] + [d.host_path for d in spec.directories if not d.read_only]
-        stage = self._stage_task(spec, writable)
+        cgroup_dirs = prepared.cgroup.paths if prepared.cgroup is not None else {}
+        stage = self._stage_task(spec, writable, cgroup_dirs)
         inside = f"{STAGE_INSIDE}/{spec.task_id}"
 
         def translate(path: Path) -> str:
@@ -567,6 +579,7 @@ class Zygote:
             "merged": translate(overlay.merged),
             "disk_mib": overlay.size_mib,
             "binds": binds,
+            "cgroups": {controller: f"{inside}/cgroup/{controller}" for controller in cgroup_dirs},
             "working_dir": spec.working_dir,
         }
         # The environment (secrets, the container's credential) travels in a memory file

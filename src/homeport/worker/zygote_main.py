@@ -314,6 +314,7 @@ class Container:
         for source, target, read_only in spec["binds"]:
             bind(source, in_root(root, target), read_only)
         os.makedirs(in_root(root, spec["working_dir"]), exist_ok=True)
+        self.make_sys(root + "/sys", spec["cgroups"])
         old = root + "/.homeport-old-root"
         os.makedirs(old, exist_ok=True)
         check(libc.syscall(SYS_PIVOT_ROOT, root.encode(), old.encode()), "pivot_root")
@@ -328,6 +329,19 @@ class Container:
         check(libc.umount2(b"/.homeport-old-root", MNT_DETACH), "detaching the zygote's root")
         os.rmdir("/.homeport-old-root")
         os.chdir(spec["working_dir"])
+
+    def make_sys(self, sys_dir, cgroup_dirs):
+        """A read-only sysfs of the container's own network namespace (its interfaces in
+        /sys/class/net), with only its own cgroups, read-only, under /sys/fs/cgroup."""
+        os.makedirs(sys_dir, exist_ok=True)
+        mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if not cgroup_dirs:
+            return
+        hierarchy = sys_dir + "/fs/cgroup"
+        mount("tmpfs", hierarchy, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755")
+        for controller, source in cgroup_dirs.items():
+            bind(source, f"{hierarchy}/{controller}", True)
+        mount(None, hierarchy, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     def make_dev(self, dev):
         """A private /dev like bubblewrap's --dev: a tmpfs with the harmless device nodes
