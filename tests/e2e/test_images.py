@@ -321,3 +321,21 @@ def test_build_steps_cannot_reach_the_hosts_own_services(server: Server, tmp_pat
     loopback, bridge = result_of(text).split()[1:]
     assert loopback == "ConnectionRefusedError"  # its own loopback, not the host's gRPC port
     assert bridge in ("TimeoutError", "timeout")  # the host answers containers only on the blob port
+
+
+def test_an_image_on_another_python_runs_with_a_client_package_for_it(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Python 3.13 (from Debian trixie, no registry needed): containers get /pkg built for 3.13."""
+    app_file = tmp_path / "py313.py"
+    app_file.write_text(
+        "import sys, modal\n"
+        "app = modal.App('py313')\n"
+        "@app.function(image=modal.Image.from_registry('python:3.13-slim-trixie'))\n"
+        "def version():\n"
+        "    import google.protobuf\n"
+        "    return f'{sys.version_info[0]}.{sys.version_info[1]} protobuf {google.protobuf.__version__}'\n"
+        "@app.local_entrypoint()\n"
+        "def main():\n"
+        "    print('RAN ON', version.remote())\n"
+    )
+    text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path, timeout=900))
+    assert "RAN ON 3.13 protobuf" in text

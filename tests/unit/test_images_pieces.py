@@ -46,7 +46,10 @@ def test_unsupported_instructions_are_named() -> None:
 def test_local_recipes_cover_the_clients_default_bases() -> None:
     assert recipe_for("python:3.11.12-slim-bookworm") is not None
     assert recipe_for("debian:bookworm-slim") is not None
-    assert recipe_for("python:3.12.10-slim-bookworm") is None  # bookworm has no 3.12: needs a registry
+    assert recipe_for("python:3.12.10-slim-bookworm") is None  # no Debian release has 3.12: needs a registry
+    # debian_slim(python_version="3.13") asks for a bookworm tag; trixie has 3.13
+    stand_in = recipe_for("python:3.13.3-slim-bookworm")
+    assert stand_in is not None and (stand_in.release, stand_in.python) == ("trixie", "3.13")
 
 
 def test_a_layer_exists_only_once_committed(tmp_path: Path) -> None:

@@ -71,7 +71,12 @@ def recipe_for(tag: str) -> Recipe | None:
         version = f"{match.group(1)}.{match.group(2)}"
         release = match.group(3) or "bookworm"
         if DEBIAN_PYTHON.get(release) != version:
-            return None
+            # debian_slim(python_version="3.13") asks for python:3.13.x-slim-bookworm at
+            # builder 2025.06; bookworm ships only 3.11, so the release that has the
+            # version stands in (the official image builds that Python from source).
+            release = next((name for name, shipped in DEBIAN_PYTHON.items() if shipped == version), "")
+            if not release:
+                return None
         return Recipe(release, PYTHON_PACKAGES, version)
     match = _DEBIAN_TAG.match(tag)
     if match:
@@ -248,9 +253,10 @@ class BaseCache:
             return None
         if recipe is None:
             raise BaseUnavailable(
-                "Homeport has no local recipe for it (it builds python:3.11-slim-bookworm, python:3.13-slim-trixie "
-                "and debian:bookworm-slim / debian:trixie-slim from Debian packages); make it reachable in a registry "
-                "or in the local OCI layout named by HOMEPORT_OCI_MIRROR"
+                "Homeport has no local recipe for it (it builds Python 3.11 from Debian bookworm and 3.13 from Debian "
+                "trixie, for python:3.11-* and python:3.13-* tags, and debian:bookworm-slim / debian:trixie-slim); "
+                "use one of those Python versions, or make the image reachable in a registry or in the local OCI "
+                "layout named by HOMEPORT_OCI_MIRROR"
             )
         if shutil.which("mmdebstrap") is None:
             raise BaseUnavailable("mmdebstrap is not installed (scripts/install installs it)")

@@ -25,7 +25,7 @@ from modal_proto import api_pb2
 
 from homeport import ids
 from homeport.config import Limits
-from homeport.images import client_package
+from homeport.images.client_package import ClientPackages, ClientPackageUnavailable
 from homeport.server.auth import hash_secret
 from homeport.server.notify import poll
 from homeport.server.services import autoscaling
@@ -203,7 +203,7 @@ class Scheduler:
         mounts: MountService,
         runtime: Runtime,
         blob_path,  # type: ignore[no-untyped-def]
-        client_package_dir,  # type: ignore[no-untyped-def]
+        client_packages: ClientPackages,
         images,  # type: ignore[no-untyped-def]
         task_dir,  # type: ignore[no-untyped-def]
         server_url: str,
@@ -223,7 +223,7 @@ class Scheduler:
         self.mounts = mounts
         self.runtime = runtime
         self.blob_path = blob_path
-        self.client_package_dir = client_package_dir
+        self.client_packages = client_packages
         self.images = images
         self.task_dir = task_dir
         self.server_url = server_url
@@ -583,15 +583,19 @@ class Scheduler:
         except LookupError as error:
             self._fail_start(function, task_id, str(error))
             return
-        wanted_python = client_package.python_tag()
-        if image_config.python_version and not image_config.python_version.startswith(wanted_python + "."):
-            self._fail_start(
-                function,
-                task_id,
-                f"image {definition.image_id} has Python {image_config.python_version}, but this server's client package "
-                f'(/pkg) is built for Python {wanted_python}; use modal.Image.debian_slim(python_version="{wanted_python}")',
+        client_package_dir = self.client_packages.cached(image_config.python_version)
+        if client_package_dir is None:
+            log.info(
+                "making the client package for Python %s (once per machine)", image_config.python_version
             )
-            return
+            try:
+                client_package_dir = await asyncio.to_thread(
+                    self.client_packages.for_python, image_config.python_version
+                )
+            except ClientPackageUnavailable as error:
+                message = f"image {definition.image_id} has Python {image_config.python_version}: {error}"
+                self._fail_start(function, task_id, message)
+                return
         secret_values: dict[str, str] = {}
         try:
             for secret_id in definition.secret_ids:
@@ -646,7 +650,7 @@ class Scheduler:
             container_arguments=arguments.SerializeToString(),
             environment=environment,
             files=files,
-            client_package_dir=self.client_package_dir,
+            client_package_dir=client_package_dir,
             image_layers=image_layers,
             working_dir=image_config.workdir if image_config.workdir not in ("", "/") else "/root",
             gpu_devices=gpu_indices,
@@ -658,7 +662,7 @@ class Scheduler:
             memory_mib=definition.resources.memory_mb_max or definition.resources.memory_mb,
             cpu_cores=(definition.resources.milli_cpu_max or definition.resources.milli_cpu) / 1000,
             disk_mib=definition.resources.ephemeral_disk_mb,
-            zygote=self._zygote_image(workspace_id, image_layers, started_with),
+            zygote=self._zygote_image(workspace_id, image_layers, started_with, client_package_dir),
         )
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         running: RunningContainer | None = None
@@ -737,13 +741,17 @@ class Scheduler:
         }
 
     def _zygote_image(
-        self, workspace_id: str, image_layers: list[Path], environment: dict[str, str]
+        self,
+        workspace_id: str,
+        image_layers: list[Path],
+        environment: dict[str, str],
+        client_package_dir: Path,
     ) -> ZygoteImage:
         return ZygoteImage(
             domain=workspace_id,
             layers=tuple(image_layers),
             environment=tuple(sorted(environment.items())),
-            client_package_dir=self.client_package_dir,
+            client_package_dir=client_package_dir,
             control_socket=self.control_socket,
         )
 
@@ -758,7 +766,11 @@ class Scheduler:
                 log.debug("no zygote for %s: %s", function_id, error)
                 continue
             environment = self._interpreter_environment(config, app.environment_name)
-            self.runtime.prewarm(self._zygote_image(app.workspace_id, layers, environment))
+            client_package_dir = self.client_packages.cached(config.python_version)
+            if client_package_dir is not None:  # else the first container makes it
+                self.runtime.prewarm(
+                    self._zygote_image(app.workspace_id, layers, environment, client_package_dir)
+                )
 
     def _fail_start(self, function, task_id: str, message: str) -> None:  # type: ignore[no-untyped-def]
         self.gpus.release(task_id)

@@ -10,8 +10,8 @@ import secrets as random_secrets
 import sqlalchemy as sa
 
 from homeport.config import Settings
-from homeport.images import client_package
 from homeport.images.bases import BaseCache
+from homeport.images.client_package import ClientPackages
 from homeport.images.layers import LayerStore
 from homeport.server.auth import AuthService
 from homeport.server.blobstore import LocalBlobStore
@@ -158,7 +158,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         mounts=mounts,
         runtime=runtime,
         blob_path=layout.blob,
-        client_package_dir=client_package.ensure(settings.cache.client_packages),
+        client_packages=ClientPackages(settings.cache.client_packages),
         images=images,
         task_dir=layout.task_dir,
         server_url=settings.server_url,
