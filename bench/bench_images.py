@@ -105,7 +105,7 @@ def host_pip_install(directory: Path) -> float:
 
 
 def assembly(lower: list[Path], directory: Path, n: int = 50) -> tuple[float, float]:
-    from homeport.worker.rootfs import Overlay
+    from homeport.agent.rootfs import Overlay
 
     plain, mounted = [], []
     for index in range(n):

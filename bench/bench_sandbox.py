@@ -23,11 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from homeport.agent.network import BridgeNetwork
+from homeport.agent.runtime import ContainerSpec
+from homeport.agent.sandbox import SandboxRuntime
 from homeport.config import DEFAULT_CACHE_DIR
 from homeport.images.bases import BaseCache
-from homeport.worker.network import BridgeNetwork
-from homeport.worker.runtime import ContainerSpec
-from homeport.worker.sandbox import SandboxRuntime
 
 PKG = Path("/nonexistent")
 
@@ -86,7 +86,7 @@ def main() -> None:
             ("sandbox + own network (veth, bridge)", SandboxRuntime(network)),
         ]
         if shutil.which("runsc"):
-            from homeport.worker.gvisor import GvisorRuntime
+            from homeport.agent.gvisor import GvisorRuntime
 
             runtimes.append(("gVisor (runsc)", GvisorRuntime()))
         for name, runtime in runtimes:

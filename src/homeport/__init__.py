@@ -2,7 +2,7 @@
 
 The public surface is the `homeport` command line (see `homeport --help`) and
 `SUPPORTED_CLIENT_VERSION`. Everything under `homeport.server` and
-`homeport.worker` is internal and may change without notice.
+`homeport.agent` is internal and may change without notice.
 """
 
 SUPPORTED_CLIENT_VERSION = "1.6.4"

@@ -92,7 +92,7 @@ def serve(
     if runtime not in ("sandbox", "gvisor"):
         typer.echo(f"Error: unknown runtime {runtime!r}; use --runtime sandbox or --runtime gvisor", err=True)
         raise typer.Exit(2)
-    from homeport.worker.rootfs import enter_private_mount_namespace
+    from homeport.agent.rootfs import enter_private_mount_namespace
 
     enter_private_mount_namespace()  # before any thread: unshare refuses threaded processes
     asyncio.run(run_server(settings))

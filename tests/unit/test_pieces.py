@@ -74,7 +74,7 @@ def test_web_urls_follow_the_configured_domain_scheme_and_port() -> None:
 
 
 def test_gpu_pool_assigns_whole_devices_exclusively() -> None:
-    from homeport.worker.gpus import GpuPool, GpuRequest, model_name
+    from homeport.agent.gpus import GpuPool, GpuRequest, model_name
 
     pool = GpuPool(["T4", "A100-80GB", "A100-80GB"])
     assert pool.can_ever_satisfy(GpuRequest("A100-80GB", 2))
@@ -91,7 +91,7 @@ def test_gpu_pool_assigns_whole_devices_exclusively() -> None:
 
 
 def test_gpu_containers_get_the_hosts_driver_libraries() -> None:
-    from homeport.worker.gpus import driver_files_from
+    from homeport.agent.gpus import driver_files_from
 
     listing = (
         "\tlibcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1\n"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from homeport.worker import network
-from homeport.worker.runtime import BoundDirectory, ContainerSpec
-from homeport.worker.zygote import ZygoteImage
-from homeport.worker.zygote_main import in_root
+from homeport.agent import network
+from homeport.agent.runtime import BoundDirectory, ContainerSpec
+from homeport.agent.zygote import ZygoteImage
+from homeport.agent.zygote_main import in_root
 
 
 def test_bind_targets_resolve_symbolic_links_inside_the_container_root(tmp_path: Path) -> None:

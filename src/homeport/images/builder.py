@@ -22,14 +22,14 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from homeport.agent import rootfs
+from homeport.agent.network import BridgeNetwork
+from homeport.agent.sandbox import proc_arguments, spawn_bwrap
 from homeport.images import dockerfile
 from homeport.images.bases import BaseCache
 from homeport.images.config import ImageConfig
 from homeport.images.dockerfile import DockerfileError, Instruction
 from homeport.images.layers import BASE_PREFIX, Layer, LayerStore
-from homeport.worker import rootfs
-from homeport.worker.network import BridgeNetwork
-from homeport.worker.sandbox import proc_arguments, spawn_bwrap
 
 Log = Callable[[str], None]
 

@@ -17,9 +17,9 @@ import shutil
 import time
 from pathlib import Path
 
+from homeport.agent import rootfs
 from homeport.images.bases import BaseCache
 from homeport.images.config import ImageConfig
-from homeport.worker import rootfs
 
 BASE_PREFIX = "base:"
 STALE_STAGING_S = 3600

@@ -105,6 +105,7 @@ async def serve(settings: Settings) -> None:
     try:
         async with asyncio.TaskGroup() as group:
             scheduler_task = group.create_task(state.scheduler.run())
+            agent_task = group.create_task(state.agent.run())
             images_task = group.create_task(state.images.run())
             retention_task = group.create_task(
                 RetentionService(state.engine, state.blobs, settings.limits).run()
@@ -112,6 +113,7 @@ async def serve(settings: Settings) -> None:
             await stop.wait()
             log.info("shutting down")
             scheduler_task.cancel()
+            agent_task.cancel()
             images_task.cancel()
             retention_task.cancel()
     finally:

@@ -1,9 +1,14 @@
-"""The scheduler: starts containers for queued inputs, watches them, and cleans up.
+"""The scheduler: the control plane's side of containers. It decides when a function
+needs another container and what that container runs (definition, image, mounts,
+secrets, credential, volumes), keeps the books of which inputs each container holds,
+enforces input deadlines, schedules and scale-down, and settles the inputs of containers
+that end.
 
-It owns the containers of this node (a container's process is node-local by nature);
-everything another node would need to know (inputs, their state, tasks) lives in the
-database. Background loops run in one TaskGroup owned by the server, so an error in
-any of them is seen, logged and ends the server rather than vanishing.
+The machine itself (runtime, GPUs, memory, processes, disk) belongs to the node agent
+(agent/node.py), reached only through its narrow interface: reserve, start, interrupt,
+kill, wait. Everything another node would need to know (inputs, their state, tasks)
+lives in the database. Background loops run in one TaskGroup owned by the server, so an
+error in any of them is seen and logged rather than vanishing.
 """
 
 from __future__ import annotations
@@ -24,6 +29,16 @@ from grpclib import GRPCError
 from modal_proto import api_pb2
 
 from homeport import ids
+from homeport.agent.node import NodeAgent
+from homeport.agent.runtime import (
+    CONTROL_SOCKET,
+    BoundDirectory,
+    ContainerSpec,
+    ContainerStartError,
+    MountedFile,
+    describe_exit,
+)
+from homeport.agent.zygote import ZygoteImage
 from homeport.config import Limits
 from homeport.images.client_package import ClientPackages, ClientPackageUnavailable
 from homeport.server.auth import hash_secret
@@ -36,22 +51,6 @@ from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.services.volumes import volume_metadata
 from homeport.server.store import schema
-from homeport.worker import rootfs
-from homeport.worker.cpu import CpuMeter
-from homeport.worker.gpus import GpuPool, GpuRequest
-from homeport.worker.gpus import detect as detect_gpus
-from homeport.worker.runtime import (
-    CONTROL_SOCKET,
-    BoundDirectory,
-    Container,
-    ContainerSpec,
-    ContainerStartError,
-    MountedFile,
-    Runtime,
-    describe_exit,
-    shell_exit_code,
-)
-from homeport.worker.zygote import ZygoteImage
 
 log = logging.getLogger("homeport.scheduler")
 
@@ -66,7 +65,6 @@ DEFAULT_IDLE_S = 60
 STOP_GRACE_S = 10.0
 STDERR_TAIL_BYTES = 2000
 MAX_STARTING = max(os.cpu_count() or 1, 1)
-SATURATED_CPU = 0.85
 # An idle container keeps its GPU at least this long before queued work may claim it.
 GPU_IDLE_GRACE_S = 2.0
 
@@ -129,7 +127,6 @@ class RunningContainer:
     task_id: str
     function_id: str
     app_id: str
-    container: Container
     definition: api_pb2.Function
     started_at: float
     max_inputs: int  # inputs it runs at once
@@ -144,10 +141,6 @@ class RunningContainer:
     stop_requested_at: float | None = None
     init_failure: api_pb2.GenericResult | None = None
     stderr_tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
-    disk_limit_mib: int = 0  # enforced by watching its writable layer; 0: bounded otherwise (ephemeral_disk=)
-    fault: str | None = (
-        None  # why we killed it for its own doing (e.g. its disk use): its inputs fail with this
-    )
     volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
 
     @property
@@ -155,27 +148,14 @@ class RunningContainer:
         return 0 if self.stop_reason else max(self.max_inputs - len(self.inputs), 0)
 
 
-SHUTDOWN_WAIT_S = 10.0
 # What a container without memory= reserves (Modal's default request).
 DEFAULT_MEMORY_REQUEST_MIB = 128
-# Memory kept for the host itself, the server and page cache.
-NODE_MEMORY_SHARE = 0.9
 
 
 def memory_request_mib(definition: api_pb2.Function) -> int:
     """What a container of this function reserves on its node: its memory request
     (`memory=N` or the first of `memory=(request, limit)`)."""
     return definition.resources.memory_mb or DEFAULT_MEMORY_REQUEST_MIB
-
-
-def node_memory_budget_mib() -> int:
-    """Memory containers may reserve on this node: HOMEPORT_NODE_MEMORY_MIB, else 90% of RAM."""
-    override = os.environ.get("HOMEPORT_NODE_MEMORY_MIB")
-    if override:
-        return int(override)
-    with open("/proc/meminfo") as meminfo:
-        total_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    return int(total_kib / 1024 * NODE_MEMORY_SHARE)
 
 
 # Set by the server in every container, over the image's and the secrets' values.
@@ -201,11 +181,10 @@ class Scheduler:
         calls: CallService,
         logs: LogService,
         mounts: MountService,
-        runtime: Runtime,
+        agent: NodeAgent,
         blob_path,  # type: ignore[no-untyped-def]
         client_packages: ClientPackages,
         images,  # type: ignore[no-untyped-def]
-        task_dir,  # type: ignore[no-untyped-def]
         server_url: str,
         max_containers: int,
         limits: Limits,
@@ -221,11 +200,10 @@ class Scheduler:
         self.calls = calls
         self.logs = logs
         self.mounts = mounts
-        self.runtime = runtime
+        self.agent = agent
         self.blob_path = blob_path
         self.client_packages = client_packages
         self.images = images
-        self.task_dir = task_dir
         self.server_url = server_url
         self.max_containers = max_containers
         self.forget_credential: Callable[[str], None] = lambda task_id: None
@@ -239,9 +217,6 @@ class Scheduler:
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
         self.start_backoff = StartBackoff()
         self._wake = asyncio.Event()
-        self._cpu = CpuMeter()
-        self.gpus = GpuPool(detect_gpus())
-        self.memory_budget_mib = node_memory_budget_mib()
         self._tasks: asyncio.TaskGroup | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -274,9 +249,6 @@ class Scheduler:
             group.create_task(self._loop("timeouts", self._enforce_deadlines, lambda: asyncio.sleep(0.5)))
             group.create_task(self._loop("schedules", self._run_schedules, lambda: asyncio.sleep(1.0)))
             group.create_task(self._loop("housekeeping", self._housekeeping, lambda: asyncio.sleep(10.0)))
-            group.create_task(
-                self._loop("disk limits", self._enforce_disk_limits, lambda: asyncio.sleep(2.0))
-            )
 
     async def _loop(self, name: str, step, pause) -> None:  # type: ignore[no-untyped-def]
         while True:
@@ -349,22 +321,8 @@ class Scheduler:
             self.builds.pop(function_id, None)
 
     async def shutdown(self) -> None:
-        """Kill every container and wait (briefly) until each has exited and released what
-        it held (work dir, cgroup, network namespace)."""
-        running = list(self.containers.values())
-        if not running:
-            await self.runtime.shutdown()
-            return
-        # SIGINT first: @exit handlers run and volumes commit; then whatever is left is killed.
-        for container in running:
-            container.container.interrupt()
-        waits = [asyncio.create_task(c.container.wait()) for c in running]
-        _, pending = await asyncio.wait(waits, timeout=STOP_GRACE_S)
-        for container in running:
-            container.container.kill()
-        if pending:
-            await asyncio.wait(pending, timeout=SHUTDOWN_WAIT_S)
-        await self.runtime.shutdown()
+        """Stop this node's containers (the agent waits, briefly, until they have exited)."""
+        await self.agent.shutdown()
 
     # --- placement ----------------------------------------------------------------------
 
@@ -386,7 +344,7 @@ class Scheduler:
                 continue
             if not app.live:
                 continue
-            if mine and self._cpu.sample() > SATURATED_CPU:
+            if mine and self.agent.saturated():
                 continue  # scale out only onto idle cores; the running containers drain the queue
             per_container = max(definition.max_concurrent_inputs, definition.batch_max_size, 1)
             wanted = -(-max(count - free, 0) // per_container)
@@ -401,30 +359,19 @@ class Scheduler:
                 MAX_STARTING - starting,
             )
             gpu_options = self._gpu_options(function)
-            if gpu_options and not any(self.gpus.can_ever_satisfy(GpuRequest(*o)) for o in gpu_options):
-                asked = " or ".join(str(GpuRequest(*o)) for o in gpu_options)
-                message = (
-                    f"gpu={asked!r} cannot be satisfied on this cluster, which has {self.gpus.describe()}"
-                )
-                self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
-                continue
             needed = memory_request_mib(definition)
-            if needed > self.memory_budget_mib:
-                message = (
-                    f"memory={needed} MiB cannot be satisfied on this cluster, whose nodes have {self.memory_budget_mib} MiB "
-                    "for containers; ask for less memory"
-                )
-                self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
+            refusal = self.agent.refusal(needed, gpu_options)
+            if refusal is not None:
+                self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=refusal))
                 continue
             for _ in range(max(wanted, 0)):
-                if not self._memory_available(needed):
-                    break  # never oversubscribe memory: the inputs wait until a container frees some
                 task_id = ids.new_id("task")
-                gpu_indices = self._acquire_gpus(task_id, gpu_options)
+                gpu_indices = self.agent.reserve(task_id, needed, gpu_options)
                 if gpu_indices is None:
-                    # Every matching GPU is busy: the inputs wait in the queue, and an
-                    # idle container holding one is asked to make room.
-                    self._free_idle_gpus(function.id)
+                    # No room: the inputs wait in the queue (memory is never oversubscribed),
+                    # and an idle container holding a GPU they need is asked to make room.
+                    if gpu_options:
+                        self._free_idle_gpus(function.id)
                     break
                 reason = f"{count} input(s) queued, {free} free slot(s)"
                 if function.id in self.builds:
@@ -460,12 +407,12 @@ class Scheduler:
             starting = sum(1 for c in self.containers.values() if not c.hello and not c.stop_reason)
             missing = min(missing, self.max_containers - len(self.containers), MAX_STARTING - starting)
             for _ in range(max(missing, 0)):
-                if not self._memory_available(memory_request_mib(definition)):
-                    break
                 task_id = ids.new_id("task")
-                gpu_indices = self._acquire_gpus(task_id, self._gpu_options(function))
+                gpu_indices = self.agent.reserve(
+                    task_id, memory_request_mib(definition), self._gpu_options(function)
+                )
                 if gpu_indices is None:
-                    break  # no GPU free: warm containers never take one from queued work
+                    break  # no room: warm containers never take memory or a GPU from queued work
                 await self._start(
                     function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices,
                     "kept warm (min_containers/buffer_containers)",
@@ -498,23 +445,10 @@ class Scheduler:
             return [chosen]
         return self.apps.function(function.parent_id).gpu_options
 
-    def _acquire_gpus(self, task_id: str, gpu_options: list[tuple[str, int]]) -> list[int] | None:
-        """Device indices for a new container ([] without GPUs); None while all matching ones are busy."""
-        if not gpu_options:
-            return []
-        return next(
-            (got for o in gpu_options if (got := self.gpus.acquire(task_id, GpuRequest(*o))) is not None),
-            None,
-        )
-
-    def _memory_available(self, needed_mib: int) -> bool:
-        reserved = sum(memory_request_mib(c.definition) for c in self.containers.values())
-        return reserved + needed_mib <= self.memory_budget_mib
-
     def _free_idle_gpus(self, function_id: str) -> None:
         """Ask one idle container of another function that holds a GPU to stop (its own
         function's containers will take the queued inputs themselves)."""
-        holders = set(self.gpus.holders.values())
+        holders = self.agent.gpu_holders()
         now = time.monotonic()
         for running in self.containers.values():
             if (
@@ -539,6 +473,7 @@ class Scheduler:
         reason: str,
     ) -> None:
         if function.id in self.builds and any(c.function_id == function.id for c in self.containers.values()):
+            self.agent.release(task_id)
             return  # a run_function step: exactly one container writes its layer
         secret = ids.new_secret()
         with self.engine.begin() as connection:
@@ -633,7 +568,7 @@ class Scheduler:
                         f"Volume mounts with sub_path ({mount.sub_path!r}) are not supported by this server yet; "
                         "mount the whole volume"
                     )
-                directory = self.task_dir(task_id) / "volumes" / mount.volume_id
+                directory = self.agent.work_dir(task_id) / "volumes" / mount.volume_id
                 base = await asyncio.to_thread(self.volumes.materialize, mount.volume_id, directory)
                 views[mount.volume_id] = VolumeView(mount.volume_id, directory, mount.read_only, base)
                 directories.append(BoundDirectory(directory, mount.mount_path, mount.read_only))
@@ -655,7 +590,7 @@ class Scheduler:
             working_dir=image_config.workdir if image_config.workdir not in ("", "/") else "/root",
             gpu_devices=gpu_indices,
             upper_dir=self.builds[function.id].upper_dir if function.id in self.builds else None,
-            work_dir=self.task_dir(task_id),
+            work_dir=self.agent.work_dir(task_id),
             directories=directories,
             control_socket=self.control_socket,
             network=not definition.block_network,
@@ -689,8 +624,12 @@ class Scheduler:
                     )
                 self.logs.append(function.app_id, task_id, function.id, fd, text)
 
+        # ephemeral_disk= is a size-limited file system already; a build step's layer is the image's
+        disk_limit_mib = (
+            0 if definition.resources.ephemeral_disk_mb or build_step else self.limits.container_disk_mib
+        )
         try:
-            container = await self.runtime.start(spec, on_output)
+            await self.agent.start(spec, on_output, disk_limit_mib)
         except Exception as error:
             message = (
                 str(error)
@@ -703,15 +642,10 @@ class Scheduler:
             task_id=task_id,
             function_id=function.id,
             app_id=function.app_id,
-            container=container,
             definition=definition,
             started_at=time.monotonic(),
             max_inputs=max(definition.max_concurrent_inputs, 1),
             idle_timeout_s=autoscaling.autoscaling(definition, DEFAULT_IDLE_S).scaledown_window_s,
-            # ephemeral_disk= is a size-limited file system already; a build step's layer is the image's
-            disk_limit_mib=0
-            if definition.resources.ephemeral_disk_mb or build_step
-            else self.limits.container_disk_mib,
         )
         running.definition.timeout_secs = timeout
         running.volumes = views
@@ -768,12 +702,12 @@ class Scheduler:
             environment = self._interpreter_environment(config, app.environment_name)
             client_package_dir = self.client_packages.cached(config.python_version)
             if client_package_dir is not None:  # else the first container makes it
-                self.runtime.prewarm(
+                self.agent.prewarm(
                     self._zygote_image(app.workspace_id, layers, environment, client_package_dir)
                 )
 
     def _fail_start(self, function, task_id: str, message: str) -> None:  # type: ignore[no-untyped-def]
-        self.gpus.release(task_id)
+        self.agent.release(task_id)
         log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
         with self.engine.begin() as connection:
             connection.execute(
@@ -806,12 +740,12 @@ class Scheduler:
         return running.volumes.get(volume_id) if running is not None else None
 
     async def _watch(self, running: RunningContainer) -> None:
-        code = shell_exit_code(await running.container.wait())
+        ended = await self.agent.wait(running.task_id)
+        code = ended.code
         self.containers.pop(running.task_id, None)
         self.forget_credential(running.task_id)
-        self.gpus.release(running.task_id)
-        runtime_reason = running.fault or running.container.exit_reason()
-        if running.stop_reason is None and getattr(running.container, "lost", False):
+        runtime_reason = ended.reason
+        if running.stop_reason is None and ended.lost:
             # The platform lost it (its zygote died): its inputs run again elsewhere, retries untouched.
             running.stop_reason = runtime_reason
         reason = running.stop_reason or runtime_reason or describe_exit(code)
@@ -961,11 +895,15 @@ class Scheduler:
             if running.function_id in function_ids or parent in function_ids:
                 self.request_stop(running, reason)
 
-    def request_stop(self, running: RunningContainer, reason: str) -> None:
+    def request_stop(self, running: RunningContainer, reason: str, interrupt: bool = False) -> None:
+        """The container takes no more inputs and is asked to stop (its next input request
+        answers with the kill switch); `interrupt` also sends it SIGINT at once."""
         if running.stop_reason is None:
             running.stop_reason = reason
             running.stop_requested_at = time.monotonic()
             self.notifier.notify(stop_key(running.task_id))
+        if interrupt:
+            self.agent.interrupt(running.task_id)
 
     # --- deadlines, scale-down, stops -----------------------------------------------------
 
@@ -990,7 +928,7 @@ class Scheduler:
                     )
                     # The client cannot interrupt one input reliably: replace the container.
                     self.request_stop(running, f"input {input_id} timed out")
-                    running.container.kill()
+                    self.agent.kill(running.task_id)
             idle = (
                 running.ready
                 and not running.stop_reason
@@ -1002,9 +940,9 @@ class Scheduler:
             if running.stop_requested_at is not None:
                 waited = now - running.stop_requested_at
                 if waited > STOP_GRACE_S * 2:
-                    running.container.kill()
+                    self.agent.kill(running.task_id)
                 elif waited > STOP_GRACE_S:
-                    running.container.interrupt()
+                    self.agent.interrupt(running.task_id)
             for input_id in self.calls.cancelled_inputs_of(running.task_id):
                 running.inputs.pop(input_id, None)
                 self._finish_cancelled(input_id, running)
@@ -1017,8 +955,7 @@ class Scheduler:
             None,
             task_id=running.task_id,
         )
-        self.request_stop(running, "its input was cancelled")
-        running.container.interrupt()
+        self.request_stop(running, "its input was cancelled", interrupt=True)
 
     async def stop_app(self, app_id: str, reason: str) -> None:
         self.apps.stop(app_id)
@@ -1032,8 +969,7 @@ class Scheduler:
                     self.calls.finish(
                         input_id, result, api_pb2.DATA_FORMAT_PICKLE, None, task_id=running.task_id
                     )
-                self.request_stop(running, reason)
-                running.container.interrupt()
+                self.request_stop(running, reason, interrupt=True)
 
     async def cancel_call(self, function_call_id: str, terminate_containers: bool) -> None:
         for task_id in self.calls.cancel(function_call_id):
@@ -1074,23 +1010,7 @@ class Scheduler:
             log.info("schedule fired for %s (%s)", definition.function_name, call_id)
             self.wake()
 
-    async def _enforce_disk_limits(self) -> None:
-        """A container's writable layer lives on the host's disk; one that outgrows its limit
-        is killed and its inputs fail saying so (as kubelet does for ephemeral storage)."""
-        for running in list(self.containers.values()):
-            if not running.disk_limit_mib or running.fault is not None:
-                continue
-            used = await asyncio.to_thread(rootfs.used_bytes, self.task_dir(running.task_id) / "writable")
-            if used > running.disk_limit_mib * 2**20 and running.task_id in self.containers:
-                running.fault = (
-                    f"the container wrote more than its disk limit of {running.disk_limit_mib} MiB "
-                    "(ask for more with ephemeral_disk=, in MiB)"
-                )
-                log.warning("container %s: %s", running.task_id, running.fault)
-                running.container.kill()
-
     async def _housekeeping(self) -> None:
-        self.runtime.sweep()
         for app_id in self.apps.stale_ephemeral_apps():
             await self.stop_app(app_id, "its client stopped sending heartbeats")
         self.storage.expire()

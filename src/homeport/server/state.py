@@ -9,6 +9,12 @@ import secrets as random_secrets
 
 import sqlalchemy as sa
 
+from homeport.agent.gvisor import GvisorRuntime
+from homeport.agent.network import BridgeNetwork
+from homeport.agent.network import available as network_available
+from homeport.agent.node import NodeAgent
+from homeport.agent.sandbox import SandboxRuntime
+from homeport.agent.zygote import ZygotePool
 from homeport.config import Settings
 from homeport.images.bases import BaseCache
 from homeport.images.client_package import ClientPackages
@@ -34,11 +40,6 @@ from homeport.server.services.storage import StorageObjectService
 from homeport.server.services.volumes import VolumeService
 from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
-from homeport.worker.gvisor import GvisorRuntime
-from homeport.worker.network import BridgeNetwork
-from homeport.worker.network import available as network_available
-from homeport.worker.sandbox import SandboxRuntime
-from homeport.worker.zygote import ZygotePool
 
 BLOB_SIGNING_KEY = "blob_signing_key"
 log = logging.getLogger("homeport.server")
@@ -69,6 +70,7 @@ class ServerState:
     mounts: MountService
     images: ImageService
     scheduler: Scheduler
+    agent: NodeAgent  # this machine's node agent (the embedded, single-machine default)
     storage: StorageObjectService
     dicts: DictService
     queues: QueueService
@@ -132,6 +134,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     # containers get namespaces on the bridge.
     zygotes = ZygotePool(layout.zygotes) if settings.zygotes else None
     runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network, zygotes)
+    agent = NodeAgent(runtime, layout.task_dir)
     for private in (settings.cache.root, settings.layers):
         private.mkdir(parents=True, exist_ok=True)
         os.chmod(private, 0o700)  # image files (setuid binaries included) are not for other users
@@ -156,11 +159,10 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         calls=calls,
         logs=logs,
         mounts=mounts,
-        runtime=runtime,
+        agent=agent,
         blob_path=layout.blob,
         client_packages=ClientPackages(settings.cache.client_packages),
         images=images,
-        task_dir=layout.task_dir,
         server_url=settings.server_url,
         max_containers=settings.max_containers,
         limits=settings.limits,
@@ -185,6 +187,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         mounts=mounts,
         images=images,
         scheduler=scheduler,
+        agent=agent,
         storage=storage,
         dicts=DictService(engine),
         queues=queues,

@@ -147,9 +147,7 @@ async def container_stop(
     if running is None:
         raise errors.not_found(f"container {request.task_id} is not running")
     context.state.apps.get(context.workspace_id, running.app_id)
-    scheduler.request_stop(running, "stopped on request")
-    if not request.graceful:
-        running.container.interrupt()
+    scheduler.request_stop(running, "stopped on request", interrupt=not request.graceful)
     return api_pb2.ContainerStopResponse()
 
 

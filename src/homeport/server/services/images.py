@@ -25,13 +25,13 @@ from modal._serialization import serialize
 from modal_proto import api_pb2
 
 from homeport import ids
+from homeport.agent.runtime import CONTROL_DIR
 from homeport.images.bases import BaseCache
 from homeport.images.builder import BuildFailed, BuildPlan, BuiltImage, ImageBuilder, ParentImage
 from homeport.images.config import ImageConfig
 from homeport.images.layers import LayerStore
 from homeport.server import errors
 from homeport.server.store import schema
-from homeport.worker.runtime import CONTROL_DIR
 
 log = logging.getLogger("homeport.images")
 

@@ -92,7 +92,7 @@ class Overlay:
     # Bound the writable layer (ephemeral_disk=): upper and work then live on a tmpfs of
     # this size mounted at upper's parent, so a full disk is ENOSPC inside the container.
     size_mib: int = 0
-    # Receive mounts the host makes later (a zygote's stage, see worker/zygote.py) while
+    # Receive mounts the host makes later (a zygote's stage, see agent/zygote.py) while
     # still never propagating ours back; otherwise fully private.
     receive_host_mounts: bool = False
 

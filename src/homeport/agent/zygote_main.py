@@ -1,6 +1,6 @@
 """The zygote: runs *inside* a sandbox, on the image's own Python, and forks containers.
 
-Started by worker/zygote.py as `python /.homeport/zygote.py` in bubblewrap with a user
+Started by agent/zygote.py as `python /.homeport/zygote.py` in bubblewrap with a user
 namespace of its own (root inside, mapped to root, holding capabilities only over the
 namespaces it owns), its own PID/IPC/UTS/network namespaces, the image's root filesystem
 and a seccomp filter. It imports the client runtime (`modal._container_entrypoint` and
@@ -322,7 +322,7 @@ class Container:
         # A fresh /proc for the new PID namespace, mounted while the zygote's is still
         # visible: the kernel allows one in a user namespace only if as visible a proc is
         # there, and only as restricted. The zygote's is read-only, locked so by the host
-        # (worker/zygote.py), so this one must be read-only too: uid 0 here is the host's
+        # (agent/zygote.py), so this one must be read-only too: uid 0 here is the host's
         # uid 0, which may write most host sysctls by plain file permissions.
         os.makedirs("/proc", exist_ok=True)
         mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

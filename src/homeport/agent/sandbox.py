@@ -3,7 +3,7 @@
 filesystem of its own: the image's layers read-only under an overlayfs, a fresh writable
 layer on top that is thrown away when it exits, the app's mounted files in a layer of
 their own, the client package at /pkg. The host's files are not visible; its own PID,
-IPC and UTS namespaces; no capabilities; a seccomp filter (worker/seccomp.py); cgroup
+IPC and UTS namespaces; no capabilities; a seccomp filter (agent/seccomp.py); cgroup
 limits when set.
 """
 
@@ -20,9 +20,9 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from homeport.worker import cgroups, gpus, rootfs, seccomp
-from homeport.worker.network import NETNS_DIR, Attachment, BridgeNetwork, NetworkError
-from homeport.worker.runtime import (
+from homeport.agent import cgroups, gpus, rootfs, seccomp
+from homeport.agent.network import NETNS_DIR, Attachment, BridgeNetwork, NetworkError
+from homeport.agent.runtime import (
     ARGUMENTS_PATH,
     CONTROL_SOCKET,
     ContainerSpec,
@@ -30,7 +30,7 @@ from homeport.worker.runtime import (
     Holdings,
     OutputCallback,
 )
-from homeport.worker.zygote import ForkedContainer, ZygoteImage, ZygotePool, ZygoteUnavailable
+from homeport.agent.zygote import ForkedContainer, ZygoteImage, ZygotePool, ZygoteUnavailable
 
 log = logging.getLogger("homeport.runtime")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from homeport.worker import cgroups
+from homeport.agent import cgroups
 
 OutputCallback = Callable[[int, str], None]  # (file descriptor 1|2, text)
 
@@ -65,7 +65,7 @@ class ContainerSpec:
     # Image.run_function build step, whose writes become an image layer.
     upper_dir: Path | None = None
     command: tuple[str, ...] = ("python", "-m", "modal._container_entrypoint")
-    # May be forked from this zygote (worker/zygote.py) instead of started afresh.
+    # May be forked from this zygote (agent/zygote.py) instead of started afresh.
     zygote: object | None = None  # a zygote.ZygoteImage
 
 

@@ -3,7 +3,7 @@ from a fresh interpreter (15-50 ms to a running entrypoint, network included, in
 300-450 ms of a core importing the client).
 
 One zygote per (workspace, image, client package): `python /.homeport/zygote.py`
-(worker/zygote_main.py) on the image's own Python, in bubblewrap with a user namespace of
+(agent/zygote_main.py) on the image's own Python, in bubblewrap with a user namespace of
 its own (root inside, mapped to root; capabilities only over namespaces it owns), its own
 PID/IPC/UTS/network namespaces, the image's root filesystem (with a throwaway writable
 layer) and a seccomp filter that still refuses everything a container may not do except
@@ -38,9 +38,9 @@ import socket
 import time
 from pathlib import Path
 
-from homeport.worker import cgroups, rootfs, seccomp
-from homeport.worker.network import Attachment, BridgeNetwork, NetworkError, bring_up_loopback
-from homeport.worker.runtime import (
+from homeport.agent import cgroups, rootfs, seccomp
+from homeport.agent.network import Attachment, BridgeNetwork, NetworkError, bring_up_loopback
+from homeport.agent.runtime import (
     ARGUMENTS_PATH,
     CONTROL_SOCKET,
     ContainerSpec,
@@ -392,7 +392,7 @@ class Zygote:
         theirs.set_inheritable(True)
         # The zygote's /proc: read-only, of a PID namespace of its own, mounted (by the
         # host's mount, as the host's root) before bubblewrap makes the user namespace, so
-        # every proc mounted inside later must be read-only too (worker/zygote_main.py).
+        # every proc mounted inside later must be read-only too (agent/zygote_main.py).
         # uid 0 inside is the host's uid 0, and a writable /proc/sys would let it write
         # host sysctls such as kernel.core_pattern.
         prefix = [
@@ -409,7 +409,7 @@ class Zygote:
             "--bind", str(merged), "/", "--dev", "/dev",
         ]  # fmt: skip
         environment = {**dict(self.image.environment), "HOMEPORT_ZYGOTE_FD": str(theirs.fileno())}
-        from homeport.worker.sandbox import spawn_bwrap  # sandbox imports this module
+        from homeport.agent.sandbox import spawn_bwrap  # sandbox imports this module
 
         zygote_filter = seccomp.program(for_zygote=True) if seccomp.supported() else None
         try:
@@ -547,7 +547,7 @@ class Zygote:
         self, spec: ContainerSpec, prepared, network: BridgeNetwork | None, on_output: OutputCallback
     ) -> ForkedContainer:  # type: ignore[no-untyped-def]
         """Fork a container for `spec` (already laid out by sandbox.prepare)."""
-        from homeport.worker.sandbox import pump_output
+        from homeport.agent.sandbox import pump_output
 
         self.last_used = began = time.monotonic()
         overlay = prepared.overlay

@@ -16,9 +16,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from homeport.worker import cgroups
-from homeport.worker.runtime import CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
-from homeport.worker.sandbox import (
+from homeport.agent import cgroups
+from homeport.agent.runtime import CONTROL_SOCKET, ContainerSpec, ContainerStartError, OutputCallback
+from homeport.agent.sandbox import (
     ARGUMENTS_PATH,
     SANDBOX_TOOL_ENVIRONMENT,
     ProcessContainer,

@@ -74,7 +74,7 @@ sethostname setdomainname settimeofday clock_settime clock_adjtime adjtimex
 open_by_handle_at name_to_handle_at keyctl add_key request_key
 """.split()
 
-# A zygote (worker/zygote.py) makes each container's namespaces and mounts itself, inside
+# A zygote (agent/zygote.py) makes each container's namespaces and mounts itself, inside
 # its own user namespace: it may use these; every container it forks installs the full
 # filter on top before any of its code runs.
 ZYGOTE_ALLOWED = ("mount", "umount2", "pivot_root", "unshare", "setns", "sethostname")

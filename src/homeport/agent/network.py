@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from homeport.worker import rootfs
+from homeport.agent import rootfs
 
 log = logging.getLogger("homeport.network")
 
@@ -142,7 +142,7 @@ class BridgeNetwork:
 
     def attach(self, task_id: str, namespace_fd: int | None = None) -> Attachment:
         """A namespace with eth0 on the bridge: a new one, or (namespace_fd) one a zygote's
-        container made for itself (see worker/zygote.py), given by an open descriptor."""
+        container made for itself (see agent/zygote.py), given by an open descriptor."""
         short = task_id.removeprefix("ta-")[:10].lower()
         namespace, host_interface = f"{NAMESPACE_PREFIX}{short}", f"hv{short}"
         address = self._allocate(namespace)

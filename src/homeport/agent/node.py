@@ -1,0 +1,220 @@
+"""The node agent: owns one machine and the containers on it.
+
+It holds the machine's runtime (bubblewrap, zygotes or gVisor), its GPUs, its memory
+budget, its CPU load and the containers' work directories; it reserves room for a
+container, starts and stops it, watches its disk, and reports how it ended. The control
+plane (server/scheduler.py) decides which containers to run and what they run; it reaches
+a machine only through the methods of this class, so that the same narrow interface can
+be served in-process (one machine, the default) or by an agent on another machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from homeport.agent import rootfs
+from homeport.agent.cpu import CpuMeter
+from homeport.agent.gpus import GpuPool, GpuRequest
+from homeport.agent.gpus import detect as detect_gpus
+from homeport.agent.runtime import Container, ContainerSpec, OutputCallback, Runtime, shell_exit_code
+
+log = logging.getLogger("homeport.agent")
+
+# Memory kept for the host itself, the server and page cache.
+NODE_MEMORY_SHARE = 0.9
+# After the interrupt at shutdown, how long containers get to run @exit and commit volumes.
+SHUTDOWN_GRACE_S = 10.0
+SHUTDOWN_WAIT_S = 10.0
+DISK_CHECK_INTERVAL_S = 2.0
+SWEEP_INTERVAL_S = 10.0
+# Busier than this, the node takes no more containers for a function that has some already.
+SATURATED_CPU = 0.85
+
+
+def node_memory_budget_mib() -> int:
+    """Memory containers may reserve on this node: HOMEPORT_NODE_MEMORY_MIB, else 90% of RAM."""
+    override = os.environ.get("HOMEPORT_NODE_MEMORY_MIB")
+    if override:
+        return int(override)
+    with open("/proc/meminfo") as meminfo:
+        total_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return int(total_kib / 1024 * NODE_MEMORY_SHARE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerExit:
+    """How a container ended, as its node saw it."""
+
+    code: int  # shell-style: 128 + N when killed by signal N
+    reason: str | None  # the node's own account, when it knows better than the code (out of memory, disk)
+    lost: bool  # the platform lost it (its zygote died): not the container's doing
+
+
+@dataclasses.dataclass
+class _Held:
+    """What the node holds for one container: its reservation, and once started, the container."""
+
+    memory_mib: int
+    disk_limit_mib: int = 0  # watched on its writable layer; 0: bounded otherwise (ephemeral_disk=)
+    container: Container | None = None
+    fault: str | None = None  # why the node killed it for its own doing
+
+
+class NodeAgent:
+    def __init__(self, runtime: Runtime, work_dirs: Callable[[str], Path], node_id: str = "local") -> None:
+        self.node_id = node_id
+        self.runtime = runtime
+        self._work_dirs = work_dirs
+        self.gpus = GpuPool(detect_gpus())
+        self.memory_budget_mib = node_memory_budget_mib()
+        self._cpu = CpuMeter()
+        self._held: dict[str, _Held] = {}
+
+    # --- room -----------------------------------------------------------------------------
+
+    def refusal(self, memory_mib: int, gpu_options: list[tuple[str, int]]) -> str | None:
+        """Why a container asking for this could never run here, or None."""
+        if gpu_options and not any(self.gpus.can_ever_satisfy(GpuRequest(*option)) for option in gpu_options):
+            asked = " or ".join(str(GpuRequest(*option)) for option in gpu_options)
+            return f"gpu={asked!r} cannot be satisfied on this cluster, which has {self.gpus.describe()}"
+        if memory_mib > self.memory_budget_mib:
+            return (
+                f"memory={memory_mib} MiB cannot be satisfied on this cluster, whose nodes have "
+                f"{self.memory_budget_mib} MiB for containers; ask for less memory"
+            )
+        return None
+
+    def reserve(self, task_id: str, memory_mib: int, gpu_options: list[tuple[str, int]]) -> list[int] | None:
+        """Room for one container: the GPU devices it gets ([] without GPUs), or None while
+        the memory or every matching GPU is taken (it never oversubscribes memory)."""
+        reserved = sum(held.memory_mib for held in self._held.values())
+        if reserved + memory_mib > self.memory_budget_mib:
+            return None
+        devices: list[int] | None = []
+        if gpu_options:
+            devices = next(
+                (
+                    got
+                    for option in gpu_options
+                    if (got := self.gpus.acquire(task_id, GpuRequest(*option))) is not None
+                ),
+                None,
+            )
+        if devices is None:
+            return None
+        self._held[task_id] = _Held(memory_mib)
+        return devices
+
+    def release(self, task_id: str) -> None:
+        """Give back a reservation whose container never started (or has ended)."""
+        self._held.pop(task_id, None)
+        self.gpus.release(task_id)
+
+    def gpu_holders(self) -> set[str]:
+        return set(self.gpus.holders.values())
+
+    def saturated(self) -> bool:
+        return self._cpu.sample() > SATURATED_CPU
+
+    def work_dir(self, task_id: str) -> Path:
+        return self._work_dirs(task_id)
+
+    # --- containers -----------------------------------------------------------------------
+
+    async def start(self, spec: ContainerSpec, on_output: OutputCallback, disk_limit_mib: int = 0) -> None:
+        """Start a container in its reservation; raises (ContainerStartError and others) if it
+        could not start, and the reservation is then released."""
+        held = self._held.get(spec.task_id)
+        if held is None:
+            raise RuntimeError(f"container {spec.task_id} has no reservation on node {self.node_id}")
+        try:
+            held.container = await self.runtime.start(spec, on_output)
+        except BaseException:
+            self.release(spec.task_id)
+            raise
+        held.disk_limit_mib = disk_limit_mib
+
+    async def wait(self, task_id: str) -> ContainerExit:
+        """Wait until the container has exited; its reservation is released then."""
+        held = self._held[task_id]
+        assert held.container is not None
+        try:
+            code = shell_exit_code(await held.container.wait())
+            reason = held.fault or held.container.exit_reason()
+            return ContainerExit(code, reason, bool(getattr(held.container, "lost", False)))
+        finally:
+            self.release(task_id)
+
+    def interrupt(self, task_id: str) -> None:
+        """Ask a container to stop (SIGINT: the client runs @exit hooks)."""
+        held = self._held.get(task_id)
+        if held is not None and held.container is not None:
+            held.container.interrupt()
+
+    def kill(self, task_id: str) -> None:
+        held = self._held.get(task_id)
+        if held is not None and held.container is not None:
+            held.container.kill()
+
+    def prewarm(self, zygote: object) -> None:
+        self.runtime.prewarm(zygote)
+
+    def running(self) -> int:
+        return sum(1 for held in self._held.values() if held.container is not None)
+
+    # --- the node's own loops ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The node's background work: disk limits, runtime housekeeping (idle zygotes)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._every(DISK_CHECK_INTERVAL_S, self._enforce_disk_limits))
+            group.create_task(self._every(SWEEP_INTERVAL_S, self._sweep))
+
+    async def _every(self, interval_s: float, step: Callable[[], object]) -> None:
+        while True:
+            try:
+                result = step()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("node %s: %s failed; continuing", self.node_id, getattr(step, "__name__", step))
+            await asyncio.sleep(interval_s)
+
+    async def _sweep(self) -> None:
+        self.runtime.sweep()
+
+    async def _enforce_disk_limits(self) -> None:
+        """A container's writable layer lives on the host's disk; one that outgrows its limit
+        is killed, and its exit says why (as kubelet does for ephemeral storage)."""
+        for task_id, held in list(self._held.items()):
+            if not held.disk_limit_mib or held.fault is not None or held.container is None:
+                continue
+            used = await asyncio.to_thread(rootfs.used_bytes, self.work_dir(task_id) / "writable")
+            if used > held.disk_limit_mib * 2**20 and self._held.get(task_id) is held:
+                held.fault = (
+                    f"the container wrote more than its disk limit of {held.disk_limit_mib} MiB "
+                    "(ask for more with ephemeral_disk=, in MiB)"
+                )
+                log.warning("container %s: %s", task_id, held.fault)
+                held.container.kill()
+
+    async def shutdown(self) -> None:
+        """Stop every container and wait (briefly) until each has exited and released what it
+        held (work dir, cgroup, network namespace); then the runtime's own processes."""
+        containers = [held.container for held in self._held.values() if held.container is not None]
+        if containers:
+            # SIGINT first: @exit handlers run and volumes commit; then whatever is left is killed.
+            for container in containers:
+                container.interrupt()
+            waits = [asyncio.create_task(container.wait()) for container in containers]
+            _, pending = await asyncio.wait(waits, timeout=SHUTDOWN_GRACE_S)
+            for container in containers:
+                container.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=SHUTDOWN_WAIT_S)
+        await self.runtime.shutdown()
