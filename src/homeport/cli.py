@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -264,6 +265,38 @@ def _size(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return ""
+
+
+@app.command()
+def nodes(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
+    """The machines that run containers: capacity, what is reserved, containers, health."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from homeport.server.services.nodes import NodeRegistry
+    from homeport.server.state import open_engine
+
+    records = NodeRegistry(open_engine(_settings(data_dir, database_url))).list()
+    if not records:
+        typer.echo("no node has reported yet; is `homeport serve` running against this data dir?")
+        raise typer.Exit(1)
+    table = Table(
+        "Node", "Health", "CPUs (busy)", "Memory reserved", "GPUs (busy)", "Containers", "Last seen", box=None
+    )
+    for record in records:
+        node = record.inventory
+        models = collections.Counter(node.gpus)
+        gpus = ", ".join(f"{count} x {model}" for model, count in models.items()) + f" ({node.gpus_busy})"
+        table.add_row(
+            node.node_id,
+            "up" if record.up else "gone",
+            f"{node.cpu_count} ({node.cpu_busy:.0%})",
+            f"{node.memory_reserved_mib} / {node.memory_budget_mib} MiB",
+            gpus,
+            str(node.containers),
+            time.strftime("%H:%M:%S", time.localtime(record.last_seen)),
+        )
+    Console().print(table)
 
 
 @images_app.command("list")

@@ -74,3 +74,25 @@ def test_modal_run_leaves_no_error_in_the_server_log(own_server: Server) -> None
     assert_ok(run_modal(own_server, "run", "hello.py"))
     log = own_server.log_text()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def test_homeport_nodes_lists_this_machine_and_its_containers_know_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_python, start_server
+
+    server = start_server(tmp_path, server_env={"HOMEPORT_NODE_ID": "node-a", "HOMEPORT_GPUS": "T4:2"})
+    try:
+        app_file = tmp_path / "where.py"
+        app_file.write_text(
+            "import os, modal\napp = modal.App('where')\n"
+            "@app.function()\ndef node():\n    return os.environ['HOMEPORT_NODE_ID']\n"
+        )
+        script = (
+            "import modal\nfrom where import app, node\nwith app.run():\n    print('ON', node.remote())\n"
+        )
+        assert "ON node-a" in assert_ok(run_python(server, script, cwd=tmp_path))
+        listing = server.homeport("nodes")
+        assert listing.returncode == 0, listing.stderr
+        row = next(line for line in listing.stdout.splitlines() if line.strip().startswith("node-a"))
+        assert "up" in row and "2 x T4 (0)" in row and "MiB" in row
+    finally:
+        server.stop()

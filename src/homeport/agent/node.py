@@ -14,6 +14,8 @@ import asyncio
 import dataclasses
 import logging
 import os
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ SHUTDOWN_GRACE_S = 10.0
 SHUTDOWN_WAIT_S = 10.0
 DISK_CHECK_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 10.0
+REPORT_INTERVAL_S = 5.0
 # Busier than this, the node takes no more containers for a function that has some already.
 SATURATED_CPU = 0.85
 
@@ -55,6 +58,26 @@ class ContainerExit:
     lost: bool  # the platform lost it (its zygote died): not the container's doing
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeInventory:
+    """What a node has and what of it is taken: what placement decides from."""
+
+    node_id: str
+    started_at: float
+    cpu_count: int
+    cpu_busy: float  # fraction of all cores, over the last half second
+    memory_budget_mib: int
+    memory_reserved_mib: int
+    gpus: tuple[str, ...]  # models, by device index
+    gpus_busy: int
+    containers: int
+
+
+def default_node_id() -> str:
+    """HOMEPORT_NODE_ID, else the machine's host name."""
+    return os.environ.get("HOMEPORT_NODE_ID") or socket.gethostname()
+
+
 @dataclasses.dataclass
 class _Held:
     """What the node holds for one container: its reservation, and once started, the container."""
@@ -66,9 +89,17 @@ class _Held:
 
 
 class NodeAgent:
-    def __init__(self, runtime: Runtime, work_dirs: Callable[[str], Path], node_id: str = "local") -> None:
-        self.node_id = node_id
+    def __init__(
+        self,
+        runtime: Runtime,
+        work_dirs: Callable[[str], Path],
+        node_id: str | None = None,
+        report: Callable[[NodeInventory], None] | None = None,
+    ) -> None:
+        self.node_id = node_id or default_node_id()
+        self.started_at = time.time()
         self.runtime = runtime
+        self._report = report
         self._work_dirs = work_dirs
         self.gpus = GpuPool(detect_gpus())
         self.memory_budget_mib = node_memory_budget_mib()
@@ -124,6 +155,19 @@ class NodeAgent:
     def work_dir(self, task_id: str) -> Path:
         return self._work_dirs(task_id)
 
+    def inventory(self) -> NodeInventory:
+        return NodeInventory(
+            node_id=self.node_id,
+            started_at=self.started_at,
+            cpu_count=os.cpu_count() or 1,
+            cpu_busy=round(self._cpu.sample(), 3),
+            memory_budget_mib=self.memory_budget_mib,
+            memory_reserved_mib=sum(held.memory_mib for held in self._held.values()),
+            gpus=tuple(self.gpus.models),
+            gpus_busy=len(self.gpus.holders),
+            containers=self.running(),
+        )
+
     # --- containers -----------------------------------------------------------------------
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback, disk_limit_mib: int = 0) -> None:
@@ -132,6 +176,7 @@ class NodeAgent:
         held = self._held.get(spec.task_id)
         if held is None:
             raise RuntimeError(f"container {spec.task_id} has no reservation on node {self.node_id}")
+        spec = dataclasses.replace(spec, environment={**spec.environment, "HOMEPORT_NODE_ID": self.node_id})
         try:
             held.container = await self.runtime.start(spec, on_output)
         except BaseException:
@@ -174,6 +219,8 @@ class NodeAgent:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._every(DISK_CHECK_INTERVAL_S, self._enforce_disk_limits))
             group.create_task(self._every(SWEEP_INTERVAL_S, self._sweep))
+            if self._report is not None:
+                group.create_task(self._every(REPORT_INTERVAL_S, self._report_inventory))
 
     async def _every(self, interval_s: float, step: Callable[[], object]) -> None:
         while True:
@@ -184,6 +231,11 @@ class NodeAgent:
             except Exception:
                 log.exception("node %s: %s failed; continuing", self.node_id, getattr(step, "__name__", step))
             await asyncio.sleep(interval_s)
+
+    async def _report_inventory(self) -> None:
+        assert self._report is not None
+        inventory = self.inventory()
+        await asyncio.to_thread(self._report, inventory)
 
     async def _sweep(self) -> None:
         self.runtime.sweep()

@@ -34,6 +34,7 @@ from homeport.server.services.environments import EnvironmentService
 from homeport.server.services.images import ImageService, record_layer_dir
 from homeport.server.services.logs import LogService
 from homeport.server.services.mounts import MountService
+from homeport.server.services.nodes import NodeRegistry
 from homeport.server.services.queues import QueueService
 from homeport.server.services.secrets import SecretService
 from homeport.server.services.storage import StorageObjectService
@@ -134,7 +135,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     # containers get namespaces on the bridge.
     zygotes = ZygotePool(layout.zygotes) if settings.zygotes else None
     runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network, zygotes)
-    agent = NodeAgent(runtime, layout.task_dir)
+    agent = NodeAgent(runtime, layout.task_dir, report=NodeRegistry(engine).report)
     for private in (settings.cache.root, settings.layers):
         private.mkdir(parents=True, exist_ok=True)
         os.chmod(private, 0o700)  # image files (setuid binaries included) are not for other users

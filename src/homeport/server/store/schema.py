@@ -323,3 +323,19 @@ web_endpoints = sa.Table(
     sa.Column("method_name", sa.String(200), nullable=False, server_default=""),
     sa.Column("requires_proxy_auth", sa.Boolean, nullable=False, server_default=sa.false()),
 )
+
+# The machines that run containers, as their node agents last reported them.
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),  # the node's name (HOMEPORT_NODE_ID in its containers)
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("cpu_count", sa.Integer, nullable=False),
+    sa.Column("cpu_busy", sa.Float, nullable=False),  # fraction of all cores
+    sa.Column("memory_budget_mib", sa.Integer, nullable=False),
+    sa.Column("memory_reserved_mib", sa.Integer, nullable=False),
+    sa.Column("gpus", sa.Text, nullable=False),  # JSON list of models, by device index
+    sa.Column("gpus_busy", sa.Integer, nullable=False),
+    sa.Column("containers", sa.Integer, nullable=False),
+)
