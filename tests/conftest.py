@@ -55,6 +55,14 @@ class Server:
     log_path: Path
     database_url: str | None = None
     server_env: dict[str, str] = dataclasses.field(default_factory=dict)  # extra environment for the server
+    metrics_port: int = 0  # Prometheus metrics served on this port (0: none)
+
+    def metrics(self) -> str:
+        """One scrape of the server's /metrics."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as page:
+            return str(page.read().decode())
 
     @property
     def client_env(self) -> dict[str, str]:
@@ -84,6 +92,8 @@ class Server:
         ]
         if self.database_url:
             command += ["--database-url", self.database_url]
+        if self.metrics_port:
+            command += ["--metrics-port", str(self.metrics_port)]
         log = open(self.log_path, "ab")
         environment = {**os.environ, "HOMEPORT_LAYER_DIR": TEST_LAYER_DIR, **self.server_env}
         self.process = subprocess.Popen(
@@ -122,11 +132,20 @@ class Server:
 
 
 def start_server(
-    tmp: Path, database_url: str | None = None, server_env: dict[str, str] | None = None
+    tmp: Path,
+    database_url: str | None = None,
+    server_env: dict[str, str] | None = None,
+    metrics: bool = False,
 ) -> Server:
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = Server(data_dir, free_port_pair(), None, tmp / "server.log", database_url, server_env or {})
+    port = free_port_pair()
+    metrics_port = 0
+    while metrics and metrics_port in (0, port, port + 1):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            metrics_port = probe.getsockname()[1]
+    server = Server(data_dir, port, None, tmp / "server.log", database_url, server_env or {}, metrics_port)
     server.start()
     return server
 

@@ -73,6 +73,9 @@ def serve(
         "--web-port",
         help="Port in web endpoint URLs: -1 = the HTTP listener's, 0 = none (behind a proxy on 80/443).",
     ),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port", help="Serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md)."
+    ),
 ) -> None:
     """Run the server in the foreground; writes DATA_DIR/client.env once ready."""
     from homeport.server.main import serve as run_server
@@ -89,6 +92,7 @@ def serve(
         web_scheme=web_scheme,
         web_port=web_port,
         runtime=runtime,
+        metrics_port=metrics_port,
     )
     if runtime not in ("sandbox", "gvisor"):
         typer.echo(f"Error: unknown runtime {runtime!r}; use --runtime sandbox or --runtime gvisor", err=True)

@@ -184,6 +184,7 @@ class Settings:
     web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
     web_scheme: str = "http"
     web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none
+    metrics_port: int = 0  # serve Prometheus metrics at http://HOST:PORT/metrics; 0: not served
     limits: Limits = dataclasses.field(default_factory=Limits)
     cache_dir: Path = DEFAULT_CACHE_DIR
     # Image layers: under the data dir unless set (HOMEPORT_LAYER_DIR). A layer dir belongs

@@ -28,6 +28,8 @@ from homeport.agent.sandbox import (
 
 
 class GvisorContainer(ProcessContainer):
+    kind = "gvisor"
+
     def __init__(self, runsc: list[str], *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self._runsc = runsc

@@ -95,11 +95,15 @@ class NodeAgent:
         work_dirs: Callable[[str], Path],
         node_id: str | None = None,
         report: Callable[[NodeInventory], None] | None = None,
+        started: Callable[[str, float], None] | None = None,
     ) -> None:
+        """`report` receives the node's inventory every few seconds, `started` the kind and
+        start-up time of each container (both: the control plane's, however it is reached)."""
         self.node_id = node_id or default_node_id()
         self.started_at = time.time()
         self.runtime = runtime
         self._report = report
+        self._started = started
         self._work_dirs = work_dirs
         self.gpus = GpuPool(detect_gpus())
         self.memory_budget_mib = node_memory_budget_mib()
@@ -177,12 +181,15 @@ class NodeAgent:
         if held is None:
             raise RuntimeError(f"container {spec.task_id} has no reservation on node {self.node_id}")
         spec = dataclasses.replace(spec, environment={**spec.environment, "HOMEPORT_NODE_ID": self.node_id})
+        began = time.monotonic()
         try:
             held.container = await self.runtime.start(spec, on_output)
         except BaseException:
             self.release(spec.task_id)
             raise
         held.disk_limit_mib = disk_limit_mib
+        if self._started is not None:
+            self._started(getattr(held.container, "kind", "fresh"), time.monotonic() - began)
 
     async def wait(self, task_id: str) -> ContainerExit:
         """Wait until the container has exited; its reservation is released then."""

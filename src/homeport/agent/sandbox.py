@@ -39,6 +39,8 @@ READ_CHUNK = 64 * 1024
 
 
 class ProcessContainer:
+    kind = "fresh"  # a fresh interpreter (the metrics' container kinds: fresh, forked, gvisor)
+
     def __init__(
         self,
         task_id: str,

@@ -254,6 +254,8 @@ def _parent(pid: int) -> int | None:
 class ForkedContainer:
     """A container forked from a zygote (the runtime.Container interface)."""
 
+    kind = "forked"
+
     def __init__(self, task_id: str, child: _Child, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
                  work_dir: Path, cgroup: cgroups.Cgroup | None, stage: Path) -> None:  # fmt: skip
         self.task_id = task_id

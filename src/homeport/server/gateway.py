@@ -308,16 +308,17 @@ def gateway_middleware(gateway: Gateway):  # type: ignore[no-untyped-def]
 
     @web.middleware
     async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        if gateway.host_label(request) is not None:
+        label = gateway.host_label(request)
+        if label is not None:
             started = time.monotonic()
             response = await gateway.handle(request)
-            log.debug(
-                "%s %s -> %s in %.1f ms",
-                request.method,
-                request.path,
-                response.status,
-                (time.monotonic() - started) * 1000,
+            elapsed = time.monotonic() - started
+            log.debug("%s %s -> %s in %.1f ms", request.method, request.path, response.status, elapsed * 1000)
+            # Labels are "<workspace>--<endpoint>"; unknown hosts are counted together.
+            workspace, _, endpoint = (
+                label.partition("--") if response.status != 404 else ("", "", "(unknown)")
             )
+            gateway.state.metrics.http_request(workspace, endpoint or label, response.status, elapsed)
             return response
         return await handler(request)
 

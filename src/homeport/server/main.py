@@ -14,6 +14,7 @@ from homeport.config import Settings
 from homeport.server.blobstore import blob_routes, volume_routes
 from homeport.server.connections import CONTAINER_SOCKET_LIMITS, GuardedServer
 from homeport.server.gateway import Gateway, gateway_middleware
+from homeport.server.metrics import serve_metrics
 from homeport.server.retention import RetentionService
 from homeport.server.servicer import HomeportServicer
 from homeport.server.state import ServerState, build_state
@@ -91,6 +92,10 @@ async def serve(settings: Settings) -> None:
         await asyncio.to_thread(state.network.setup, [settings.effective_blob_port])
         await web.TCPSite(runner, state.network.gateway, settings.effective_blob_port).start()
 
+    metrics_runner = None
+    if settings.metrics_port:
+        metrics_runner = await serve_metrics(state.metrics, settings.host, settings.metrics_port)
+        log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     write_client_env(state)
     log.info(
         "homeport serving gRPC on %s, blobs on %s, data in %s",
@@ -122,6 +127,8 @@ async def serve(settings: Settings) -> None:
             server.close()
             await server.wait_closed()
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         if state.network is not None:
             state.network.forget_ports([settings.effective_blob_port])
         state.engine.dispose()

@@ -21,6 +21,7 @@ from homeport.images.client_package import ClientPackages
 from homeport.images.layers import LayerStore
 from homeport.server.auth import AuthService
 from homeport.server.blobstore import LocalBlobStore
+from homeport.server.metrics import Metrics, StateCollector
 from homeport.server.notify import Notifier
 from homeport.server.scheduler import Scheduler
 from homeport.server.services import dicts as dict_contents
@@ -71,6 +72,7 @@ class ServerState:
     mounts: MountService
     images: ImageService
     scheduler: Scheduler
+    metrics: Metrics
     agent: NodeAgent  # this machine's node agent (the embedded, single-machine default)
     storage: StorageObjectService
     dicts: DictService
@@ -92,6 +94,13 @@ class ServerState:
         return f"{self.settings.blob_base_url}/apps/{app_id}"
 
 
+def _function_names(apps: AppService, auth: AuthService, function_id: str) -> tuple[str, str, str]:
+    """(workspace, app, function) names of a function, for metric labels."""
+    function = apps.function(function_id)
+    app = apps.get("", function.app_id)
+    return auth.workspace_name(app.workspace_id), app.name or app.description, function.tag
+
+
 def open_engine(settings: Settings) -> sa.Engine:
     settings.layout.ensure()
     engine = db.create_engine(settings.effective_database_url)
@@ -103,6 +112,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     engine = engine or open_engine(settings)
     layout = settings.layout
     notifier = Notifier()
+    metrics = Metrics()
     auth = AuthService(engine)
     auth.ensure_default_workspace()
     blobs = LocalBlobStore(
@@ -113,7 +123,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         settings.limits.blob_max_bytes,
     )
     apps = AppService(engine, notifier)
-    calls = CallService(engine, notifier)
+    calls = CallService(engine, notifier, metrics)
     logs = LogService(engine, notifier)
     mounts = MountService(engine, blobs)
     storage = StorageObjectService(engine)
@@ -135,7 +145,13 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     # containers get namespaces on the bridge.
     zygotes = ZygotePool(layout.zygotes) if settings.zygotes else None
     runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network, zygotes)
-    agent = NodeAgent(runtime, layout.task_dir, report=NodeRegistry(engine).report)
+    nodes = NodeRegistry(engine)
+    agent = NodeAgent(
+        runtime,
+        layout.task_dir,
+        report=nodes.report,
+        started=lambda kind, seconds: metrics.container_started(agent.node_id, kind, seconds),
+    )
     for private in (settings.cache.root, settings.layers):
         private.mkdir(parents=True, exist_ok=True)
         os.chmod(private, 0o700)  # image files (setuid binaries included) are not for other users
@@ -152,6 +168,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         layout.blob,
         layout.image_contexts,
         network,
+        metrics,
     )
     scheduler = Scheduler(
         engine=engine,
@@ -174,6 +191,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         control_socket=layout.control_socket,
     )
     scheduler.forget_credential = auth.forget_task
+    metrics.resolve_names = lambda function_id: _function_names(apps, auth, function_id)
+    metrics.watch(StateCollector(calls.pending_counts, nodes.list, metrics.names))
     images.run_build_function = scheduler.run_build_function
     return ServerState(
         settings=settings,
@@ -188,6 +207,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         mounts=mounts,
         images=images,
         scheduler=scheduler,
+        metrics=metrics,
         agent=agent,
         storage=storage,
         dicts=DictService(engine),

@@ -21,6 +21,7 @@ from modal_proto import api_pb2
 
 from homeport import ids
 from homeport.server import errors
+from homeport.server.metrics import Metrics
 from homeport.server.notify import Notifier
 from homeport.server.store import schema
 
@@ -70,7 +71,14 @@ def retry_delay_s(policy: api_pb2.FunctionRetryPolicy, attempt: int) -> float:
 # Statements on the per-input hot path, built once (building them costs more than running them).
 _inputs = schema.inputs
 _CLAIM_CANDIDATES = (
-    sa.select(_inputs.c.id, _inputs.c.function_call_id, _inputs.c.idx, _inputs.c.attempt, _inputs.c.payload)
+    sa.select(
+        _inputs.c.id,
+        _inputs.c.function_call_id,
+        _inputs.c.idx,
+        _inputs.c.attempt,
+        _inputs.c.payload,
+        _inputs.c.created_at,
+    )
     .where(
         _inputs.c.function_id == sa.bindparam("b_function_id"),
         _inputs.c.state == PENDING,
@@ -91,6 +99,7 @@ _RUNNING_INPUT = (
         _inputs.c.function_id,
         _inputs.c.idx,
         _inputs.c.attempt,
+        _inputs.c.claimed_at,
         schema.function_calls.c.cancelled,
     )
     .join(schema.function_calls, schema.function_calls.c.id == _inputs.c.function_call_id)
@@ -102,9 +111,10 @@ _INSERT_OUTPUT = schema.outputs.insert()
 
 
 class CallService:
-    def __init__(self, engine: sa.Engine, notifier: Notifier) -> None:
+    def __init__(self, engine: sa.Engine, notifier: Notifier, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.notifier = notifier
+        self.metrics = metrics or Metrics()
         self._calls: dict[str, sa.Row] = {}  # a call's identity never changes once made
 
     # --- calls and inputs ----------------------------------------------------------
@@ -217,6 +227,7 @@ class CallService:
     def claim(self, function_id: str, task_id: str, limit: int) -> list[ClaimedInput]:
         now = time.time()
         claimed: list[ClaimedInput] = []
+        waited: list[float] = []
         with self.engine.begin() as connection:
             candidates = connection.execute(
                 _CLAIM_CANDIDATES, {"b_function_id": function_id, "b_now": now, "b_limit": limit}
@@ -224,6 +235,7 @@ class CallService:
             for row in candidates:
                 taken = connection.execute(_TAKE, {"b_input_id": row.id, "b_task_id": task_id, "b_now": now})
                 if taken.rowcount:
+                    waited.append(now - row.created_at)
                     payload = api_pb2.FunctionInput()
                     payload.ParseFromString(row.payload)
                     invocation_type = self._invocation_type(connection, row.function_call_id)
@@ -232,6 +244,8 @@ class CallService:
                             row.id, row.function_call_id, row.idx, row.attempt, payload, invocation_type
                         )
                     )
+        if claimed:
+            self.metrics.inputs_taken(function_id, waited)
         return claimed
 
     def _invocation_type(self, connection: sa.Connection, function_call_id: str) -> int:
@@ -316,6 +330,8 @@ class CallService:
             self.notifier.notify(queue_key(row.function_id), limit=1)
         else:
             self.notifier.notify(outputs_key(row.function_call_id))
+            running_s = now - row.claimed_at if row.claimed_at else None
+            self.metrics.input_finished(row.function_id, result.status, running_s)
         return True
 
     def outputs_after(

@@ -31,6 +31,7 @@ from homeport.images.builder import BuildFailed, BuildPlan, BuiltImage, ImageBui
 from homeport.images.config import ImageConfig
 from homeport.images.layers import LayerStore
 from homeport.server import errors
+from homeport.server.metrics import Metrics
 from homeport.server.store import schema
 
 log = logging.getLogger("homeport.images")
@@ -81,8 +82,10 @@ class ImageService:
         blob_path: Callable[[str], Path],
         contexts_dir: Path,
         network=None,  # type: ignore[no-untyped-def]  # BridgeNetwork: build steps get their own
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics or Metrics()
         self.notifier = notifier
         self.layers = layers
         self.builder = ImageBuilder(layers, bases, network)
@@ -245,7 +248,9 @@ class ImageService:
                     )
                 )
             log.info("image %s built in %.1fs (%d steps run)", image_id, seconds, built.steps_run)
+            self.metrics.image_built(True, seconds)
         except BuildFailed as failure:
+            self.metrics.image_built(False, time.monotonic() - started)
             await self._fail(writer, image_id, str(failure), rebuild)
         except asyncio.CancelledError:
             await self._fail(
