@@ -56,6 +56,7 @@ class Server:
     database_url: str | None = None
     server_env: dict[str, str] = dataclasses.field(default_factory=dict)  # extra environment for the server
     metrics_port: int = 0  # Prometheus metrics served on this port (0: none)
+    serve_args: list[str] = dataclasses.field(default_factory=list)  # more `homeport serve` options
 
     def metrics(self) -> str:
         """One scrape of the server's /metrics."""
@@ -94,6 +95,7 @@ class Server:
             command += ["--database-url", self.database_url]
         if self.metrics_port:
             command += ["--metrics-port", str(self.metrics_port)]
+        command += self.serve_args
         log = open(self.log_path, "ab")
         environment = {**os.environ, "HOMEPORT_LAYER_DIR": TEST_LAYER_DIR, **self.server_env}
         self.process = subprocess.Popen(
@@ -136,6 +138,7 @@ def start_server(
     database_url: str | None = None,
     server_env: dict[str, str] | None = None,
     metrics: bool = False,
+    serve_args: list[str] | None = None,
 ) -> Server:
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,16 @@ def start_server(
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             metrics_port = probe.getsockname()[1]
-    server = Server(data_dir, port, None, tmp / "server.log", database_url, server_env or {}, metrics_port)
+    server = Server(
+        data_dir,
+        port,
+        None,
+        tmp / "server.log",
+        database_url,
+        server_env or {},
+        metrics_port,
+        serve_args or [],
+    )
     server.start()
     return server
 

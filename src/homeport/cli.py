@@ -76,6 +76,11 @@ def serve(
     metrics_port: int = typer.Option(
         0, "--metrics-port", help="Serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md)."
     ),
+    rates: Path | None = typer.Option(
+        None,
+        "--rates",
+        help="Prices per hour for billing (default: placeholders in src/homeport/rates.default.toml).",
+    ),
 ) -> None:
     """Run the server in the foreground; writes DATA_DIR/client.env once ready."""
     from homeport.server.main import serve as run_server
@@ -93,6 +98,7 @@ def serve(
         web_port=web_port,
         runtime=runtime,
         metrics_port=metrics_port,
+        rates_file=rates,
     )
     if runtime not in ("sandbox", "gvisor"):
         typer.echo(f"Error: unknown runtime {runtime!r}; use --runtime sandbox or --runtime gvisor", err=True)

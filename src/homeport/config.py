@@ -184,6 +184,7 @@ class Settings:
     web_domain: str = "localhost"  # *.localhost resolves to loopback with no DNS setup
     web_scheme: str = "http"
     web_port: int = -1  # port in web URLs: -1 = the HTTP listener's, 0 = none
+    rates_file: Path | None = None  # prices per hour (None: src/homeport/rates.default.toml, placeholders)
     metrics_port: int = 0  # serve Prometheus metrics at http://HOST:PORT/metrics; 0: not served
     limits: Limits = dataclasses.field(default_factory=Limits)
     cache_dir: Path = DEFAULT_CACHE_DIR

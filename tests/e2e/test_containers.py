@@ -136,7 +136,7 @@ def test_containers_see_a_read_only_sys_of_their_own(server: Server, tmp_path) -
     seen = eval(text.split("SYS ", 1)[1].splitlines()[0])
     assert seen["net"] == ["eth0", "lo"]  # its own interfaces, not the host's
     assert seen["cpus_online"].startswith("0")
-    assert seen["cgroups"] == ["cpu", "memory", "pids"]  # its own cgroups only
+    assert seen["cgroups"] == ["cpu", "cpuacct", "memory", "pids"]  # its own cgroups only
     assert seen["memory_limit"] == str(300 * 2**20)
     assert seen["cpu_quota"] == "50000"
     assert seen["write"] == "EROFS"

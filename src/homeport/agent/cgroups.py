@@ -14,7 +14,8 @@ from pathlib import Path
 log = logging.getLogger("homeport.cgroups")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-CONTROLLERS = ("memory", "cpu", "pids")
+# cpuacct: CPU time used, for usage records (on some machines it shares cpu's hierarchy).
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 CPU_PERIOD_US = 100_000
 DEFAULT_PIDS = 4096  # a fork bomb stops here, not at the node's limit
 
@@ -63,6 +64,19 @@ class Cgroup:
         for path in self.paths.values():
             (path / "cgroup.procs").write_text(str(pid))
 
+    def usage(self) -> tuple[float, int]:
+        """(CPU seconds used, peak memory in bytes) so far; zeros where not readable."""
+        cpu_seconds, peak = 0.0, 0
+        try:
+            cpu_seconds = int((self.paths["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+        except (OSError, ValueError):
+            pass
+        try:
+            peak = int((self.paths["memory"] / "memory.max_usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            pass
+        return cpu_seconds, peak
+
     def oom_killed(self) -> bool:
         try:
             control = (self.paths["memory"] / "memory.oom_control").read_text()
@@ -72,7 +86,7 @@ class Cgroup:
         return int(counts.get("oom_kill", "0")) > 0
 
     def remove(self) -> None:
-        for path in self.paths.values():
+        for path in set(self.paths.values()):
             try:
                 path.rmdir()
             except OSError as error:

@@ -56,6 +56,8 @@ class ContainerExit:
     code: int  # shell-style: 128 + N when killed by signal N
     reason: str | None  # the node's own account, when it knows better than the code (out of memory, disk)
     lost: bool  # the platform lost it (its zygote died): not the container's doing
+    cpu_seconds: float = 0.0  # CPU time it used (cgroup accounting)
+    memory_peak_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,10 @@ class NodeAgent:
         self._held.pop(task_id, None)
         self.gpus.release(task_id)
 
+    def gpu_model(self, devices: list[int]) -> str:
+        """The model of these devices ("" for none)."""
+        return self.gpus.models[devices[0]] if devices else ""
+
     def gpu_holders(self) -> set[str]:
         return set(self.gpus.holders.values())
 
@@ -198,7 +204,11 @@ class NodeAgent:
         try:
             code = shell_exit_code(await held.container.wait())
             reason = held.fault or held.container.exit_reason()
-            return ContainerExit(code, reason, bool(getattr(held.container, "lost", False)))
+            holdings = getattr(held.container, "holdings", None)
+            cpu_seconds, peak = holdings.usage if holdings is not None else (0.0, 0)
+            return ContainerExit(
+                code, reason, bool(getattr(held.container, "lost", False)), cpu_seconds, peak
+            )
         finally:
             self.release(task_id)
 

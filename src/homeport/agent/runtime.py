@@ -82,6 +82,7 @@ class Holdings:
         self.cgroup = cgroup
         self.on_exit: list[Callable[[], None]] = []
         self.oom_killed = False
+        self.usage: tuple[float, int] = (0.0, 0)  # (CPU seconds, peak memory bytes), read at exit
 
     async def release(self) -> None:
         await asyncio.gather(*self.readers, return_exceptions=True)
@@ -89,6 +90,7 @@ class Holdings:
             await asyncio.to_thread(release)
         if self.cgroup is not None:
             self.oom_killed = self.cgroup.oom_killed()
+            self.usage = self.cgroup.usage()
             self.cgroup.remove()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 

@@ -29,7 +29,7 @@ from grpclib import GRPCError
 from modal_proto import api_pb2
 
 from homeport import ids
-from homeport.agent.node import NodeAgent
+from homeport.agent.node import ContainerExit, NodeAgent
 from homeport.agent.runtime import (
     CONTROL_SOCKET,
     BoundDirectory,
@@ -49,6 +49,7 @@ from homeport.server.services.apps import AppService
 from homeport.server.services.calls import CLAIMED, PENDING, CallService, StoredOutput, outputs_key, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
+from homeport.server.services.usage import ContainerUsage, UsageService
 from homeport.server.services.volumes import volume_metadata
 from homeport.server.store import schema
 
@@ -127,6 +128,7 @@ class RunningContainer:
     task_id: str
     function_id: str
     app_id: str
+    workspace_id: str
     definition: api_pb2.Function
     started_at: float
     max_inputs: int  # inputs it runs at once
@@ -142,6 +144,9 @@ class RunningContainer:
     init_failure: api_pb2.GenericResult | None = None
     stderr_tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
     volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
+    started_wall: float = dataclasses.field(default_factory=time.time)
+    gpu_devices: list[int] = dataclasses.field(default_factory=list)
+    build_step: bool = False
 
     @property
     def free_slots(self) -> int:
@@ -193,6 +198,7 @@ class Scheduler:
         secrets,  # type: ignore[no-untyped-def]
         volumes,  # type: ignore[no-untyped-def]
         control_socket: Path,
+        usage: UsageService,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -213,6 +219,7 @@ class Scheduler:
         self.secrets = secrets
         self.volumes = volumes
         self.control_socket = control_socket
+        self.usage = usage
         self.containers: dict[str, RunningContainer] = {}
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
         self.start_backoff = StartBackoff()
@@ -642,6 +649,7 @@ class Scheduler:
             task_id=task_id,
             function_id=function.id,
             app_id=function.app_id,
+            workspace_id=workspace_id,
             definition=definition,
             started_at=time.monotonic(),
             max_inputs=max(definition.max_concurrent_inputs, 1),
@@ -649,6 +657,8 @@ class Scheduler:
         )
         running.definition.timeout_secs = timeout
         running.volumes = views
+        running.gpu_devices = gpu_indices
+        running.build_step = build_step is not None
         self.containers[task_id] = running
         log.info(
             "started container %s for %s (%s): %s", task_id, definition.function_name, function.id, reason
@@ -767,6 +777,7 @@ class Scheduler:
                 .values(state="stopped", exit_code=code, stop_reason=reason, stopped_at=time.time())
             )
         log.info("container %s stopped: %s", running.task_id, reason)
+        self._record_usage(running, ended)
         orphans = self.calls.claimed_by(running.task_id)
         if running.init_failure is not None:
             # Raised in import or @enter: every queued input would fail the same way.
@@ -797,6 +808,27 @@ class Scheduler:
             # timeout, scale-down): it runs again elsewhere, without using a retry.
             self._requeue(row.id, running.function_id, running.task_id)
         self.wake()
+
+    def _record_usage(self, running: RunningContainer, ended: ContainerExit) -> None:
+        resources = running.definition.resources
+        self.usage.record(
+            ContainerUsage(
+                task_id=running.task_id,
+                workspace_id=running.workspace_id,
+                app_id=running.app_id,
+                function_id=running.function_id,
+                kind="build" if running.build_step else "function",
+                node_id=self.agent.node_id,
+                started_at=running.started_wall,
+                stopped_at=time.time(),
+                cpu_seconds=ended.cpu_seconds,
+                cpu_reserved_cores=(resources.milli_cpu or 0) / 1000,
+                memory_reserved_mib=memory_request_mib(running.definition),
+                memory_peak_mib=ended.memory_peak_bytes / 2**20,
+                gpu_type=self.agent.gpu_model(running.gpu_devices),
+                gpu_count=len(running.gpu_devices),
+            )
+        )
 
     def retry_policy(self, function_id: str) -> api_pb2.FunctionRetryPolicy | None:
         """The retry policy inputs of this function (or bound variant) run under."""

@@ -29,6 +29,7 @@ from homeport.server.services import queues as queue_contents
 from homeport.server.services import secrets as secret_contents
 from homeport.server.services import volumes as volume_contents
 from homeport.server.services.apps import AppService
+from homeport.server.services.billing import Rates
 from homeport.server.services.calls import CallService
 from homeport.server.services.dicts import DictService
 from homeport.server.services.environments import EnvironmentService
@@ -39,6 +40,7 @@ from homeport.server.services.nodes import NodeRegistry
 from homeport.server.services.queues import QueueService
 from homeport.server.services.secrets import SecretService
 from homeport.server.services.storage import StorageObjectService
+from homeport.server.services.usage import UsageService
 from homeport.server.services.volumes import VolumeService
 from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
@@ -73,6 +75,8 @@ class ServerState:
     images: ImageService
     scheduler: Scheduler
     metrics: Metrics
+    usage: UsageService
+    rates: Rates
     agent: NodeAgent  # this machine's node agent (the embedded, single-machine default)
     storage: StorageObjectService
     dicts: DictService
@@ -170,6 +174,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         network,
         metrics,
     )
+    usage = UsageService(engine)
     scheduler = Scheduler(
         engine=engine,
         notifier=notifier,
@@ -189,6 +194,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         secrets=secret_service,
         volumes=volumes,
         control_socket=layout.control_socket,
+        usage=usage,
     )
     scheduler.forget_credential = auth.forget_task
     metrics.resolve_names = lambda function_id: _function_names(apps, auth, function_id)
@@ -208,6 +214,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         images=images,
         scheduler=scheduler,
         metrics=metrics,
+        usage=usage,
+        rates=Rates.load(settings.rates_file),
         agent=agent,
         storage=storage,
         dicts=DictService(engine),

@@ -24,6 +24,7 @@ def load_all() -> dict[str, Handler]:
     """Import every domain module so their handlers register, then return the table."""
     from homeport.server.rpc import (  # noqa: F401
         apps,
+        billing,
         blobs,
         calls,
         containers,

@@ -339,3 +339,24 @@ nodes = sa.Table(
     sa.Column("gpus_busy", sa.Integer, nullable=False),
     sa.Column("containers", sa.Integer, nullable=False),
 )
+
+# What each container used and reserved, from its start to its stop (billing, usage pages).
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("task_id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("app_id", sa.String(40), nullable=False),
+    sa.Column("function_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # function | build
+    sa.Column("node_id", sa.String(200), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float, nullable=False),
+    sa.Column("cpu_seconds", sa.Float, nullable=False),  # CPU time used (cgroup accounting)
+    sa.Column("cpu_reserved_cores", sa.Float, nullable=False),  # cpu= (0: none asked)
+    sa.Column("memory_reserved_mib", sa.Integer, nullable=False),
+    sa.Column("memory_peak_mib", sa.Float, nullable=False),
+    sa.Column("gpu_type", sa.String(40), nullable=False),  # "" without GPUs
+    sa.Column("gpu_count", sa.Integer, nullable=False),
+    sa.Index("ix_usage_workspace_started", "workspace_id", "started_at"),
+)
