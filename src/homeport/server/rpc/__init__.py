@@ -32,6 +32,7 @@ def load_all() -> dict[str, Handler]:
         environments,
         functions,
         images,
+        inspection,
         logs,
         mounts,
         queues,

@@ -106,7 +106,11 @@ _RUNNING_INPUT = (
     .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == CLAIMED)
 )
 _RUNNING_INPUT_OF_TASK = _RUNNING_INPUT.where(_inputs.c.task_id == sa.bindparam("b_task_id"))
-_MARK_DONE = _inputs.update().where(_inputs.c.id == sa.bindparam("b_input_id")).values(state=DONE)
+_MARK_DONE = (
+    _inputs.update()
+    .where(_inputs.c.id == sa.bindparam("b_input_id"))
+    .values(state=DONE, finished_at=sa.bindparam("b_now"), status=sa.bindparam("b_status"))
+)
 _INSERT_OUTPUT = schema.outputs.insert()
 
 
@@ -311,7 +315,9 @@ class CallService:
                 )
                 requeued = True
             else:
-                connection.execute(_MARK_DONE, {"b_input_id": input_id})
+                connection.execute(
+                    _MARK_DONE, {"b_input_id": input_id, "b_now": now, "b_status": result.status}
+                )
                 connection.execute(
                     _INSERT_OUTPUT,
                     {

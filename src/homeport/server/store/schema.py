@@ -181,9 +181,12 @@ inputs = sa.Table(
     sa.Column("claimed_at", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("blob_id", sa.String(40), nullable=True, index=True),  # the argument blob, while it is needed
+    sa.Column("finished_at", sa.Float, nullable=True),  # when its final result was stored
+    sa.Column("status", sa.Integer, nullable=True),  # that result's GenericResult status
     # Claiming takes the oldest pending inputs of a function: filter and order from one index.
     sa.Index("ix_inputs_claim_order", "function_id", "state", "created_at"),
     sa.Index("ix_inputs_task", "task_id"),
+    sa.Index("ix_inputs_function_created", "function_id", "created_at"),  # call listings, stats
 )
 
 outputs = sa.Table(
