@@ -80,3 +80,14 @@ def test_a_reversed_range_is_a_clear_error(ran: Server) -> None:
 def test_an_unknown_function_is_not_found_by_name(ran: Server) -> None:
     result = run_modal(ran, "function", "stats", "basics/no_such_function")
     assert result.returncode != 0 and "no_such_function" in output(result)
+
+
+def test_app_history_lists_each_deployment_newest_first(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "history_probe.py").write_text(
+        "import modal\napp = modal.App('history-probe')\n@app.function()\ndef noop():\n    pass\n"
+    )
+    for _ in range(2):
+        assert_ok(run_modal(server, "deploy", "history_probe.py", cwd=tmp_path))
+    history = json.loads(assert_ok(run_modal(server, "app", "history", "history-probe", "--json")))
+    assert [entry["version"] for entry in history] == ["v2", "v1"], history
+    assert history[0]["client"] == "1.6.4" and history[0]["deployed_by"].startswith("ak-")

@@ -63,6 +63,7 @@ async def app_publish(
         request.app_state,
         dict(request.function_ids),
         dict(request.class_ids),
+        deployed_by=context.token_id or "",
     )
     # A redeploy keeps the app's function ids: containers running the old code finish
     # their inputs and stop; new inputs go to containers with the new definition.
@@ -71,6 +72,28 @@ async def app_publish(
         context.state.scheduler.wake()
     context.state.scheduler.prewarm(list(request.function_ids.values()))
     return api_pb2.AppPublishResponse(url=context.state.app_page_url(request.app_id), deployed_at=deployed_at)
+
+
+@handler("AppDeploymentHistory")
+async def app_deployment_history(
+    context: RequestContext, request: api_pb2.AppDeploymentHistoryRequest
+) -> api_pb2.AppDeploymentHistoryResponse:
+    """Newest first: client 1.6.4 shows the first entry as the version now deployed."""
+    context.state.apps.get(context.workspace_id, request.app_id)
+    rows = context.state.apps.deployment_history(request.app_id)
+    return api_pb2.AppDeploymentHistoryResponse(
+        app_deployment_histories=[
+            api_pb2.AppDeploymentHistory(
+                app_id=row.app_id,
+                version=row.version,
+                deployed_at=row.deployed_at,
+                client_version=row.client_version,
+                deployed_by=row.deployed_by,
+            )
+            for row in rows
+        ],
+        production_app_version=rows[0].version if rows else 0,
+    )
 
 
 @handler("AppHeartbeat")

@@ -10,7 +10,7 @@ import time
 import sqlalchemy as sa
 from modal_proto import api_pb2
 
-from homeport import ids
+from homeport import SUPPORTED_CLIENT_VERSION, ids
 from homeport.server import errors
 from homeport.server.notify import Notifier
 from homeport.server.services.autoscaling import autoscaling
@@ -174,6 +174,7 @@ class AppService:
         state: int,
         function_ids: dict[str, str],
         class_ids: dict[str, str],
+        deployed_by: str = "",
     ) -> float:
         """Make the app's objects live; a deployment also takes over the name atomically.
 
@@ -187,6 +188,19 @@ class AppService:
                 if not name:
                     raise errors.invalid_argument("a deployed app needs a name")
                 values.update(name=name, deployed_at=now)
+                history = schema.app_deployments
+                latest = connection.execute(
+                    sa.select(sa.func.max(history.c.version)).where(history.c.app_id == app_id)
+                ).scalar()
+                connection.execute(
+                    history.insert().values(
+                        app_id=app_id,
+                        version=(latest or 0) + 1,
+                        deployed_at=now,
+                        client_version=SUPPORTED_CLIENT_VERSION,
+                        deployed_by=deployed_by,
+                    )
+                )
                 d = schema.deployments
                 existing = connection.execute(
                     sa.select(d.c.app_id).where(
@@ -461,4 +475,14 @@ class AppService:
                 schema.functions.update()
                 .where(schema.functions.c.id == function_id)
                 .values(schedule_next_at=next_at)
+            )
+
+    def deployment_history(self, app_id: str) -> builtins.list[sa.Row]:
+        """Every deployment of an app, newest first."""
+        history = schema.app_deployments
+        with self.engine.connect() as connection:
+            return builtins.list(
+                connection.execute(
+                    sa.select(history).where(history.c.app_id == app_id).order_by(history.c.version.desc())
+                ).all()
             )

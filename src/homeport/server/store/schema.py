@@ -363,3 +363,14 @@ usage = sa.Table(
     sa.Column("gpu_count", sa.Integer, nullable=False),
     sa.Index("ix_usage_workspace_started", "workspace_id", "started_at"),
 )
+
+# Every deployment of an app (`modal app history`): versions count up from 1 per app.
+app_deployments = sa.Table(
+    "app_deployments",
+    metadata,
+    sa.Column("app_id", sa.String(40), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("deployed_at", sa.Float, nullable=False),
+    sa.Column("client_version", sa.String(40), nullable=False),
+    sa.Column("deployed_by", sa.String(200), nullable=False),  # the id of the token that deployed it
+)
