@@ -91,3 +91,26 @@ def test_app_history_lists_each_deployment_newest_first(server: Server, tmp_path
     history = json.loads(assert_ok(run_modal(server, "app", "history", "history-probe", "--json")))
     assert [entry["version"] for entry in history] == ["v2", "v1"], history
     assert history[0]["client"] == "1.6.4" and history[0]["deployed_by"].startswith("ak-")
+
+
+def test_function_metrics_export_counts_the_calls(ran: Server) -> None:
+    import datetime
+
+    until = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=2)).strftime(
+        "%Y-%m-%dT%H:%M:%S"
+    )
+    exported = json.loads(
+        assert_ok(
+            run_modal(
+                ran, "function", "metrics", "basics/square", "--json", "--since", "30m", "--until", until
+            )
+        )
+    )
+    totals = {
+        series["name"]: sum(point["value"] or 0 for point in series["points"])
+        for series in exported["series"]
+    }
+    assert totals["calls_started_count"] >= 4 and totals["calls_succeeded_count"] >= 4
+    assert totals["calls_failed_count"] == 0
+    preview = assert_ok(run_modal(ran, "function", "metrics", "basics/square"))
+    assert "--group calls" in preview and "Execution time (s)" in preview

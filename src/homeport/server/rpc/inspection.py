@@ -14,7 +14,7 @@ from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
 from homeport.server.scheduler import DEFAULT_IDLE_S
-from homeport.server.services import autoscaling
+from homeport.server.services import autoscaling, function_metrics
 from homeport.server.services import functions as catalog
 from homeport.server.services.stats import InputRecord, StatsService, distribution
 
@@ -228,3 +228,49 @@ async def function_call_count(
         bucket = response.buckets.add(count=per_bucket.get(index, 0))
         bucket.bucket_start_at.CopyFrom(_stamp(start + index * width))
     return response
+
+
+@handler("MetricsGetInfo")
+async def metrics_get_info(
+    context: RequestContext, request: api_pb2.MetricsGetInfoRequest
+) -> api_pb2.MetricsGetInfoResponse:
+    """The series `modal function metrics` can export, and the buckets a range would have."""
+    start, stop, width = _metrics_window(request)
+    try:
+        groups = function_metrics.schema(list(request.groups))
+    except function_metrics.MetricsRangeError as error:
+        raise errors.invalid_argument(str(error)) from None
+    return api_pb2.MetricsGetInfoResponse(
+        groups=groups, bucket_secs=width, bucket_count=(stop - start) // width
+    )
+
+
+@handler("FunctionGetMetrics")
+async def function_get_metrics(
+    context: RequestContext, request: api_pb2.FunctionGetMetricsRequest
+) -> api_pb2.FunctionGetMetricsResponse:
+    start, stop, width = _metrics_window(request)
+    stats = _stats(context)
+    family = stats.family(request.function_id, with_variants=request.rollup)
+    try:
+        function_metrics.schema(list(request.groups))
+    except function_metrics.MetricsRangeError as error:
+        raise errors.invalid_argument(str(error)) from None
+    series = await asyncio.to_thread(
+        function_metrics.series, stats, family, list(request.groups), start, stop, width
+    )
+    response = api_pb2.FunctionGetMetricsResponse(bucket_secs=width, series=series)
+    response.since.FromSeconds(start)
+    response.until.FromSeconds(stop)
+    return response
+
+
+def _metrics_window(
+    request: api_pb2.MetricsGetInfoRequest | api_pb2.FunctionGetMetricsRequest,
+) -> tuple[int, int, int]:
+    until = request.until.ToNanoseconds() / 1e9 if request.HasField("until") else time.time()
+    since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else until - DEFAULT_WINDOW_S
+    try:
+        return function_metrics.resolve_window(since, until, request.bucket_secs)
+    except function_metrics.MetricsRangeError as error:
+        raise errors.invalid_argument(str(error)) from None
