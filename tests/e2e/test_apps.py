@@ -6,7 +6,10 @@ import json
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
+
+import pytest
 
 from tests.conftest import APPS, MODAL, Server, assert_ok, output, run_modal, run_python
 
@@ -14,8 +17,11 @@ from tests.conftest import APPS, MODAL, Server, assert_ok, output, run_modal, ru
 def test_class_lifecycle_methods_and_parameters(server: Server) -> None:
     text = assert_ok(run_modal(server, "run", "classes.py"))
     page_url = text.split("View run at")[1].split()[0]
-    with urllib.request.urlopen(page_url, timeout=10) as page:
-        assert "modal app logs ap-" in page.read().decode()
+    # The link leads to the app's dashboard page, which asks a stranger to sign in.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(page_url, timeout=10)
+    assert refused.value.code == 401 and "modal dashboard" in refused.value.read().decode()
+    assert "/dashboard/apps/ap-" in refused.value.url
     assert "enter with start=10" in text
     assert "first 11" in text and "second 16" in text
     assert "default 1" in text

@@ -13,6 +13,7 @@ from aiohttp import web
 from homeport.config import Settings
 from homeport.server.blobstore import blob_routes, volume_routes
 from homeport.server.connections import CONTAINER_SOCKET_LIMITS, GuardedServer
+from homeport.server.dashboard.pages import Dashboard
 from homeport.server.gateway import Gateway, gateway_middleware
 from homeport.server.metrics import serve_metrics
 from homeport.server.retention import RetentionService
@@ -52,17 +53,6 @@ def write_client_env(state: ServerState) -> None:
     os.replace(temporary, path)
 
 
-async def app_page(request: web.Request) -> web.Response:
-    """Where the client's "View run at ..." links lead: how to see the app from a terminal
-    (there is no dashboard yet, and this page shows nothing an id does not already say)."""
-    app_id = request.match_info["app_id"]
-    return web.Response(
-        text=f"Homeport app {app_id}\n\nLogs:       modal app logs {app_id}\nApps:       modal app list\n"
-        f"Containers: modal container list --app-id {app_id}\n",
-        content_type="text/plain",
-    )
-
-
 async def serve(settings: Settings) -> None:
     state = build_state(settings)
     state.scheduler.recover()
@@ -81,7 +71,7 @@ async def serve(settings: Settings) -> None:
     http_app = web.Application(client_max_size=0, middlewares=[gateway_middleware(Gateway(state))])
     http_app.add_routes(blob_routes(state.blobs))
     http_app.add_routes(volume_routes(state.blobs, state.volumes))
-    http_app.add_routes([web.get("/apps/{app_id}", app_page)])
+    http_app.add_routes(Dashboard(state, state.dashboard_signer).routes())
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.effective_blob_port)

@@ -21,6 +21,7 @@ from homeport.images.client_package import ClientPackages
 from homeport.images.layers import LayerStore
 from homeport.server.auth import AuthService
 from homeport.server.blobstore import LocalBlobStore
+from homeport.server.dashboard.signin import Signer
 from homeport.server.metrics import Metrics, StateCollector
 from homeport.server.notify import Notifier
 from homeport.server.scheduler import Scheduler
@@ -46,6 +47,7 @@ from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
 
 BLOB_SIGNING_KEY = "blob_signing_key"
+DASHBOARD_SIGNING_KEY = "dashboard_signing_key"
 log = logging.getLogger("homeport.server")
 
 
@@ -77,6 +79,7 @@ class ServerState:
     metrics: Metrics
     usage: UsageService
     rates: Rates
+    dashboard_signer: Signer
     agent: NodeAgent  # this machine's node agent (the embedded, single-machine default)
     storage: StorageObjectService
     dicts: DictService
@@ -95,6 +98,7 @@ class ServerState:
         return self.settings.blob_base_url
 
     def app_page_url(self, app_id: str) -> str:
+        """The client's "View run at" link: the app's dashboard page (redirected from here)."""
         return f"{self.settings.blob_base_url}/apps/{app_id}"
 
 
@@ -216,6 +220,9 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         metrics=metrics,
         usage=usage,
         rates=Rates.load(settings.rates_file),
+        dashboard_signer=Signer(
+            shared_setting(engine, DASHBOARD_SIGNING_KEY, random_secrets.token_hex(32)).encode()
+        ),
         agent=agent,
         storage=storage,
         dicts=DictService(engine),

@@ -28,6 +28,7 @@ def load_all() -> dict[str, Handler]:
         blobs,
         calls,
         containers,
+        dashboard,
         dicts,
         environments,
         functions,
