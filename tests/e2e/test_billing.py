@@ -71,3 +71,22 @@ def test_a_reversed_time_range_is_a_clear_error(billed_server: Server) -> None:
     result = run_modal(billed_server, "billing", "report", "--start", "now", "--end", "yesterday")
     assert result.returncode != 0
     assert "is not before its end" in output(result)
+
+
+def test_report_items_carry_the_apps_tags(billed_server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "tagged.py").write_text(
+        "import modal\napp = modal.App('tagged', tags={'team': 'ml', 'cost-center': '42'})\n"
+        "@app.function()\ndef work():\n    return 1\n"
+    )
+    script = "from tagged import app, work\nwith app.run():\n    work.remote()\n"
+    assert_ok(run_python(billed_server, script, cwd=tmp_path))
+    deadline = time.monotonic() + 30
+    while True:
+        report = json.loads(
+            assert_ok(run_modal(billed_server, "billing", "report", "--for", "today", "-t", "team", "--json"))
+        )
+        mine = [item for item in report if item["description"] == "tagged"]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert mine and json.loads(mine[0]["tags"]) == {"team": "ml"}, report  # the CLI prints tags as JSON

@@ -114,3 +114,8 @@ def test_function_metrics_export_counts_the_calls(ran: Server) -> None:
     assert totals["calls_failed_count"] == 0
     preview = assert_ok(run_modal(ran, "function", "metrics", "basics/square"))
     assert "--group calls" in preview and "Execution time (s)" in preview
+
+
+def test_app_logs_over_a_range_are_counted_then_fetched(ran: Server) -> None:
+    text = assert_ok(run_modal(ran, "app", "logs", "basics", "--since", "1h"))
+    assert "squaring 3" in text

@@ -15,7 +15,12 @@ async def app_create(context: RequestContext, request: api_pb2.AppCreateRequest)
     environment = context.environment(request.environment_name)
     context.state.environments.get_or_create(context.workspace_id, environment)
     app_id = context.state.apps.create(
-        context.workspace_id, environment, request.description, request.app_state, request.client_id
+        context.workspace_id,
+        environment,
+        request.description,
+        request.app_state,
+        request.client_id,
+        dict(request.tags),
     )
     return api_pb2.AppCreateResponse(app_id=app_id, app_page_url=context.state.app_page_url(app_id))
 
@@ -94,6 +99,21 @@ async def app_deployment_history(
         ],
         production_app_version=rows[0].version if rows else 0,
     )
+
+
+@handler("AppSetTags")
+async def app_set_tags(context: RequestContext, request: api_pb2.AppSetTagsRequest) -> empty_pb2.Empty:
+    context.state.apps.get(context.workspace_id, request.app_id)
+    context.state.apps.set_tags(request.app_id, dict(request.tags))
+    return empty_pb2.Empty()
+
+
+@handler("AppGetTags")
+async def app_get_tags(
+    context: RequestContext, request: api_pb2.AppGetTagsRequest
+) -> api_pb2.AppGetTagsResponse:
+    context.state.apps.get(context.workspace_id, request.app_id)
+    return api_pb2.AppGetTagsResponse(tags=context.state.apps.tags(request.app_id))
 
 
 @handler("AppHeartbeat")

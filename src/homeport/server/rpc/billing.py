@@ -35,7 +35,8 @@ async def workspace_billing_report(
     request: api_pb2.WorkspaceBillingReportRequest,
     send: Callable[[api_pb2.WorkspaceBillingReportItem], Awaitable[None]],
 ) -> None:
-    """One item per app and hour (resolution "h") or day ("d", the default), oldest first."""
+    """One item per app and hour (resolution "h") or day ("d", the default), oldest first,
+    with the app's tags named in `tag_names` ("*": all of them)."""
     start = request.start_timestamp.ToNanoseconds() / 1e9
     end = request.end_timestamp.ToNanoseconds() / 1e9 if request.HasField("end_timestamp") else time.time()
     if start >= end:
@@ -57,12 +58,16 @@ async def workspace_billing_report(
         app = context.state.apps.get(context.workspace_id, app_id)
         if request.environment_ids and app.environment_name not in wanted_environments:
             continue
+        tags = context.state.apps.tags(app_id) if request.tag_names else {}
+        if "*" not in request.tag_names:
+            tags = {name: value for name, value in tags.items() if name in request.tag_names}
         item = api_pb2.WorkspaceBillingReportItem(
             object_id=app_id,
             description=app.name or app.description,
             environment_name=app.environment_name,
             cost=str(sum(by_resource.values(), Decimal(0))),
             cost_by_resource={name: str(value) for name, value in by_resource.items()},
+            tags=tags,
         )
         item.interval.FromSeconds(int(interval))
         await send(item)

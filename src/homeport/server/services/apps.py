@@ -100,7 +100,13 @@ class AppService:
     # --- apps ------------------------------------------------------------------------
 
     def create(
-        self, workspace_id: str, environment_name: str, description: str, state: int, client_id: str
+        self,
+        workspace_id: str,
+        environment_name: str,
+        description: str,
+        state: int,
+        client_id: str,
+        tags: dict[str, str] | None = None,
     ) -> str:
         app_id = ids.new_id("app")
         now = time.time()
@@ -115,6 +121,7 @@ class AppService:
                     client_id=client_id,
                     created_at=now,
                     last_heartbeat_at=now,
+                    tags=json.dumps(tags or {}),
                 )
             )
         return app_id
@@ -486,3 +493,17 @@ class AppService:
                     sa.select(history).where(history.c.app_id == app_id).order_by(history.c.version.desc())
                 ).all()
             )
+
+    def tags(self, app_id: str) -> dict[str, str]:
+        a = schema.apps
+        with self.engine.connect() as connection:
+            raw = connection.execute(sa.select(a.c.tags).where(a.c.id == app_id)).scalar()
+        return dict(json.loads(raw or "{}"))
+
+    def set_tags(self, app_id: str, tags: dict[str, str]) -> None:
+        """Add or change these tags; the others stay."""
+        a = schema.apps
+        with self.engine.begin() as connection:
+            raw = connection.execute(sa.select(a.c.tags).where(a.c.id == app_id)).scalar()
+            merged = {**json.loads(raw or "{}"), **tags}
+            connection.execute(a.update().where(a.c.id == app_id).values(tags=json.dumps(merged)))

@@ -84,3 +84,21 @@ class LogService:
             )
             for row in rows
         ]
+
+    def count(
+        self, app_id: str, since: float, until: float, bucket_s: int, task_id: str = "", function_id: str = ""
+    ) -> dict[tuple[int, int], int]:
+        """(bucket index, file descriptor) -> entries logged in [since, until)."""
+        log = schema.logs
+        bucket = sa.cast((log.c.timestamp - since) / bucket_s, sa.Integer).label("bucket")
+        query = (
+            sa.select(bucket, log.c.file_descriptor, sa.func.count())
+            .where(log.c.app_id == app_id, log.c.timestamp >= since, log.c.timestamp < until)
+            .group_by(bucket, log.c.file_descriptor)
+        )
+        if task_id:
+            query = query.where(log.c.task_id == task_id)
+        if function_id:
+            query = query.where(log.c.function_id == function_id)
+        with self.engine.connect() as connection:
+            return {(int(row[0]), int(row[1])): int(row[2]) for row in connection.execute(query)}

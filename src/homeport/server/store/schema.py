@@ -52,6 +52,7 @@ apps = sa.Table(
     sa.Column("last_heartbeat_at", sa.Float, nullable=True),
     sa.Column("deployed_at", sa.Float, nullable=True),
     sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tags", sa.Text, nullable=False, server_default="{}"),  # JSON {name: value}
 )
 
 # A deployed name points at exactly one live app per (workspace, environment).
