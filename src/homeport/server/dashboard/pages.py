@@ -168,6 +168,7 @@ class Dashboard:
                 if record.finished_at and record.claimed_at
                 else "",
                 "container": record.task_id or "",
+                "retries": record.attempt,
                 "error": failed.get(record.input_id, ("", ""))[0],
                 "traceback": failed.get(record.input_id, ("", ""))[1],
             }

@@ -38,6 +38,7 @@ class InputRecord:
     state: str
     status: int | None
     task_id: str | None
+    attempt: int  # retries used
 
     @property
     def call_status(self) -> int:
@@ -86,7 +87,7 @@ class StatsService:
         i = schema.inputs
         query = sa.select(
             i.c.id, i.c.function_call_id, i.c.function_id, i.c.created_at, i.c.claimed_at, i.c.finished_at,
-            i.c.state, i.c.status, i.c.task_id,
+            i.c.state, i.c.status, i.c.task_id, i.c.attempt,
         ).where(i.c.function_id.in_(function_ids))  # fmt: skip
         if newest is None:
             query = query.where(i.c.created_at >= since, i.c.created_at < until).order_by(
@@ -96,18 +97,18 @@ class StatsService:
         else:
             query = query.order_by(i.c.created_at.desc()).limit(newest)
         with self.engine.connect() as connection:
-            return [InputRecord(*row) for row in connection.execute(query)]
+            return [InputRecord(*tuple(row)) for row in connection.execute(query)]
 
     def finished_between(self, function_ids: list[str], since: float, until: float) -> list[InputRecord]:
         i = schema.inputs
         query = sa.select(
             i.c.id, i.c.function_call_id, i.c.function_id, i.c.created_at, i.c.claimed_at, i.c.finished_at,
-            i.c.state, i.c.status, i.c.task_id,
+            i.c.state, i.c.status, i.c.task_id, i.c.attempt,
         ).where(
             i.c.function_id.in_(function_ids), i.c.state == DONE, i.c.finished_at >= since, i.c.finished_at < until
         ).limit(MAX_ROWS)  # fmt: skip
         with self.engine.connect() as connection:
-            return [InputRecord(*row) for row in connection.execute(query)]
+            return [InputRecord(*tuple(row)) for row in connection.execute(query)]
 
     def running_at(self, function_ids: list[str], moment: float) -> int:
         i = schema.inputs
