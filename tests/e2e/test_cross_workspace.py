@@ -24,6 +24,8 @@ from tests.e2e.test_auth import call_raw, user_metadata
 # workspace (a log cursor, a client-made id, or a kind this server does not have yet).
 FIELD_KINDS: dict[str, str | None] = {
     "app_id": "app",
+    "app_ids": "app",
+    "environment_ids": "environment",
     "function_id": "function",
     "existing_function_id": "function",
     "base_function_id": "function",
@@ -136,6 +138,7 @@ def victims(server: Server) -> dict[str, str]:
         "dict": "SELECT id FROM storage_objects WHERE kind = 'dict' AND workspace_id = ?",
         "queue": "SELECT id FROM storage_objects WHERE kind = 'queue' AND workspace_id = ?",
         "volume": "SELECT id FROM storage_objects WHERE kind = 'volume' AND workspace_id = ?",
+        "environment": "SELECT id FROM environments WHERE workspace_id = ?",
     }
     found = {kind: database.execute(query, (workspace,)).fetchone() for kind, query in queries.items()}
     database.close()
