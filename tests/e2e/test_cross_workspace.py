@@ -25,6 +25,9 @@ from tests.e2e.test_auth import call_raw, user_metadata
 FIELD_KINDS: dict[str, str | None] = {
     "app_id": "app",
     "app_ids": "app",
+    "function_ids": "function",
+    "class_ids": "class",
+    "definition_ids": "function",
     "environment_ids": "environment",
     "function_id": "function",
     "existing_function_id": "function",
@@ -99,8 +102,14 @@ def _with_id(request_type: type[Message], path: str, object_id: str) -> Message:
     *parents, leaf = path.split(".")
     for name in parents:
         field = message.DESCRIPTOR.fields_by_name[name]
-        message = getattr(message, name).add() if field.is_repeated else getattr(message, name)
-    if message.DESCRIPTOR.fields_by_name[leaf].is_repeated:
+        if field.message_type.GetOptions().map_entry:
+            message = getattr(message, name)["x"]
+        else:
+            message = getattr(message, name).add() if field.is_repeated else getattr(message, name)
+    field = message.DESCRIPTOR.fields_by_name[leaf]
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        getattr(message, leaf)["x"] = object_id
+    elif field.is_repeated:
         getattr(message, leaf).append(object_id)
     else:
         setattr(message, leaf, object_id)

@@ -54,9 +54,9 @@ def _input(engine: sa.Engine, blob_id: str, state: str) -> None:
 
 def test_blobs_nothing_needs_are_deleted_and_the_rest_kept(store: LocalBlobStore) -> None:
     engine = store.engine
-    orphan, young = _blob(store, 2 * HOUR), _blob(store, 60)
-    queued_argument, finished_argument = _blob(store, 2 * HOUR), _blob(store, 2 * HOUR)
-    result, mount_file = _blob(store, 2 * HOUR), _blob(store, 2 * HOUR)
+    orphan, young = _blob(store, 3 * HOUR), _blob(store, 60)
+    queued_argument, finished_argument = _blob(store, 3 * HOUR), _blob(store, 3 * HOUR)
+    result, mount_file = _blob(store, 3 * HOUR), _blob(store, 3 * HOUR)
     _input(engine, queued_argument, PENDING)
     _input(engine, finished_argument, DONE)
     with engine.begin() as connection:

@@ -41,7 +41,7 @@ gettimeofday getuid getxattr inotify_add_watch inotify_init inotify_init1
 inotify_rm_watch io_cancel io_destroy io_getevents io_pgetevents io_setup io_submit ioctl
 ioprio_get ioprio_set kill landlock_add_rule landlock_create_ruleset
 landlock_restrict_self lchown lgetxattr link linkat listen listxattr llistxattr
-lremovexattr lseek lsetxattr lstat madvise membarrier memfd_create memfd_secret mincore
+lremovexattr lseek lsetxattr lstat madvise map_shadow_stack membarrier memfd_create memfd_secret mincore
 mkdir mkdirat mknod mknodat mlock mlock2 mlockall mmap modify_ldt mprotect mq_getsetattr
 mq_notify mq_open mq_timedreceive mq_timedsend mq_unlink mremap msgctl msgget msgrcv
 msgsnd msync munlock munlockall munmap nanosleep newfstatat open openat openat2 pause
@@ -72,7 +72,10 @@ perf_event_open iopl ioperm syslog quotactl lookup_dcookie userfaultfd
 io_uring_setup io_uring_enter io_uring_register
 sethostname setdomainname settimeofday clock_settime clock_adjtime adjtimex
 open_by_handle_at name_to_handle_at keyctl add_key request_key
-""".split()
+""".split() + [
+    # NUMA placement: Docker allows these only with CAP_SYS_NICE, which containers lack
+    "mbind", "set_mempolicy", "move_pages", "migrate_pages",
+]  # fmt: skip
 
 # A zygote (agent/zygote.py) makes each container's namespaces and mounts itself, inside
 # its own user namespace: it may use these; every container it forks installs the full

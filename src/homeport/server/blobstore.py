@@ -32,6 +32,10 @@ URL_LIFETIME_S = 3600
 DISK_RESERVE_BYTES = 2 * 2**30
 
 
+class BlobMissing(ValueError):
+    """An upload for a blob that does not exist (never made, or collected)."""
+
+
 class LocalBlobStore:
     def __init__(
         self,
@@ -143,10 +147,14 @@ class LocalBlobStore:
 
         Returns the MD5 hex digest of what was received (the S3 ETag)."""
         with self.engine.connect() as connection:
-            declared = connection.execute(
+            row = connection.execute(
                 sa.select(schema.blobs.c.size).where(schema.blobs.c.id == blob_id)
-            ).scalar()
-        limit = self.max_bytes if declared is None else declared
+            ).first()
+        if row is None:
+            raise BlobMissing(
+                f"blob {blob_id} does not exist (any more); ask for a new upload URL with BlobCreate"
+            )
+        limit = self.max_bytes if row.size is None else row.size
         temporary = self.layout.uploads / f"{blob_id}.{os.getpid()}.{time.monotonic_ns()}.part"
         digest = hashlib.md5()
         size = 0
@@ -193,6 +201,8 @@ def blob_routes(store: LocalBlobStore) -> list[web.RouteDef]:
         blob_id = authorize(request, "put")
         try:
             etag = await store.receive(blob_id, request.content.iter_chunked(CHUNK_SIZE))
+        except BlobMissing as error:
+            raise web.HTTPNotFound(text=str(error)) from None
         except ValueError as error:
             raise web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, text=str(error)) from None
         expected_md5 = request.headers.get("Content-MD5")

@@ -58,13 +58,34 @@ BATCH_RPCS = frozenset(
 )
 
 
+# A request's body must have arrived this long after its headers (the largest allowed
+# body, 128 MiB, takes a few seconds on a slow link).
+BODY_TIMEOUT_S = 60.0
+
+
 def max_request_bytes(rpc_name: str) -> int:
     return MAX_BATCH_REQUEST_BYTES if rpc_name in BATCH_RPCS else MAX_REQUEST_BYTES
 
 
 async def read_request(stream: ServerStream, rpc_name: str) -> Message:
-    """The request body, decoded; RESOURCE_EXHAUSTED past the size limit and
-    INVALID_ARGUMENT for a body that is not the RPC's message."""
+    """The request body, decoded; RESOURCE_EXHAUSTED past the size limit, INVALID_ARGUMENT
+    for a body that is not the RPC's message, ends early, or has not arrived in time (a
+    stream opened and left silent holds its connection open otherwise)."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await _read_request(stream, rpc_name)
+    except TimeoutError:
+        raise GRPCError(
+            Status.INVALID_ARGUMENT,
+            f"{rpc_name}: the request body did not arrive within {BODY_TIMEOUT_S:.0f} s",
+        ) from None
+    except AssertionError:  # grpclib's buffer, when the stream ends inside a message
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"{rpc_name}: the request ended inside its message"
+        ) from None
+
+
+async def _read_request(stream: ServerStream, rpc_name: str) -> Message:
     transport_stream: Any = stream._stream  # grpclib 0.4.9: the HTTP/2 stream under the gRPC one
     header = await transport_stream.recv_data(5)
     if len(header) < 5:
@@ -88,7 +109,7 @@ async def read_request(stream: ServerStream, rpc_name: str) -> Message:
     except DecodeError:
         raise GRPCError(
             Status.INVALID_ARGUMENT, f"{rpc_name}: the request body is not a valid {type(request).__name__}"
-        )
+        ) from None
     return request
 
 

@@ -75,39 +75,57 @@ def _is_id_field(field: FieldDescriptor) -> bool:
     return field.type == FieldDescriptor.TYPE_STRING and field.name.endswith(("_id", "_ids"))
 
 
-# For one message type: {field name: (repeated, None)} for an id field, or
-# {field name: (repeated, the same shape)} for a message field with id fields below it.
-IdFieldTree = dict[str, tuple[bool, "IdFieldTree | None"]]
+# For one message type: {field name: (shape, None)} for a field holding ids, or
+# {field name: (shape, the same kind of tree)} for message fields with ids below them.
+# shape: "one" (a singular field), "many" (repeated) or "map" (the map's values).
+IdFieldTree = dict[str, tuple[str, "IdFieldTree | None"]]
 
 
 def id_field_tree(descriptor: Descriptor, _visiting: frozenset[str] = frozenset()) -> IdFieldTree:
-    """The fields of a message type, at any depth, that can hold object ids."""
+    """The fields of a message type, at any depth, that can hold object ids. Map keys are
+    names; map values are ids when the map is named `*_ids` (AppPublish.function_ids:
+    tag -> function id), and are walked when they are messages."""
     tree: IdFieldTree = {}
     for field in descriptor.fields:
+        shape = "many" if field.is_repeated else "one"
         if _is_id_field(field):
-            tree[field.name] = (field.is_repeated, None)
-        elif (child := field.message_type) is not None and child.full_name not in _visiting:
-            if child.GetOptions().map_entry:
-                continue  # map<string, ...> keys are names, not ids
+            tree[field.name] = (shape, None)
+            continue
+        child = field.message_type
+        if child is None:
+            continue
+        if child.GetOptions().map_entry:
+            value = child.fields_by_name["value"]
+            if value.type == FieldDescriptor.TYPE_STRING and field.name.endswith("_ids"):
+                tree[field.name] = ("map", None)
+            elif value.message_type is not None and value.message_type.full_name not in _visiting:
+                below = id_field_tree(value.message_type, _visiting | {descriptor.full_name})
+                if below:
+                    tree[field.name] = ("map", below)
+        elif child.full_name not in _visiting:
             below = id_field_tree(child, _visiting | {descriptor.full_name})
             if below:
-                tree[field.name] = (field.is_repeated, below)
+                tree[field.name] = (shape, below)
     return tree
 
 
 def named_ids(message: Message, tree: IdFieldTree) -> Iterator[str]:
     """Every non-empty value of the tree's id fields in this message."""
-    for name, (repeated, below) in tree.items():
-        if below is None:
-            if repeated:
-                yield from (value for value in getattr(message, name) if value)
-            elif value := getattr(message, name):
-                yield value
-        elif repeated:
-            for child in getattr(message, name):
-                yield from named_ids(child, below)
-        elif message.HasField(name):
-            yield from named_ids(getattr(message, name), below)
+    for name, (shape, below) in tree.items():
+        if shape == "one":
+            if below is None:
+                if value := getattr(message, name):
+                    yield value
+            elif message.HasField(name):
+                yield from named_ids(getattr(message, name), below)
+            continue
+        values = getattr(message, name).values() if shape == "map" else getattr(message, name)
+        for value in values:
+            if below is None:
+                if value:
+                    yield value
+            else:
+                yield from named_ids(value, below)
 
 
 class OwnershipCheck:

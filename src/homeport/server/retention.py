@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from homeport.config import Limits
-from homeport.server.blobstore import LocalBlobStore
+from homeport.server.blobstore import URL_LIFETIME_S, LocalBlobStore
 from homeport.server.services.calls import DONE
 from homeport.server.store import schema
 
@@ -38,6 +38,8 @@ def _unneeded_blobs(cutoff: float) -> sa.Select[Any]:
         sa.select(b.c.id)
         .where(
             b.c.created_at < cutoff,
+            # An upload still in flight may use its URL for as long as the URL lives.
+            sa.or_(b.c.complete.is_(True), b.c.created_at < cutoff - URL_LIFETIME_S),
             mount_contents,
             held_by(i, i.c.state != DONE),
             held_by(schema.outputs),

@@ -479,6 +479,29 @@ class Scheduler:
         gpu_indices: list[int],
         reason: str,
     ) -> None:
+        """Start a container in the room reserved for `task_id`; whatever goes wrong, the
+        reservation is given back and the failure recorded (never left held)."""
+        try:
+            await self._launch(
+                function, definition, params, environment_name, workspace_id, task_id, gpu_indices, reason
+            )
+        except Exception as error:
+            if task_id in self.containers:
+                raise  # started: its watcher owns the reservation now
+            log.exception("container %s for %s could not be started", task_id, function.id)
+            self._fail_start(function, task_id, f"could not start a container: {error}")
+
+    async def _launch(
+        self,
+        function: catalog.FunctionRow,  # type: ignore[name-defined]
+        definition: api_pb2.Function,
+        params: bytes,
+        environment_name: str,
+        workspace_id: str,
+        task_id: str,
+        gpu_indices: list[int],
+        reason: str,
+    ) -> None:
         if function.id in self.builds and any(c.function_id == function.id for c in self.containers.values()):
             self.agent.release(task_id)
             return  # a run_function step: exactly one container writes its layer

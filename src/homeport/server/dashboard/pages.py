@@ -222,7 +222,10 @@ class Dashboard:
         found = queries.task(self.state.engine, workspace_id, request.match_info["task_id"])
         if found is None:
             raise web.HTTPNotFound()
-        after = int(request.query.get("after", "0") or 0)
+        after_text = request.query.get("after", "0") or "0"
+        if not after_text.isdigit():
+            raise web.HTTPBadRequest(text="after= must be a log sequence number")
+        after = int(after_text)
         entries = self.state.logs.read(found.app_id, after_seq=after, limit=500, task_id=found.id)
         return web.json_response(
             {
@@ -233,6 +236,11 @@ class Dashboard:
 
     async def stop_container(self, request: web.Request) -> web.Response:
         workspace_id = self._workspace(request)
+        # Beyond SameSite=Lax: a form posted from another site (even a sibling subdomain,
+        # such as a web endpoint) names that site as its origin.
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.host:
+            raise web.HTTPForbidden(text="stopping a container is only allowed from the dashboard itself")
         task_id = request.match_info["task_id"]
         if queries.task(self.state.engine, workspace_id, task_id) is None:
             raise web.HTTPNotFound()

@@ -13,7 +13,7 @@ from modal_proto import api_pb2
 
 from homeport.server import errors
 from homeport.server.context import RequestContext
-from homeport.server.rpc import handler
+from homeport.server.rpc import handler, times
 from homeport.server.services import billing
 
 
@@ -37,8 +37,12 @@ async def workspace_billing_report(
 ) -> None:
     """One item per app and hour (resolution "h") or day ("d", the default), oldest first,
     with the app's tags named in `tag_names` ("*": all of them)."""
-    start = request.start_timestamp.ToNanoseconds() / 1e9
-    end = request.end_timestamp.ToNanoseconds() / 1e9 if request.HasField("end_timestamp") else time.time()
+    start = times.seconds(request.start_timestamp, "start_timestamp")
+    end = (
+        times.seconds(request.end_timestamp, "end_timestamp")
+        if request.HasField("end_timestamp")
+        else time.time()
+    )
     if start >= end:
         raise errors.invalid_argument(
             f"the report's start ({_when(start)}) is not before its end ({_when(end)}); give --start before --end"
@@ -79,7 +83,7 @@ async def workspace_billing_summary(
 ) -> api_pb2.WorkspaceBillingSummaryResponse:
     """The month starting at `start_timestamp`: metered cost by deployed and ephemeral apps.
     Homeport applies no plan, credits or discounts: billed equals metered."""
-    start, end = billing.month_bounds(request.start_timestamp.ToNanoseconds() / 1e9)
+    start, end = billing.month_bounds(times.seconds(request.start_timestamp, "start_timestamp"))
     usages = await asyncio.to_thread(context.state.usage.between, context.workspace_id, start, end)
     breakdown = {"deployed": Decimal(0), "ephemeral": Decimal(0)}
     for (app_id, _), by_resource in billing.costs(usages, context.state.rates, start, end, "d").items():

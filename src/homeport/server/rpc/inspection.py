@@ -12,7 +12,7 @@ from modal_proto import api_pb2
 
 from homeport.server import errors
 from homeport.server.context import RequestContext
-from homeport.server.rpc import handler
+from homeport.server.rpc import handler, times
 from homeport.server.scheduler import DEFAULT_IDLE_S
 from homeport.server.services import autoscaling, function_metrics
 from homeport.server.services import functions as catalog
@@ -30,8 +30,8 @@ def _stamp(seconds: float) -> Timestamp:
 
 
 def _window(since: Timestamp, until: Timestamp, has_since: bool, has_until: bool) -> tuple[float, float]:
-    end = until.ToNanoseconds() / 1e9 if has_until else time.time()
-    start = since.ToNanoseconds() / 1e9 if has_since else end - DEFAULT_WINDOW_S
+    end = times.seconds(until, "until") if has_until else time.time()
+    start = times.seconds(since, "since") if has_since else end - DEFAULT_WINDOW_S
     if start >= end:
         raise errors.invalid_argument(
             "the time range's start is not before its end; give --since before --until"
@@ -224,7 +224,7 @@ async def function_call_count(
         index = int((record.created_at - start) // width)
         per_bucket[index] = per_bucket.get(index, 0) + 1
     response = api_pb2.FunctionCallCountResponse()
-    for index in range(int((end - start) // width) + (1 if (end - start) % width else 0)):
+    for index in range(times.bucket_count(start, end, width)):
         bucket = response.buckets.add(count=per_bucket.get(index, 0))
         bucket.bucket_start_at.CopyFrom(_stamp(start + index * width))
     return response
@@ -268,8 +268,8 @@ async def function_get_metrics(
 def _metrics_window(
     request: api_pb2.MetricsGetInfoRequest | api_pb2.FunctionGetMetricsRequest,
 ) -> tuple[int, int, int]:
-    until = request.until.ToNanoseconds() / 1e9 if request.HasField("until") else time.time()
-    since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else until - DEFAULT_WINDOW_S
+    until = times.seconds(request.until, "until") if request.HasField("until") else time.time()
+    since = times.seconds(request.since, "since") if request.HasField("since") else until - DEFAULT_WINDOW_S
     try:
         return function_metrics.resolve_window(since, until, request.bucket_secs)
     except function_metrics.MetricsRangeError as error:

@@ -4,7 +4,6 @@ AppCountLogs (how many entries, per bucket of time)."""
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +11,7 @@ from modal_proto import api_pb2
 
 from homeport.server import errors
 from homeport.server.context import RequestContext
-from homeport.server.rpc import handler
+from homeport.server.rpc import handler, times
 from homeport.server.services.apps import app_done_key
 from homeport.server.services.logs import FD_INFO, FD_STDERR, FD_STDOUT, LogEntry, logs_key
 
@@ -98,8 +97,8 @@ async def app_count_logs(
     """Entries per bucket and stream, oldest first: client 1.6.4 counts before it fetches a
     range (`modal app logs --since`), and fetches nothing where the counts are zero."""
     app = context.state.apps.get(context.workspace_id, request.app_id)
-    until = request.until.ToNanoseconds() / 1e9 if request.HasField("until") else time.time()
-    since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else until - 3600
+    until = times.seconds(request.until, "until") if request.HasField("until") else time.time()
+    since = times.seconds(request.since, "since") if request.HasField("since") else until - 3600
     if since >= until:
         raise errors.invalid_argument(
             "the time range's start is not before its end; give --since before --until"
@@ -109,7 +108,7 @@ async def app_count_logs(
         app.id, since, until, width, task_id=request.task_id, function_id=request.function_id
     )
     response = api_pb2.AppCountLogsResponse(app_id=app.id)
-    for index in range(max(math.ceil((until - since) / width), 1)):
+    for index in range(times.bucket_count(since, until, width)):
         bucket = response.buckets.add(
             stdout_logs=counts.get((index, FD_STDOUT), 0),
             stderr_logs=counts.get((index, FD_STDERR), 0),
