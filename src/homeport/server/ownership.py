@@ -162,6 +162,12 @@ class OwnershipCheck:
                 if owner is None or not self._may_use(workspace_id, prefix, owner):
                     self._refuse(prefix, object_id)
 
+    def remember(self, object_id: str, workspace_id: str) -> None:
+        """An object just made for a workspace: no lookup needed when it is next named."""
+        self._owners[object_id] = workspace_id
+        if len(self._owners) > _CACHE_SIZE:
+            self._owners.popitem(last=False)
+
     def owner(self, object_id: str) -> str | None:
         """The workspace owning an id (GLOBAL for shared mounts), None if nothing has it."""
         match = _ID_SHAPE.match(object_id)

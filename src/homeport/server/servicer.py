@@ -26,7 +26,6 @@ from homeport import SUPPORTED_CLIENT_VERSION, ids
 from homeport.server import errors
 from homeport.server.connections import read_request
 from homeport.server.context import RequestContext
-from homeport.server.ownership import OwnershipCheck
 from homeport.server.rpc import load_all
 from homeport.server.state import ServerState
 
@@ -51,7 +50,7 @@ class HomeportServicer:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.handlers = load_all()
-        self.ownership = OwnershipCheck(state.engine)
+        self.ownership = state.ownership
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         routes = api_grpc.ModalClientBase.__mapping__(_HandlerCollector())  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from homeport.server.blobstore import LocalBlobStore
 from homeport.server.dashboard.signin import Signer
 from homeport.server.metrics import Metrics, StateCollector
 from homeport.server.notify import Notifier
+from homeport.server.ownership import OwnershipCheck
 from homeport.server.scheduler import Scheduler
 from homeport.server.services import dicts as dict_contents
 from homeport.server.services import queues as queue_contents
@@ -77,6 +78,7 @@ class ServerState:
     images: ImageService
     scheduler: Scheduler
     metrics: Metrics
+    ownership: OwnershipCheck
     usage: UsageService
     rates: Rates
     dashboard_signer: Signer
@@ -132,6 +134,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     )
     apps = AppService(engine, notifier)
     calls = CallService(engine, notifier, metrics)
+    ownership = OwnershipCheck(engine)
+    calls.created = ownership.remember
     logs = LogService(engine, notifier)
     mounts = MountService(engine, blobs)
     storage = StorageObjectService(engine)
@@ -218,6 +222,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         images=images,
         scheduler=scheduler,
         metrics=metrics,
+        ownership=ownership,
         usage=usage,
         rates=Rates.load(settings.rates_file),
         dashboard_signer=Signer(

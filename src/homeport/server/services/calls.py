@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from modal_proto import api_pb2
@@ -119,6 +120,8 @@ class CallService:
         self.engine = engine
         self.notifier = notifier
         self.metrics = metrics or Metrics()
+        # Told of each call and input made, with its workspace (the ownership check's cache).
+        self.created: Callable[[str, str], None] = lambda object_id, workspace_id: None
         self._calls: dict[str, sa.Row] = {}  # a call's identity never changes once made
 
     # --- calls and inputs ----------------------------------------------------------
@@ -147,6 +150,8 @@ class CallService:
                 )
             )
             input_ids = self._insert_inputs(connection, function_call_id, function_id, items)
+        for object_id in (function_call_id, *input_ids):
+            self.created(object_id, workspace_id)
         if items:
             self.notifier.notify(queue_key(function_id), limit=len(items))
         return function_call_id, input_ids
