@@ -12,7 +12,7 @@ from modal_proto import api_pb2
 from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
-from homeport.server.scheduler import stop_key
+from homeport.server.running import stop_key
 from homeport.server.services.calls import queue_key
 
 # A container's FunctionGetInputs is answered (maybe empty) within this; it asks again at once.
