@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from homeport.agent import gpus  # noqa: E402
-from homeport.agent.sandbox import _gpu_device_nodes  # noqa: E402
+from homeport.agent import gpus
+from homeport.agent.sandbox import _gpu_device_nodes
 
 
 def main() -> int:

@@ -179,49 +179,9 @@ def own_server(tmp_path: Path) -> Iterator[Server]:
 
 def _start_postgres(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A throwaway PostgreSQL cluster listening only on a Unix socket in `directory`."""
-    import glob
-    import shutil
+    from homeport.localcluster import start_postgres
 
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not binaries:
-        raise RuntimeError("PostgreSQL is not installed; run scripts/install")
-    bin_dir = Path(binaries[-1])
-    directory.mkdir(parents=True, exist_ok=True)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(directory, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = directory / "cluster"
-    subprocess.run(
-        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
-    process = subprocess.Popen(
-        [
-            *as_user,
-            str(bin_dir / "postgres"),
-            "-D",
-            str(data),
-            "-k",
-            str(directory),
-            "-c",
-            "listen_addresses=",
-            "-c",
-            "fsync=on",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    socket_file = directory / ".s.PGSQL.5432"
-    deadline = time.monotonic() + 60
-    while not socket_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("PostgreSQL did not start")
-        time.sleep(0.1)
-    time.sleep(0.5)
-    return process, f"postgresql+psycopg2://postgres@/postgres?host={directory}"
+    return start_postgres(directory)
 
 
 @pytest.fixture(scope="session")

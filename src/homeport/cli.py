@@ -81,6 +81,17 @@ def serve(
         "--rates",
         help="Prices per hour for billing (default: placeholders in src/homeport/rates.default.toml).",
     ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="Cluster mode: run containers on the nodes of this Ray cluster (host:port of its head).",
+    ),
+    blob_url: str | None = typer.Option(
+        None,
+        "--blob-url",
+        help="Cluster mode: keep blobs, image layers and volume contents in this S3 bucket (s3://bucket/prefix; "
+        "endpoint and credentials from AWS_ENDPOINT_URL and AWS_* as usual).",
+    ),
 ) -> None:
     """Run the server in the foreground; writes DATA_DIR/client.env once ready."""
     from homeport.server.main import serve as run_server
@@ -99,7 +110,16 @@ def serve(
         runtime=runtime,
         metrics_port=metrics_port,
         rates_file=rates,
+        ray_address=ray_address,
+        blob_url=blob_url,
     )
+    if ray_address and not (blob_url and database_url and database_url.startswith("postgresql")):
+        typer.echo(
+            "Error: cluster mode (--ray-address) needs --blob-url s3://... (shared blobs and layers) and "
+            "--database-url postgresql://... (shared state): every node and replica must see them",
+            err=True,
+        )
+        raise typer.Exit(2)
     if runtime not in ("sandbox", "gvisor"):
         typer.echo(f"Error: unknown runtime {runtime!r}; use --runtime sandbox or --runtime gvisor", err=True)
         raise typer.Exit(2)

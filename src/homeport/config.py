@@ -187,6 +187,10 @@ class Settings:
     rates_file: Path | None = None  # prices per hour (None: src/homeport/rates.default.toml, placeholders)
     metrics_port: int = 0  # serve Prometheus metrics at http://HOST:PORT/metrics; 0: not served
     limits: Limits = dataclasses.field(default_factory=Limits)
+    # Cluster mode: containers run on the nodes of this Ray cluster (its head's host:port),
+    # with blobs, layers and volume contents in this object store (s3://bucket/prefix).
+    ray_address: str | None = None
+    blob_url: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     # Image layers: under the data dir unless set (HOMEPORT_LAYER_DIR). A layer dir belongs
     # to one server: `homeport images prune` removes what that server's images do not use.
@@ -221,6 +225,11 @@ class Settings:
     @property
     def server_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def server_address(self) -> str:
+        """host:port of the gRPC listener (where nodes forward their containers' calls)."""
+        return f"{self.host}:{self.port}"
 
     def web_url(self, host_label: str) -> str:
         port = self.effective_blob_port if self.web_port == -1 else self.web_port

@@ -19,11 +19,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from homeport.agent import rootfs
+from homeport.agent import rootfs, volume_copy
+from homeport.agent.assets import Assets
 from homeport.agent.cpu import CpuMeter
 from homeport.agent.gpus import GpuPool, GpuRequest
 from homeport.agent.gpus import detect as detect_gpus
-from homeport.agent.runtime import Container, ContainerSpec, OutputCallback, Runtime, shell_exit_code
+from homeport.agent.order import ContainerOrder
+from homeport.agent.runtime import (
+    BoundDirectory,
+    Container,
+    ContainerSpec,
+    MountedFile,
+    OutputCallback,
+    Runtime,
+    shell_exit_code,
+)
+from homeport.agent.volume_copy import Entry, Snapshot
+from homeport.agent.zygote import ZygoteImage
 
 log = logging.getLogger("homeport.agent")
 
@@ -81,6 +93,27 @@ def default_node_id() -> str:
 
 
 @dataclasses.dataclass
+class VolumeView:
+    """A container's working copy of a volume, and what it looked like when last synced."""
+
+    directory: Path
+    read_only: bool
+    base: Snapshot
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZygoteOrder:
+    """Get a zygote ready for containers of this workspace, image and start-up environment."""
+
+    workspace_id: str
+    layers: tuple[str, ...]
+    started_environment: dict[str, str]
+    python_version: str
+    control_address: str = ""
+
+
+@dataclasses.dataclass
 class _Held:
     """What the node holds for one container: its reservation, and once started, the container."""
 
@@ -88,6 +121,7 @@ class _Held:
     disk_limit_mib: int = 0  # watched on its writable layer; 0: bounded otherwise (ephemeral_disk=)
     container: Container | None = None
     fault: str | None = None  # why the node killed it for its own doing
+    volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
 
 
 class NodeAgent:
@@ -95,6 +129,7 @@ class NodeAgent:
         self,
         runtime: Runtime,
         work_dirs: Callable[[str], Path],
+        assets: Assets,
         node_id: str | None = None,
         report: Callable[[NodeInventory], None] | None = None,
         started: Callable[[str, float], None] | None = None,
@@ -104,6 +139,7 @@ class NodeAgent:
         self.node_id = node_id or default_node_id()
         self.started_at = time.time()
         self.runtime = runtime
+        self.assets = assets
         self._report = report
         self._started = started
         self._work_dirs = work_dirs
@@ -180,22 +216,101 @@ class NodeAgent:
 
     # --- containers -----------------------------------------------------------------------
 
-    async def start(self, spec: ContainerSpec, on_output: OutputCallback, disk_limit_mib: int = 0) -> None:
+    async def start(self, order: ContainerOrder, on_output: OutputCallback) -> None:
         """Start a container in its reservation; raises (ContainerStartError and others) if it
         could not start, and the reservation is then released."""
-        held = self._held.get(spec.task_id)
+        held = self._held.get(order.task_id)
         if held is None:
-            raise RuntimeError(f"container {spec.task_id} has no reservation on node {self.node_id}")
-        spec = dataclasses.replace(spec, environment={**spec.environment, "HOMEPORT_NODE_ID": self.node_id})
+            raise RuntimeError(f"container {order.task_id} has no reservation on node {self.node_id}")
         began = time.monotonic()
         try:
+            spec = await self._resolve(order, held)
             held.container = await self.runtime.start(spec, on_output)
         except BaseException:
-            self.release(spec.task_id)
+            self.release(order.task_id)
             raise
-        held.disk_limit_mib = disk_limit_mib
+        held.disk_limit_mib = order.disk_limit_mib
         if self._started is not None:
             self._started(getattr(held.container, "kind", "fresh"), time.monotonic() - began)
+
+    async def _resolve(self, order: ContainerOrder, held: _Held) -> ContainerSpec:
+        """The order on this node's disk: its layers, files, client package and volume copies."""
+        layers = await asyncio.to_thread(self.assets.layer_dirs, order.layers)
+        package = await asyncio.to_thread(self.assets.client_package, order.python_version)
+        files = [
+            MountedFile(f.container_path, await asyncio.to_thread(self.assets.blob, f.blob_id), f.mode)
+            for f in order.files
+        ]
+        work_dir = self.work_dir(order.task_id)
+        directories = []
+        for volume in order.volumes:
+            directory = work_dir / "volumes" / volume.volume_id
+            base = await asyncio.to_thread(
+                volume_copy.materialize, list(volume.entries), directory, self.assets.contents
+            )
+            held.volumes[volume.volume_id] = VolumeView(directory, volume.read_only, base)
+            directories.append(BoundDirectory(directory, volume.mount_path, volume.read_only))
+        control_socket = await self.assets.control_socket(order.control_address)
+        return ContainerSpec(
+            task_id=order.task_id,
+            app_id=order.app_id,
+            function_id=order.function_id,
+            container_arguments=order.container_arguments,
+            environment={**order.started_environment, **order.environment, "HOMEPORT_NODE_ID": self.node_id},
+            files=files,
+            client_package_dir=package,
+            image_layers=layers,
+            working_dir=order.working_dir,
+            directories=directories,
+            control_socket=control_socket,
+            network=order.network,
+            memory_mib=order.memory_mib,
+            cpu_cores=order.cpu_cores,
+            disk_mib=order.disk_mib,
+            gpu_devices=list(order.gpu_devices),
+            upper_dir=order.upper_dir,
+            work_dir=work_dir,
+            zygote=ZygoteImage(
+                domain=order.workspace_id,
+                layers=tuple(layers),
+                environment=tuple(sorted(order.started_environment.items())),
+                client_package_dir=package,
+                control_socket=control_socket,
+            ),
+        )
+
+    # --- volumes ------------------------------------------------------------------------------
+
+    async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None:
+        """What changed in a container's copy of a volume, contents stored: (changed entries,
+        removed paths) for the control plane to record; None if it has no writable copy."""
+        held = self._held.get(task_id)
+        view = held.volumes.get(volume_id) if held is not None else None
+        if view is None or view.read_only:
+            return None
+        async with view.lock:
+            view.base, changed, removed = await asyncio.to_thread(
+                volume_copy.commit, view.directory, view.base, self.assets.contents
+            )
+        return changed, removed
+
+    async def refresh_volume(self, task_id: str, volume_id: str, committed: list[Entry]) -> None:
+        """Bring a container's copy up to the committed state (its own changes committed first)."""
+        held = self._held.get(task_id)
+        view = held.volumes.get(volume_id) if held is not None else None
+        if view is None:
+            return
+        async with view.lock:
+            mine = (
+                view.base if not view.read_only else await asyncio.to_thread(volume_copy.scan, view.directory)
+            )
+            view.base = await asyncio.to_thread(
+                volume_copy.refresh,
+                view.directory,
+                mine,
+                {entry.path: entry for entry in committed},
+                self.assets.contents,
+            )
 
     async def wait(self, task_id: str) -> ContainerExit:
         """Wait until the container has exited; its reservation is released then."""
@@ -223,8 +338,19 @@ class NodeAgent:
         if held is not None and held.container is not None:
             held.container.kill()
 
-    def prewarm(self, zygote: object) -> None:
-        self.runtime.prewarm(zygote)
+    async def prewarm(self, order: ZygoteOrder) -> None:
+        """Get a zygote ready (an app was published): the first containers are forked."""
+        layers = await asyncio.to_thread(self.assets.layer_dirs, order.layers)
+        package = await asyncio.to_thread(self.assets.client_package, order.python_version)
+        self.runtime.prewarm(
+            ZygoteImage(
+                domain=order.workspace_id,
+                layers=tuple(layers),
+                environment=tuple(sorted(order.started_environment.items())),
+                client_package_dir=package,
+                control_socket=await self.assets.control_socket(order.control_address),
+            )
+        )
 
     def running(self) -> int:
         return sum(1 for held in self._held.values() if held.container is not None)
@@ -287,3 +413,4 @@ class NodeAgent:
             if pending:
                 await asyncio.wait(pending, timeout=SHUTDOWN_WAIT_S)
         await self.runtime.shutdown()
+        await self.assets.close()

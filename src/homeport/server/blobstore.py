@@ -23,6 +23,7 @@ from aiohttp import web
 
 from homeport import ids
 from homeport.config import DataLayout
+from homeport.objectstore import LocalCopies
 from homeport.server.store import schema
 
 CHUNK_SIZE = 1024 * 1024
@@ -44,8 +45,12 @@ class LocalBlobStore:
         base_url: str,
         signing_key: bytes,
         max_bytes: int = 64 * 2**30,
+        shared: LocalCopies | None = None,
     ) -> None:
+        """With `shared` (cluster mode), every blob is also written to the object store, and
+        one stored by another replica is fetched from there on first use."""
         self.layout = layout
+        self.shared = shared
         self.engine = engine
         self.base_url = base_url
         self.max_bytes = max_bytes
@@ -112,10 +117,13 @@ class LocalBlobStore:
     # --- content ---------------------------------------------------------------------
 
     def exists(self, blob_id: str) -> bool:
-        return ids.is_id("blob", blob_id) and self.layout.blob(blob_id).exists()
+        return ids.is_id("blob", blob_id) and self.path(blob_id).exists()
 
     def path(self, blob_id: str) -> Path:
-        return self.layout.blob(blob_id)
+        local = self.layout.blob(blob_id)
+        if self.shared is not None and not local.exists() and ids.is_id("blob", blob_id):
+            self.shared.fetch(blob_key(blob_id), local)
+        return local
 
     def put_bytes(self, data: bytes, workspace_id: str | None = None) -> str:
         """Store data written by the server itself (e.g. a large result it made)."""
@@ -130,6 +138,8 @@ class LocalBlobStore:
 
     def remove_file(self, blob_id: str) -> int:
         """Delete a blob's content (its row is gone already); returns the bytes freed."""
+        if self.shared is not None:
+            self.shared.store.delete(blob_key(blob_id))
         path = self.layout.blob(blob_id)
         try:
             size = path.stat().st_size
@@ -139,7 +149,7 @@ class LocalBlobStore:
         return size
 
     def read_bytes(self, blob_id: str) -> bytes:
-        return self.layout.blob(blob_id).read_bytes()
+        return self.path(blob_id).read_bytes()
 
     async def receive(self, blob_id: str, chunks: AsyncIterator[bytes]) -> str:
         """Stream an upload to disk; it becomes visible only once whole and synced. An upload
@@ -182,7 +192,14 @@ class LocalBlobStore:
     def _publish(self, blob_id: str, temporary: Path) -> None:
         final = self.layout.blob(blob_id)
         final.parent.mkdir(parents=True, exist_ok=True)
+        if self.shared is not None:
+            self.shared.store.upload(blob_key(blob_id), temporary)
         os.replace(temporary, final)
+
+
+def blob_key(blob_id: str) -> str:
+    """A blob's key in the object store."""
+    return f"blobs/{blob_id}"
 
 
 def blob_routes(store: LocalBlobStore) -> list[web.RouteDef]:

@@ -16,6 +16,7 @@ from homeport.server.connections import CONTAINER_SOCKET_LIMITS, GuardedServer
 from homeport.server.dashboard.pages import Dashboard
 from homeport.server.gateway import Gateway, gateway_middleware
 from homeport.server.metrics import serve_metrics
+from homeport.server.notify import PostgresRelay
 from homeport.server.retention import RetentionService
 from homeport.server.servicer import HomeportServicer
 from homeport.server.state import ServerState, build_state
@@ -53,9 +54,22 @@ def write_client_env(state: ServerState) -> None:
     os.replace(temporary, path)
 
 
+def postgres_dsn(engine) -> str:  # type: ignore[no-untyped-def]
+    """The engine's database as a libpq connection string (for LISTEN/NOTIFY)."""
+    return str(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+
 async def serve(settings: Settings) -> None:
     state = build_state(settings)
-    state.scheduler.recover()
+    relay = None
+    if state.cluster is not None and state.replicas is not None:
+        # Other replicas may be running: only what a gone replica owned is recovered (replicas.py).
+        await asyncio.to_thread(state.cluster.connect)
+        state.replicas.register()
+        relay = PostgresRelay(postgres_dsn(state.engine), state.notifier, asyncio.get_running_loop())
+        relay.start()
+    else:
+        state.scheduler.recover()
     servicer = HomeportServicer(state)
     grpc_server = GuardedServer([servicer])
     await grpc_server.start(settings.host, settings.port)
@@ -105,14 +119,20 @@ async def serve(settings: Settings) -> None:
             retention_task = group.create_task(
                 RetentionService(state.engine, state.blobs, settings.limits).run()
             )
+            tasks = [scheduler_task, agent_task, images_task, retention_task]
+            if state.cluster is not None and state.replicas is not None:
+                tasks.append(group.create_task(state.cluster.run()))
+                tasks.append(group.create_task(state.replicas.run()))
             await stop.wait()
             log.info("shutting down")
-            scheduler_task.cancel()
-            agent_task.cancel()
-            images_task.cancel()
-            retention_task.cancel()
+            for task in tasks:
+                task.cancel()
     finally:
         await state.scheduler.shutdown()
+        if state.replicas is not None:
+            state.replicas.forget()
+        if relay is not None:
+            relay.stop()
         for server in (grpc_server, container_server):
             server.close()
             await server.wait_closed()

@@ -1,5 +1,5 @@
 """What the control plane knows of each container it runs: the inputs it holds, whether it
-is ready, why it is stopping, its volume working copies; with the small rules about
+is ready, why it is stopping, which node runs it; with the small rules about
 containers the scheduler applies (memory requests, fixed environment, secret redaction,
 start-up back-off)."""
 
@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from modal_proto import api_pb2
 
@@ -28,17 +29,6 @@ def redactor(secret_values) -> Callable[[str], str]:  # type: ignore[no-untyped-
 
 def stop_key(task_id: str) -> str:
     return f"stop:{task_id}"
-
-
-@dataclasses.dataclass
-class VolumeView:
-    """A container's working copy of a volume, and what it looked like when last synced."""
-
-    volume_id: str
-    directory: Path
-    read_only: bool
-    base: dict  # type: ignore[type-arg]
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 class StartBackoff:
@@ -89,7 +79,9 @@ class RunningContainer:
     stop_requested_at: float | None = None
     init_failure: api_pb2.GenericResult | None = None
     stderr_tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
-    volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
+    node: Any = None  # the server/nodes.py Node it runs on
+    volume_ids: set[str] = dataclasses.field(default_factory=set)  # writable volumes it mounts
+    volume_locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
     started_wall: float = dataclasses.field(default_factory=time.time)
     gpu_devices: list[int] = dataclasses.field(default_factory=list)
     build_step: bool = False

@@ -4,9 +4,9 @@ secrets, credential, volumes), keeps the books of which inputs each container ho
 enforces input deadlines, schedules and scale-down, and settles the inputs of containers
 that end.
 
-The machine itself (runtime, GPUs, memory, processes, disk) belongs to the node agent
-(agent/node.py), reached only through its narrow interface: reserve, start, interrupt,
-kill, wait. Everything another node would need to know (inputs, their state, tasks)
+The machines themselves (runtime, GPUs, memory, processes, disk) belong to node agents
+(agent/node.py), reached only through the narrow `Node` interface (server/nodes.py):
+reserve, start, interrupt, kill, wait; placement chooses the node of each container. Everything another node would need to know (inputs, their state, tasks)
 lives in the database. Background loops run in one TaskGroup owned by the server, so an
 error in any of them is seen and logged rather than vanishing.
 """
@@ -20,32 +20,23 @@ import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
-from grpclib import GRPCError
 from modal_proto import api_pb2
 
 from homeport import ids
-from homeport.agent.node import ContainerExit, NodeAgent
-from homeport.agent.runtime import (
-    CONTROL_SOCKET,
-    BoundDirectory,
-    ContainerSpec,
-    ContainerStartError,
-    MountedFile,
-    describe_exit,
-)
-from homeport.agent.zygote import ZygoteImage
+from homeport.agent.node import ContainerExit, ZygoteOrder
+from homeport.agent.runtime import ContainerStartError, describe_exit
 from homeport.config import Limits
-from homeport.images.client_package import ClientPackages, ClientPackageUnavailable
 from homeport.server.auth import hash_secret
+from homeport.server.nodes import Node, NodeLost, Placement
 from homeport.server.notify import poll
+from homeport.server.orders import OrderBuilder, StartRefused, interpreter_environment
 from homeport.server.running import (
-    FIXED_ENVIRONMENT,
     BuildStep,
     RunningContainer,
     StartBackoff,
-    VolumeView,
     memory_request_mib,
     redactor,
     stop_key,
@@ -55,9 +46,7 @@ from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
 from homeport.server.services.calls import CLAIMED, PENDING, CallService, StoredOutput, outputs_key, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
-from homeport.server.services.mounts import CLIENT_MOUNT_NAME, MountService
 from homeport.server.services.usage import ContainerUsage, UsageService
-from homeport.server.services.volumes import volume_metadata
 from homeport.server.store import schema
 
 log = logging.getLogger("homeport.scheduler")
@@ -85,19 +74,14 @@ class Scheduler:
         apps: AppService,
         calls: CallService,
         logs: LogService,
-        mounts: MountService,
-        agent: NodeAgent,
-        blob_path,  # type: ignore[no-untyped-def]
-        client_packages: ClientPackages,
+        placement: Placement,
+        orders: OrderBuilder,
         images,  # type: ignore[no-untyped-def]
-        server_url: str,
         max_containers: int,
         limits: Limits,
         storage,  # type: ignore[no-untyped-def]
         queues,  # type: ignore[no-untyped-def]
-        secrets,  # type: ignore[no-untyped-def]
         volumes,  # type: ignore[no-untyped-def]
-        control_socket: Path,
         usage: UsageService,
     ) -> None:
         self.engine = engine
@@ -105,24 +89,20 @@ class Scheduler:
         self.apps = apps
         self.calls = calls
         self.logs = logs
-        self.mounts = mounts
-        self.agent = agent
-        self.blob_path = blob_path
-        self.client_packages = client_packages
+        self.placement = placement
+        self.orders = orders
         self.images = images
-        self.server_url = server_url
         self.max_containers = max_containers
         self.forget_credential: Callable[[str], None] = lambda task_id: None
         self.limits = limits
         self.storage = storage
         self.queues = queues
-        self.secrets = secrets
         self.volumes = volumes
-        self.control_socket = control_socket
         self.usage = usage
         self.containers: dict[str, RunningContainer] = {}
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
         self.start_backoff = StartBackoff()
+        self.server_id: str | None = None  # this replica, in cluster mode
         self._wake = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
 
@@ -228,8 +208,11 @@ class Scheduler:
             self.builds.pop(function_id, None)
 
     async def shutdown(self) -> None:
-        """Stop this node's containers (the agent waits, briefly, until they have exited)."""
-        await self.agent.shutdown()
+        """Stop this server's containers (each node waits, briefly, until they have exited)."""
+        nodes = {
+            id(node): node for node in [*self.placement.all(), self.placement.builds] if node is not None
+        }
+        await asyncio.gather(*(node.shutdown() for node in nodes.values()), return_exceptions=True)
 
     # --- placement ----------------------------------------------------------------------
 
@@ -251,30 +234,24 @@ class Scheduler:
                 continue
             if not app.live:
                 continue
-            if mine and self.agent.saturated():
-                continue  # scale out only onto idle cores; the running containers drain the queue
             per_container = max(definition.max_concurrent_inputs, definition.batch_max_size, 1)
             wanted = -(-max(count - free, 0) // per_container)
             limit = autoscaling.autoscaling(definition, DEFAULT_IDLE_S).max_containers or self.max_containers
-            # Starting a container costs a CPU core for a few hundred ms: start no more at
-            # once than there are cores, so a burst of inputs does not starve the running ones.
-            starting = sum(1 for c in self.containers.values() if not c.hello and not c.stop_reason)
-            wanted = min(
-                wanted,
-                limit - len(mine),
-                self.max_containers - len(self.containers),
-                MAX_STARTING - starting,
-            )
+            wanted = min(wanted, limit - len(mine), self.max_containers - len(self.containers))
             gpu_options = self._gpu_options(function)
             needed = memory_request_mib(definition)
-            refusal = self.agent.refusal(needed, gpu_options)
+            refusal = self.placement.refusal(needed, gpu_options)
             if refusal is not None:
                 self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=refusal))
                 continue
             for _ in range(max(wanted, 0)):
                 task_id = ids.new_id("task")
-                gpu_indices = self.agent.reserve(task_id, needed, gpu_options)
-                if gpu_indices is None:
+                # Scale out only onto idle cores while containers of this function run (they
+                # drain the queue meanwhile).
+                placed = await self._reserve(
+                    task_id, needed, gpu_options, avoid_saturated=bool(mine), build=function.id in self.builds
+                )
+                if placed is None:
                     # No room: the inputs wait in the queue (memory is never oversubscribed),
                     # and an idle container holding a GPU they need is asked to make room.
                     if gpu_options:
@@ -283,6 +260,7 @@ class Scheduler:
                 reason = f"{count} input(s) queued, {free} free slot(s)"
                 if function.id in self.builds:
                     reason = "an image build step"
+                node, gpu_indices = placed
                 await self._start(
                     function,
                     definition,
@@ -290,9 +268,37 @@ class Scheduler:
                     app.environment_name,
                     app.workspace_id,
                     task_id,
+                    node,
                     gpu_indices,
                     reason,
                 )
+
+    def _starting(self) -> dict[str, int]:
+        """Containers not yet up, per node."""
+        counts: dict[str, int] = {}
+        for c in self.containers.values():
+            if not c.hello and not c.stop_reason and c.node is not None:
+                counts[c.node.node_id] = counts.get(c.node.node_id, 0) + 1
+        return counts
+
+    async def _reserve(
+        self,
+        task_id: str,
+        memory_mib: int,
+        gpu_options: list[tuple[str, int]],
+        avoid_saturated: bool,
+        build: bool,
+    ) -> tuple[Node, list[int]] | None:
+        """Room for a container on some node. Starting one costs a CPU core for a few hundred
+        ms: a node starts no more at once than it has cores, so a burst of inputs does not
+        starve the running ones. Image build steps run on the control plane's own machine."""
+        if build and self.placement.builds is not None:
+            node = self.placement.builds
+            devices = await node.reserve(task_id, memory_mib, gpu_options)
+            return None if devices is None else (node, devices)
+        return await self.placement.reserve(
+            task_id, memory_mib, gpu_options, self._starting(), MAX_STARTING, avoid_saturated
+        )
 
     def _resolve(self, function_id: str):  # type: ignore[no-untyped-def]
         """(function, its effective definition, its parameters, its app); raises if gone."""
@@ -311,18 +317,18 @@ class Scheduler:
                 continue
             mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
             missing = self._warm_target(definition, mine) - len(mine)
-            starting = sum(1 for c in self.containers.values() if not c.hello and not c.stop_reason)
-            missing = min(missing, self.max_containers - len(self.containers), MAX_STARTING - starting)
+            missing = min(missing, self.max_containers - len(self.containers))
             for _ in range(max(missing, 0)):
                 task_id = ids.new_id("task")
-                gpu_indices = self.agent.reserve(
-                    task_id, memory_request_mib(definition), self._gpu_options(function)
+                placed = await self._reserve(
+                    task_id, memory_request_mib(definition), self._gpu_options(function), False, False
                 )
-                if gpu_indices is None:
+                if placed is None:
                     break  # no room: warm containers never take memory or a GPU from queued work
+                node, gpu_indices = placed
                 await self._start(
-                    function, definition, params, app.environment_name, app.workspace_id, task_id, gpu_indices,
-                    "kept warm (min_containers/buffer_containers)",
+                    function, definition, params, app.environment_name, app.workspace_id, task_id, node,
+                    gpu_indices, "kept warm (min_containers/buffer_containers)",
                 )  # fmt: skip
 
     @staticmethod
@@ -355,7 +361,7 @@ class Scheduler:
     def _free_idle_gpus(self, function_id: str) -> None:
         """Ask one idle container of another function that holds a GPU to stop (its own
         function's containers will take the queued inputs themselves)."""
-        holders = self.agent.gpu_holders()
+        holders = {task for node in self.placement.all() for task in node.gpu_holders()}
         now = time.monotonic()
         for running in self.containers.values():
             if (
@@ -376,6 +382,7 @@ class Scheduler:
         environment_name: str,
         workspace_id: str,
         task_id: str,
+        node: Node,
         gpu_indices: list[int],
         reason: str,
     ) -> None:
@@ -383,13 +390,21 @@ class Scheduler:
         reservation is given back and the failure recorded (never left held)."""
         try:
             await self._launch(
-                function, definition, params, environment_name, workspace_id, task_id, gpu_indices, reason
+                function,
+                definition,
+                params,
+                environment_name,
+                workspace_id,
+                task_id,
+                node,
+                gpu_indices,
+                reason,
             )
         except Exception as error:
             if task_id in self.containers:
                 raise  # started: its watcher owns the reservation now
             log.exception("container %s for %s could not be started", task_id, function.id)
-            self._fail_start(function, task_id, f"could not start a container: {error}")
+            self._fail_start(function, task_id, f"could not start a container: {error}", node)
 
     async def _launch(
         self,
@@ -399,11 +414,12 @@ class Scheduler:
         environment_name: str,
         workspace_id: str,
         task_id: str,
+        node: Node,
         gpu_indices: list[int],
         reason: str,
     ) -> None:
         if function.id in self.builds and any(c.function_id == function.id for c in self.containers.values()):
-            self.agent.release(task_id)
+            node.release(task_id)
             return  # a run_function step: exactly one container writes its layer
         secret = ids.new_secret()
         with self.engine.begin() as connection:
@@ -416,126 +432,35 @@ class Scheduler:
                     secret_hash=hash_secret(secret),
                     state="starting",
                     created_at=time.time(),
+                    node_id=node.node_id,
+                    server_id=self.server_id,
                 )
             )
-        dependencies = [d.object_id for d in definition.object_dependencies]
-        layout = catalog.app_layout(self.apps, function.app_id, dependencies)
-        for obj in layout.objects:
-            if obj.object_id.startswith("vo-") and not obj.HasField("volume_metadata"):
-                obj.volume_metadata.CopyFrom(
-                    volume_metadata(self.storage.get("volume", workspace_id, obj.object_id))
-                )
-        arguments = api_pb2.ContainerArguments(
-            task_id=task_id,
-            function_id=function.id,
-            app_id=function.app_id,
-            function_def=definition,
-            serialized_params=params,
-            environment_name=environment_name,
-            app_layout=layout,
+        build_step = self.builds.get(function.id)
+        # ephemeral_disk= is a size-limited file system already; a build step's layer is the image's
+        disk_limit_mib = (
+            0 if definition.resources.ephemeral_disk_mb or build_step else self.limits.container_disk_mib
         )
-        files: list[MountedFile] = []
-        for mount_id in definition.mount_ids:
-            name, mount_files = self.mounts.files(mount_id)
-            if name == CLIENT_MOUNT_NAME:
-                continue  # served from the client package at /pkg
-            files.extend(
-                MountedFile(str(f["path"]), self.blob_path(str(f["blob_id"])), int(f["mode"]))  # type: ignore[call-overload]
-                for f in mount_files
-            )
         try:
-            image_layers, image_config = self.images.runtime_image(definition.image_id)
-        except LookupError as error:
-            self._fail_start(function, task_id, str(error))
-            return
-        client_package_dir = self.client_packages.cached(image_config.python_version)
-        if client_package_dir is None:
-            log.info(
-                "making the client package for Python %s (once per machine)", image_config.python_version
+            order, secret_values = await self.orders.build(
+                function,
+                definition,
+                params,
+                environment_name,
+                workspace_id,
+                task_id,
+                secret,
+                gpu_indices,
+                build_step.upper_dir if build_step is not None else None,
+                disk_limit_mib,
             )
-            try:
-                client_package_dir = await asyncio.to_thread(
-                    self.client_packages.for_python, image_config.python_version
-                )
-            except ClientPackageUnavailable as error:
-                message = f"image {definition.image_id} has Python {image_config.python_version}: {error}"
-                self._fail_start(function, task_id, message)
-                return
-        secret_values: dict[str, str] = {}
-        try:
-            for secret_id in definition.secret_ids:
-                secret_values.update(self.secrets.values(workspace_id, secret_id))
-        except GRPCError as error:
-            self._fail_start(
-                function, task_id, f"{error.message}; was it deleted? Create it again and redeploy"
-            )
+        except StartRefused as error:
+            self._fail_start(function, task_id, str(error), node)
             return
-        started_with = self._interpreter_environment(image_config, environment_name)
-        environment = {
-            **started_with,
-            **secret_values,
-            **{k: started_with[k] for k in FIXED_ENVIRONMENT},  # secrets cannot override these
-            "MODAL_TASK_ID": task_id,
-            **(
-                {
-                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
-                    "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
-                }
-                if gpu_indices
-                else {}
-            ),
-            # The container's own credential: client 1.6.4 adds these headers to every RPC
-            # a container makes. Never the user's token.
-            "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",
-        }
-        views: dict[str, VolumeView] = {}
-        directories: list[BoundDirectory] = []
-        try:
-            for mount in definition.volume_mounts:
-                self.storage.get("volume", workspace_id, mount.volume_id)
-                if mount.sub_path:
-                    raise ContainerStartError(
-                        f"Volume mounts with sub_path ({mount.sub_path!r}) are not supported by this server yet; "
-                        "mount the whole volume"
-                    )
-                directory = self.agent.work_dir(task_id) / "volumes" / mount.volume_id
-                base = await asyncio.to_thread(self.volumes.materialize, mount.volume_id, directory)
-                views[mount.volume_id] = VolumeView(mount.volume_id, directory, mount.read_only, base)
-                directories.append(BoundDirectory(directory, mount.mount_path, mount.read_only))
-        except Exception as error:
-            message = (
-                str(error) if isinstance(error, ContainerStartError) else f"could not mount a volume: {error}"
-            )
-            self._fail_start(function, task_id, message)
-            return
-        spec = ContainerSpec(
-            task_id=task_id,
-            app_id=function.app_id,
-            function_id=function.id,
-            container_arguments=arguments.SerializeToString(),
-            environment=environment,
-            files=files,
-            client_package_dir=client_package_dir,
-            image_layers=image_layers,
-            working_dir=image_config.workdir if image_config.workdir not in ("", "/") else "/root",
-            gpu_devices=gpu_indices,
-            upper_dir=self.builds[function.id].upper_dir if function.id in self.builds else None,
-            work_dir=self.agent.work_dir(task_id),
-            directories=directories,
-            control_socket=self.control_socket,
-            network=not definition.block_network,
-            memory_mib=definition.resources.memory_mb_max or definition.resources.memory_mb,
-            cpu_cores=(definition.resources.milli_cpu_max or definition.resources.milli_cpu) / 1000,
-            disk_mib=definition.resources.ephemeral_disk_mb,
-            zygote=self._zygote_image(workspace_id, image_layers, started_with, client_package_dir),
-        )
         timeout = definition.timeout_secs or DEFAULT_TIMEOUT_S
         running: RunningContainer | None = None
 
         redact = redactor(secret_values.values())
-
-        build_step = self.builds.get(function.id)
-
         logged_bytes = 0
 
         def on_output(fd: int, text: str) -> None:
@@ -554,19 +479,26 @@ class Scheduler:
                     )
                 self.logs.append(function.app_id, task_id, function.id, fd, text)
 
-        # ephemeral_disk= is a size-limited file system already; a build step's layer is the image's
-        disk_limit_mib = (
-            0 if definition.resources.ephemeral_disk_mb or build_step else self.limits.container_disk_mib
-        )
+        if not self.containers and function.id not in self.builds:
+            log.info(
+                "starting the first container on %s (image files and client package are made once per node)",
+                node.node_id,
+            )
         try:
-            await self.agent.start(spec, on_output, disk_limit_mib)
+            await node.start(order, on_output)
+        except NodeLost as error:
+            # Not the function's doing: its inputs stay queued for another node.
+            log.warning("container %s: %s", task_id, error)
+            self._stop_task(task_id, str(error))
+            self.wake()
+            return
         except Exception as error:
             message = (
                 str(error)
                 if isinstance(error, ContainerStartError)
-                else f"could not start a container: {error!r}"
+                else f"could not start a container on node {node.node_id}: {error!r}"
             )
-            self._fail_start(function, task_id, message)
+            self._fail_start(function, task_id, message, node)
             return
         running = RunningContainer(
             task_id=task_id,
@@ -579,101 +511,90 @@ class Scheduler:
             idle_timeout_s=autoscaling.autoscaling(definition, DEFAULT_IDLE_S).scaledown_window_s,
         )
         running.definition.timeout_secs = timeout
-        running.volumes = views
+        running.node = node
+        running.volume_ids = {m.volume_id for m in definition.volume_mounts}
         running.gpu_devices = gpu_indices
         running.build_step = build_step is not None
         self.containers[task_id] = running
         log.info(
-            "started container %s for %s (%s): %s", task_id, definition.function_name, function.id, reason
+            "started container %s for %s (%s) on %s: %s",
+            task_id,
+            definition.function_name,
+            function.id,
+            node.node_id,
+            reason,
         )
         assert self._tasks is not None
         self._tasks.create_task(self._watch(running))
 
-    @staticmethod
-    def _interpreter_environment(image_config, environment_name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-        """A container's environment without its secrets and task credential: what its
-        interpreter (or its zygote's) starts with."""
-        return {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            **image_config.env,
-            "HOME": "/root",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": "/root:/pkg",
-            "MODAL_IS_REMOTE": "1",
-            # Over a Unix socket bound into the container, so block_network=True works too.
-            "MODAL_SERVER_URL": f"unix://{CONTROL_SOCKET}",
-            "MODAL_DISABLE_API_PROXY": "1",
-            "MODAL_ENVIRONMENT": environment_name,
-        }
-
-    def _zygote_image(
-        self,
-        workspace_id: str,
-        image_layers: list[Path],
-        environment: dict[str, str],
-        client_package_dir: Path,
-    ) -> ZygoteImage:
-        return ZygoteImage(
-            domain=workspace_id,
-            layers=tuple(image_layers),
-            environment=tuple(sorted(environment.items())),
-            client_package_dir=client_package_dir,
-            control_socket=self.control_socket,
-        )
-
     def prewarm(self, function_ids: list[str]) -> None:
-        """Get zygotes ready for these functions' images (an app was published): their
-        first containers are then forked, not started from a fresh interpreter."""
+        """Get zygotes ready on every node for these functions' images (an app was
+        published): their first containers are then forked, not started afresh."""
         for function_id in function_ids:
             try:
                 _, definition, _, app = self._resolve(function_id)
-                layers, config = self.images.runtime_image(definition.image_id)
+                chain, config = self.images.runtime_chain(definition.image_id)
             except Exception as error:  # not built yet, or gone: nothing to prewarm
                 log.debug("no zygote for %s: %s", function_id, error)
                 continue
-            environment = self._interpreter_environment(config, app.environment_name)
-            client_package_dir = self.client_packages.cached(config.python_version)
-            if client_package_dir is not None:  # else the first container makes it
-                self.agent.prewarm(
-                    self._zygote_image(app.workspace_id, layers, environment, client_package_dir)
-                )
+            order = ZygoteOrder(
+                workspace_id=app.workspace_id,
+                layers=tuple(chain),
+                started_environment=interpreter_environment(config, app.environment_name),
+                python_version=config.python_version,
+                control_address=self.orders.control_address,
+            )
+            for node in self.placement.all():
+                assert self._tasks is not None
+                self._tasks.create_task(self._prewarm(node, order))
 
-    def _fail_start(self, function, task_id: str, message: str) -> None:  # type: ignore[no-untyped-def]
-        self.agent.release(task_id)
-        log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
+    @staticmethod
+    async def _prewarm(node: Node, order: ZygoteOrder) -> None:
+        try:
+            await node.prewarm(order)
+        except Exception as error:
+            log.warning("no zygote on %s: %r", node.node_id, error)
+
+    def _stop_task(self, task_id: str, message: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(
                 schema.tasks.update()
                 .where(schema.tasks.c.id == task_id)
                 .values(state="stopped", stop_reason=message, stopped_at=time.time())
             )
+
+    def _fail_start(self, function, task_id: str, message: str, node: Node) -> None:  # type: ignore[no-untyped-def]
+        node.release(task_id)
+        log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
+        self._stop_task(task_id, message)
         self.logs.append(function.app_id, task_id, function.id, FD_INFO, message + "\n")
         self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
 
     async def commit_volume(self, task_id: str, volume_id: str) -> None:
-        view = self._volume_view(task_id, volume_id)
-        if view is not None and not view.read_only:
-            async with view.lock:
-                view.base = await asyncio.to_thread(self.volumes.commit, volume_id, view.directory, view.base)
+        """Record what a container changed in its copy of a volume (its node stores the contents)."""
+        running = self.containers.get(task_id)
+        if running is None or volume_id not in running.volume_ids:
+            return
+        async with running.volume_locks.setdefault(volume_id, asyncio.Lock()):
+            await self._commit(running, volume_id)
+
+    async def _commit(self, running: RunningContainer, volume_id: str) -> None:
+        changes = await running.node.commit_volume(running.task_id, volume_id)
+        if changes is not None:
+            await asyncio.to_thread(self.volumes.record, volume_id, *changes)
 
     async def reload_volume(self, task_id: str, volume_id: str) -> None:
-        view = self._volume_view(task_id, volume_id)
-        if view is not None:
-            async with view.lock:
-                if view.read_only:
-                    view.base = await asyncio.to_thread(self.volumes.materialize, volume_id, view.directory)
-                else:
-                    view.base = await asyncio.to_thread(
-                        self.volumes.reload, volume_id, view.directory, view.base
-                    )
-
-    def _volume_view(self, task_id: str, volume_id: str) -> VolumeView | None:
+        """Commit the container's own changes, then show it the latest committed state."""
         running = self.containers.get(task_id)
-        return running.volumes.get(volume_id) if running is not None else None
+        if running is None or volume_id not in running.volume_ids:
+            return
+        async with running.volume_locks.setdefault(volume_id, asyncio.Lock()):
+            await self._commit(running, volume_id)
+            committed = await asyncio.to_thread(self.volumes.entries, volume_id)
+            await running.node.refresh_volume(task_id, volume_id, list(committed.values()))
 
     async def _watch(self, running: RunningContainer) -> None:
-        ended = await self.agent.wait(running.task_id)
+        ended = await running.node.wait(running.task_id)
         code = ended.code
         self.containers.pop(running.task_id, None)
         self.forget_credential(running.task_id)
@@ -741,14 +662,14 @@ class Scheduler:
                 app_id=running.app_id,
                 function_id=running.function_id,
                 kind="build" if running.build_step else "function",
-                node_id=self.agent.node_id,
+                node_id=running.node.node_id,
                 started_at=running.started_wall,
                 stopped_at=time.time(),
                 cpu_seconds=ended.cpu_seconds,
                 cpu_reserved_cores=(resources.milli_cpu or 0) / 1000,
                 memory_reserved_mib=memory_request_mib(running.definition),
                 memory_peak_mib=ended.memory_peak_bytes / 2**20,
-                gpu_type=self.agent.gpu_model(running.gpu_devices),
+                gpu_type=_gpu_model(running.node, running.gpu_devices),
                 gpu_count=len(running.gpu_devices),
             )
         )
@@ -858,7 +779,7 @@ class Scheduler:
             running.stop_requested_at = time.monotonic()
             self.notifier.notify(stop_key(running.task_id))
         if interrupt:
-            self.agent.interrupt(running.task_id)
+            running.node.interrupt(running.task_id)
 
     # --- deadlines, scale-down, stops -----------------------------------------------------
 
@@ -883,7 +804,7 @@ class Scheduler:
                     )
                     # The client cannot interrupt one input reliably: replace the container.
                     self.request_stop(running, f"input {input_id} timed out")
-                    self.agent.kill(running.task_id)
+                    running.node.kill(running.task_id)
             idle = (
                 running.ready
                 and not running.stop_reason
@@ -895,9 +816,9 @@ class Scheduler:
             if running.stop_requested_at is not None:
                 waited = now - running.stop_requested_at
                 if waited > STOP_GRACE_S * 2:
-                    self.agent.kill(running.task_id)
+                    running.node.kill(running.task_id)
                 elif waited > STOP_GRACE_S:
-                    self.agent.interrupt(running.task_id)
+                    running.node.interrupt(running.task_id)
             for input_id in self.calls.cancelled_inputs_of(running.task_id):
                 running.inputs.pop(input_id, None)
                 self._finish_cancelled(input_id, running)
@@ -970,3 +891,9 @@ class Scheduler:
             await self.stop_app(app_id, "its client stopped sending heartbeats")
         self.storage.expire()
         self.queues.expire()
+
+
+def _gpu_model(node: Any, devices: list[int]) -> str:
+    """The model of a container's GPUs ("" for none), from its node's inventory."""
+    gpus = node.inventory().gpus
+    return gpus[devices[0]] if devices and devices[0] < len(gpus) else ""

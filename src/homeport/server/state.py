@@ -9,6 +9,7 @@ import secrets as random_secrets
 
 import sqlalchemy as sa
 
+from homeport.agent.assets import LocalAssets
 from homeport.agent.gvisor import GvisorRuntime
 from homeport.agent.network import BridgeNetwork
 from homeport.agent.network import available as network_available
@@ -19,12 +20,17 @@ from homeport.config import Settings
 from homeport.images.bases import BaseCache
 from homeport.images.client_package import ClientPackages
 from homeport.images.layers import LayerStore
+from homeport.objectstore import LocalCopies, ObjectStore
 from homeport.server.auth import AuthService
 from homeport.server.blobstore import LocalBlobStore
+from homeport.server.cluster import LayerPublisher, RayCluster
 from homeport.server.dashboard.signin import Signer
 from homeport.server.metrics import Metrics, StateCollector
+from homeport.server.nodes import LocalNode, Placement
 from homeport.server.notify import Notifier
+from homeport.server.orders import OrderBuilder
 from homeport.server.ownership import OwnershipCheck
+from homeport.server.replicas import Replicas
 from homeport.server.scheduler import Scheduler
 from homeport.server.services import dicts as dict_contents
 from homeport.server.services import queues as queue_contents
@@ -82,7 +88,10 @@ class ServerState:
     usage: UsageService
     rates: Rates
     dashboard_signer: Signer
-    agent: NodeAgent  # this machine's node agent (the embedded, single-machine default)
+    agent: (
+        NodeAgent  # this machine's node agent (all containers on one machine; image build steps in a cluster)
+    )
+    placement: Placement
     storage: StorageObjectService
     dicts: DictService
     queues: QueueService
@@ -91,12 +100,18 @@ class ServerState:
     web: WebEndpointService
 
     network: BridgeNetwork | None = None
+    cluster: RayCluster | None = None  # cluster mode: the Ray nodes
+    replicas: Replicas | None = None  # cluster mode: the other control-plane replicas
 
-    def blob_base_url(self, from_container: bool) -> str:
-        """Where blob and volume URLs point: containers on the container network reach the
-        HTTP listener on the bridge address, everyone else on the server's own address."""
-        if from_container and self.network is not None:
-            return f"http://{self.network.gateway}:{self.settings.effective_blob_port}"
+    def blob_base_url(self, task_id: str | None) -> str:
+        """Where blob and volume URLs point: a container (`task_id`) reaches the HTTP
+        listener through its node's bridge address, everyone else at the server's own."""
+        if task_id is not None:
+            running = self.scheduler.container(task_id)
+            node = running.node if running is not None else self.placement.builds
+            base = node.container_blob_base() if node is not None else None
+            if base is not None:
+                return base
         return self.settings.blob_base_url
 
     def app_page_url(self, app_id: str) -> str:
@@ -125,12 +140,18 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     metrics = Metrics()
     auth = AuthService(engine)
     auth.ensure_default_workspace()
+    store = None
+    if settings.blob_url:
+        store = ObjectStore(settings.blob_url)
+        store.check()
+    shared = LocalCopies(store) if store is not None else None
     blobs = LocalBlobStore(
         layout,
         engine,
         settings.blob_base_url,
         shared_setting(engine, BLOB_SIGNING_KEY, random_secrets.token_hex(32)).encode(),
         settings.limits.blob_max_bytes,
+        shared,
     )
     apps = AppService(engine, notifier)
     calls = CallService(engine, notifier, metrics)
@@ -143,14 +164,14 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     storage.on_delete("queue", queue_contents.remove_contents)
     storage.on_delete("secret", secret_contents.remove_contents)
     storage.on_delete("volume", volume_contents.remove_contents)
-    volumes = VolumeService(engine, layout)
+    volumes = VolumeService(engine, layout, shared)
     secret_service = SecretService(engine, secret_contents.load_key(layout.secret_key))
     queues = QueueService(engine, notifier)
     network = None
     if settings.container_subnet:
         unavailable = network_available()
         if unavailable is None:
-            network = BridgeNetwork(subnet=settings.container_subnet)
+            network = BridgeNetwork(os.environ.get("HOMEPORT_BRIDGE", "homeport0"), settings.container_subnet)
         else:
             log.warning("containers share the host's network: %s", unavailable)
     # gVisor containers use runsc's own networking (host or none); build steps and sandbox
@@ -161,7 +182,15 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     agent = NodeAgent(
         runtime,
         layout.task_dir,
-        report=nodes.report,
+        LocalAssets(
+            lambda chain: images.layers.lower_dirs(chain),
+            blobs.path,
+            ClientPackages(settings.cache.client_packages),
+            volumes.contents,
+            layout.control_socket,
+        ),
+        # In a cluster this machine only runs image build steps: not a node placement uses.
+        report=None if settings.ray_address else nodes.report,
         started=lambda kind, seconds: metrics.container_started(agent.node_id, kind, seconds),
     )
     for private in (settings.cache.root, settings.layers):
@@ -177,34 +206,64 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         mounts,
         secret_service,
         apps,
-        layout.blob,
+        blobs.path,
         layout.image_contexts,
         network,
         metrics,
     )
     usage = UsageService(engine)
+    placement = Placement()
+    local = LocalNode(
+        agent,
+        lambda: None if network is None else f"http://{network.gateway}:{settings.effective_blob_port}",
+    )
+    placement.builds = local
+    server_id = "sv-" + random_secrets.token_hex(8)
+    control_address = settings.server_address
+    cluster = None
+    if settings.ray_address:
+        assert store is not None  # the CLI insists on --blob-url with --ray-address
+        cluster = RayCluster(
+            settings.ray_address,
+            placement,
+            settings.blob_url or "",
+            LayerPublisher(images.layers, store),
+            server_id,
+            settings.effective_blob_port,
+            f"{settings.host}:{settings.effective_blob_port}",
+            {k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+            nodes.report,
+        )
+    else:
+        placement.add(local)  # one machine: it runs everything
     scheduler = Scheduler(
         engine=engine,
         notifier=notifier,
         apps=apps,
         calls=calls,
         logs=logs,
-        mounts=mounts,
-        agent=agent,
-        blob_path=layout.blob,
-        client_packages=ClientPackages(settings.cache.client_packages),
+        placement=placement,
+        orders=OrderBuilder(apps, storage, mounts, images, secret_service, volumes, control_address),
         images=images,
-        server_url=settings.server_url,
         max_containers=settings.max_containers,
         limits=settings.limits,
         storage=storage,
         queues=queues,
-        secrets=secret_service,
         volumes=volumes,
-        control_socket=layout.control_socket,
         usage=usage,
     )
     scheduler.forget_credential = auth.forget_task
+    scheduler.server_id = server_id
+    replicas = None
+    if cluster is not None:
+        cluster_nodes = cluster
+        replicas = Replicas(
+            engine,
+            server_id,
+            control_address,
+            calls.requeue_claimed,
+            lambda gone: cluster_nodes.stop_everywhere(gone),
+        )
     metrics.resolve_names = lambda function_id: _function_names(apps, auth, function_id)
     metrics.watch(StateCollector(calls.pending_counts, nodes.list, metrics.names))
     images.run_build_function = scheduler.run_build_function
@@ -229,6 +288,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             shared_setting(engine, DASHBOARD_SIGNING_KEY, random_secrets.token_hex(32)).encode()
         ),
         agent=agent,
+        placement=placement,
         storage=storage,
         dicts=DictService(engine),
         queues=queues,
@@ -236,4 +296,6 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         volumes=volumes,
         web=WebEndpointService(engine),
         network=network,
+        cluster=cluster,
+        replicas=replicas,
     )

@@ -24,7 +24,13 @@ async def blob_create(
     return api_pb2.BlobCreateResponse(
         blob_ids=[blob_id],
         upload_urls=api_pb2.UploadUrlList(
-            items=[blobs.url(blob_id, "put", context.state.blob_base_url(context.task is not None))]
+            items=[
+                blobs.url(
+                    blob_id,
+                    "put",
+                    context.state.blob_base_url(context.task.task_id if context.task is not None else None),
+                )
+            ]
         ),
     )
 
@@ -35,5 +41,9 @@ async def blob_get(context: RequestContext, request: api_pb2.BlobGetRequest) -> 
     if not blobs.exists(request.blob_id):
         raise errors.not_found(f"blob {request.blob_id} not found")
     return api_pb2.BlobGetResponse(
-        download_url=blobs.url(request.blob_id, "get", context.state.blob_base_url(context.task is not None))
+        download_url=blobs.url(
+            request.blob_id,
+            "get",
+            context.state.blob_base_url(context.task.task_id if context.task is not None else None),
+        )
     )

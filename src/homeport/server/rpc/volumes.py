@@ -96,7 +96,7 @@ async def volume_get_file2(
             entry.sha256 or "",
             offset,
             min(BLOCK_SIZE, start + length - offset),
-            context.state.blob_base_url(context.task is not None),
+            context.state.blob_base_url(context.task.task_id if context.task is not None else None),
         )
         for offset in range(start, start + length, BLOCK_SIZE)
     ]
@@ -123,7 +123,8 @@ async def volume_put_files2(
                 file_index=file_index,
                 block_index=block_index,
                 put_url=context.state.blobs.volume_block_url(
-                    files[file_index][3][block_index], context.state.blob_base_url(context.task is not None)
+                    files[file_index][3][block_index],
+                    context.state.blob_base_url(context.task.task_id if context.task is not None else None),
                 ),
             )
             for file_index, block_index in missing

@@ -425,14 +425,16 @@ class CallService:
             )
             return [row.id for row in rows]
 
-    def requeue_claimed(self) -> int:
-        """Every claimed input goes back to the queue, its attempt count unchanged: after a
-        server restart no container of the previous run is left to finish them."""
+    def requeue_claimed(self, task_ids: list[str] | None = None) -> int:
+        """Claimed inputs go back to the queue, their attempt count unchanged: after a server
+        restart no container of the previous run is left to finish them. With `task_ids`,
+        only the inputs those containers held (a replica of a cluster is gone)."""
         i = schema.inputs
+        condition = i.c.state == CLAIMED
+        if task_ids is not None:
+            condition = sa.and_(condition, i.c.task_id.in_(task_ids))
         with self.engine.begin() as connection:
-            result = connection.execute(
-                i.update().where(i.c.state == CLAIMED).values(state=PENDING, task_id=None)
-            )
+            result = connection.execute(i.update().where(condition).values(state=PENDING, task_id=None))
         return int(result.rowcount or 0)
 
     # --- data channels (generator values) -----------------------------------------------

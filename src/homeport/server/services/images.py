@@ -482,7 +482,12 @@ class ImageService:
         return [(row.seq, row.data) for row in rows]
 
     def runtime_image(self, image_id: str) -> tuple[list[Path], ImageConfig]:
-        """What a container of this image mounts (overlay lowerdirs, topmost first) and its config."""
+        """What a container of this image mounts here (overlay lowerdirs, topmost first) and its config."""
+        chain, config = self.runtime_chain(image_id)
+        return self.layers.lower_dirs(chain), config
+
+    def runtime_chain(self, image_id: str) -> tuple[list[str], ImageConfig]:
+        """A built image's layer chain (refs, bottom first) and its config."""
         i = schema.images
         with self.engine.connect() as connection:
             row = connection.execute(
@@ -490,7 +495,7 @@ class ImageService:
             ).first()
         if row is None or row.status != SUCCESS or not row.layers:
             raise LookupError(f"image {image_id} is not built; run the app again to build it")
-        return self.layers.lower_dirs(json.loads(row.layers)), ImageConfig.from_json(json.loads(row.config))
+        return json.loads(row.layers), ImageConfig.from_json(json.loads(row.config))
 
 
 def _drop_sandbox_mount_points(upper: Path, volume_paths: list[str]) -> None:

@@ -1,5 +1,5 @@
 """Volumes: a committed file tree per volume (rows in `volume_files`, contents in a
-content-addressed store), and per-container working copies.
+content-addressed store). Containers' working copies are their node's (agent/volume_copy.py).
 
 Client 1.6.4 speaks the v2 block protocol for uploads and downloads (8 MiB blocks,
 addressed by sha256). A container sees the volume as a real directory: a working copy
@@ -15,8 +15,6 @@ import builtins
 import dataclasses
 import hashlib
 import os
-import shutil
-import stat
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
@@ -24,7 +22,9 @@ from pathlib import Path, PurePosixPath
 import sqlalchemy as sa
 from modal_proto import api_pb2
 
+from homeport.agent.volume_copy import Entry, read_file, store_in
 from homeport.config import DataLayout
+from homeport.objectstore import LocalCopies
 from homeport.server import errors
 from homeport.server.services.storage import StorageObject
 from homeport.server.store import schema
@@ -33,20 +33,6 @@ BLOCK_SIZE = 8 * 1024 * 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 COPY_CHUNK = 1024 * 1024
 v = schema.volume_files
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    path: str
-    is_dir: bool
-    size: int
-    mode: int
-    mtime: float
-    sha256: str | None
-
-
-# What a working copy looked like when last synced: path -> (is_dir, size, mtime_ns, sha256)
-Snapshot = dict[str, tuple[bool, int, int, str | None]]
 
 
 def normalize(path: str) -> str:
@@ -76,9 +62,10 @@ def remove_contents(connection: sa.Connection, volume_id: str) -> None:
 
 
 class VolumeService:
-    def __init__(self, engine: sa.Engine, layout: DataLayout) -> None:
+    def __init__(self, engine: sa.Engine, layout: DataLayout, shared: LocalCopies | None = None) -> None:
         self.engine = engine
         self.layout = layout
+        self.contents = VolumeContents(layout, shared)
 
     # --- the committed tree ------------------------------------------------------------
 
@@ -203,32 +190,7 @@ class VolumeService:
     # --- contents ------------------------------------------------------------------------
 
     def content_path(self, sha256_hex: str) -> Path:
-        return self.layout.volume_file(sha256_hex)
-
-    def _store(self, chunks: Iterator[bytes]) -> tuple[str, int]:
-        """Write a stream into the content store (temp file, then rename): (sha256, size)."""
-        digest = hashlib.sha256()
-        size = 0
-        temporary = self.layout.volume_content / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
-        try:
-            with open(temporary, "wb") as file:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    file.write(chunk)
-                file.flush()
-                os.fsync(file.fileno())
-            final = self.content_path(digest.hexdigest())
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temporary, final)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return digest.hexdigest(), size
-
-    def _read_file(self, path: Path) -> Iterator[bytes]:
-        with open(path, "rb") as file:
-            while chunk := file.read(COPY_CHUNK):
-                yield chunk
+        return self.contents.path(sha256_hex)
 
     def block_path(self, sha256_hex: str) -> Path:
         return self.layout.volume_block(sha256_hex)
@@ -261,7 +223,7 @@ class VolumeService:
                 raise errors.already_exists(
                     f"'{path}' already exists in the volume; use --force to overwrite it"
                 )
-            sha256_hex, stored = self._store(self._assemble(blocks, size))
+            sha256_hex, stored = self.contents.store(self._assemble(blocks, size))
             written.append(Entry(path, False, stored, mode or 0o644, time.time(), sha256_hex))
         with self.engine.begin() as connection:
             for entry in written:
@@ -273,7 +235,7 @@ class VolumeService:
             expected = min(BLOCK_SIZE, size - index * BLOCK_SIZE)
             produced = 0
             if block != EMPTY_SHA256:
-                for chunk in self._read_file(self.block_path(block)):
+                for chunk in read_file(self.block_path(block)):
                     produced += len(chunk)
                     yield chunk
             if produced < expected:  # the client trims trailing zero bytes of a block
@@ -298,83 +260,38 @@ class VolumeService:
         finally:
             temporary.unlink(missing_ok=True)
 
-    # --- container working copies ------------------------------------------------------------
+    # --- what containers commit ----------------------------------------------------------------
 
-    def materialize(self, volume_id: str, directory: Path) -> Snapshot:
-        directory.mkdir(parents=True, exist_ok=True)
-        for entry in sorted(self.entries(volume_id).values(), key=lambda e: e.path):
-            self._place(entry, directory)
-        return scan(directory)
-
-    def _place(self, entry: Entry, directory: Path) -> None:
-        target = directory / entry.path
-        if entry.is_dir:
-            target.mkdir(parents=True, exist_ok=True)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.parent / f".homeport-{target.name}.{time.monotonic_ns()}"
-        if entry.sha256:
-            shutil.copyfile(self.content_path(entry.sha256), temporary)
-        else:
-            temporary.touch()
-        os.chmod(temporary, entry.mode & 0o7777)
-        os.utime(temporary, (entry.mtime, entry.mtime))
-        os.replace(temporary, target)
-
-    def commit(self, volume_id: str, directory: Path, base: Snapshot) -> Snapshot:
-        """Store what changed in a working copy since `base`; returns the new snapshot."""
-        current = scan(directory)
-        changed: list[Entry] = []
-        for path, (is_dir, size, mtime_ns, _) in current.items():
-            before = base.get(path)
-            if before is not None and before[:3] == (is_dir, size, mtime_ns):
-                current[path] = before
-                continue
-            mode = stat.S_IMODE((directory / path).lstat().st_mode)
-            if is_dir:
-                changed.append(Entry(path, True, 0, mode, mtime_ns / 1e9, None))
-                continue
-            sha256_hex, stored = self._store(self._read_file(directory / path))
-            current[path] = (False, stored, mtime_ns, sha256_hex)
-            changed.append(Entry(path, False, stored, mode, mtime_ns / 1e9, sha256_hex))
-        removed = [path for path in base if path not in current]
+    def record(self, volume_id: str, changed: builtins.list[Entry], removed: builtins.list[str]) -> None:
+        """A container's commit, its contents already stored: swapped in by one transaction."""
         with self.engine.begin() as connection:
             for entry in changed:
                 self._upsert(connection, volume_id, entry)
             for path in removed:
                 connection.execute(v.delete().where(v.c.volume_id == volume_id, v.c.path == path))
-        return current
-
-    def reload(self, volume_id: str, directory: Path, base: Snapshot) -> Snapshot:
-        """Commit the container's own changes, then show the latest committed state."""
-        mine = self.commit(volume_id, directory, base)
-        committed = self.entries(volume_id)
-        for path in sorted(set(mine) - set(committed), reverse=True):
-            target = directory / path
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                target.unlink(missing_ok=True)
-        for entry in sorted(committed.values(), key=lambda e: e.path):
-            held = mine.get(entry.path)
-            if held is None or held[0] != entry.is_dir or (not entry.is_dir and held[3] != entry.sha256):
-                self._place(entry, directory)
-        return scan(directory, known={p: s for p, s in mine.items()})
 
 
-def scan(directory: Path, known: Snapshot | None = None) -> Snapshot:
-    """Walk a working copy: path -> (is_dir, size, mtime_ns, sha256 if known)."""
-    snapshot: Snapshot = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            full = Path(root) / name
-            info = full.lstat()
-            if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
-                continue  # symlinks, sockets and fifos are not kept in a volume
-            relative = full.relative_to(directory).as_posix()
-            is_dir = stat.S_ISDIR(info.st_mode)
-            size = 0 if is_dir else info.st_size
-            previous = (known or {}).get(relative)
-            sha = previous[3] if previous and previous[:3] == (is_dir, size, info.st_mtime_ns) else None
-            snapshot[relative] = (is_dir, size, info.st_mtime_ns, sha)
-    return snapshot
+class VolumeContents:
+    """File contents by sha256 under the data dir; in a cluster also in the object store
+    (written through, and fetched from there when another machine stored them)."""
+
+    def __init__(self, layout: DataLayout, shared: LocalCopies | None = None) -> None:
+        self.layout = layout
+        self.shared = shared
+
+    def path(self, sha256_hex: str) -> Path:
+        local = self.layout.volume_file(sha256_hex)
+        if self.shared is not None and not local.exists():
+            self.shared.fetch(content_key(sha256_hex), local)
+        return local
+
+    def store(self, chunks: Iterator[bytes]) -> tuple[str, int]:
+        sha256_hex, size = store_in(self.layout.volume_content, chunks, self.layout.volume_file)
+        if self.shared is not None:
+            self.shared.store.upload(content_key(sha256_hex), self.layout.volume_file(sha256_hex))
+        return sha256_hex, size
+
+
+def content_key(sha256_hex: str) -> str:
+    """A volume file's key in the object store."""
+    return f"volumes/{sha256_hex}"

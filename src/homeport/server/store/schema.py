@@ -231,6 +231,21 @@ tasks = sa.Table(
     sa.Column("stop_reason", sa.String(300), nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("stopped_at", sa.Float, nullable=True),
+    sa.Column("node_id", sa.String(200), nullable=True),  # the node that runs it
+    sa.Column(
+        "server_id", sa.String(40), nullable=True, index=True
+    ),  # the control-plane replica that owns it
+)
+
+# Control-plane replicas serving one database; a replica not seen for a while is gone,
+# and another takes over what it owned (server/replicas.py).
+servers = sa.Table(
+    "servers",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("address", sa.String(300), nullable=False),  # its gRPC address
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
 )
 
 logs = sa.Table(

@@ -1,0 +1,201 @@
+"""The node agent on a Ray node: one actor pinned to each node of the cluster.
+
+The control plane (server/cluster.py) creates it on every Ray node it sees, by name
+(`homeport-agent-<ray node id>`, detached: it outlives any one control-plane replica, and
+every replica finds the same agent). Ray carries the calls and tells who is alive; the
+containers themselves are never Ray tasks: they are started by the `NodeAgent` inside
+this actor exactly as on one machine (bubblewrap, zygotes, cgroups, the node's bridge),
+and Ray's resource numbers are bookkeeping only.
+
+The node is configured by the environment `ray start` ran with (its workers inherit it):
+HOMEPORT_NODE_ID (default: host name and Ray node id), HOMEPORT_NODE_DIR (its data,
+default /var/lib/homeport-node), HOMEPORT_BRIDGE and HOMEPORT_CONTAINER_SUBNET (its
+container network), HOMEPORT_GPUS and HOMEPORT_NODE_MEMORY_MIB (as for `homeport serve`).
+
+Each replica pulls its own containers' events (output, exits) with `events`, a long poll:
+the agent never calls back into a control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+from pathlib import Path
+
+from homeport.agent.assets import ClusterAssets
+from homeport.agent.forward import PortForwarder
+from homeport.agent.node import ContainerExit, NodeAgent, NodeInventory, ZygoteOrder
+from homeport.agent.order import ContainerOrder
+from homeport.agent.runtime import ContainerStartError
+from homeport.agent.volume_copy import Entry
+
+log = logging.getLogger("homeport.agent")
+
+DEFAULT_NODE_DIR = "/var/lib/homeport-node"
+MAX_BUFFERED_EVENTS = 20000  # per replica: output beyond this (a replica gone quiet) is dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    bridge_gateway: str | None  # where containers reach this node's forwarded ports
+
+
+@dataclasses.dataclass
+class _Mailbox:
+    events: list[tuple] = dataclasses.field(default_factory=list)  # type: ignore[type-arg]
+    ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def put(self, event: tuple) -> None:  # type: ignore[type-arg]
+        if len(self.events) >= MAX_BUFFERED_EVENTS and event[0] == "out":
+            return
+        self.events.append(event)
+        self.ready.set()
+
+
+class AgentService:
+    """The node agent behind the actor: plain async methods (the Ray wrapper is below)."""
+
+    def __init__(self, blob_url: str, environment: dict[str, str], ray_node_id: str) -> None:
+        os.environ.update(environment)  # the object store's endpoint and credentials
+        from homeport.agent.network import BridgeNetwork
+        from homeport.agent.network import available as network_available
+        from homeport.agent.sandbox import SandboxRuntime
+        from homeport.agent.zygote import ZygotePool
+        from homeport.images.client_package import ClientPackages
+        from homeport.objectstore import LocalCopies, ObjectStore
+
+        self.root = Path(os.environ.get("HOMEPORT_NODE_DIR", DEFAULT_NODE_DIR))
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        node_id = os.environ.get("HOMEPORT_NODE_ID") or f"{socket.gethostname()}-{ray_node_id[:6]}"
+        self.network = None
+        subnet = os.environ.get("HOMEPORT_CONTAINER_SUBNET", "10.89.0.0/16")
+        if subnet and network_available() is None:
+            self.network = BridgeNetwork(os.environ.get("HOMEPORT_BRIDGE", "homeport0"), subnet)
+            self.network.setup([])
+        zygotes = None
+        if os.environ.get("HOMEPORT_ZYGOTES", "1") != "0":
+            (self.root / "zygotes").mkdir(exist_ok=True)
+            zygotes = ZygotePool(self.root / "zygotes")
+        store = ObjectStore(blob_url)
+        assets = ClusterAssets(self.root, LocalCopies(store), ClientPackages(self.root / "client-packages"))
+        (self.root / "tasks").mkdir(exist_ok=True)
+        self.agent = NodeAgent(
+            SandboxRuntime(self.network, zygotes),
+            lambda task_id: self.root / "tasks" / task_id,
+            assets,
+            node_id,
+        )
+        self.owners: dict[str, str] = {}  # task id -> the replica that started it
+        self.mailboxes: dict[str, _Mailbox] = {}
+        self.blob_forwarders: dict[int, PortForwarder] = {}
+        self._background: asyncio.Task[None] | None = None
+        log.info("homeport node agent %s ready in %s", node_id, self.root)
+
+    def _mailbox(self, owner: str) -> _Mailbox:
+        return self.mailboxes.setdefault(owner, _Mailbox())
+
+    async def hello(self, blob_port: int, blob_target: str) -> NodeInfo:
+        """A replica introduces itself: containers reach its blob URLs on this node's bridge
+        address at `blob_port` (forwarded to `blob_target`, host:port)."""
+        if self._background is None:
+            self._background = asyncio.get_running_loop().create_task(self.agent.run())
+        gateway = self.network.gateway if self.network is not None else None
+        if gateway is not None and blob_port not in self.blob_forwarders:
+            forwarder = PortForwarder(gateway, blob_port, blob_target)
+            await forwarder.start()
+            self.blob_forwarders[blob_port] = forwarder
+            assert self.network is not None
+            await asyncio.to_thread(self.network.setup, [blob_port])
+        return NodeInfo(self.agent.node_id, gateway)
+
+    async def reserve(
+        self, task_id: str, memory_mib: int, gpu_options: list[tuple[str, int]]
+    ) -> list[int] | None:
+        return self.agent.reserve(task_id, memory_mib, gpu_options)
+
+    async def release(self, task_id: str) -> None:
+        self.agent.release(task_id)
+
+    async def start(self, order: ContainerOrder, owner: str) -> str | None:
+        """Start a container; None once it runs, else why it could not (the reservation is
+        released then). Its output and its end arrive as `owner`'s events."""
+        mailbox = self._mailbox(owner)
+        self.owners[order.task_id] = owner
+
+        def on_output(fd: int, text: str) -> None:
+            mailbox.put(("out", order.task_id, fd, text))
+
+        try:
+            await self.agent.start(order, on_output)
+        except ContainerStartError as error:
+            self.owners.pop(order.task_id, None)
+            return str(error)
+        except Exception as error:
+            self.owners.pop(order.task_id, None)
+            log.exception("container %s could not start", order.task_id)
+            return f"could not start a container on node {self.agent.node_id}: {error!r}"
+        asyncio.get_running_loop().create_task(self._watch(order.task_id, mailbox))
+        return None
+
+    async def _watch(self, task_id: str, mailbox: _Mailbox) -> None:
+        try:
+            ended = await self.agent.wait(task_id)
+        except Exception as error:
+            ended = ContainerExit(137, f"the node lost track of it: {error!r}", True)
+        self.owners.pop(task_id, None)
+        mailbox.put(("exit", task_id, ended))
+
+    async def events(self, owner: str, timeout: float) -> tuple[list[tuple], NodeInventory, list[str]]:  # type: ignore[type-arg]
+        """`owner`'s events since its last call (waiting up to `timeout` for one), with the
+        node's inventory and which containers hold GPUs."""
+        mailbox = self._mailbox(owner)
+        if not mailbox.events:
+            try:
+                await asyncio.wait_for(mailbox.ready.wait(), timeout)
+            except TimeoutError:
+                pass
+        events, mailbox.events = mailbox.events, []
+        mailbox.ready.clear()
+        return events, self.agent.inventory(), sorted(self.agent.gpu_holders())
+
+    async def interrupt(self, task_id: str) -> None:
+        self.agent.interrupt(task_id)
+
+    async def kill(self, task_id: str) -> None:
+        self.agent.kill(task_id)
+
+    async def prewarm(self, order: ZygoteOrder) -> None:
+        await self.agent.prewarm(order)
+
+    async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None:
+        return await self.agent.commit_volume(task_id, volume_id)
+
+    async def refresh_volume(self, task_id: str, volume_id: str, committed: list[Entry]) -> None:
+        await self.agent.refresh_volume(task_id, volume_id, committed)
+
+    async def stop_owned(self, owner: str, grace_s: float) -> None:
+        """Stop the containers a replica started (it is shutting down, or it is gone and
+        another replica took over its inputs): SIGINT, then SIGKILL after `grace_s`."""
+        mine = [task_id for task_id, held in self.owners.items() if held == owner]
+        for task_id in mine:
+            self.agent.interrupt(task_id)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(task_id in self.owners for task_id in mine):
+            if asyncio.get_running_loop().time() > deadline:
+                for task_id in mine:
+                    self.agent.kill(task_id)
+                break
+            await asyncio.sleep(0.1)
+
+
+def actor_class():  # type: ignore[no-untyped-def]
+    """The Ray actor class (made on first use: importing Ray is slow, and one machine never needs it)."""
+    import ray
+
+    # An async actor: every method runs on its event loop, many at once (events long-polls).
+    return ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=0)(AgentService)

@@ -1,0 +1,159 @@
+"""What a new container runs: its `ContainerOrder`, made from the function's definition,
+image, mounts, secrets, volumes and the container's own credential.
+
+Everything is named by reference (layer refs, blob ids, volume entries), so the order
+runs on whichever node placement chose (agent/order.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from grpclib import GRPCError
+from modal_proto import api_pb2
+
+from homeport.agent.order import ContainerOrder, FileRef, VolumeRef
+from homeport.agent.runtime import CONTROL_SOCKET
+from homeport.server.running import FIXED_ENVIRONMENT
+from homeport.server.services import functions as catalog
+from homeport.server.services.mounts import CLIENT_MOUNT_NAME
+from homeport.server.services.volumes import volume_metadata
+
+
+class StartRefused(Exception):
+    """The container cannot start as its function asks; the message says why and what to do."""
+
+
+def interpreter_environment(image_config, environment_name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A container's environment without its secrets and task credential: what its
+    interpreter (or its zygote's) starts with."""
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        **image_config.env,
+        "HOME": "/root",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": "/root:/pkg",
+        "MODAL_IS_REMOTE": "1",
+        # Over a Unix socket bound into the container, so block_network=True works too.
+        "MODAL_SERVER_URL": f"unix://{CONTROL_SOCKET}",
+        "MODAL_DISABLE_API_PROXY": "1",
+        "MODAL_ENVIRONMENT": environment_name,
+    }
+
+
+class OrderBuilder:
+    def __init__(self, apps, storage, mounts, images, secrets, volumes, control_address: str) -> None:  # type: ignore[no-untyped-def]
+        self.apps = apps
+        self.storage = storage
+        self.mounts = mounts
+        self.images = images
+        self.secrets = secrets
+        self.volumes = volumes
+        self.control_address = control_address
+
+    async def build(
+        self,
+        function,  # type: ignore[no-untyped-def]
+        definition: api_pb2.Function,
+        params: bytes,
+        environment_name: str,
+        workspace_id: str,
+        task_id: str,
+        secret: str,
+        gpu_indices: list[int],
+        upper_dir: Path | None,
+        disk_limit_mib: int,
+    ) -> tuple[ContainerOrder, dict[str, str]]:
+        """The order and the secret values it carries (for redacting its output); raises
+        StartRefused with a message for the function's caller."""
+        dependencies = [d.object_id for d in definition.object_dependencies]
+        layout = catalog.app_layout(self.apps, function.app_id, dependencies)
+        for obj in layout.objects:
+            if obj.object_id.startswith("vo-") and not obj.HasField("volume_metadata"):
+                obj.volume_metadata.CopyFrom(
+                    volume_metadata(self.storage.get("volume", workspace_id, obj.object_id))
+                )
+        arguments = api_pb2.ContainerArguments(
+            task_id=task_id,
+            function_id=function.id,
+            app_id=function.app_id,
+            function_def=definition,
+            serialized_params=params,
+            environment_name=environment_name,
+            app_layout=layout,
+        )
+        files: list[FileRef] = []
+        for mount_id in definition.mount_ids:
+            name, mount_files = self.mounts.files(mount_id)
+            if name == CLIENT_MOUNT_NAME:
+                continue  # served from the client package at /pkg
+            files.extend(FileRef(str(f["path"]), str(f["blob_id"]), int(f["mode"])) for f in mount_files)  # type: ignore[call-overload]
+        try:
+            chain, image_config = self.images.runtime_chain(definition.image_id)
+        except LookupError as error:
+            raise StartRefused(str(error)) from None
+        secret_values: dict[str, str] = {}
+        try:
+            for secret_id in definition.secret_ids:
+                secret_values.update(self.secrets.values(workspace_id, secret_id))
+        except GRPCError as error:
+            raise StartRefused(f"{error.message}; was it deleted? Create it again and redeploy") from None
+        started_with = interpreter_environment(image_config, environment_name)
+        environment = {
+            **secret_values,
+            **{k: started_with[k] for k in FIXED_ENVIRONMENT},  # secrets cannot override these
+            "MODAL_TASK_ID": task_id,
+            **(
+                {
+                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
+                    "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
+                }
+                if gpu_indices
+                else {}
+            ),
+            # The container's own credential: client 1.6.4 adds these headers to every RPC
+            # a container makes. Never the user's token.
+            "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",
+        }
+        volumes = []
+        try:
+            for mount in definition.volume_mounts:
+                self.storage.get("volume", workspace_id, mount.volume_id)
+                if mount.sub_path:
+                    raise StartRefused(
+                        f"Volume mounts with sub_path ({mount.sub_path!r}) are not supported by this server yet; "
+                        "mount the whole volume"
+                    )
+                entries = await asyncio.to_thread(self.volumes.entries, mount.volume_id)
+                volumes.append(
+                    VolumeRef(mount.volume_id, mount.mount_path, mount.read_only, tuple(entries.values()))
+                )
+        except StartRefused:
+            raise
+        except Exception as error:
+            raise StartRefused(f"could not mount a volume: {error}") from None
+        order = ContainerOrder(
+            task_id=task_id,
+            app_id=function.app_id,
+            function_id=function.id,
+            workspace_id=workspace_id,
+            container_arguments=arguments.SerializeToString(),
+            started_environment=started_with,
+            environment=environment,
+            layers=tuple(chain),
+            python_version=image_config.python_version,
+            files=tuple(files),
+            volumes=tuple(volumes),
+            working_dir=image_config.workdir if image_config.workdir not in ("", "/") else "/root",
+            control_address=self.control_address,
+            network=not definition.block_network,
+            memory_mib=definition.resources.memory_mb_max or definition.resources.memory_mb,
+            cpu_cores=(definition.resources.milli_cpu_max or definition.resources.milli_cpu) / 1000,
+            disk_mib=definition.resources.ephemeral_disk_mb,
+            gpu_devices=tuple(gpu_indices),
+            upper_dir=upper_dir,
+            disk_limit_mib=disk_limit_mib,
+        )
+        return order, secret_values

@@ -1,0 +1,190 @@
+"""Cluster mode through the real client, on a whole cluster made on this machine by
+scripts/cluster-local: PostgreSQL, a SeaweedFS S3 server, three Ray nodes (each its own
+raylet, node agent, data directory and bridge) and two control-plane replicas.
+
+One cluster serves every test here (about 1.5 GiB); the node-death test runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_LAYER_DIR, Server, assert_ok, output, run_modal, run_python
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CLUSTER_LOCAL = str(ROOT / "scripts" / "cluster-local")
+NODES = {"node-0", "node-1", "node-2"}
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    directory = tmp_path_factory.mktemp("cluster")
+    up = subprocess.run(
+        [CLUSTER_LOCAL, "up", str(directory), "--nodes", "3", "--replicas", "2",
+         "--gpus", "1=A10G:1", "--node-memory", "0=1024"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HOMEPORT_LAYER_DIR": TEST_LAYER_DIR},
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, output(up)[-5000:]
+        assert up.stdout.split()[-3:] == sorted(NODES), up.stdout
+        yield directory
+    finally:
+        down = subprocess.run(
+            [CLUSTER_LOCAL, "down", str(directory)], capture_output=True, text=True, timeout=300
+        )
+        assert down.returncode == 0, output(down)
+        assert not (directory / "cluster.json").exists()
+
+
+def replica(cluster: Path, index: int) -> Server:
+    state = json.loads((cluster / "cluster.json").read_text())["replicas"][index]
+    return Server(Path(state["data"]), state["port"], None, Path(state["log"]))
+
+
+def wait_for_nodes(server: Server, count: int, timeout: float = 120) -> None:
+    """Until the replica has placed agents on `count` nodes (they join within seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.log_text().count(" joined (") >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} nodes joined:\n{server.log_text()[-3000:]}")
+
+
+def test_map_runs_on_every_node(cluster: Path) -> None:
+    server = replica(cluster, 0)
+    wait_for_nodes(server, 3)
+    result = run_modal(server, "run", "cluster_app.py::main", "--count", "24", "--seconds", "2", timeout=600)
+    text = assert_ok(result)
+    assert "NODES ['node-0', 'node-1', 'node-2'] 24" in text
+
+
+def test_image_built_once_runs_on_every_node(cluster: Path) -> None:
+    server = replica(cluster, 0)
+    script = """
+import cluster_app
+with cluster_app.app.run():
+    results = list(cluster_app.image_file.map([2.0] * 18))
+print("RESULTS", sorted(set(results)))
+"""
+    text = assert_ok(run_python(server, script, timeout=600))
+    # Every node ran the image (fetched from the object store), and it has its layer.
+    assert "RESULTS [('node-0', 'built-once'), ('node-1', 'built-once'), ('node-2', 'built-once')]" in text
+    assert server.log_text().count("RUN echo built-once") <= 1  # built at most once (cached since)
+
+
+def test_volume_committed_on_one_node_is_read_on_every_node(cluster: Path) -> None:
+    server = replica(cluster, 0)
+    script = """
+import cluster_app
+with cluster_app.app.run():
+    writer = cluster_app.write.remote("greeting.txt", "written on one node")
+    results = list(cluster_app.read.map(["greeting.txt"] * 18, [2.0] * 18))
+print("WRITER", writer)
+print("READERS", sorted(set(results)))
+"""
+    text = assert_ok(run_python(server, script, timeout=600))
+    for node in sorted(NODES):
+        assert f"('{node}', 'written on one node')" in text, text[-3000:]
+
+
+def test_gpu_function_lands_on_the_node_with_that_gpu(cluster: Path) -> None:
+    server = replica(cluster, 0)
+    script = """
+import modal
+import cluster_app
+with cluster_app.app.run():
+    print("GPU", cluster_app.gpu_node.remote())
+    try:
+        cluster_app.impossible_gpu.remote()
+    except Exception as error:
+        print("REFUSED", type(error).__name__, error)
+"""
+    started = time.monotonic()
+    text = assert_ok(run_python(server, script, timeout=600))
+    assert "GPU ('node-1', '0')" in text, text[-3000:]
+    # Refused at once, naming what the cluster has.
+    assert "REFUSED" in text and "H100" in text and "node-1" in text and "A10G" in text, text[-3000:]
+    assert time.monotonic() - started < 300
+
+
+def test_web_endpoint_on_a_worker_node_answers_through_the_gateway(cluster: Path) -> None:
+    server = replica(cluster, 0)
+    deploy = assert_ok(run_modal(server, "deploy", "cluster_app.py", timeout=600))
+    url = next(word for word in deploy.split() if "node-page" in word and word.startswith("http"))
+    with urllib.request.urlopen(url, timeout=120) as page:
+        answer = json.loads(page.read())
+    # node-0 has 1024 MiB for containers; the endpoint asks for more, so a worker node runs it.
+    assert answer["node"] in ("node-1", "node-2"), answer
+
+
+def test_spawn_through_one_replica_get_through_the_other(cluster: Path) -> None:
+    first, second = replica(cluster, 0), replica(cluster, 1)
+    assert first.client_env["MODAL_SERVER_URL"] != second.client_env["MODAL_SERVER_URL"]
+    assert_ok(run_modal(first, "deploy", "cluster_app.py", timeout=600))
+    spawned = assert_ok(
+        run_python(
+            first,
+            "import modal\n"
+            "call = modal.Function.from_name('cluster', 'where').spawn(1.0)\n"
+            "print('CALL', call.object_id)\n",
+        )
+    )
+    call_id = spawned.split("CALL ")[1].split()[0]
+    got = assert_ok(
+        run_python(
+            second, f"import modal\nprint('GOT', modal.FunctionCall.from_id({call_id!r}).get(timeout=300))\n"
+        )
+    )
+    assert any(f"GOT {node}" in got for node in NODES), got
+
+
+def test_killed_node_inputs_run_elsewhere(cluster: Path) -> None:
+    """Last: a node dies as in a power loss in the middle of a 30-input map; the map still
+    returns all 30 results, and the node's containers leave `modal container list`."""
+    server = replica(cluster, 0)
+    script = """
+import cluster_app, time
+with cluster_app.app.run():
+    results = list(cluster_app.where.map([5.0] * 30))
+print("RESULTS", len(results))
+"""
+    offset = len(server.log_text())
+    client = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT / "tests" / "e2e" / "apps", env=server.env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while "on node-2: " not in server.log_text()[offset:] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(4)  # node-2's containers hold inputs now
+    on_node_2 = [
+        line.split("started container ")[1].split()[0]
+        for line in server.log_text()[offset:].splitlines()
+        if "started container" in line and "on node-2: " in line
+    ]
+    assert on_node_2
+    kill = subprocess.run([CLUSTER_LOCAL, "kill-node", str(cluster), "2"], capture_output=True, text=True)
+    assert kill.returncode == 0, output(kill)
+    killed_at = time.monotonic()
+    out, _ = client.communicate(timeout=600)
+    assert client.returncode == 0, out[-5000:]
+    assert "RESULTS 30" in out
+    log = server.log_text()
+    assert "node node-2 left the cluster" in log, log[-3000:]
+    assert time.monotonic() - killed_at < 300
+    listed = assert_ok(run_modal(server, "container", "list", "--json"))
+    assert not any(task_id in listed for task_id in on_node_2)
