@@ -65,7 +65,7 @@ def wait_for(
         time.sleep(0.2)
 
 
-def start_postgres(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_postgres(directory: Path, initialize: bool = True) -> tuple[subprocess.Popen[bytes], str]:
     """A throwaway PostgreSQL server listening only on a Unix socket in `directory`."""
     import glob
 
@@ -78,11 +78,21 @@ def start_postgres(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(directory, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_user, str(bin_dir / "initdb"), "-D", str(directory / "data"), "-U", "postgres", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
+    if initialize:
+        subprocess.run(
+            [
+                *as_user,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(directory / "data"),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+            ],
+            check=True,
+            capture_output=True,
+        )
     log = directory / "postgres.log"
     process = subprocess.Popen(
         [*as_user, str(bin_dir / "postgres"), "-D", str(directory / "data"), "-k", str(directory),
@@ -265,6 +275,19 @@ def kill_node(directory: Path, index: int) -> None:
     say(f"killed node {index} ({node_id}): {len(victims)} process(es)")
 
 
+def restart_postgres(directory: Path, pause_s: float) -> None:
+    """Stop PostgreSQL (fast shutdown: every connection is cut), wait, start it again: the
+    servers must reconnect and in-flight calls finish."""
+    path = directory / "cluster.json"
+    state = json.loads(path.read_text())
+    _stop(state["postgres_pid"], 60, signal.SIGINT)  # fast shutdown: every connection is cut
+    time.sleep(pause_s)
+    postgres, _ = start_postgres(Path(state["postgres_dir"]), initialize=False)
+    state["postgres_pid"] = postgres.pid
+    path.write_text(json.dumps(state, indent=2))
+    say(f"PostgreSQL restarted after {pause_s:.0f} s down")
+
+
 def down(directory: Path) -> None:
     path = directory / "cluster.json"
     if not path.exists():
@@ -281,9 +304,11 @@ def down(directory: Path) -> None:
                 _kill(pid)
         subprocess.run(["ip", "link", "del", node["bridge"]], capture_output=True)
         _unmount_under(directory / node["node_id"])
-    for key in ("s3_pid", "postgres_pid"):
-        if key in state:
-            _stop(state[key], 30)
+    _remove_unused_network_namespaces()
+    if "s3_pid" in state:
+        _stop(state["s3_pid"], 30)
+    if "postgres_pid" in state:
+        _stop(state["postgres_pid"], 30, signal.SIGINT)  # fast shutdown: no waiting for clients
     if "postgres_dir" in state:
         shutil.rmtree(state["postgres_dir"], ignore_errors=True)
     path.unlink()
@@ -297,9 +322,9 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _stop(pid: int, timeout: float) -> None:
+def _stop(pid: int, timeout: float, signum: int = signal.SIGTERM) -> None:
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signum)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
@@ -313,6 +338,22 @@ def _stop(pid: int, timeout: float) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _remove_unused_network_namespaces() -> None:
+    """Container network namespaces of agents that are gone: they ran in the host's mount
+    namespace, so the names their containers had stay mounted on /run/netns."""
+    from homeport.agent.network import CLAIMS_DIR, NETNS_DIR, _alive, _read_claim
+
+    for claim in CLAIMS_DIR.glob("*") if CLAIMS_DIR.exists() else []:
+        try:
+            holder, owner = _read_claim(claim)
+        except (FileNotFoundError, ValueError):
+            continue
+        if owner is not None and not _alive(owner):
+            if (NETNS_DIR / holder).exists():
+                subprocess.run(["ip", "netns", "del", holder], capture_output=True)
+            claim.unlink(missing_ok=True)
 
 
 def _unmount_under(directory: Path) -> None:
@@ -337,6 +378,9 @@ def main() -> None:
     kill = commands.add_parser("kill-node")
     kill.add_argument("dir", type=Path)
     kill.add_argument("index", type=int)
+    restart = commands.add_parser("restart-postgres")
+    restart.add_argument("dir", type=Path)
+    restart.add_argument("--down-for", type=float, default=3.0)
     stop = commands.add_parser("down")
     stop.add_argument("dir", type=Path)
     arguments = parser.parse_args()
@@ -348,6 +392,8 @@ def main() -> None:
         except BaseException:
             down(arguments.dir.resolve())
             raise
+    elif arguments.command == "restart-postgres":
+        restart_postgres(arguments.dir.resolve(), arguments.down_for)
     elif arguments.command == "kill-node":
         kill_node(arguments.dir.resolve(), arguments.index)
     else:

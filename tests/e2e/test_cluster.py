@@ -152,6 +152,63 @@ def test_spawn_through_one_replica_get_through_the_other(cluster: Path) -> None:
     assert any(f"GOT {node}" in got for node in NODES), got
 
 
+def test_killed_replica_others_keep_serving_and_its_input_is_not_lost(cluster: Path) -> None:
+    """A call spawned through replica 1, which is then killed (SIGKILL) while its container
+    runs the input: replica 0 takes over (its containers stopped, the input queued again)
+    and the call's result arrives through replica 0."""
+    first, second = replica(cluster, 0), replica(cluster, 1)
+    assert_ok(run_modal(first, "deploy", "cluster_app.py", timeout=600))
+    spawned = assert_ok(
+        run_python(
+            second,
+            "import modal\n"
+            "call = modal.Function.from_name('cluster', 'where').spawn(8.0)\n"
+            "print('CALL', call.object_id)\n",
+        )
+    )
+    call_id = spawned.split("CALL ")[1].split()[0]
+    deadline = time.monotonic() + 120
+    while "started container" not in second.log_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    pid = json.loads((cluster / "cluster.json").read_text())["replicas"][1]["pid"]
+    os.killpg(pid, 9)
+    got = assert_ok(
+        run_python(
+            first, f"import modal\nprint('GOT', modal.FunctionCall.from_id({call_id!r}).get(timeout=300))\n"
+        )
+    )
+    assert any(f"GOT {node}" in got for node in NODES), got
+    assert "is gone" in first.log_text()
+    # And replica 0 serves new calls as before.
+    text = assert_ok(
+        run_modal(first, "run", "cluster_app.py::main", "--count", "3", "--seconds", "0.1", timeout=300)
+    )
+    assert "NODES" in text
+
+
+def test_postgres_restart_in_flight_calls_finish(cluster: Path) -> None:
+    server = replica(cluster, 0)
+    script = """
+import cluster_app
+with cluster_app.app.run():
+    results = list(cluster_app.where.map([4.0] * 6))
+print("RESULTS", len(results))
+"""
+    client = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT / "tests" / "e2e" / "apps", env=server.env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(6)  # the app is running and its inputs are in flight
+    restart = subprocess.run(
+        [CLUSTER_LOCAL, "restart-postgres", str(cluster), "--down-for", "1"], capture_output=True, text=True
+    )
+    assert restart.returncode == 0, output(restart)
+    out, _ = client.communicate(timeout=600)
+    assert client.returncode == 0, out[-5000:]
+    assert "RESULTS 6" in out
+
+
 def test_killed_node_inputs_run_elsewhere(cluster: Path) -> None:
     """Last: a node dies as in a power loss in the middle of a 30-input map; the map still
     returns all 30 results, and the node's containers leave `modal container list`."""

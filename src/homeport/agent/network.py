@@ -122,8 +122,17 @@ class BridgeNetwork:
                 continue
             if owner is not None and not _alive(owner):
                 # Its server is gone, and with it (its mount namespace) the namespace: only
-                # the name's file is left on /run.
-                (NETNS_DIR / holder).unlink(missing_ok=True)
+                # the name's file is left on /run. A node agent without a mount namespace
+                # of its own (a Ray worker) leaves the name mounted: that needs unmounting.
+                try:
+                    (NETNS_DIR / holder).unlink(missing_ok=True)
+                except OSError:
+                    subprocess.run(["ip", "netns", "del", holder], capture_output=True, check=False)
+                    if (NETNS_DIR / holder).exists():
+                        log.warning(
+                            "cannot remove the network namespace %s left by process %d", holder, owner
+                        )
+                        continue
                 claim.unlink(missing_ok=True)
             elif owner is None and not (NETNS_DIR / holder).exists() and age > ORPHAN_AGE_S:
                 claim.unlink(missing_ok=True)

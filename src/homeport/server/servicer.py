@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpclib.const
+import sqlalchemy as sa
 from grpclib import GRPCError, Status
 from grpclib.exceptions import StreamTerminatedError
 from grpclib.server import Stream
@@ -109,6 +110,15 @@ class HomeportServicer:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from None
+            except sa.exc.OperationalError as error:
+                # The database went away (a PostgreSQL restart, a network cut): the client
+                # retries UNAVAILABLE by itself, and the pool reconnects (pool_pre_ping).
+                log.warning(
+                    "request %s (%s): the database is unreachable: %s", request_id, rpc_name, error.orig
+                )
+                raise GRPCError(
+                    Status.UNAVAILABLE, "the server's database is unreachable for a moment; retry"
+                )
             except Exception:
                 log.exception("request %s (%s) failed", request_id, rpc_name)
                 raise GRPCError(Status.INTERNAL, f"internal error in {rpc_name} (request {request_id})")
