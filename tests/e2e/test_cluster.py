@@ -54,6 +54,17 @@ def replica(cluster: Path, index: int) -> Server:
     return Server(Path(state["data"]), state["port"], None, Path(state["log"]))
 
 
+def live_replica(cluster: Path) -> Server:
+    """A replica still running (the replica test kills one)."""
+    for state in json.loads((cluster / "cluster.json").read_text())["replicas"]:
+        try:
+            os.kill(state["pid"], 0)
+        except ProcessLookupError:
+            continue
+        return Server(Path(state["data"]), state["port"], None, Path(state["log"]))
+    raise AssertionError("no replica is running")
+
+
 def wait_for_nodes(server: Server, count: int, timeout: float = 120) -> None:
     """Until the replica has placed agents on `count` nodes (they join within seconds)."""
     deadline = time.monotonic() + timeout
@@ -153,42 +164,47 @@ def test_spawn_through_one_replica_get_through_the_other(cluster: Path) -> None:
 
 
 def test_killed_replica_others_keep_serving_and_its_input_is_not_lost(cluster: Path) -> None:
-    """A call spawned through replica 1, which is then killed (SIGKILL) while its container
-    runs the input: replica 0 takes over (its containers stopped, the input queued again)
-    and the call's result arrives through replica 0."""
-    first, second = replica(cluster, 0), replica(cluster, 1)
-    assert_ok(run_modal(first, "deploy", "cluster_app.py", timeout=600))
+    """A call is spawned; the replica whose container runs its input is then killed
+    (SIGKILL). The other replica takes over (the dead one's containers stopped, the input
+    queued again) and the call's result arrives through it; it serves new calls too."""
+    replicas = [replica(cluster, 0), replica(cluster, 1)]
+    offsets = [len(r.log_text()) for r in replicas]
+    assert_ok(run_modal(replicas[0], "deploy", "cluster_app.py", timeout=600))
     spawned = assert_ok(
         run_python(
-            second,
+            replicas[1],
             "import modal\n"
-            "call = modal.Function.from_name('cluster', 'where').spawn(8.0)\n"
+            "call = modal.Function.from_name('cluster', 'where').spawn(10.0)\n"
             "print('CALL', call.object_id)\n",
         )
     )
     call_id = spawned.split("CALL ")[1].split()[0]
+    # Each function's containers are placed by one replica (its home): find which.
     deadline = time.monotonic() + 120
-    while "started container" not in second.log_text() and time.monotonic() < deadline:
+    runner = None
+    while runner is None and time.monotonic() < deadline:
+        for index, (r, offset) in enumerate(zip(replicas, offsets, strict=True)):
+            if "started container" in r.log_text()[offset:]:
+                runner = index
         time.sleep(0.5)
-    time.sleep(2)
-    pid = json.loads((cluster / "cluster.json").read_text())["replicas"][1]["pid"]
-    os.killpg(pid, 9)
+    assert runner is not None
+    survivor = replicas[1 - runner]
+    time.sleep(3)  # its container holds the input now
+    os.killpg(json.loads((cluster / "cluster.json").read_text())["replicas"][runner]["pid"], 9)
     got = assert_ok(
         run_python(
-            first, f"import modal\nprint('GOT', modal.FunctionCall.from_id({call_id!r}).get(timeout=300))\n"
+            survivor,
+            f"import modal\nprint('GOT', modal.FunctionCall.from_id({call_id!r}).get(timeout=300))\n",
         )
     )
     assert any(f"GOT {node}" in got for node in NODES), got
-    assert "is gone" in first.log_text()
-    # And replica 0 serves new calls as before.
-    text = assert_ok(
-        run_modal(first, "run", "cluster_app.py::main", "--count", "3", "--seconds", "0.1", timeout=300)
-    )
+    assert "is gone" in survivor.log_text()
+    text = assert_ok(run_modal(survivor, "run", "cluster_app.py::main", "--count", "3", "--seconds", "0.1"))
     assert "NODES" in text
 
 
 def test_postgres_restart_in_flight_calls_finish(cluster: Path) -> None:
-    server = replica(cluster, 0)
+    server = live_replica(cluster)
     script = """
 import cluster_app
 with cluster_app.app.run():
@@ -212,7 +228,7 @@ print("RESULTS", len(results))
 def test_killed_node_inputs_run_elsewhere(cluster: Path) -> None:
     """Last: a node dies as in a power loss in the middle of a 30-input map; the map still
     returns all 30 results, and the node's containers leave `modal container list`."""
-    server = replica(cluster, 0)
+    server = live_replica(cluster)
     script = """
 import cluster_app, time
 with cluster_app.app.run():

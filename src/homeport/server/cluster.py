@@ -17,7 +17,7 @@ from typing import Any
 
 from homeport.agent.assets import layer_key, pack
 from homeport.agent.gpus import GpuPool, GpuRequest
-from homeport.agent.node import SATURATED_CPU, ContainerExit, NodeInventory, ZygoteOrder
+from homeport.agent.node import REPORT_INTERVAL_S, SATURATED_CPU, ContainerExit, NodeInventory, ZygoteOrder
 from homeport.agent.order import ContainerOrder
 from homeport.agent.runtime import ContainerStartError, OutputCallback
 from homeport.agent.volume_copy import Entry
@@ -221,7 +221,10 @@ class RayNode:
                 if event[0] == "out":
                     callback = self._outputs.get(event[1])
                     if callback is not None:
-                        callback(event[2], event[3])
+                        try:
+                            callback(event[2], event[3])
+                        except Exception:
+                            log.exception("output of container %s was not stored", event[1])
                 elif event[0] == "exit":
                     future = self._exits.get(event[1])
                     if future is not None and not future.done():
@@ -269,6 +272,7 @@ class RayCluster:
         self.report = report  # NodeRegistry.report: `homeport nodes` reads it
         self.nodes: dict[str, RayNode] = {}  # by Ray node id
         self._joining: set[str] = set()
+        self._reported_at = 0.0
 
     def connect(self) -> None:
         """Join the Ray cluster as a driver (blocking; before serving)."""
@@ -306,8 +310,10 @@ class RayCluster:
         for ray_node_id in alive - set(self.nodes) - self._joining:
             self._joining.add(ray_node_id)
             asyncio.get_running_loop().create_task(self._join(ray_node_id))
-        for node in self.nodes.values():
-            await asyncio.to_thread(self.report, node.inventory())
+        if time.monotonic() - self._reported_at >= REPORT_INTERVAL_S:
+            self._reported_at = time.monotonic()
+            for node in list(self.nodes.values()):
+                await asyncio.to_thread(self.report, node.inventory())
 
     async def _join(self, ray_node_id: str) -> None:
         """Start (or find) the agent on a node that joined, and add it to placement."""

@@ -4,12 +4,15 @@ for REPLICA_GONE_S is gone, and whichever replica notices first takes over what 
 its containers are stopped on every node and the inputs they held go back to the queue
 (without using the functions' retries: a platform fault is not the user's failure).
 Claims are exactly-once whichever replica a container talks to (calls.claim is one
-conditional UPDATE per input), so no other coordination is needed.
+conditional UPDATE per input). To keep replicas from all starting containers for the same
+queue, each function has a home replica (rendezvous hashing over the live replicas) that
+alone places its containers; when replicas come or go, homes move with them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +41,17 @@ class Replicas:
         self.address = address
         self._requeue = requeue
         self._stop_containers = stop_containers
+        self.live: list[str] = [server_id]  # the replicas seen at the last heartbeat
+
+    def is_home(self, function_id: str) -> bool:
+        """Whether this replica places the containers of this function."""
+        if len(self.live) <= 1:
+            return True
+
+        def weight(server_id: str) -> bytes:
+            return hashlib.sha256(f"{server_id}:{function_id}".encode()).digest()
+
+        return max(self.live, key=weight) == self.server_id
 
     def register(self) -> None:
         now = time.time()
@@ -59,6 +73,7 @@ class Replicas:
                 await asyncio.to_thread(self._beat)
                 for gone in await asyncio.to_thread(self._gone):
                     await self.take_over(gone)
+                self.live = await asyncio.to_thread(self._live)
             except Exception:
                 log.exception("replica heartbeat failed; continuing")
             await asyncio.sleep(HEARTBEAT_S)
@@ -74,6 +89,14 @@ class Replicas:
                 connection.execute(
                     s.insert().values(id=self.server_id, address=self.address, started_at=now, last_seen=now)
                 )
+
+    def _live(self) -> list[str]:
+        s = schema.servers
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(s.c.id).where(s.c.last_seen >= time.time() - REPLICA_GONE_S)
+            ).all()
+        return sorted({row.id for row in rows} | {self.server_id})
 
     def _gone(self) -> list[str]:
         s = schema.servers

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from homeport.server.running import (
     redactor,
     stop_key,
 )
+from homeport.server.scaling import DEFAULT_IDLE_S, Scaler
 from homeport.server.services import autoscaling
 from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
@@ -57,13 +57,10 @@ TIMEOUT = api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT
 INIT_FAILURE = api_pb2.GenericResult.GENERIC_STATUS_INIT_FAILURE
 
 DEFAULT_TIMEOUT_S = 300
-DEFAULT_IDLE_S = 60
 # After asking a container to stop (kill switch, then SIGINT), how long before SIGKILL.
 STOP_GRACE_S = 10.0
 STDERR_TAIL_BYTES = 2000
-MAX_STARTING = max(os.cpu_count() or 1, 1)
-# An idle container keeps its GPU at least this long before queued work may claim it.
-GPU_IDLE_GRACE_S = 2.0
+SETTLE_ATTEMPTS = 600  # one a second: a container's end is settled once the database is back
 
 
 class Scheduler:
@@ -102,7 +99,10 @@ class Scheduler:
         self.containers: dict[str, RunningContainer] = {}
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
         self.start_backoff = StartBackoff()
+        self.scaler = Scaler(self)
         self.server_id: str | None = None  # this replica, in cluster mode
+        # Whether this replica places a function's containers (cluster mode: replicas.py).
+        self.is_home: Callable[[str], bool] = lambda function_id: True
         self._wake = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
 
@@ -129,10 +129,12 @@ class Scheduler:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             self._tasks = group
-            group.create_task(self._loop("placement", self._place, self._until_placement_due))
+            group.create_task(self._loop("placement", self.scaler.place, self._until_placement_due))
             # Warm containers on a tick of their own: placement wakes on every call, and this
             # pass (a query and a definition per warm function) has no place on that path.
-            group.create_task(self._loop("warm containers", self._keep_warm, lambda: asyncio.sleep(1.0)))
+            group.create_task(
+                self._loop("warm containers", self.scaler.keep_warm, lambda: asyncio.sleep(1.0))
+            )
             group.create_task(self._loop("timeouts", self._enforce_deadlines, lambda: asyncio.sleep(0.5)))
             group.create_task(self._loop("schedules", self._run_schedules, lambda: asyncio.sleep(1.0)))
             group.create_task(self._loop("housekeeping", self._housekeeping, lambda: asyncio.sleep(10.0)))
@@ -141,9 +143,17 @@ class Scheduler:
         while True:
             try:
                 await step()
+            except sa.exc.OperationalError as error:
+                log.warning(
+                    "scheduler loop %s: the database is unreachable (%s); continuing", name, error.orig
+                )
             except Exception:
                 log.exception("scheduler loop %s failed; continuing", name)
-            await pause()
+            try:
+                await pause()
+            except Exception as error:  # the pause may ask the database too
+                log.warning("scheduler loop %s: %r; continuing", name, error)
+                await asyncio.sleep(1.0)
 
     async def _until_placement_due(self) -> None:
         """Place again when woken, when a retry's backoff ends, or after a second."""
@@ -214,167 +224,7 @@ class Scheduler:
         }
         await asyncio.gather(*(node.shutdown() for node in nodes.values()), return_exceptions=True)
 
-    # --- placement ----------------------------------------------------------------------
-
-    async def _place(self) -> None:
-        pending = self.calls.pending_counts()
-        for function_id, count in pending.items():
-            mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
-            free = sum(c.free_slots for c in mine)
-            if free:
-                # Inputs whose retry delay just ended notify nobody by themselves:
-                # wake the containers polling for this function.
-                self.notifier.notify(queue_key(function_id), limit=count)
-            if self.start_backoff.waiting(function_id):
-                continue
-            try:
-                function, definition, params, app = self._resolve(function_id)
-            except Exception as error:
-                log.warning("cannot place inputs of %s: %s", function_id, error)
-                continue
-            if not app.live:
-                continue
-            per_container = max(definition.max_concurrent_inputs, definition.batch_max_size, 1)
-            wanted = -(-max(count - free, 0) // per_container)
-            limit = autoscaling.autoscaling(definition, DEFAULT_IDLE_S).max_containers or self.max_containers
-            wanted = min(wanted, limit - len(mine), self.max_containers - len(self.containers))
-            gpu_options = self._gpu_options(function)
-            needed = memory_request_mib(definition)
-            refusal = self.placement.refusal(needed, gpu_options)
-            if refusal is not None:
-                self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=refusal))
-                continue
-            for _ in range(max(wanted, 0)):
-                task_id = ids.new_id("task")
-                # Scale out only onto idle cores while containers of this function run (they
-                # drain the queue meanwhile).
-                placed = await self._reserve(
-                    task_id, needed, gpu_options, avoid_saturated=bool(mine), build=function.id in self.builds
-                )
-                if placed is None:
-                    # No room: the inputs wait in the queue (memory is never oversubscribed),
-                    # and an idle container holding a GPU they need is asked to make room.
-                    if gpu_options:
-                        self._free_idle_gpus(function.id)
-                    break
-                reason = f"{count} input(s) queued, {free} free slot(s)"
-                if function.id in self.builds:
-                    reason = "an image build step"
-                node, gpu_indices = placed
-                await self._start(
-                    function,
-                    definition,
-                    params,
-                    app.environment_name,
-                    app.workspace_id,
-                    task_id,
-                    node,
-                    gpu_indices,
-                    reason,
-                )
-
-    def _starting(self) -> dict[str, int]:
-        """Containers not yet up, per node."""
-        counts: dict[str, int] = {}
-        for c in self.containers.values():
-            if not c.hello and not c.stop_reason and c.node is not None:
-                counts[c.node.node_id] = counts.get(c.node.node_id, 0) + 1
-        return counts
-
-    async def _reserve(
-        self,
-        task_id: str,
-        memory_mib: int,
-        gpu_options: list[tuple[str, int]],
-        avoid_saturated: bool,
-        build: bool,
-    ) -> tuple[Node, list[int]] | None:
-        """Room for a container on some node. Starting one costs a CPU core for a few hundred
-        ms: a node starts no more at once than it has cores, so a burst of inputs does not
-        starve the running ones. Image build steps run on the control plane's own machine."""
-        if build and self.placement.builds is not None:
-            node = self.placement.builds
-            devices = await node.reserve(task_id, memory_mib, gpu_options)
-            return None if devices is None else (node, devices)
-        return await self.placement.reserve(
-            task_id, memory_mib, gpu_options, self._starting(), MAX_STARTING, avoid_saturated
-        )
-
-    def _resolve(self, function_id: str):  # type: ignore[no-untyped-def]
-        """(function, its effective definition, its parameters, its app); raises if gone."""
-        function = self.apps.function(function_id)
-        definition, params = catalog.effective_definition(self.apps, function)
-        return function, definition, params, self.apps.get("", function.app_id)
-
-    async def _keep_warm(self) -> None:
-        """min_containers stay up without traffic; while a function is busy, buffer_containers
-        more wait idle for the next burst."""
-        for function_id in self.apps.warm_functions():
-            try:
-                function, definition, params, app = self._resolve(function_id)
-            except Exception as error:
-                log.warning("cannot keep %s warm: %s", function_id, error)
-                continue
-            mine = [c for c in self.containers.values() if c.function_id == function_id and not c.stop_reason]
-            missing = self._warm_target(definition, mine) - len(mine)
-            missing = min(missing, self.max_containers - len(self.containers))
-            for _ in range(max(missing, 0)):
-                task_id = ids.new_id("task")
-                placed = await self._reserve(
-                    task_id, memory_request_mib(definition), self._gpu_options(function), False, False
-                )
-                if placed is None:
-                    break  # no room: warm containers never take memory or a GPU from queued work
-                node, gpu_indices = placed
-                await self._start(
-                    function, definition, params, app.environment_name, app.workspace_id, task_id, node,
-                    gpu_indices, "kept warm (min_containers/buffer_containers)",
-                )  # fmt: skip
-
-    @staticmethod
-    def _warm_target(definition: api_pb2.Function, mine: list[RunningContainer]) -> int:
-        policy = autoscaling.autoscaling(definition, DEFAULT_IDLE_S)
-        busy = sum(1 for c in mine if c.inputs)
-        target = max(policy.min_containers, busy + policy.buffer_containers if busy else 0)
-        return min(target, policy.max_containers) if policy.max_containers else target
-
-    def _may_scale_down(self, running: RunningContainer) -> bool:
-        """An idle container may stop unless the function's min/buffer containers need it."""
-        try:
-            definition, _ = catalog.effective_definition(self.apps, self.apps.function(running.function_id))
-        except Exception:
-            return True
-        mine = [
-            c for c in self.containers.values() if c.function_id == running.function_id and not c.stop_reason
-        ]
-        return len(mine) - 1 >= self._warm_target(definition, mine)
-
-    def _gpu_options(self, function) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
-        """(model, count) choices in rank order; class instances inherit their class's unless
-        `with_options(gpu=...)` names another."""
-        if function.gpu_options or not function.parent_id:
-            return function.gpu_options  # type: ignore[no-any-return]
-        if function.options is not None and (chosen := catalog.gpu_request(function.options.resources)):
-            return [chosen]
-        return self.apps.function(function.parent_id).gpu_options
-
-    def _free_idle_gpus(self, function_id: str) -> None:
-        """Ask one idle container of another function that holds a GPU to stop (its own
-        function's containers will take the queued inputs themselves)."""
-        holders = {task for node in self.placement.all() for task in node.gpu_holders()}
-        now = time.monotonic()
-        for running in self.containers.values():
-            if (
-                running.task_id in holders
-                and running.function_id != function_id
-                and not running.inputs
-                and not running.stop_reason
-                and now - running.last_active > GPU_IDLE_GRACE_S
-            ):
-                self.request_stop(running, "its GPU is needed by queued inputs")
-                return
-
-    async def _start(
+    async def start(
         self,
         function: catalog.FunctionRow,  # type: ignore[name-defined]
         definition: api_pb2.Function,
@@ -477,7 +327,10 @@ class Scheduler:
                         f"\n[homeport: this container has written {self.limits.container_log_bytes} bytes of logs; "
                         "the rest is not kept (HOMEPORT_CONTAINER_LOG_BYTES)]\n"
                     )
-                self.logs.append(function.app_id, task_id, function.id, fd, text)
+                try:
+                    self.logs.append(function.app_id, task_id, function.id, fd, text)
+                except sa.exc.OperationalError:
+                    pass  # the database is away for a moment: this piece of output is not kept
 
         if not self.containers and function.id not in self.builds:
             log.info(
@@ -532,7 +385,7 @@ class Scheduler:
         published): their first containers are then forked, not started afresh."""
         for function_id in function_ids:
             try:
-                _, definition, _, app = self._resolve(function_id)
+                _, definition, _, app = self.scaler.resolve(function_id)
                 chain, config = self.images.runtime_chain(definition.image_id)
             except Exception as error:  # not built yet, or gone: nothing to prewarm
                 log.debug("no zygote for %s: %s", function_id, error)
@@ -568,7 +421,7 @@ class Scheduler:
         log.warning("container %s for %s failed to start: %s", task_id, function.id, message)
         self._stop_task(task_id, message)
         self.logs.append(function.app_id, task_id, function.id, FD_INFO, message + "\n")
-        self._fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
+        self.fail_pending(function.id, api_pb2.GenericResult(status=INIT_FAILURE, exception=message))
 
     async def commit_volume(self, task_id: str, volume_id: str) -> None:
         """Record what a container changed in its copy of a volume (its node stores the contents)."""
@@ -594,7 +447,24 @@ class Scheduler:
             await running.node.refresh_volume(task_id, volume_id, list(committed.values()))
 
     async def _watch(self, running: RunningContainer) -> None:
+        """Wait for a container's end, then settle its books and inputs; while the database
+        is unreachable (a PostgreSQL restart), settling waits for it rather than being lost."""
         ended = await running.node.wait(running.task_id)
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                self._settle(running, ended)
+                return
+            except sa.exc.OperationalError as error:
+                if attempt == 0:
+                    log.warning(
+                        "container %s ended; settling waits for the database: %s", running.task_id, error.orig
+                    )
+                await asyncio.sleep(1.0)
+        log.error(
+            "container %s ended and could not be settled: the database stayed unreachable", running.task_id
+        )
+
+    def _settle(self, running: RunningContainer, ended: ContainerExit) -> None:
         code = ended.code
         self.containers.pop(running.task_id, None)
         self.forget_credential(running.task_id)
@@ -628,7 +498,7 @@ class Scheduler:
             failure = api_pb2.GenericResult()
             failure.CopyFrom(running.init_failure)
             failure.status = INIT_FAILURE
-            self._fail_pending(running.function_id, failure)
+            self.fail_pending(running.function_id, failure)
         elif code != 0 and running.stop_reason is None:
             tail = "".join(running.stderr_tail)[-STDERR_TAIL_BYTES:].strip()
             message = f"the container for {running.definition.function_name} {describe_exit(code)}"
@@ -645,7 +515,7 @@ class Scheduler:
             elif not running.hello or not running.inputs:
                 # It died before taking any input: starting another would crash the same way.
                 result.status = INIT_FAILURE
-                self._fail_pending(running.function_id, result)
+                self.fail_pending(running.function_id, result)
             orphans = []
         for row in orphans:
             # Stopped by us for a reason that is not this input's fault (another input's
@@ -689,7 +559,7 @@ class Scheduler:
         self.return_input(task_id, input_id)
         self.notifier.notify(queue_key(function_id), limit=1)
 
-    def _fail_pending(self, function_id: str, result: api_pb2.GenericResult) -> None:
+    def fail_pending(self, function_id: str, result: api_pb2.GenericResult) -> None:
         """Fail every queued input of a function whose containers cannot start."""
         claimer = f"failed-start:{function_id}"
         for claimed in self.calls.claim(function_id, claimer, limit=100_000):
@@ -811,7 +681,7 @@ class Scheduler:
                 and not running.inputs
                 and now - running.last_active > running.idle_timeout_s
             )
-            if idle and self._may_scale_down(running):
+            if idle and self.scaler.may_scale_down(running):
                 self.request_stop(running, "idle")
             if running.stop_requested_at is not None:
                 waited = now - running.stop_requested_at
@@ -837,7 +707,7 @@ class Scheduler:
         self.apps.stop(app_id)
         result = api_pb2.GenericResult(status=TERMINATED, exception=f"app {app_id} stopped: {reason}")
         for function in self.apps.app_functions(app_id):
-            self._fail_pending(function.id, result)
+            self.fail_pending(function.id, result)
         for running in list(self.containers.values()):
             if running.app_id == app_id:
                 for input_id in list(running.inputs):

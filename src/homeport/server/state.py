@@ -264,6 +264,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             calls.requeue_claimed,
             lambda gone: cluster_nodes.stop_everywhere(gone),
         )
+        scheduler.is_home = replicas.is_home
     metrics.resolve_names = lambda function_id: _function_names(apps, auth, function_id)
     metrics.watch(StateCollector(calls.pending_counts, nodes.list, metrics.names))
     images.run_build_function = scheduler.run_build_function
