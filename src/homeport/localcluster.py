@@ -115,7 +115,8 @@ def start_s3(directory: Path) -> tuple[int, str]:
          f"-volume.port={free_port()}", f"-volume.port.grpc={free_port()}",
          f"-filer.port={free_port()}", f"-filer.port.grpc={free_port()}",
          f"-s3.port={port}", f"-s3.port.grpc={free_port()}", f"-s3.port.iceberg={free_port()}",
-         "-master.volumeSizeLimitMB=256"],
+         f"-s3.port.lance={free_port()}", "-master.volumeSizeLimitMB=256",
+         "-master.telemetry=false"],  # nothing leaves this machine
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
@@ -145,8 +146,11 @@ def node_environment(
 
 
 def ray_start(arguments: list[str], environment: dict[str, str], log: Path) -> None:
+    # In a mount namespace of its own (a slave of the host's): what the node's agent mounts
+    # (overlay roots, network namespace names) stays private to it and goes away with it.
     result = subprocess.run(
-        [str(VENV_BIN / "ray"), "start", *arguments, "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+        ["unshare", "--mount", "--propagation", "slave",
+         str(VENV_BIN / "ray"), "start", *arguments, "--node-ip-address=127.0.0.1", "--disable-usage-stats",
          "--num-cpus=2", "--object-store-memory=80000000"],
         env={**os.environ, **RAY_HEALTH, **environment}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
         timeout=120,

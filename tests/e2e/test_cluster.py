@@ -174,7 +174,7 @@ def test_killed_replica_others_keep_serving_and_its_input_is_not_lost(cluster: P
         run_python(
             replicas[1],
             "import modal\n"
-            "call = modal.Function.from_name('cluster', 'where').spawn(10.0)\n"
+            "call = modal.Function.from_name('cluster', 'hold').spawn(10.0)\n"
             "print('CALL', call.object_id)\n",
         )
     )
@@ -184,7 +184,7 @@ def test_killed_replica_others_keep_serving_and_its_input_is_not_lost(cluster: P
     runner = None
     while runner is None and time.monotonic() < deadline:
         for index, (r, offset) in enumerate(zip(replicas, offsets, strict=True)):
-            if "started container" in r.log_text()[offset:]:
+            if "for hold (" in r.log_text()[offset:]:
                 runner = index
         time.sleep(0.5)
     assert runner is not None

@@ -68,6 +68,12 @@ class AgentService:
         from homeport.images.client_package import ClientPackages
         from homeport.objectstore import LocalCopies, ObjectStore
 
+        if _shares_init_mount_namespace():
+            # A Ray worker has threads: it cannot leave the host's mount namespace itself.
+            log.warning(
+                "the node agent shares the host's mount namespace: its mounts would outlive it; start Ray "
+                "on this node with `unshare --mount --propagation slave ray start ...`"
+            )
         self.root = Path(os.environ.get("HOMEPORT_NODE_DIR", DEFAULT_NODE_DIR))
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
@@ -191,6 +197,13 @@ class AgentService:
                     self.agent.kill(task_id)
                 break
             await asyncio.sleep(0.1)
+
+
+def _shares_init_mount_namespace() -> bool:
+    try:
+        return os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        return False  # init's namespace cannot be read here: nothing to compare
 
 
 def actor_class():  # type: ignore[no-untyped-def]

@@ -19,6 +19,13 @@ def where(seconds: float) -> str:
 
 
 @app.function(image=image, cpu=0.25)
+def hold(seconds: float) -> str:
+    """Only the replica test calls it: no warm container of another test takes its input."""
+    time.sleep(seconds)
+    return os.environ["HOMEPORT_NODE_ID"]
+
+
+@app.function(image=image, cpu=0.25)
 def image_file(seconds: float) -> tuple[str, str]:
     time.sleep(seconds)
     return os.environ["HOMEPORT_NODE_ID"], open("/built.txt").read().strip()
