@@ -63,6 +63,10 @@ class Scaler:
                 continue
             if not app.live:
                 continue
+            if definition.is_builder_function and function.id not in self.scheduler.builds:
+                # An Image.run_function step: only the replica building the image runs it,
+                # on its own machine, where the step's writable layer becomes the layer.
+                continue
             per_container = max(definition.max_concurrent_inputs, definition.batch_max_size, 1)
             wanted = -(-max(count - free, 0) // per_container)
             limit = (
