@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from homeport.agent.runtime import (
     Holdings,
     OutputCallback,
 )
+from homeport.agent.zygote_child import ForkedChild, ZygoteUnavailable, children
 
 log = logging.getLogger("homeport.zygote")
 
@@ -69,11 +69,6 @@ LOST = -1000
 SYSFS_FLAGS = rootfs.MS_RDONLY | rootfs.MS_NOSUID | rootfs.MS_NODEV | rootfs.MS_NOEXEC
 ZYGOTE_LIMITS = cgroups.Limits(memory_mib=2048, pids=cgroups.DEFAULT_PIDS)
 RETRY_S = 60.0  # after a zygote failed or died, before another is tried for that image
-NS_GET_USERNS = 0xB701
-
-
-class ZygoteUnavailable(Exception):
-    """This zygote cannot fork now; start the container the ordinary way."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,34 +127,6 @@ def _remove(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _namespace_pids(pid: int) -> list[int]:
-    """The process's pid in each PID namespace it is in, outermost first."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                return [int(part) for part in line.split()[1:]]
-    except OSError:
-        pass
-    return []
-
-
-def _forked_child(parent: int, pid_seen_by_parent: int) -> int | None:
-    """The host pid of the zygote's child that the zygote knows as `pid_seen_by_parent`
-    (the child is PID 1 of its own namespace: the zygote's view is one level up)."""
-    for child in _children(parent):
-        pids = _namespace_pids(child)
-        if len(pids) >= 2 and pids[-2] == pid_seen_by_parent:
-            return child
-    return None
-
-
 def _zygote_pid(launcher: int) -> int | None:
     """The host pid of the zygote's Python under its launcher (unshare, bubblewrap)."""
     pending = [launcher]
@@ -174,80 +141,7 @@ def _zygote_pid(launcher: int) -> int | None:
                 return pid
         except OSError:
             continue
-        pending.extend(_children(pid))
-    return None
-
-
-class _Child:
-    """A container the zygote says it forked, checked before the server acts on it: the
-    zygote runs image code, so neither its pid nor its namespaces are taken on trust."""
-
-    def __init__(self, pid: int, pidfd: int, netns: int) -> None:
-        self.pid = pid  # host pid of the container's PID 1
-        self.pidfd = pidfd  # that very process, even if the number is reused later
-        self.netns = netns  # its network namespace (an fd)
-
-    @classmethod
-    def verify(cls, zygote: Zygote, inner_pid: int) -> _Child:
-        host_pid = _forked_child(zygote.host_pid, inner_pid)
-        if host_pid is None:
-            raise ZygoteUnavailable("the container the zygote reported is not among its children")
-        pidfd = os.pidfd_open(host_pid)
-        netns = -1
-        try:
-            netns = os.open(f"/proc/{host_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            child = cls(host_pid, pidfd, netns)
-            child.check_alive()  # the pid still names the process the pidfd holds
-            if _parent(host_pid) != zygote.host_pid:
-                raise ZygoteUnavailable("the reported container is not the zygote's child")
-            # Its own new network namespace, made inside the zygote's user namespace: not
-            # the host's, not the zygote's, not anybody else's.
-            owner = os.fdopen(fcntl.ioctl(netns, NS_GET_USERNS), closefd=True)
-            with owner:
-                owned_by_zygote = (
-                    os.fstat(owner.fileno()).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/user").st_ino
-                )
-            if (
-                not owned_by_zygote
-                or os.fstat(netns).st_ino == os.stat(f"/proc/{zygote.host_pid}/ns/net").st_ino
-            ):
-                raise ZygoteUnavailable("the reported container has no network namespace of its own")
-            return child
-        except BaseException:
-            os.close(pidfd)
-            if netns >= 0:
-                os.close(netns)
-            raise
-
-    def check_alive(self) -> None:
-        try:
-            signal.pidfd_send_signal(self.pidfd, 0)
-        except ProcessLookupError:
-            raise ZygoteUnavailable("the forked container exited before it started") from None
-
-    def close_netns(self) -> None:
-        if self.netns >= 0:
-            os.close(self.netns)
-            self.netns = -1
-
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, OSError):
-            signal.pidfd_send_signal(self.pidfd, signum)
-
-    def close(self) -> None:
-        self.close_netns()
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
+        pending.extend(children(pid))
     return None
 
 
@@ -256,7 +150,7 @@ class ForkedContainer:
 
     kind = "forked"
 
-    def __init__(self, task_id: str, child: _Child, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
+    def __init__(self, task_id: str, child: ForkedChild, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
                  work_dir: Path, cgroup: cgroups.Cgroup | None, stage: Path) -> None:  # fmt: skip
         self.task_id = task_id
         self._child = child  # PID 1 of its namespace
@@ -599,7 +493,7 @@ class Zygote:
         self._exited[spec.task_id] = exited
         attachment: Attachment | None = None
         readers: list[asyncio.Task[None]] = []
-        child: _Child | None = None
+        child: ForkedChild | None = None
         try:
             try:
                 self._send(
@@ -620,7 +514,7 @@ class Zygote:
                 raise ZygoteUnavailable(
                     f"the zygote did not fork {spec.task_id} within {FORK_TIMEOUT_S:.0f} s"
                 ) from None
-            child = _Child.verify(self, inner_pid)
+            child = ForkedChild.verify(self.host_pid, inner_pid)
             if prepared.cgroup is not None:
                 prepared.cgroup.add(child.pid)
             if network is not None and spec.network:

@@ -16,6 +16,9 @@ from typing import Any
 
 from modal_proto import api_pb2
 
+from homeport.agent.node import ContainerExit
+from homeport.server.services.usage import ContainerUsage
+
 
 def redactor(secret_values) -> Callable[[str], str]:  # type: ignore[no-untyped-def]
     """Container output passes through this before it is stored: secret values (of a
@@ -113,3 +116,26 @@ class BuildStep:
 
     upper_dir: Path
     on_output: Callable[[str], None]
+
+
+def usage_record(running: RunningContainer, ended: ContainerExit) -> ContainerUsage:
+    """What a container that ended used and reserved (billing, usage pages)."""
+    resources = running.definition.resources
+    gpus = running.node.inventory().gpus
+    devices = running.gpu_devices
+    return ContainerUsage(
+        task_id=running.task_id,
+        workspace_id=running.workspace_id,
+        app_id=running.app_id,
+        function_id=running.function_id,
+        kind="build" if running.build_step else "function",
+        node_id=running.node.node_id,
+        started_at=running.started_wall,
+        stopped_at=time.time(),
+        cpu_seconds=ended.cpu_seconds,
+        cpu_reserved_cores=(resources.milli_cpu or 0) / 1000,
+        memory_reserved_mib=memory_request_mib(running.definition),
+        memory_peak_mib=ended.memory_peak_bytes / 2**20,
+        gpu_type=gpus[devices[0]] if devices and devices[0] < len(gpus) else "",
+        gpu_count=len(devices),
+    )

@@ -3,7 +3,8 @@
 `place` starts containers for queued inputs (as many as the queue needs beyond the free
 slots, within the function's and the server's limits, on the node placement chooses);
 `keep_warm` keeps min_containers and buffer_containers up; `may_scale_down` tells whether
-an idle container may stop. Starting, stopping and the books of running containers are
+an idle container may stop; `prewarm` gets zygotes ready on every node when an app is
+published. Starting, stopping and the books of running containers are
 the scheduler's (server/scheduler.py).
 """
 
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING
 from modal_proto import api_pb2
 
 from homeport import ids
+from homeport.agent.node import ZygoteOrder
 from homeport.server.nodes import Node
+from homeport.server.orders import interpreter_environment
 from homeport.server.running import RunningContainer, memory_request_mib
 from homeport.server.services import autoscaling
 from homeport.server.services import functions as catalog
@@ -106,15 +109,7 @@ class Scaler:
                     reason = "an image build step"
                 node, gpu_indices = placed
                 await self.scheduler.start(
-                    function,
-                    definition,
-                    params,
-                    app.environment_name,
-                    app.workspace_id,
-                    task_id,
-                    node,
-                    gpu_indices,
-                    reason,
+                    function, definition, params, app, task_id, node, gpu_indices, reason
                 )
 
     def _starting(self) -> dict[str, int]:
@@ -176,10 +171,10 @@ class Scaler:
                 if placed is None:
                     break  # no room: warm containers never take memory or a GPU from queued work
                 node, gpu_indices = placed
+                reason = "kept warm (min_containers/buffer_containers)"
                 await self.scheduler.start(
-                    function, definition, params, app.environment_name, app.workspace_id, task_id, node,
-                    gpu_indices, "kept warm (min_containers/buffer_containers)",
-                )  # fmt: skip
+                    function, definition, params, app, task_id, node, gpu_indices, reason
+                )
 
     @staticmethod
     def _warm_target(definition: api_pb2.Function, mine: list[RunningContainer]) -> int:
@@ -227,3 +222,31 @@ class Scaler:
             ):
                 self.scheduler.request_stop(running, "its GPU is needed by queued inputs")
                 return
+
+    def prewarm(self, function_ids: list[str]) -> None:
+        """Get zygotes ready on every node for these functions' images (an app was
+        published): their first containers are then forked, not started afresh."""
+        for function_id in function_ids:
+            try:
+                _, definition, _, app = self.resolve(function_id)
+                chain, config = self.scheduler.images.runtime_chain(definition.image_id)
+            except Exception as error:  # not built yet, or gone: nothing to prewarm
+                log.debug("no zygote for %s: %s", function_id, error)
+                continue
+            order = ZygoteOrder(
+                workspace_id=app.workspace_id,
+                layers=tuple(chain),
+                started_environment=interpreter_environment(config, app.environment_name),
+                python_version=config.python_version,
+                control_address=self.scheduler.orders.control_address,
+            )
+            for node in self.scheduler.placement.all():
+                assert self.scheduler._tasks is not None
+                self.scheduler._tasks.create_task(self._prewarm(node, order))
+
+    @staticmethod
+    async def _prewarm(node: Node, order: ZygoteOrder) -> None:
+        try:
+            await node.prewarm(order)
+        except Exception as error:
+            log.warning("no zygote on %s: %r", node.node_id, error)

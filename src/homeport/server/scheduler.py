@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,20 +24,21 @@ import sqlalchemy as sa
 from modal_proto import api_pb2
 
 from homeport import ids
-from homeport.agent.node import ContainerExit, ZygoteOrder
+from homeport.agent.node import ContainerExit
 from homeport.agent.runtime import ContainerStartError, describe_exit
 from homeport.config import Limits
+from homeport.server import schedules
 from homeport.server.auth import hash_secret
 from homeport.server.nodes import Node, NodeLost, Placement
 from homeport.server.notify import poll
-from homeport.server.orders import OrderBuilder, StartRefused, interpreter_environment
+from homeport.server.orders import OrderBuilder, StartRefused
 from homeport.server.running import (
     BuildStep,
     RunningContainer,
     StartBackoff,
-    memory_request_mib,
     redactor,
     stop_key,
+    usage_record,
 )
 from homeport.server.scaling import DEFAULT_IDLE_S, Scaler
 from homeport.server.services import autoscaling
@@ -46,7 +46,7 @@ from homeport.server.services import functions as catalog
 from homeport.server.services.apps import AppService
 from homeport.server.services.calls import CLAIMED, PENDING, CallService, StoredOutput, outputs_key, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
-from homeport.server.services.usage import ContainerUsage, UsageService
+from homeport.server.services.usage import UsageService
 from homeport.server.store import schema
 
 log = logging.getLogger("homeport.scheduler")
@@ -229,8 +229,7 @@ class Scheduler:
         function: catalog.FunctionRow,  # type: ignore[name-defined]
         definition: api_pb2.Function,
         params: bytes,
-        environment_name: str,
-        workspace_id: str,
+        app: Any,  # the function's app row: its workspace and environment
         task_id: str,
         node: Node,
         gpu_indices: list[int],
@@ -239,17 +238,7 @@ class Scheduler:
         """Start a container in the room reserved for `task_id`; whatever goes wrong, the
         reservation is given back and the failure recorded (never left held)."""
         try:
-            await self._launch(
-                function,
-                definition,
-                params,
-                environment_name,
-                workspace_id,
-                task_id,
-                node,
-                gpu_indices,
-                reason,
-            )
+            await self._launch(function, definition, params, app, task_id, node, gpu_indices, reason)
         except Exception as error:
             if task_id in self.containers:
                 raise  # started: its watcher owns the reservation now
@@ -261,8 +250,7 @@ class Scheduler:
         function: catalog.FunctionRow,  # type: ignore[name-defined]
         definition: api_pb2.Function,
         params: bytes,
-        environment_name: str,
-        workspace_id: str,
+        app: Any,  # the function's app row: its workspace and environment
         task_id: str,
         node: Node,
         gpu_indices: list[int],
@@ -271,6 +259,7 @@ class Scheduler:
         if function.id in self.builds and any(c.function_id == function.id for c in self.containers.values()):
             node.release(task_id)
             return  # a run_function step: exactly one container writes its layer
+        workspace_id, environment_name = app.workspace_id, app.environment_name
         secret = ids.new_secret()
         with self.engine.begin() as connection:
             connection.execute(
@@ -380,34 +369,6 @@ class Scheduler:
         assert self._tasks is not None
         self._tasks.create_task(self._watch(running))
 
-    def prewarm(self, function_ids: list[str]) -> None:
-        """Get zygotes ready on every node for these functions' images (an app was
-        published): their first containers are then forked, not started afresh."""
-        for function_id in function_ids:
-            try:
-                _, definition, _, app = self.scaler.resolve(function_id)
-                chain, config = self.images.runtime_chain(definition.image_id)
-            except Exception as error:  # not built yet, or gone: nothing to prewarm
-                log.debug("no zygote for %s: %s", function_id, error)
-                continue
-            order = ZygoteOrder(
-                workspace_id=app.workspace_id,
-                layers=tuple(chain),
-                started_environment=interpreter_environment(config, app.environment_name),
-                python_version=config.python_version,
-                control_address=self.orders.control_address,
-            )
-            for node in self.placement.all():
-                assert self._tasks is not None
-                self._tasks.create_task(self._prewarm(node, order))
-
-    @staticmethod
-    async def _prewarm(node: Node, order: ZygoteOrder) -> None:
-        try:
-            await node.prewarm(order)
-        except Exception as error:
-            log.warning("no zygote on %s: %r", node.node_id, error)
-
     def _stop_task(self, task_id: str, message: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(
@@ -491,7 +452,7 @@ class Scheduler:
                 .values(state="stopped", exit_code=code, stop_reason=reason, stopped_at=time.time())
             )
         log.info("container %s stopped: %s", running.task_id, reason)
-        self._record_usage(running, ended)
+        self.usage.record(usage_record(running, ended))
         orphans = self.calls.claimed_by(running.task_id)
         if running.init_failure is not None:
             # Raised in import or @enter: every queued input would fail the same way.
@@ -522,27 +483,6 @@ class Scheduler:
             # timeout, scale-down): it runs again elsewhere, without using a retry.
             self._requeue(row.id, running.function_id, running.task_id)
         self.wake()
-
-    def _record_usage(self, running: RunningContainer, ended: ContainerExit) -> None:
-        resources = running.definition.resources
-        self.usage.record(
-            ContainerUsage(
-                task_id=running.task_id,
-                workspace_id=running.workspace_id,
-                app_id=running.app_id,
-                function_id=running.function_id,
-                kind="build" if running.build_step else "function",
-                node_id=running.node.node_id,
-                started_at=running.started_wall,
-                stopped_at=time.time(),
-                cpu_seconds=ended.cpu_seconds,
-                cpu_reserved_cores=(resources.milli_cpu or 0) / 1000,
-                memory_reserved_mib=memory_request_mib(running.definition),
-                memory_peak_mib=ended.memory_peak_bytes / 2**20,
-                gpu_type=_gpu_model(running.node, running.gpu_devices),
-                gpu_count=len(running.gpu_devices),
-            )
-        )
 
     def retry_policy(self, function_id: str) -> api_pb2.FunctionRetryPolicy | None:
         """The retry policy inputs of this function (or bound variant) run under."""
@@ -734,26 +674,7 @@ class Scheduler:
     # --- schedules and housekeeping --------------------------------------------------------
 
     async def _run_schedules(self) -> None:
-        now = time.time()
-        for function in self.apps.due_schedules(now):
-            definition = function.definition
-            if definition is None:
-                continue
-            next_at = catalog.next_schedule_time(definition.schedule, now)
-            self.apps.set_schedule_next(function.id, next_at or now + 3600)
-            app = self.apps.get("", function.app_id)
-            call_id = self.calls.create_call(
-                app.workspace_id,
-                function.id,
-                function.app_id,
-                api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC,
-                api_pb2.FUNCTION_CALL_TYPE_UNARY,
-            )
-            payload = api_pb2.FunctionInput(
-                args=pickle.dumps(((), {})), data_format=api_pb2.DATA_FORMAT_PICKLE
-            )
-            self.calls.enqueue(call_id, function.id, [(0, payload)])
-            log.info("schedule fired for %s (%s)", definition.function_name, call_id)
+        if schedules.fire_due(self.apps, self.calls):
             self.wake()
 
     async def _housekeeping(self) -> None:
@@ -761,9 +682,3 @@ class Scheduler:
             await self.stop_app(app_id, "its client stopped sending heartbeats")
         self.storage.expire()
         self.queues.expire()
-
-
-def _gpu_model(node: Any, devices: list[int]) -> str:
-    """The model of a container's GPUs ("" for none), from its node's inventory."""
-    gpus = node.inventory().gpus
-    return gpus[devices[0]] if devices and devices[0] < len(gpus) else ""

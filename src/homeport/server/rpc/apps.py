@@ -75,7 +75,7 @@ async def app_publish(
     context.state.scheduler.retire(set(request.function_ids.values()), reason="a new version was deployed")
     if request.app_state == api_pb2.APP_STATE_DEPLOYED:
         context.state.scheduler.wake()
-    context.state.scheduler.prewarm(list(request.function_ids.values()))
+    context.state.scheduler.scaler.prewarm(list(request.function_ids.values()))
     return api_pb2.AppPublishResponse(url=context.state.app_page_url(request.app_id), deployed_at=deployed_at)
 
 
