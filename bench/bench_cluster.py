@@ -2,7 +2,10 @@
 
 All on this machine, all in one run (the machine is noisy: compare within the run):
 1. The single-node hot path on SQLite and on PostgreSQL: warm `.remote()` p50/p99 and
-   `.map()` of 1,000 trivial inputs, one `homeport serve` each.
+   `.map()` of 1,000 trivial inputs, one `homeport serve` each. On PostgreSQL also a
+   Queue put+get round trip while another client's Dict write waits on a table lock
+   (held from psql), against the same round trip with nothing waiting: a request waiting
+   on the database must not hold up the others. (`--hot-path` runs only this part.)
 2. Cluster mode (scripts/cluster-local) with 1 node and with 3 nodes: warm `.remote()`,
    cold `.remote()` (a new app: the first call starts a container), `.map()` of 1,000
    trivial inputs and of 48 inputs sleeping 1 s.
@@ -116,11 +119,51 @@ def hot_path(directory: Path) -> dict[str, dict]:  # type: ignore[type-arg]
     try:
         measure(server, HOT_PATH)
         figures["postgresql"] = measure(server, HOT_PATH)
+        figures["postgresql"].update(round_trip_beside_a_waiting_request(server, url))
     finally:
         server.stop()
         postgres.terminate()
         postgres.wait()
     return figures
+
+
+QUEUE_ROUND_TRIP = r"""
+import json, statistics, time, modal
+q = modal.Queue.from_name("bench-free", create_if_missing=True)
+q.put(0); q.get()
+times = []
+for i in range(100):
+    t = time.perf_counter()
+    q.put(i)
+    q.get()
+    times.append(time.perf_counter() - t)
+print("RESULT", json.dumps({"p50_ms": statistics.median(times) * 1000}))
+"""
+
+
+def round_trip_beside_a_waiting_request(server: Server, url: str) -> dict[str, float]:
+    """Queue round trip p50 alone, then while a Dict write waits on a table lock."""
+    import psycopg2
+
+    setup = "import modal\nmodal.Dict.from_name('held', create_if_missing=True)['k'] = 1"
+    assert run_python(server, setup).returncode == 0
+    alone = measure(server, QUEUE_ROUND_TRIP)["p50_ms"]
+    locker = psycopg2.connect(url.replace("postgresql+psycopg2:", "postgresql:"))
+    try:
+        locker.cursor().execute("LOCK TABLE dict_entries IN ACCESS EXCLUSIVE MODE")
+        held = subprocess.Popen(
+            [sys.executable, "-c", "import modal\nmodal.Dict.from_name('held')['k'] = 2"],
+            env=server.env(),
+            cwd=APPS,
+        )
+        time.sleep(1.0)  # its request is waiting on the lock now
+        beside = measure(server, QUEUE_ROUND_TRIP)["p50_ms"]
+        assert held.poll() is None, "the Dict write should still be waiting"
+    finally:
+        locker.rollback()
+        locker.close()
+    assert held.wait(timeout=60) == 0
+    return {"queue_rtt_p50_ms": alone, "queue_rtt_p50_beside_waiting_ms": beside}
 
 
 def cluster_server(directory: Path) -> Server:
@@ -177,10 +220,22 @@ def node_death(directory: Path, server: Server) -> dict[str, float]:
     }
 
 
+def print_hot_path(figures: dict) -> None:  # type: ignore[type-arg]
+    sqlite, postgres = figures["hot_path"]["sqlite"], figures["hot_path"]["postgresql"]
+    print(f"hot path, PostgreSQL / SQLite: warm .remote() p50 {postgres['warm_p50_ms'] / sqlite['warm_p50_ms']:.2f}x, "
+          f".map() throughput {postgres['map_per_s'] / sqlite['map_per_s']:.2f}x")  # fmt: skip
+    print(f"PostgreSQL: Queue round trip p50 beside a request waiting on a lock / alone: "
+          f"{postgres['queue_rtt_p50_beside_waiting_ms'] / postgres['queue_rtt_p50_ms']:.2f}x "
+          f"({postgres['queue_rtt_p50_ms']:.1f} -> {postgres['queue_rtt_p50_beside_waiting_ms']:.1f} ms)")  # fmt: skip
+
+
 def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="homeport-bench-cluster-"))
     figures: dict = {"hot_path": hot_path(directory)}  # type: ignore[type-arg]
     print(json.dumps(figures), flush=True)
+    if "--hot-path" in sys.argv[1:]:
+        print_hot_path(figures)
+        return
     for nodes in (1, 3):
         cluster = directory / f"cluster-{nodes}"
         server = up(cluster, nodes)
@@ -193,9 +248,7 @@ def main() -> None:
         finally:
             subprocess.run([CLUSTER_LOCAL, "down", str(cluster)], capture_output=True, timeout=300)
     print(json.dumps(figures, indent=2))
-    sqlite, postgres = figures["hot_path"]["sqlite"], figures["hot_path"]["postgresql"]
-    print(f"hot path, PostgreSQL / SQLite: warm .remote() p50 {postgres['warm_p50_ms'] / sqlite['warm_p50_ms']:.2f}x, "
-          f".map() throughput {postgres['map_per_s'] / sqlite['map_per_s']:.2f}x")  # fmt: skip
+    print_hot_path(figures)
     one, three = figures["1_nodes"], figures["3_nodes"]
     for key in ("cold_ms", "warm_p50_ms", "map_per_s", "sleep_map_s"):
         print(f"3 nodes / 1 node, {key}: {three[key] / one[key]:.2f}x ({one[key]:.1f} -> {three[key]:.1f})")

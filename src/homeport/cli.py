@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import os
@@ -126,7 +125,9 @@ def serve(
     from homeport.agent.rootfs import enter_private_mount_namespace
 
     enter_private_mount_namespace()  # before any thread: unshare refuses threaded processes
-    asyncio.run(run_server(settings))
+    from homeport.server.store import hosting
+
+    hosting.run(run_server(settings))  # every task greenlet-hosted: see store/hosting.py
 
 
 def _modal_config_path() -> Path:

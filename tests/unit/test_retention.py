@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def test_blobs_nothing_needs_are_deleted_and_the_rest_kept(store: LocalBlobStore
             schema.mount_contents.insert().values(sha256_hex="0" * 64, blob_id=mount_file, size=100)
         )
 
-    deleted, freed = RetentionService(engine, store, Limits(blob_grace_s=HOUR)).collect()
+    deleted, freed = asyncio.run(RetentionService(engine, store, Limits(blob_grace_s=HOUR)).collect())
 
     assert (deleted, freed) == (2, 200)
     assert not store.exists(orphan) and not store.exists(finished_argument)
@@ -100,7 +101,7 @@ def test_results_and_logs_past_their_retention_are_deleted(store: LocalBlobStore
             connection.execute(
                 schema.logs.insert().values(app_id="ap-1", file_descriptor=1, data="line", timestamp=created)
             )
-    RetentionService(engine, store, Limits(result_s=HOUR, log_s=HOUR)).collect()
+    asyncio.run(RetentionService(engine, store, Limits(result_s=HOUR, log_s=HOUR)).collect())
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(schema.outputs)).scalar() == 1
         assert connection.execute(sa.select(sa.func.count()).select_from(schema.logs)).scalar() == 1

@@ -375,10 +375,11 @@ class NodeAgent:
                 log.exception("node %s: %s failed; continuing", self.node_id, getattr(step, "__name__", step))
             await asyncio.sleep(interval_s)
 
-    async def _report_inventory(self) -> None:
+    def _report_inventory(self) -> None:
+        # The in-process control plane's callback, called on its loop: it writes to the
+        # database, which a PostgreSQL server engine only allows there (store/hosting.py).
         assert self._report is not None
-        inventory = self.inventory()
-        await asyncio.to_thread(self._report, inventory)
+        self._report(self.inventory())
 
     async def _sweep(self) -> None:
         self.runtime.sweep()

@@ -15,6 +15,8 @@ import logging
 import time
 from typing import Any
 
+import sqlalchemy as sa
+
 from homeport.agent.assets import layer_key, pack
 from homeport.agent.gpus import GpuPool, GpuRequest
 from homeport.agent.node import REPORT_INTERVAL_S, SATURATED_CPU, ContainerExit, NodeInventory, ZygoteOrder
@@ -291,6 +293,10 @@ class RayCluster:
         while True:
             try:
                 await self._membership()
+            except sa.exc.OperationalError as error:
+                log.warning(
+                    "cluster membership check: the database is unreachable (%s); continuing", error.orig
+                )
             except Exception:
                 log.exception("cluster membership check failed; continuing")
             await asyncio.sleep(MEMBERSHIP_INTERVAL_S)
@@ -313,7 +319,7 @@ class RayCluster:
         if time.monotonic() - self._reported_at >= REPORT_INTERVAL_S:
             self._reported_at = time.monotonic()
             for node in list(self.nodes.values()):
-                await asyncio.to_thread(self.report, node.inventory())
+                self.report(node.inventory())
 
     async def _join(self, ray_node_id: str) -> None:
         """Start (or find) the agent on a node that joined, and add it to placement."""

@@ -98,7 +98,9 @@ async def serve(settings: Settings) -> None:
 
     metrics_runner = None
     if settings.metrics_port:
-        metrics_runner = await serve_metrics(state.metrics, settings.host, settings.metrics_port)
+        metrics_runner = await serve_metrics(
+            state.metrics, settings.host, settings.metrics_port, state.engine
+        )
         log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     write_client_env(state)
     log.info(

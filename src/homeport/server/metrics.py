@@ -9,11 +9,11 @@ the per-input path.
 
 from __future__ import annotations
 
-import asyncio
 import collections.abc
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import sqlalchemy as sa
 from aiohttp import web
 from modal_proto import api_pb2
 from prometheus_client import (
@@ -26,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from homeport.server.store.hosting import run_long
 
 # No `*_created` series beside every counter and histogram: they double the scrape and
 # nothing here reads them.
@@ -205,12 +207,12 @@ class StateCollector(Collector):
         yield from families.values()
 
 
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> web.AppRunner:
+async def serve_metrics(metrics: Metrics, host: str, port: int, engine: sa.Engine) -> web.AppRunner:
     """Serve /metrics on its own port; returns the runner to clean up."""
 
     async def scrape(request: web.Request) -> web.Response:
         # The gauges read the database: off the event loop.
-        body = await asyncio.to_thread(generate_latest, metrics.registry)
+        body = await run_long(engine, generate_latest, metrics.registry)  # collectors read the database
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     application = web.Application()

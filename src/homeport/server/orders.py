@@ -7,7 +7,6 @@ runs on whichever node placement chose (agent/order.py).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from grpclib import GRPCError
@@ -126,7 +125,7 @@ class OrderBuilder:
                         f"Volume mounts with sub_path ({mount.sub_path!r}) are not supported by this server yet; "
                         "mount the whole volume"
                     )
-                entries = await asyncio.to_thread(self.volumes.entries, mount.volume_id)
+                entries = self.volumes.entries(mount.volume_id)
                 volumes.append(
                     VolumeRef(mount.volume_id, mount.mount_path, mount.read_only, tuple(entries.values()))
                 )

@@ -70,10 +70,12 @@ class Replicas:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self._beat)
-                for gone in await asyncio.to_thread(self._gone):
+                self._beat()
+                for gone in self._gone():
                     await self.take_over(gone)
-                self.live = await asyncio.to_thread(self._live)
+                self.live = self._live()
+            except sa.exc.OperationalError as error:
+                log.warning("replica heartbeat: the database is unreachable (%s); continuing", error.orig)
             except Exception:
                 log.exception("replica heartbeat failed; continuing")
             await asyncio.sleep(HEARTBEAT_S)
@@ -132,7 +134,7 @@ class Replicas:
                     )
                 )
         await self._stop_containers(server_id)
-        requeued = await asyncio.to_thread(self._requeue, task_ids) if task_ids else 0
+        requeued = self._requeue(task_ids) if task_ids else 0
         log.warning(
             "replica %s is gone: %d of its container(s) stopped, %d input(s) queued again",
             server_id,

@@ -21,6 +21,7 @@ from homeport.config import Limits
 from homeport.server.blobstore import URL_LIFETIME_S, LocalBlobStore
 from homeport.server.services.calls import DONE
 from homeport.server.store import schema
+from homeport.server.store.hosting import run_long
 
 log = logging.getLogger("homeport.retention")
 
@@ -58,14 +59,28 @@ class RetentionService:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self.collect)
+                await self.collect()
             except Exception:
                 log.exception("retention pass failed; trying again in %.0f s", self.settings.interval_s)
             await asyncio.sleep(self.settings.interval_s)
 
-    def collect(self, now: float | None = None) -> tuple[int, int]:
-        """One pass; returns (blobs deleted, bytes freed)."""
+    async def collect(self, now: float | None = None) -> tuple[int, int]:
+        """One pass; returns (blobs deleted, bytes freed). Each transaction is long work
+        (`run_long`); files are deleted on a thread."""
         now = time.time() if now is None else now
+        await run_long(self.engine, self._expire, now)
+        deleted, freed = 0, 0
+        while True:
+            blob_ids = await run_long(self.engine, self._forget_unneeded_blobs, now)
+            freed += await asyncio.to_thread(self._remove_files, blob_ids)
+            deleted += len(blob_ids)
+            if len(blob_ids) < BLOBS_PER_PASS:
+                break
+        if deleted:
+            log.info("deleted %d blob(s) nothing needs any more (%.1f MiB)", deleted, freed / 2**20)
+        return deleted, freed
+
+    def _expire(self, now: float) -> None:
         results_cutoff = now - self.settings.result_s
         with self.engine.begin() as connection:
             connection.execute(schema.outputs.delete().where(schema.outputs.c.created_at < results_cutoff))
@@ -75,19 +90,14 @@ class RetentionService:
             connection.execute(
                 schema.logs.delete().where(schema.logs.c.timestamp < now - self.settings.log_s)
             )
-        deleted, freed = 0, 0
-        while True:
-            with self.engine.begin() as connection:
-                blob_ids = list(
-                    connection.execute(_unneeded_blobs(now - self.settings.blob_grace_s)).scalars()
-                )
-                if blob_ids:
-                    connection.execute(schema.blobs.delete().where(schema.blobs.c.id.in_(blob_ids)))
-            for blob_id in blob_ids:
-                freed += self.blobs.remove_file(blob_id)
-            deleted += len(blob_ids)
-            if len(blob_ids) < BLOBS_PER_PASS:
-                break
-        if deleted:
-            log.info("deleted %d blob(s) nothing needs any more (%.1f MiB)", deleted, freed / 2**20)
-        return deleted, freed
+
+    def _forget_unneeded_blobs(self, now: float) -> list[str]:
+        """Delete the rows of (at most a batch of) unneeded blobs; returns their ids."""
+        with self.engine.begin() as connection:
+            blob_ids = list(connection.execute(_unneeded_blobs(now - self.settings.blob_grace_s)).scalars())
+            if blob_ids:
+                connection.execute(schema.blobs.delete().where(schema.blobs.c.id.in_(blob_ids)))
+        return blob_ids
+
+    def _remove_files(self, blob_ids: list[str]) -> int:
+        return sum(self.blobs.remove_file(blob_id) for blob_id in blob_ids)

@@ -395,7 +395,7 @@ class Scheduler:
     async def _commit(self, running: RunningContainer, volume_id: str) -> None:
         changes = await running.node.commit_volume(running.task_id, volume_id)
         if changes is not None:
-            await asyncio.to_thread(self.volumes.record, volume_id, *changes)
+            self.volumes.record(volume_id, *changes)
 
     async def reload_volume(self, task_id: str, volume_id: str) -> None:
         """Commit the container's own changes, then show it the latest committed state."""
@@ -404,7 +404,7 @@ class Scheduler:
             return
         async with running.volume_locks.setdefault(volume_id, asyncio.Lock()):
             await self._commit(running, volume_id)
-            committed = await asyncio.to_thread(self.volumes.entries, volume_id)
+            committed = self.volumes.entries(volume_id)
             await running.node.refresh_volume(task_id, volume_id, list(committed.values()))
 
     async def _watch(self, running: RunningContainer) -> None:

@@ -133,8 +133,15 @@ def open_engine(settings: Settings) -> sa.Engine:
     return engine
 
 
+def open_server_engine(settings: Settings) -> sa.Engine:
+    """Upgrade the schema (a synchronous engine, then closed), then open the engine the
+    server's loop uses (`db.create_server_engine`)."""
+    open_engine(settings).dispose()
+    return db.create_server_engine(settings.effective_database_url)
+
+
 def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerState:
-    engine = engine or open_engine(settings)
+    engine = engine or open_server_engine(settings)
     layout = settings.layout
     notifier = Notifier()
     metrics = Metrics()

@@ -3,7 +3,6 @@ from the containers' usage records and the server's rates file."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler, times
 from homeport.server.services import billing
+from homeport.server.store.hosting import run_long
 
 
 def _when(seconds: float) -> str:
@@ -50,7 +50,9 @@ async def workspace_billing_report(
     resolution = request.resolution or "d"
     if resolution not in ("d", "h"):
         raise errors.invalid_argument(f"resolution {resolution!r} is not one of 'd' (daily) and 'h' (hourly)")
-    usages = await asyncio.to_thread(context.state.usage.between, context.workspace_id, start, end)
+    usages = await run_long(
+        context.state.engine, context.state.usage.between, context.workspace_id, start, end
+    )
     if request.app_ids:
         usages = [usage for usage in usages if usage.app_id in set(request.app_ids)]
     environments = dict(context.state.environments.list(context.workspace_id))
@@ -84,7 +86,9 @@ async def workspace_billing_summary(
     """The month starting at `start_timestamp`: metered cost by deployed and ephemeral apps.
     Homeport applies no plan, credits or discounts: billed equals metered."""
     start, end = billing.month_bounds(times.seconds(request.start_timestamp, "start_timestamp"))
-    usages = await asyncio.to_thread(context.state.usage.between, context.workspace_id, start, end)
+    usages = await run_long(
+        context.state.engine, context.state.usage.between, context.workspace_id, start, end
+    )
     breakdown = {"deployed": Decimal(0), "ephemeral": Decimal(0)}
     for (app_id, _), by_resource in billing.costs(usages, context.state.rates, start, end, "d").items():
         app = context.state.apps.get(context.workspace_id, app_id)

@@ -17,6 +17,7 @@ from homeport.server.scheduler import DEFAULT_IDLE_S
 from homeport.server.services import autoscaling, function_metrics
 from homeport.server.services import functions as catalog
 from homeport.server.services.stats import InputRecord, StatsService, distribution
+from homeport.server.store.hosting import run_long
 
 GENERIC = api_pb2.GenericResult
 DEFAULT_WINDOW_S = 3600.0
@@ -98,10 +99,10 @@ async def function_get_time_range_stats(
     stats = _stats(context)
     family = stats.family(request.function_id, with_variants=request.rollup)
     finished, containers, usage, running = await asyncio.gather(
-        asyncio.to_thread(stats.finished_between, family, start, end),
-        asyncio.to_thread(stats.containers, family, start, end),
-        asyncio.to_thread(stats.usage, family, start, end),
-        asyncio.to_thread(stats.running_at, family, end),
+        run_long(context.state.engine, stats.finished_between, family, start, end),
+        run_long(context.state.engine, stats.containers, family, start, end),
+        run_long(context.state.engine, stats.usage, family, start, end),
+        run_long(context.state.engine, stats.running_at, family, end),
     )
     if request.container_id:
         finished = [record for record in finished if record.task_id == request.container_id]
@@ -153,8 +154,8 @@ async def app_get_time_range_stats(
     total = response.functions.total
     for function in context.state.apps.app_functions(app.id):
         family = stats.family(function.id, with_variants=True)
-        queued = await asyncio.to_thread(stats.inputs, family, start, end)
-        containers = await asyncio.to_thread(stats.containers, family, start, end)
+        queued = await run_long(context.state.engine, stats.inputs, family, start, end)
+        containers = await run_long(context.state.engine, stats.containers, family, start, end)
         succeeded, failed, timed_out = _outcomes([record for record in queued if record.state == "done"])
         counts = response.functions.by_name[function.tag]
         counts.object_id = function.id
@@ -200,11 +201,11 @@ async def function_call_fetch(
     if request.HasField("range"):
         window = request.range
         start, end = _window(window.since, window.until, window.HasField("since"), window.HasField("until"))
-        records = await asyncio.to_thread(stats.inputs, family, start, end)
+        records = await run_long(context.state.engine, stats.inputs, family, start, end)
         records = records[: window.limit or MAX_CALLS]
     else:
         count = min(request.tail.count or 10, MAX_CALLS)
-        records = await asyncio.to_thread(stats.inputs, family, 0.0, 0.0, count)
+        records = await run_long(context.state.engine, stats.inputs, family, 0.0, 0.0, count)
     return api_pb2.FunctionCallFetchResponse(function_call_inputs=[_call_info(record) for record in records])
 
 
@@ -215,8 +216,12 @@ async def function_call_count(
     """Inputs queued per bucket of `bucket_secs`, oldest bucket first."""
     start, end = _window(request.since, request.until, request.HasField("since"), request.HasField("until"))
     stats = _stats(context)
-    records = await asyncio.to_thread(
-        stats.inputs, stats.family(request.function_id, with_variants=request.all_variants), start, end
+    records = await run_long(
+        context.state.engine,
+        stats.inputs,
+        stats.family(request.function_id, with_variants=request.all_variants),
+        start,
+        end,
     )
     width = max(request.bucket_secs, 1)
     per_bucket: dict[int, int] = {}
@@ -256,8 +261,8 @@ async def function_get_metrics(
         function_metrics.schema(list(request.groups))
     except function_metrics.MetricsRangeError as error:
         raise errors.invalid_argument(str(error)) from None
-    series = await asyncio.to_thread(
-        function_metrics.series, stats, family, list(request.groups), start, stop, width
+    series = await run_long(
+        context.state.engine, function_metrics.series, stats, family, list(request.groups), start, stop, width
     )
     response = api_pb2.FunctionGetMetricsResponse(bucket_secs=width, series=series)
     response.since.FromSeconds(start)

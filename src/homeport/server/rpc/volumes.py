@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from google.protobuf import empty_pb2
@@ -114,8 +113,8 @@ async def volume_put_files2(
             raise errors.invalid_argument(
                 f"file {path!r} of {size} bytes needs {-(-size // BLOCK_SIZE)} blocks"
             )
-    missing = await asyncio.to_thread(
-        context.state.volumes.put_files, volume_id, files, request.disallow_overwrite_existing_files
+    missing = await context.state.volumes.put_files(
+        volume_id, files, request.disallow_overwrite_existing_files
     )
     return api_pb2.VolumePutFiles2Response(
         missing_blocks=[

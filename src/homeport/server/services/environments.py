@@ -7,7 +7,7 @@ import time
 import sqlalchemy as sa
 
 from homeport import ids
-from homeport.server.store import schema
+from homeport.server.store import db, schema
 
 
 class EnvironmentService:
@@ -15,6 +15,9 @@ class EnvironmentService:
         self.engine = engine
 
     def get_or_create(self, workspace_id: str, name: str) -> str:
+        return db.once_more_on_conflict(lambda: self._get_or_create(workspace_id, name))
+
+    def _get_or_create(self, workspace_id: str, name: str) -> str:
         e = schema.environments
         with self.engine.begin() as connection:
             row = connection.execute(

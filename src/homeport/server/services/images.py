@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from modal._serialization import serialize
@@ -205,7 +206,12 @@ class ImageService:
                 base.docker_tag: await self._wait_for_parent(workspace_id, base.image_id)
                 for base in definition.base_images
             }
-            context_dir, context_hash = await asyncio.to_thread(self._context, image_id, definition)
+            mount_files = (
+                self.mounts.files(definition.context_mount_id)[1] if definition.context_mount_id else []
+            )
+            context_dir, context_hash = await asyncio.to_thread(
+                self._context, image_id, definition, mount_files
+            )
             secret_env = self._secret_values(workspace_id, definition.secret_ids)
             if definition.volume_mounts and not definition.build_function.definition:
                 raise BuildFailed(
@@ -411,8 +417,11 @@ class ImageService:
                     raise BuildFailed(f"timed out waiting for base image {parent_id} to build")
                 await listener.wait(5.0)
 
-    def _context(self, image_id: str, definition: api_pb2.Image) -> tuple[Path | None, str]:
-        """Lay out the files COPY may read: context files and the context mount, at their paths."""
+    def _context(
+        self, image_id: str, definition: api_pb2.Image, mount_files: list[dict[str, Any]]
+    ) -> tuple[Path | None, str]:
+        """Lay out the files COPY may read: context files and the context mount's files (looked
+        up by the caller: this runs on a thread, away from the database), at their paths."""
         entries: list[tuple[str, str, int, Callable[[Path], None]]] = []
         for context_file in definition.context_files:
             data = context_file.data
@@ -424,18 +433,16 @@ class ImageService:
                     functools.partial(_write_bytes, data=data),
                 )
             )
-        if definition.context_mount_id:
-            _, files = self.mounts.files(definition.context_mount_id)
-            for file in files:
-                source = self.blob_path(str(file["blob_id"]))
-                entries.append(
-                    (
-                        str(file["path"]),
-                        str(file["sha256"]),
-                        int(file["mode"]),
-                        functools.partial(_copy_file, source),
-                    )
+        for file in mount_files:
+            source = self.blob_path(str(file["blob_id"]))
+            entries.append(
+                (
+                    str(file["path"]),
+                    str(file["sha256"]),
+                    int(file["mode"]),
+                    functools.partial(_copy_file, source),
                 )
+            )
         if not entries:
             return None, ""
         digest = hashlib.sha256()

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from homeport import SUPPORTED_CLIENT_VERSION, ids
 from homeport.server import errors
 from homeport.server.blobstore import LocalBlobStore
-from homeport.server.store import schema
+from homeport.server.store import db, schema
 
 CLIENT_MOUNT_NAME = f"modal-client-mount-{SUPPORTED_CLIENT_VERSION}"
 
@@ -47,6 +47,9 @@ class MountService:
             raise errors.invalid_argument(f"file content does not match its sha256 {sha256_hex}")
         if blob_id is None:
             blob_id = self.blobs.put_bytes(content)
+        db.once_more_on_conflict(lambda: self._record_content(sha256_hex, str(blob_id), len(content)))
+
+    def _record_content(self, sha256_hex: str, blob_id: str, size: int) -> None:
         with self.engine.begin() as connection:
             exists = connection.execute(
                 sa.select(schema.mount_contents.c.sha256_hex).where(
@@ -55,9 +58,7 @@ class MountService:
             ).first()
             if exists is None:
                 connection.execute(
-                    schema.mount_contents.insert().values(
-                        sha256_hex=sha256_hex, blob_id=blob_id, size=len(content)
-                    )
+                    schema.mount_contents.insert().values(sha256_hex=sha256_hex, blob_id=blob_id, size=size)
                 )
 
     def create(self, workspace_id: str | None, name: str | None, files: list[dict[str, object]]) -> str:

@@ -12,7 +12,7 @@ import time
 import sqlalchemy as sa
 
 from homeport.agent.node import REPORT_INTERVAL_S, NodeInventory
-from homeport.server.store import schema
+from homeport.server.store import db, schema
 
 # A node missing this many reports in a row is taken for gone.
 MISSED_REPORTS = 3
@@ -42,10 +42,14 @@ class NodeRegistry:
             gpus_busy=inventory.gpus_busy,
             containers=inventory.containers,
         )
-        with self.engine.begin() as connection:
-            updated = connection.execute(n.update().where(n.c.id == inventory.node_id).values(**values))
-            if not updated.rowcount:
-                connection.execute(n.insert().values(id=inventory.node_id, **values))
+
+        def upsert() -> None:
+            with self.engine.begin() as connection:
+                updated = connection.execute(n.update().where(n.c.id == inventory.node_id).values(**values))
+                if not updated.rowcount:
+                    connection.execute(n.insert().values(id=inventory.node_id, **values))
+
+        db.once_more_on_conflict(upsert)
 
     def list(self, now: float | None = None) -> builtins.list[NodeRecord]:
         now = time.time() if now is None else now

@@ -11,6 +11,7 @@ container's own changes first, then brings the copy up to the latest committed s
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import dataclasses
 import hashlib
@@ -27,7 +28,7 @@ from homeport.config import DataLayout
 from homeport.objectstore import LocalCopies
 from homeport.server import errors
 from homeport.server.services.storage import StorageObject
-from homeport.server.store import schema
+from homeport.server.store import db, schema
 
 BLOCK_SIZE = 8 * 1024 * 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -195,14 +196,15 @@ class VolumeService:
     def block_path(self, sha256_hex: str) -> Path:
         return self.layout.volume_block(sha256_hex)
 
-    def put_files(
+    async def put_files(
         self,
         volume_id: str,
         files: builtins.list[tuple[str, int, int, builtins.list[str]]],
         disallow_overwrite: bool,
     ) -> builtins.list[tuple[int, int]]:
         """The v2 upload: each file is (path, size, mode, block sha256s). Returns the
-        (file index, block index) pairs still missing; once none are, writes the files."""
+        (file index, block index) pairs still missing; once none are, writes the files
+        (their contents assembled and stored on a thread, the entries here)."""
         missing = [
             (file_index, block_index)
             for file_index, (_, _, _, blocks) in enumerate(files)
@@ -212,8 +214,7 @@ class VolumeService:
         if missing:
             return missing
         existing = self.entries(volume_id)
-        written: list[Entry] = []
-        for path, size, mode, blocks in files:
+        for path, _, _, _ in files:
             path = normalize(path)
             if not path:
                 raise errors.invalid_argument("a file needs a path inside the volume")
@@ -223,12 +224,18 @@ class VolumeService:
                 raise errors.already_exists(
                     f"'{path}' already exists in the volume; use --force to overwrite it"
                 )
-            sha256_hex, stored = self.contents.store(self._assemble(blocks, size))
-            written.append(Entry(path, False, stored, mode or 0o644, time.time(), sha256_hex))
-        with self.engine.begin() as connection:
-            for entry in written:
-                self._upsert(connection, volume_id, entry)
+        written = await asyncio.to_thread(self._store_files, files)
+        self.record(volume_id, written, [])
         return []
+
+    def _store_files(
+        self, files: builtins.list[tuple[str, int, int, builtins.list[str]]]
+    ) -> builtins.list[Entry]:
+        written: list[Entry] = []
+        for path, size, mode, blocks in files:
+            sha256_hex, stored = self.contents.store(self._assemble(blocks, size))
+            written.append(Entry(normalize(path), False, stored, mode or 0o644, time.time(), sha256_hex))
+        return written
 
     def _assemble(self, blocks: builtins.list[str], size: int) -> Iterator[bytes]:
         for index, block in enumerate(blocks):
@@ -264,6 +271,9 @@ class VolumeService:
 
     def record(self, volume_id: str, changed: builtins.list[Entry], removed: builtins.list[str]) -> None:
         """A container's commit, its contents already stored: swapped in by one transaction."""
+        db.once_more_on_conflict(lambda: self._record(volume_id, changed, removed))
+
+    def _record(self, volume_id: str, changed: builtins.list[Entry], removed: builtins.list[str]) -> None:
         with self.engine.begin() as connection:
             for entry in changed:
                 self._upsert(connection, volume_id, entry)

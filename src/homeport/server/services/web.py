@@ -14,7 +14,7 @@ import re
 import sqlalchemy as sa
 
 from homeport.server import errors
-from homeport.server.store import schema
+from homeport.server.store import db, schema
 
 w = schema.web_endpoints
 MAX_LABEL = 63  # one DNS label
@@ -57,6 +57,9 @@ class WebEndpointService:
         self.engine = engine
 
     def register(self, endpoint: Endpoint) -> None:
+        db.once_more_on_conflict(lambda: self._register(endpoint))
+
+    def _register(self, endpoint: Endpoint) -> None:
         with self.engine.begin() as connection:
             connection.execute(w.delete().where(w.c.host_label == endpoint.host_label))
             connection.execute(w.insert().values(**dataclasses.asdict(endpoint)))

@@ -1,13 +1,18 @@
-"""Engine creation and schema upgrades. SQLite (WAL) by default, PostgreSQL by URL."""
+"""Engine creation and schema upgrades. SQLite (WAL) by default, PostgreSQL by URL: psycopg2
+for the CLI and migrations, asyncpg for the running server."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.ext.asyncio import create_async_engine
 
+T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -27,6 +32,58 @@ def create_engine(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def create_server_engine(url: str) -> sa.Engine:
+    """The engine the server's event loop uses. On PostgreSQL it is the synchronous face
+    of an asyncio engine on asyncpg, so each round trip yields to the loop (see
+    `store/hosting.py`; only code running in a hosted task may use it). On SQLite it is
+    the plain engine: local disk, no network to wait for."""
+    if url.startswith("sqlite"):
+        return create_engine(url)
+    async_url = sa.make_url(url).set(drivername="postgresql+asyncpg")
+    engine = create_async_engine(async_url, pool_size=10, max_overflow=20, pool_pre_ping=True).sync_engine
+    sa.event.listen(engine, "do_connect", _connect_refused_as_operational_error)
+    sa.event.listen(engine, "handle_error", _unreachable_as_operational_error)
+    return engine
+
+
+# PostgreSQL's "connection exception" class and "operator intervention" (shutting down,
+# starting up): the server is unreachable for a moment, the statement is not at fault.
+_UNREACHABLE_SQLSTATES = ("08", "57P")
+
+
+def _connect_refused_as_operational_error(dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+    try:
+        return dialect.loaded_dbapi.connect(*cargs, **cparams)
+    except OSError as error:  # refused, unreachable, timed out: no DBAPI error of its own
+        raise dialect.loaded_dbapi.OperationalError(
+            f"cannot connect to PostgreSQL: {error}", error
+        ) from error
+
+
+def _unreachable_as_operational_error(context: sa.engine.ExceptionContext) -> BaseException | None:
+    """psycopg2 reports a PostgreSQL that is down or restarting as OperationalError, which
+    the server answers with UNAVAILABLE and its loops retry. asyncpg reports it as a plain
+    ConnectionRefusedError at connect (made an OperationalError above) or as a DBAPIError
+    with a connection SQLSTATE: make those OperationalError too, so one rule covers both."""
+    error = context.original_exception
+    if not isinstance(error, Exception):
+        return None  # a cancelled request (CancelledError) stays cancelled
+    sqlstate = str(getattr(error, "sqlstate", None) or "")
+    if context.is_disconnect or sqlstate.startswith(_UNREACHABLE_SQLSTATES):
+        return sa.exc.OperationalError(context.statement, context.parameters, error)
+    return None
+
+
+def once_more_on_conflict(work: Callable[[], T]) -> T:
+    """Run a read-then-insert transaction; if a concurrent one inserted the same key first
+    (another request on this server while this one waited for PostgreSQL, or another
+    replica), run it once more: this time the read finds the row."""
+    try:
+        return work()
+    except sa.exc.IntegrityError:
+        return work()
 
 
 def alembic_config(url: str) -> Config:
