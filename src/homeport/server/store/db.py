@@ -42,7 +42,12 @@ def create_server_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
         return create_engine(url)
     async_url = sa.make_url(url).set(drivername="postgresql+asyncpg")
-    engine = create_async_engine(async_url, pool_size=10, max_overflow=20, pool_pre_ping=True).sync_engine
+    # No pre-ping: through the loop it costs a round trip of ~0.3 ms on every checkout
+    # (measured: 0.79 ms per one-statement transaction with it, 0.51 ms without). After a
+    # PostgreSQL restart the first statement on a stale connection fails as a disconnect,
+    # which invalidates the whole pool: that one request answers UNAVAILABLE (the client
+    # retries it), a background loop retries at its next turn.
+    engine = create_async_engine(async_url, pool_size=10, max_overflow=20).sync_engine
     sa.event.listen(engine, "do_connect", _connect_refused_as_operational_error)
     sa.event.listen(engine, "handle_error", _unreachable_as_operational_error)
     return engine
