@@ -61,7 +61,7 @@ FIELD_KINDS: dict[str, str | None] = {
     "client_id": None,  # made by the client
     "worker_id": None,
     "checkpoint_id": None,  # memory snapshots do not exist yet
-    "sandbox_id": None,  # sandboxes do not exist yet: add "sandbox" when they do
+    "sandbox_id": "sandbox",
     "proxy_id": None,  # proxies do not exist
 }
 
@@ -128,7 +128,8 @@ def victims(server: Server) -> dict[str, str]:
             "modal.Dict.from_name('owned-dict', create_if_missing=True).put('k', 'v')\n"
             "modal.Queue.from_name('owned-queue', create_if_missing=True).put('item')\n"
             # over 8 KiB: the spawned input's argument travels as a blob
-            "print(modal.Function.from_name('owned-objects', 'echo').spawn(b'x' * 20000).get(timeout=120))\n",
+            "print(modal.Function.from_name('owned-objects', 'echo').spawn(b'x' * 20000).get(timeout=120))\n"
+            "modal.Sandbox.create('sleep', 'infinity', app=modal.App.lookup('owned-sandboxes', create_if_missing=True))\n",
         )
     )
     database = sqlite3.connect(server.data_dir / "homeport.db")
@@ -148,6 +149,7 @@ def victims(server: Server) -> dict[str, str]:
         "queue": "SELECT id FROM storage_objects WHERE kind = 'queue' AND workspace_id = ?",
         "volume": "SELECT id FROM storage_objects WHERE kind = 'volume' AND workspace_id = ?",
         "environment": "SELECT id FROM environments WHERE workspace_id = ?",
+        "sandbox": "SELECT id FROM sandboxes WHERE workspace_id = ?",
     }
     found = {kind: database.execute(query, (workspace,)).fetchone() for kind, query in queries.items()}
     database.close()

@@ -92,8 +92,9 @@ class GvisorRuntime:
             },
             _bind(prepared.hosts, "/etc/hosts", read_only=True),
             _bind(prepared.arguments_path, ARGUMENTS_PATH, read_only=True),
-            _bind(spec.client_package_dir, "/pkg", read_only=True),
         ]
+        if spec.client_package_dir is not None:
+            mounts.append(_bind(spec.client_package_dir, "/pkg", read_only=True))
         if spec.network and Path("/etc/resolv.conf").is_file():
             mounts.append(_bind(Path("/etc/resolv.conf"), "/etc/resolv.conf", read_only=True))
         if spec.control_socket is not None:

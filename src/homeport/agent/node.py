@@ -11,7 +11,9 @@ be served in-process (one machine, the default) or by an agent on another machin
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -24,6 +26,7 @@ from homeport.agent.assets import Assets
 from homeport.agent.cpu import CpuMeter
 from homeport.agent.gpus import GpuPool, GpuRequest
 from homeport.agent.gpus import detect as detect_gpus
+from homeport.agent.host_python import SANDBOX_PYTHON_VARIABLE, SUPERVISOR, SUPERVISOR_SOCKET, host_python
 from homeport.agent.order import ContainerOrder
 from homeport.agent.runtime import (
     BoundDirectory,
@@ -34,6 +37,7 @@ from homeport.agent.runtime import (
     Runtime,
     shell_exit_code,
 )
+from homeport.agent.sandbox_processes import SandboxProcesses
 from homeport.agent.volume_copy import Entry, Snapshot
 from homeport.agent.zygote import ZygoteImage
 
@@ -49,6 +53,8 @@ SWEEP_INTERVAL_S = 10.0
 REPORT_INTERVAL_S = 5.0
 # Busier than this, the node takes no more containers for a function that has some already.
 SATURATED_CPU = 0.85
+# Ended sandboxes whose output and exit statuses stay readable (the newest this many).
+ENDED_SANDBOXES_KEPT = 256
 
 
 def node_memory_budget_mib() -> int:
@@ -122,6 +128,7 @@ class _Held:
     container: Container | None = None
     fault: str | None = None  # why the node killed it for its own doing
     volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
+    sandbox: SandboxProcesses | None = None  # a sandbox's processes, through its supervisor
 
 
 class NodeAgent:
@@ -147,6 +154,7 @@ class NodeAgent:
         self.memory_budget_mib = node_memory_budget_mib()
         self._cpu = CpuMeter()
         self._held: dict[str, _Held] = {}
+        self._ended_sandboxes: collections.OrderedDict[str, SandboxProcesses] = collections.OrderedDict()
 
     # --- room -----------------------------------------------------------------------------
 
@@ -185,8 +193,13 @@ class NodeAgent:
 
     def release(self, task_id: str) -> None:
         """Give back a reservation whose container never started (or has ended)."""
-        self._held.pop(task_id, None)
+        held = self._held.pop(task_id, None)
         self.gpus.release(task_id)
+        if held is not None and held.sandbox is not None:
+            # Its output stays readable after it ended (the client reads stderr after wait()).
+            self._ended_sandboxes[task_id] = held.sandbox
+            while len(self._ended_sandboxes) > ENDED_SANDBOXES_KEPT:
+                self._ended_sandboxes.popitem(last=False)
 
     def gpu_model(self, devices: list[int]) -> str:
         """The model of these devices ("" for none)."""
@@ -226,16 +239,28 @@ class NodeAgent:
         try:
             spec = await self._resolve(order, held)
             held.container = await self.runtime.start(spec, on_output)
+            if order.sandbox_entrypoint:
+                held.sandbox = SandboxProcesses(spec.work_dir / "run" / "supervisor.sock")
+                await held.sandbox.connect()
         except BaseException:
+            if held.container is not None:
+                held.container.kill()
             self.release(order.task_id)
             raise
         held.disk_limit_mib = order.disk_limit_mib
         if self._started is not None:
             self._started(getattr(held.container, "kind", "fresh"), time.monotonic() - began)
 
+    def sandbox(self, task_id: str) -> SandboxProcesses | None:
+        """A running sandbox's processes (for the task command router beside it)."""
+        held = self._held.get(task_id)
+        return held.sandbox if held is not None else self._ended_sandboxes.get(task_id)
+
     async def _resolve(self, order: ContainerOrder, held: _Held) -> ContainerSpec:
         """The order on this node's disk: its layers, files, client package and volume copies."""
         layers = await asyncio.to_thread(self.assets.layer_dirs, order.layers)
+        if order.sandbox_entrypoint:
+            return self._sandbox_spec(order, layers)
         package = await asyncio.to_thread(self.assets.client_package, order.python_version)
         files = [
             MountedFile(f.container_path, await asyncio.to_thread(self.assets.blob, f.blob_id), f.mode)
@@ -277,6 +302,38 @@ class NodeAgent:
                 client_package_dir=package,
                 control_socket=control_socket,
             ),
+        )
+
+    def _sandbox_spec(self, order: ContainerOrder, layers: list[Path]) -> ContainerSpec:
+        """A sandbox: the supervisor (the node's Python, see host_python.py) runs the
+        entrypoint; the run directory holds the supervisor's socket."""
+        python = host_python()
+        work_dir = self.work_dir(order.task_id)
+        run_dir = work_dir / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        environment = {
+            **order.started_environment,
+            **order.environment,
+            "HOMEPORT_NODE_ID": self.node_id,
+            SANDBOX_PYTHON_VARIABLE: json.dumps(python.interpreter()),
+        }
+        return ContainerSpec(
+            task_id=order.task_id,
+            app_id=order.app_id,
+            function_id=order.function_id,
+            container_arguments=b"",
+            environment=environment,
+            files=[],
+            client_package_dir=None,
+            image_layers=layers,
+            working_dir=order.working_dir,
+            directories=python.directories(run_dir),
+            network=order.network,
+            memory_mib=order.memory_mib,
+            cpu_cores=order.cpu_cores,
+            disk_mib=order.disk_mib,
+            work_dir=work_dir,
+            command=tuple(python.command(SUPERVISOR, SUPERVISOR_SOCKET, "--", *order.sandbox_entrypoint)),
         )
 
     # --- volumes ------------------------------------------------------------------------------

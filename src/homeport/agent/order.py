@@ -56,3 +56,6 @@ class ContainerOrder:
     gpu_devices: tuple[int, ...] = ()
     upper_dir: Path | None = None  # an image build step's writable layer (in-process nodes only)
     disk_limit_mib: int = 0  # watched on the writable layer; 0: bounded otherwise
+    # A sandbox (modal.Sandbox): its entrypoint runs under the supervisor (agent/in_sandbox),
+    # with no client package and no control socket; its processes are `NodeAgent.sandbox()`.
+    sandbox_entrypoint: tuple[str, ...] = ()

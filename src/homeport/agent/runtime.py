@@ -50,7 +50,7 @@ class ContainerSpec:
     container_arguments: bytes  # serialized api_pb2.ContainerArguments
     environment: dict[str, str]
     files: list[MountedFile]
-    client_package_dir: Path  # appears at /pkg
+    client_package_dir: Path | None  # appears at /pkg (sandboxes have none)
     work_dir: Path  # scratch space owned by this container, removed when it stops
     image_layers: list[Path]  # the image's root filesystem: overlay lowerdirs, topmost first
     working_dir: str = "/root"

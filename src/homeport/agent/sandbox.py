@@ -377,15 +377,9 @@ class SandboxRuntime:
                 str(directory.host_path),
                 directory.container_path,
             ]
-        command += [
-            "--ro-bind",
-            str(spec.client_package_dir),
-            "/pkg",
-            "--dir",
-            spec.working_dir,
-            "--chdir",
-            spec.working_dir,
-        ]
+        if spec.client_package_dir is not None:
+            command += ["--ro-bind", str(spec.client_package_dir), "/pkg"]
+        command += ["--dir", spec.working_dir, "--chdir", spec.working_dir]
         process = await spawn_bwrap(
             command,
             prepared.environment,

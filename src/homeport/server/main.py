@@ -9,7 +9,9 @@ import signal
 from pathlib import Path
 
 from aiohttp import web
+from grpclib.server import Server
 
+from homeport.agent.router import CommandRouter
 from homeport.config import Settings
 from homeport.server.blobstore import blob_routes, volume_routes
 from homeport.server.connections import CONTAINER_SOCKET_LIMITS, GuardedServer
@@ -59,6 +61,22 @@ def postgres_dsn(engine) -> str:  # type: ignore[no-untyped-def]
     return str(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
 
 
+async def start_router(state: ServerState) -> Server:
+    """The task command router for this machine's sandboxes, on a port of its own (the
+    client dials it at the URL SandboxCreateV2 hands out). Plain HTTP/2: client 1.6.4
+    accepts that only when its server URL is on localhost."""
+    sandboxes = state.sandboxes
+    assert sandboxes is not None
+    router = Server(
+        [CommandRouter(state.router_credentials, state.agent.sandbox, sandboxes.exec_environment)]
+    )
+    await router.start(state.settings.host, 0)
+    port = router._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.router_url = f"http://{state.settings.host}:{port}"
+    log.info("sandbox command router at %s", state.router_url)
+    return router
+
+
 async def serve(settings: Settings) -> None:
     state = build_state(settings)
     relay = None
@@ -70,6 +88,9 @@ async def serve(settings: Settings) -> None:
         relay.start()
     else:
         state.scheduler.recover()
+    if state.sandboxes is not None:
+        state.sandboxes.recover()
+    router = await start_router(state) if state.sandboxes is not None else None
     servicer = HomeportServicer(state)
     grpc_server = GuardedServer([servicer])
     await grpc_server.start(settings.host, settings.port)
@@ -130,6 +151,10 @@ async def serve(settings: Settings) -> None:
             for task in tasks:
                 task.cancel()
     finally:
+        if state.sandboxes is not None:
+            await state.sandboxes.stop_all()
+        if router is not None:
+            router.close()
         await state.scheduler.shutdown()
         if state.replicas is not None:
             state.replicas.forget()

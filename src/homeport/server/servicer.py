@@ -161,4 +161,5 @@ LONG_POLL_RPCS = {
     "FunctionCallGetDataOut",
     "FunctionCallGetDataIn",
     "AppHeartbeat",
+    "SandboxWaitV2",
 }

@@ -14,6 +14,7 @@ from homeport.agent.gvisor import GvisorRuntime
 from homeport.agent.network import BridgeNetwork
 from homeport.agent.network import available as network_available
 from homeport.agent.node import NodeAgent
+from homeport.agent.router import RouterCredentials
 from homeport.agent.sandbox import SandboxRuntime
 from homeport.agent.zygote import ZygotePool
 from homeport.config import Settings
@@ -31,6 +32,7 @@ from homeport.server.notify import Notifier
 from homeport.server.orders import OrderBuilder
 from homeport.server.ownership import OwnershipCheck
 from homeport.server.replicas import Replicas
+from homeport.server.sandboxes import Sandboxes
 from homeport.server.scheduler import Scheduler
 from homeport.server.services import dicts as dict_contents
 from homeport.server.services import queues as queue_contents
@@ -55,6 +57,7 @@ from homeport.server.store import db, schema
 
 BLOB_SIGNING_KEY = "blob_signing_key"
 DASHBOARD_SIGNING_KEY = "dashboard_signing_key"
+ROUTER_SIGNING_KEY = "router_signing_key"  # sandbox credentials (agent/router.py)
 log = logging.getLogger("homeport.server")
 
 
@@ -100,6 +103,11 @@ class ServerState:
     web: WebEndpointService
 
     network: BridgeNetwork | None = None
+    # modal.Sandbox (one machine only, for now) and the task command router's address and
+    # credentials (agent/router.py; the address is known once it listens, see main.py).
+    sandboxes: Sandboxes | None = None
+    router_credentials: RouterCredentials = dataclasses.field(default_factory=lambda: RouterCredentials(b""))
+    router_url: str = ""
     cluster: RayCluster | None = None  # cluster mode: the Ray nodes
     replicas: Replicas | None = None  # cluster mode: the other control-plane replicas
 
@@ -275,6 +283,10 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     metrics.resolve_names = lambda function_id: _function_names(apps, auth, function_id)
     metrics.watch(StateCollector(calls.pending_counts, nodes.list, metrics.names))
     images.run_build_function = scheduler.run_build_function
+    sandboxes = None
+    if cluster is None:
+        sandboxes = Sandboxes(engine, notifier, images, secret_service, placement)
+        sandboxes.created = ownership.remember
     return ServerState(
         settings=settings,
         engine=engine,
@@ -304,6 +316,10 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         volumes=volumes,
         web=WebEndpointService(engine),
         network=network,
+        sandboxes=sandboxes,
+        router_credentials=RouterCredentials(
+            shared_setting(engine, ROUTER_SIGNING_KEY, random_secrets.token_hex(32)).encode()
+        ),
         cluster=cluster,
         replicas=replicas,
     )

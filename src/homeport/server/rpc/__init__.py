@@ -37,6 +37,7 @@ def load_all() -> dict[str, Handler]:
         logs,
         mounts,
         queues,
+        sandboxes,
         secrets,
         volumes,
     )

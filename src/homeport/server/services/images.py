@@ -543,11 +543,10 @@ class BuildLog:
         if not chunks:
             return
         self.seq += 1
+        seq = self.seq  # taken now: another flush may run while this one waits for the database
         with self.engine.begin() as connection:
             connection.execute(
-                schema.image_build_logs.insert().values(
-                    image_id=self.image_id, seq=self.seq, data="".join(chunks)
-                )
+                schema.image_build_logs.insert().values(image_id=self.image_id, seq=seq, data="".join(chunks))
             )
         self.notifier.notify(f"image:{self.image_id}")
 

@@ -390,3 +390,21 @@ app_deployments = sa.Table(
     sa.Column("client_version", sa.String(40), nullable=False),
     sa.Column("deployed_by", sa.String(200), nullable=False),  # the id of the token that deployed it
 )
+
+# modal.Sandbox: a running sandbox has no result; its task id names its container.
+sandboxes = sa.Table(
+    "sandboxes",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workspace_id", sa.String(40), nullable=False),
+    sa.Column("app_id", sa.String(40), nullable=False, index=True),
+    sa.Column("environment_name", sa.String(200), nullable=False),
+    sa.Column("name", sa.String(200), nullable=True),  # unique within its app
+    sa.Column("tags", sa.Text, nullable=False),  # JSON object
+    sa.Column("task_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("idempotency_key", sa.String(100), nullable=True, unique=True),  # a retried create
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("result", sa.LargeBinary, nullable=True),  # api_pb2.GenericResult once finished
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("app_id", "name", name="uq_sandboxes_app_name"),
+)

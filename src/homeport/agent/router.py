@@ -1,0 +1,235 @@
+"""The task command router: the gRPC service (`modal.task_command_router.TaskCommandRouter`)
+that client 1.6.4 dials directly for a sandbox's stdio and for every `Sandbox.exec`.
+
+It runs beside the sandboxes it serves (it only needs the node's `SandboxProcesses`), so
+in a cluster each node can run its own. Every call carries `authorization: Bearer <jwt>`:
+a credential the control plane signed for one task (`RouterCredentials`), which opens that
+task's sandbox and no other. The client retries UNAUTHENTICATED once after fetching a
+fresh credential (SandboxGetCommandRouterAccess).
+
+Contracts from the client (modal/sandbox/_task_command_router_client.py, io_streams.py):
+stdio streams never carry an empty chunk and end OK only at EOF; a read may come at any
+offset, again and again, also after the process exited; stdin writes are idempotent by
+offset; TaskExecStart is idempotent by exec_id; TaskExecWait answers exactly one of code or
+signal, and NOT_FOUND only when the task itself is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpclib.const
+import jwt
+from grpclib import GRPCError, Status
+from grpclib.server import Stream
+from modal_proto import api_pb2
+from modal_proto import task_command_router_pb2 as tcr
+from modal_proto.task_command_router_grpc import TaskCommandRouterBase
+
+from homeport.agent.sandbox_processes import MAIN, Process, SandboxProcesses
+
+CREDENTIAL_LIFETIME_S = 3600.0
+# TaskExecWait: the client's attempts carry a 60 s deadline; answer before it, and it asks again.
+WAIT_SLICE_S = 50.0
+
+SecretResolver = Callable[[str, list[api_pb2.SecretSource]], Awaitable[dict[str, str]]]
+
+
+class RouterCredentials:
+    """JWTs for one task's router access (HS256 with a key the control plane and routers share)."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def issue(self, task_id: str, lifetime_s: float = CREDENTIAL_LIFETIME_S) -> str:
+        return jwt.encode(
+            {"task_id": task_id, "exp": int(time.time() + lifetime_s)}, self.key, algorithm="HS256"
+        )
+
+    def task_id(self, token: str) -> str:
+        """The task a valid credential opens; raises UNAUTHENTICATED (the client then
+        fetches a fresh one and retries) otherwise."""
+        try:
+            claims = jwt.decode(token, self.key, algorithms=["HS256"])
+        except jwt.ExpiredSignatureError:
+            raise GRPCError(Status.UNAUTHENTICATED, "the command router credential has expired") from None
+        except jwt.InvalidTokenError:
+            raise GRPCError(Status.UNAUTHENTICATED, "the command router credential is not valid") from None
+        return str(claims["task_id"])
+
+
+class _RouteNames:
+    """Stands in for `self` when asking the generated base class for its route table."""
+
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
+# The task a request's credential opens (set per request, before its handler runs).
+_caller_task: contextvars.ContextVar[str] = contextvars.ContextVar("caller_task")
+
+
+class CommandRouter:
+    def __init__(
+        self,
+        credentials: RouterCredentials,
+        sandbox: Callable[[str], SandboxProcesses | None],
+        secrets: SecretResolver,
+    ) -> None:
+        self.credentials = credentials
+        self.sandbox = sandbox
+        self.secrets = secrets
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        """The generated route table, each handler behind the credential check; RPCs this
+        router does not serve answer UNIMPLEMENTED naming themselves."""
+        routes = TaskCommandRouterBase.__mapping__(_RouteNames())  # type: ignore[arg-type]
+        return {
+            path: grpclib.const.Handler(
+                self._authorized(route.func), route.cardinality, route.request_type, route.reply_type
+            )
+            for path, route in routes.items()
+        }
+
+    def _authorized(self, name: str) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
+        method = getattr(self, name, None)
+
+        async def handle(stream: Stream[Any, Any]) -> None:
+            metadata: Any = stream.metadata or {}
+            header = metadata.get("authorization", "")
+            token = (
+                header[len("Bearer ") :] if isinstance(header, str) and header.startswith("Bearer ") else ""
+            )
+            _caller_task.set(self.credentials.task_id(token))
+            if method is None:
+                raise GRPCError(Status.UNIMPLEMENTED, f"{name} is not supported by this Homeport server yet")
+            await method(stream)
+
+        return handle
+
+    def _processes(self, stream: Stream[Any, Any], task_id: str) -> SandboxProcesses:
+        if task_id != _caller_task.get():
+            raise GRPCError(Status.PERMISSION_DENIED, "this command router credential is for another sandbox")
+        processes = self.sandbox(task_id)
+        if processes is None:
+            raise GRPCError(Status.NOT_FOUND, f"sandbox task {task_id} is not running")
+        return processes
+
+    def _process(self, stream: Stream[Any, Any], task_id: str, exec_id: str) -> Process:
+        process = self._processes(stream, task_id).processes.get(exec_id)
+        if process is None:
+            raise GRPCError(Status.NOT_FOUND, f"no process {exec_id} in sandbox task {task_id}")
+        return process
+
+    # --- the entrypoint's stdio ---------------------------------------------------------------
+
+    async def SandboxStdioReadV2(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        process = self._process(stream, request.task_id, MAIN)
+        fd = 2 if request.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR else 1
+        async for offset, data in process.stream(fd).read(request.offset):
+            await stream.send_message(tcr.SandboxStdioReadV2Response(data=data, starting_offset=offset))
+
+    async def SandboxStdinWriteV2(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        self._write_stdin(stream, request.task_id, MAIN, request.offset, request.data, request.eof)
+        await stream.send_message(tcr.SandboxStdinWriteV2Response())
+
+    def _write_stdin(
+        self, stream: Stream[Any, Any], task_id: str, exec_id: str, offset: int, data: bytes, eof: bool
+    ) -> None:
+        processes = self._processes(stream, task_id)
+        process = self._process(stream, task_id, exec_id)
+        if process.exit_status is not None:
+            raise GRPCError(Status.FAILED_PRECONDITION, "the process has exited; its stdin is closed")
+        try:
+            processes.write_stdin(exec_id, offset, data, eof)
+        except ValueError as error:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(error)) from None
+        except ConnectionError as error:
+            raise GRPCError(Status.FAILED_PRECONDITION, str(error)) from None
+
+    # --- exec -------------------------------------------------------------------------------
+
+    async def TaskExecStart(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        processes = self._processes(stream, request.task_id)
+        if not request.command_args:
+            raise GRPCError(Status.INVALID_ARGUMENT, "exec needs a command")
+        if request.HasField("pty_info"):
+            raise GRPCError(Status.UNIMPLEMENTED, "exec with pty=True is not supported by this server yet")
+        if request.exec_id not in processes.processes:
+            environment = await self.secrets(request.task_id, list(request.secret_sources))
+            stdout = "pipe" if request.stdout_config == tcr.TASK_EXEC_STDOUT_CONFIG_PIPE else "devnull"
+            stderr = {
+                tcr.TASK_EXEC_STDERR_CONFIG_PIPE: "pipe",
+                tcr.TASK_EXEC_STDERR_CONFIG_STDOUT: "stdout",
+            }.get(request.stderr_config, "devnull")
+            try:
+                process = processes.exec(
+                    request.exec_id,
+                    list(request.command_args),
+                    environment,
+                    request.workdir if request.HasField("workdir") else None,
+                    stdout,
+                    stderr,
+                )
+            except ConnectionError:
+                raise GRPCError(Status.FAILED_PRECONDITION, "the sandbox has finished") from None
+            if request.HasField("timeout_secs") and request.timeout_secs > 0:
+                asyncio.get_running_loop().call_later(
+                    request.timeout_secs, self._kill_if_running, processes, process
+                )
+        await stream.send_message(tcr.TaskExecStartResponse())
+
+    @staticmethod
+    def _kill_if_running(processes: SandboxProcesses, process: Process) -> None:
+        if process.exit_status is None:
+            try:
+                processes.signal(process.process_id, 9)
+            except ConnectionError:
+                pass
+
+    async def TaskExecStdioRead(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        process = self._process(stream, request.task_id, request.exec_id)
+        fd = 2 if request.file_descriptor == tcr.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR else 1
+        async for _, data in process.stream(fd).read(request.offset):
+            await stream.send_message(tcr.TaskExecStdioReadResponse(data=data))
+
+    async def TaskExecStdinWrite(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        self._write_stdin(stream, request.task_id, request.exec_id, request.offset, request.data, request.eof)
+        await stream.send_message(tcr.TaskExecStdinWriteResponse())
+
+    async def TaskExecPoll(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        process = self._process(stream, request.task_id, request.exec_id)
+        await stream.send_message(_exit_status(process, tcr.TaskExecPollResponse))
+
+    async def TaskExecWait(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        process = self._process(stream, request.task_id, request.exec_id)
+        try:
+            await asyncio.wait_for(process.exited.wait(), WAIT_SLICE_S)
+        except TimeoutError:
+            raise GRPCError(Status.DEADLINE_EXCEEDED, "still running; wait again") from None
+        await stream.send_message(_exit_status(process, tcr.TaskExecWaitResponse))
+
+
+def _exit_status(process: Process, response_type: Any) -> Any:
+    if process.exit_status is None:
+        return response_type()
+    kind, value = process.exit_status
+    return response_type(**{kind: value})
+
+
+async def _request(stream: Stream[Any, Any]) -> Any:
+    request = await stream.recv_message()
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the request has no message")
+    return request

@@ -1,0 +1,192 @@
+"""The node's side of a sandbox's supervisor (`supervisor.py`): the processes running in one
+sandbox, their output kept for reading from any offset, their stdin and exit status.
+
+Output is kept, not streamed through: the client reads a stream whenever it likes (the
+filesystem calls read stderr only after the process exited), reconnects at the offset it
+got to, and reads stdout and stderr concurrently. Each stream keeps its last
+`KEEP_BYTES`; a reader that fell further behind resumes at the oldest byte kept (the V2
+entrypoint stream says so with `starting_offset`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+log = logging.getLogger("homeport.sandbox")
+
+KEEP_BYTES = 32 * 1024 * 1024
+MAIN = "main"  # the entrypoint's process id
+
+
+class OutputStream:
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self.start = 0  # offset of _data[0] in the whole stream
+        self.closed = False
+        self._changed = asyncio.Event()
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self._data)
+
+    def append(self, data: bytes) -> None:
+        self._data += data
+        if len(self._data) > KEEP_BYTES:
+            dropped = len(self._data) - KEEP_BYTES
+            del self._data[:dropped]
+            self.start += dropped
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def read(self, offset: int) -> AsyncIterator[tuple[int, bytes]]:
+        """(starting offset, bytes) chunks from `offset` (or the oldest byte kept) until the
+        stream is closed and read to its end. Never yields an empty chunk."""
+        while True:
+            offset = max(offset, self.start)
+            if offset < self.end:
+                chunk = bytes(self._data[offset - self.start :])
+                yield offset, chunk
+                offset += len(chunk)
+                continue
+            if self.closed:
+                return
+            await self._changed.wait()
+
+
+class Process:
+    def __init__(self, process_id: str) -> None:
+        self.process_id = process_id
+        self.stdout = OutputStream()
+        self.stderr = OutputStream()
+        self.exit_status: tuple[str, int] | None = None  # ("code", N) or ("signal", N)
+        self.exited = asyncio.Event()
+        self.stdin_offset = 0  # bytes of stdin accepted so far
+        self.stdin_closed = False
+
+    def stream(self, fd: int) -> OutputStream:
+        return self.stdout if fd == 1 else self.stderr
+
+    def exit_code(self) -> int | None:
+        """The shell's convention: a signal N is 128 + N."""
+        if self.exit_status is None:
+            return None
+        kind, value = self.exit_status
+        return value if kind == "code" else 128 + value
+
+
+class SandboxProcesses:
+    """One sandbox's processes, through its supervisor's socket."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.processes: dict[str, Process] = {MAIN: Process(MAIN)}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.gone = asyncio.Event()  # the supervisor's connection ended (the sandbox stopped)
+
+    async def connect(self, timeout_s: float = 30.0) -> None:
+        """Wait for the supervisor's socket and connect: the entrypoint starts then."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                reader, self._writer = await asyncio.open_unix_connection(str(self.socket_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(
+                        f"the sandbox's supervisor did not start within {timeout_s:.0f} s"
+                    ) from None
+                await asyncio.sleep(0.002)
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_events(reader))
+
+    async def _read_events(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                event = json.loads(line)
+                process = self.processes.get(event["id"])
+                if process is None:
+                    continue
+                if event["ev"] == "out":
+                    process.stream(event["fd"]).append(base64.b64decode(event["data"]))
+                elif event["ev"] == "exit":
+                    self._finish(
+                        process, ("signal", event["signal"]) if "signal" in event else ("code", event["code"])
+                    )
+        except (ConnectionError, ValueError) as error:
+            log.warning("sandbox supervisor at %s: %s", self.socket_path, error)
+        finally:
+            self.gone.set()
+            if self._writer is not None:
+                self._writer.close()
+            for process in self.processes.values():
+                if process.exit_status is None:  # the sandbox went with it
+                    self._finish(process, ("signal", 9))
+
+    @staticmethod
+    def _finish(process: Process, status: tuple[str, int]) -> None:
+        process.exit_status = status
+        process.stdout.close()
+        process.stderr.close()
+        process.exited.set()
+
+    def _send(self, message: dict) -> None:  # type: ignore[type-arg]
+        if self._writer is None or self._writer.is_closing() or self.gone.is_set():
+            raise ConnectionError("the sandbox has stopped")
+        self._writer.write(json.dumps(message).encode() + b"\n")
+
+    def exec(
+        self,
+        process_id: str,
+        argv: list[str],
+        environment: dict[str, str],
+        workdir: str | None,
+        stdout: str,
+        stderr: str,
+    ) -> Process:
+        """Start a process (once per id: a repeated request is the same process)."""
+        existing = self.processes.get(process_id)
+        if existing is not None:
+            return existing
+        process = Process(process_id)
+        self._send(
+            {"op": "exec", "id": process_id, "argv": argv, "env": environment, "cwd": workdir,
+             "stdout": stdout, "stderr": stderr}
+        )  # fmt: skip
+        self.processes[process_id] = process
+        if stdout != "pipe":
+            process.stdout.close()
+        if stderr != "pipe":
+            process.stderr.close()
+        return process
+
+    def write_stdin(self, process_id: str, offset: int, data: bytes, eof: bool) -> None:
+        """Idempotent by offset: bytes below what was accepted already are skipped (a retry)."""
+        process = self.processes[process_id]
+        if process.stdin_closed:
+            return
+        new = data[max(0, process.stdin_offset - offset) :] if offset <= process.stdin_offset else b""
+        if offset > process.stdin_offset:
+            raise ValueError(f"stdin offset {offset} is past the {process.stdin_offset} bytes received")
+        process.stdin_offset += len(new)
+        process.stdin_closed = eof
+        self._send({"op": "stdin", "id": process_id, "data": base64.b64encode(new).decode(), "eof": eof})
+
+    def signal(self, process_id: str, signum: int) -> None:
+        if self.processes.get(process_id) is not None:
+            self._send({"op": "signal", "id": process_id, "signum": signum})
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,189 @@
+"""Sandbox RPCs of the V2 API (client 1.6.4's default) on the main service. Stdio and exec
+go to the task command router instead (agent/router.py); these hand out its address and
+credential.
+
+Client contracts (modal/sandbox/_impl_v2.py, _common.py, _sandbox.py): every V2 call
+carries `x-modal-auth-token` from AuthTokenGet, a JWT whose `exp` the client reads (the
+user's token still authenticates the call); SandboxWaitV2 answers within its `timeout`
+with no result while running; SandboxListV2 pages by `created_at` until an empty page.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+from google.protobuf import empty_pb2
+from modal_proto import api_pb2
+
+from homeport.server import errors
+from homeport.server.context import RequestContext
+from homeport.server.rpc import handler
+from homeport.server.sandboxes import Sandboxes
+
+AUTH_TOKEN_LIFETIME_S = 3600
+
+
+def _sandboxes(context: RequestContext) -> Sandboxes:
+    if context.state.sandboxes is None:
+        raise errors.failed_precondition("sandboxes are not supported in cluster mode by this server yet")
+    return context.state.sandboxes
+
+
+def _own(context: RequestContext, sandbox_id: str):  # type: ignore[no-untyped-def]
+    row = _sandboxes(context).row(sandbox_id)
+    if row.workspace_id != context.workspace_id:
+        raise errors.not_found(f"sandbox {sandbox_id} not found")
+    return row
+
+
+def _access(context: RequestContext, task_id: str) -> api_pb2.TaskGetCommandRouterAccessResponse:
+    return api_pb2.TaskGetCommandRouterAccessResponse(
+        url=context.state.router_url, jwt=context.state.router_credentials.issue(task_id)
+    )
+
+
+@handler("AuthTokenGet")
+async def auth_token_get(
+    context: RequestContext, request: api_pb2.AuthTokenGetRequest
+) -> api_pb2.AuthTokenGetResponse:
+    claims = {"workspace_id": context.workspace_id, "exp": int(time.time()) + AUTH_TOKEN_LIFETIME_S}
+    return api_pb2.AuthTokenGetResponse(
+        token=jwt.encode(claims, context.state.router_credentials.key, "HS256")
+    )
+
+
+@handler("SandboxCreateV2")
+async def sandbox_create_v2(
+    context: RequestContext, request: api_pb2.SandboxCreateV2Request
+) -> api_pb2.SandboxCreateV2Response:
+    app = context.state.apps.get(context.workspace_id, request.app_id)
+    sandbox_id, task_id = await _sandboxes(context).create(
+        context.workspace_id, app.id, app.environment_name, request, context.idempotency_key
+    )
+    access = _access(context, task_id)
+    return api_pb2.SandboxCreateV2Response(
+        sandbox_id=sandbox_id,
+        task_id=task_id,
+        command_router_access=api_pb2.CommandRouterAccess(url=access.url, jwt=access.jwt),
+        metadata=api_pb2.SandboxHandleMetadata(app_id=app.id),
+    )
+
+
+@handler("SandboxWaitV2")
+async def sandbox_wait_v2(
+    context: RequestContext, request: api_pb2.SandboxWaitRequest
+) -> api_pb2.SandboxWaitResponse:
+    _own(context, request.sandbox_id)
+    row, result = await _sandboxes(context).wait(request.sandbox_id, request.timeout)
+    response = api_pb2.SandboxWaitResponse(metadata=api_pb2.SandboxHandleMetadata(app_id=row.app_id))
+    if result is not None:
+        response.result.CopyFrom(result)
+    return response
+
+
+@handler("SandboxTerminateV2")
+async def sandbox_terminate_v2(
+    context: RequestContext, request: api_pb2.SandboxTerminateRequest
+) -> api_pb2.SandboxTerminateResponse:
+    _own(context, request.sandbox_id)
+    _sandboxes(context).terminate(request.sandbox_id)
+    return api_pb2.SandboxTerminateResponse()
+
+
+@handler("SandboxGetTaskIdV2")
+async def sandbox_get_task_id_v2(
+    context: RequestContext, request: api_pb2.SandboxGetTaskIdRequest
+) -> api_pb2.SandboxGetTaskIdResponse:
+    row = _own(context, request.sandbox_id)
+    response = api_pb2.SandboxGetTaskIdResponse(task_id=row.task_id)
+    if row.result is not None:
+        response.task_result.CopyFrom(api_pb2.GenericResult.FromString(row.result))
+    return response
+
+
+@handler("SandboxGetCommandRouterAccess")
+async def sandbox_get_command_router_access(
+    context: RequestContext, request: api_pb2.SandboxGetCommandRouterAccessRequest
+) -> api_pb2.SandboxGetCommandRouterAccessResponse:
+    row = _own(context, request.sandbox_id)
+    if row.result is not None:
+        raise errors.failed_precondition(f"sandbox {row.id} has finished")
+    access = _access(context, row.task_id)
+    return api_pb2.SandboxGetCommandRouterAccessResponse(url=access.url, jwt=access.jwt)
+
+
+@handler("SandboxTagsGetV2")
+async def sandbox_tags_get_v2(
+    context: RequestContext, request: api_pb2.SandboxTagsGetRequest
+) -> api_pb2.SandboxTagsGetResponse:
+    row = _own(context, request.sandbox_id)
+    tags = json.loads(row.tags)
+    return api_pb2.SandboxTagsGetResponse(
+        tags=[api_pb2.SandboxTag(tag_name=name, tag_value=value) for name, value in sorted(tags.items())]
+    )
+
+
+@handler("SandboxTagsSetV2")
+async def sandbox_tags_set_v2(
+    context: RequestContext, request: api_pb2.SandboxTagsSetRequest
+) -> empty_pb2.Empty:
+    _own(context, request.sandbox_id)
+    _sandboxes(context).set_tags(request.sandbox_id, {tag.tag_name: tag.tag_value for tag in request.tags})
+    return empty_pb2.Empty()
+
+
+@handler("SandboxListV2")
+async def sandbox_list_v2(
+    context: RequestContext, request: api_pb2.SandboxListRequest
+) -> api_pb2.SandboxListResponse:
+    rows = _sandboxes(context).list(
+        context.workspace_id,
+        [request.app_id] if request.app_id else None,
+        context.environment(request.environment_name) if not request.app_id else "",
+        request.before_timestamp,
+        {tag.tag_name: tag.tag_value for tag in request.tags},
+    )
+    return api_pb2.SandboxListResponse(
+        sandboxes=[
+            api_pb2.SandboxInfo(
+                id=row.id,
+                created_at=row.created_at,
+                app_id=row.app_id,
+                name=row.name or "",
+                metadata=api_pb2.SandboxHandleMetadata(app_id=row.app_id),
+                tags=[
+                    api_pb2.SandboxTag(tag_name=k, tag_value=v)
+                    for k, v in sorted(json.loads(row.tags).items())
+                ],
+            )
+            for row in rows
+        ]
+    )
+
+
+@handler("SandboxGetFromName")
+async def sandbox_get_from_name(
+    context: RequestContext, request: api_pb2.SandboxGetFromNameRequest
+) -> api_pb2.SandboxGetFromNameResponse:
+    """The V1 lookup, which client 1.6.4 tries after the V2 one answered NOT_FOUND: every
+    sandbox here is V2, so the answer is the same."""
+    return await sandbox_get_from_name_v2(context, request)
+
+
+@handler("SandboxGetFromNameV2")
+async def sandbox_get_from_name_v2(
+    context: RequestContext, request: api_pb2.SandboxGetFromNameRequest
+) -> api_pb2.SandboxGetFromNameResponse:
+    environment = context.environment(request.environment_name)
+    app_id = context.state.apps.deployed_app_id(context.workspace_id, environment, request.app_name)
+    row = _sandboxes(context).by_name(app_id, request.sandbox_name) if app_id else None
+    if row is None:
+        raise errors.not_found(
+            f"no running sandbox named {request.sandbox_name!r} in app {request.app_name!r} "
+            f"(environment {environment!r})"
+        )
+    return api_pb2.SandboxGetFromNameResponse(
+        sandbox_id=row.id, metadata=api_pb2.SandboxHandleMetadata(app_id=row.app_id)
+    )

@@ -1,0 +1,333 @@
+"""Sandboxes (`modal.Sandbox`, the V2 API of client 1.6.4): their records, their start on
+a node, their end and its result.
+
+A sandbox is a container whose first process is the supervisor (agent/in_sandbox), which
+runs the entrypoint and later execs; the node holds its processes (`NodeAgent.sandbox`)
+and the task command router beside it serves their stdio (agent/router.py). Here: the row
+in `sandboxes`, the reservation and start, the deadline (`timeout` -> 124), `terminate()`
+(-> 137), and the result every waiter reads. Results follow the client's reading
+(modal/sandbox/_common.py): status TIMEOUT and TERMINATED carry no exit code; SUCCESS
+(exit 0) and FAILURE carry it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from grpclib import GRPCError, Status
+from modal_proto import api_pb2
+
+from homeport import ids
+from homeport.agent.order import ContainerOrder
+from homeport.agent.runtime import ContainerStartError
+from homeport.server import errors
+from homeport.server.nodes import Node, Placement
+from homeport.server.notify import Notifier
+from homeport.server.services.images import ImageService
+from homeport.server.services.secrets import SecretService
+from homeport.server.store import schema
+
+log = logging.getLogger("homeport.sandboxes")
+
+s = schema.sandboxes
+GENERIC = api_pb2.GenericResult
+DEFAULT_MEMORY_MIB = 128
+LIST_PAGE = 100
+
+
+def sandbox_key(sandbox_id: str) -> str:
+    return f"sandbox:{sandbox_id}"
+
+
+def new_sandbox_id() -> str:
+    # Client 1.6.4 takes `sb-` + exactly 22 alphanumerics for a V1 sandbox and routes
+    # from_id/list/from_name of such ids to the V1 RPCs: ours are longer.
+    return "sb-" + ids.new_id("app")[3:] + ids.new_id("app")[3:5]
+
+
+def new_task_id() -> str:
+    # A V2 sandbox's task id ends in "V" (client `_is_v2_task_id`, used by the CLI).
+    return ids.new_id("task")[:-1] + "V"
+
+
+class Sandboxes:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        notifier: Notifier,
+        images: ImageService,
+        secrets: SecretService,
+        placement: Placement,
+    ) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self.images = images
+        self.secrets = secrets
+        self.placement = placement
+        self.running: dict[str, tuple[str, Node]] = {}  # sandbox id -> (task id, node)
+        self._ending: dict[str, int] = {}  # sandbox id -> the status it is being ended with
+        self.created: Callable[[str, str], None] = lambda sandbox_id, workspace_id: None
+
+    # --- create -------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        workspace_id: str,
+        app_id: str,
+        environment_name: str,
+        request: api_pb2.SandboxCreateV2Request,
+        idempotency_key: str,
+    ) -> tuple[str, str]:
+        """(sandbox id, task id) of a started sandbox; the same for a retried request."""
+        definition = request.definition
+        if idempotency_key:
+            with self.engine.connect() as connection:
+                row = connection.execute(
+                    sa.select(s.c.id, s.c.task_id).where(s.c.idempotency_key == idempotency_key)
+                ).first()
+            if row is not None:
+                return row.id, row.task_id
+        if definition.pty_info.pty_type or definition.resources.gpu_config.count:
+            raise errors.invalid_argument("sandboxes with gpu= or a pty are not supported by this server yet")
+        try:
+            chain, config = self.images.runtime_chain(definition.image_id)
+        except LookupError as error:
+            raise errors.failed_precondition(str(error)) from None
+        entrypoint = list(definition.entrypoint_args) or [*config.entrypoint, *config.cmd]
+        if not entrypoint:
+            raise errors.invalid_argument(
+                "the sandbox has no command and its image has none: pass one, e.g. Sandbox.create('sleep', 'infinity')"
+            )
+        environment = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            **config.env,
+            "HOME": "/root",
+            **await self.secret_environment(workspace_id, list(request.secret_sources)),
+        }
+        memory_mib = definition.resources.memory_mb or DEFAULT_MEMORY_MIB
+        refusal = self.placement.refusal(memory_mib, [])
+        if refusal is not None:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"this sandbox cannot start: {refusal}")
+        sandbox_id, task_id = new_sandbox_id(), new_task_id()
+        self._insert(
+            workspace_id, app_id, environment_name, definition, request, idempotency_key, sandbox_id, task_id
+        )
+        self.created(sandbox_id, workspace_id)
+        placed = await self.placement.reserve(task_id, memory_mib, [], {}, 1_000_000, False)
+        if placed is None:
+            self._finish(
+                sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="no room")
+            )
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED, f"no node has {memory_mib} MiB free for this sandbox now"
+            )
+        node, _ = placed
+        order = ContainerOrder(
+            task_id=task_id,
+            app_id=app_id,
+            function_id="",
+            workspace_id=workspace_id,
+            container_arguments=b"",
+            started_environment=environment,
+            environment={},
+            layers=tuple(chain),
+            python_version="",
+            working_dir=definition.workdir or config.workdir or "/",
+            network=definition.network_access.network_access_type != api_pb2.NetworkAccess.BLOCKED,
+            memory_mib=memory_mib,
+            cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
+            sandbox_entrypoint=tuple(entrypoint),
+        )
+        try:
+            await node.start(order, self._log_output(sandbox_id))
+        except (ContainerStartError, TimeoutError) as error:
+            self._finish(
+                sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception=str(error))
+            )
+            raise errors.failed_precondition(f"the sandbox could not start: {error}") from None
+        self.running[sandbox_id] = (task_id, node)
+        asyncio.get_running_loop().create_task(
+            self._watch(sandbox_id, task_id, node, definition.timeout_secs)
+        )
+        return sandbox_id, task_id
+
+    def _insert(
+        self,
+        workspace_id: str,
+        app_id: str,
+        environment_name: str,
+        definition: api_pb2.Sandbox,
+        request: api_pb2.SandboxCreateV2Request,
+        idempotency_key: str,
+        sandbox_id: str,
+        task_id: str,
+    ) -> None:
+        name = definition.name if definition.HasField("name") and definition.name else None
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    s.insert().values(
+                        id=sandbox_id,
+                        workspace_id=workspace_id,
+                        app_id=app_id,
+                        environment_name=environment_name,
+                        name=name,
+                        tags=json.dumps({tag.tag_name: tag.tag_value for tag in request.tags}),
+                        task_id=task_id,
+                        idempotency_key=idempotency_key or None,
+                        created_at=time.time(),
+                    )
+                )
+        except sa.exc.IntegrityError:
+            raise errors.already_exists(
+                f"a sandbox named {name!r} is already running in this app; pick another name or terminate it first"
+            ) from None
+
+    async def secret_environment(
+        self, workspace_id: str, sources: list[api_pb2.SecretSource]
+    ) -> dict[str, str]:
+        """Secrets and inline env=, in the order given: later ones win."""
+        environment: dict[str, str] = {}
+        for source in sources:
+            if source.HasField("env"):
+                environment.update(source.env.contents)
+            elif source.secret_id:
+                environment.update(self.secrets.values(workspace_id, source.secret_id))
+        return environment
+
+    @staticmethod
+    def _log_output(sandbox_id: str) -> Callable[[int, str], None]:
+        def on_output(fd: int, text: str) -> None:
+            if text.strip():
+                log.info("sandbox %s supervisor: %s", sandbox_id, text.rstrip())
+
+        return on_output
+
+    # --- the end ------------------------------------------------------------------------------
+
+    async def _watch(self, sandbox_id: str, task_id: str, node: Node, timeout_s: int) -> None:
+        deadline = asyncio.get_running_loop().call_later(
+            max(timeout_s, 1), self._end, sandbox_id, GENERIC.GENERIC_STATUS_TIMEOUT
+        )
+        try:
+            ended = await node.wait(task_id)
+        finally:
+            deadline.cancel()
+            self.running.pop(sandbox_id, None)
+        status = self._ending.pop(sandbox_id, None)
+        if status is not None:
+            result = GENERIC(status=status, exception=_why(status))  # type: ignore[arg-type]
+        elif ended.code == 0:
+            result = GENERIC(status=GENERIC.GENERIC_STATUS_SUCCESS, exitcode=0)
+        else:
+            result = GENERIC(
+                status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=ended.code, exception=ended.reason or ""
+            )
+        self._finish(sandbox_id, result)
+
+    def _end(self, sandbox_id: str, status: int) -> None:
+        running = self.running.get(sandbox_id)
+        if running is not None and sandbox_id not in self._ending:
+            self._ending[sandbox_id] = status
+            running[1].kill(running[0])
+
+    def terminate(self, sandbox_id: str) -> None:
+        """Stop it now (its result: TERMINATED, return code 137); a no-op once finished."""
+        self._end(sandbox_id, GENERIC.GENERIC_STATUS_TERMINATED)
+
+    def _finish(self, sandbox_id: str, result: api_pb2.GenericResult) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                s.update()
+                .where(s.c.id == sandbox_id, s.c.result.is_(None))
+                .values(result=result.SerializeToString(), finished_at=time.time(), name=None)
+            )
+        self.notifier.notify(sandbox_key(sandbox_id))
+
+    def recover(self) -> None:
+        """At start-up: sandboxes of a previous run went with it (their containers die
+        with the server); they end as failed, saying so."""
+        result = GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="the server restarted")
+        with self.engine.begin() as connection:
+            connection.execute(
+                s.update()
+                .where(s.c.result.is_(None))
+                .values(result=result.SerializeToString(), finished_at=time.time(), name=None)
+            )
+
+    async def exec_environment(self, task_id: str, sources: list[api_pb2.SecretSource]) -> dict[str, str]:
+        """An exec's secrets and env= (for the router), read in its sandbox's workspace."""
+        with self.engine.connect() as connection:
+            workspace_id = connection.execute(
+                sa.select(s.c.workspace_id).where(s.c.task_id == task_id)
+            ).scalar()
+        if workspace_id is None:
+            raise errors.not_found(f"sandbox task {task_id} not found")
+        return await self.secret_environment(workspace_id, sources)
+
+    async def stop_all(self) -> None:
+        for sandbox_id in list(self.running):
+            self.terminate(sandbox_id)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def row(self, sandbox_id: str) -> sa.Row:  # type: ignore[type-arg]
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(s).where(s.c.id == sandbox_id)).first()
+        if row is None:
+            raise errors.not_found(f"sandbox {sandbox_id} not found")
+        return row
+
+    async def wait(self, sandbox_id: str, timeout_s: float) -> tuple[sa.Row, api_pb2.GenericResult | None]:  # type: ignore[type-arg]
+        """The sandbox and its result, waiting up to `timeout_s` for one."""
+        deadline = time.monotonic() + max(0.0, min(timeout_s, 50.0))
+        with self.notifier.listen(sandbox_key(sandbox_id)) as listener:
+            while True:
+                row = self.row(sandbox_id)
+                if row.result is not None:
+                    return row, GENERIC.FromString(row.result)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return row, None
+                await listener.wait(remaining)
+
+    def by_name(self, app_id: str, name: str) -> sa.Row | None:  # type: ignore[type-arg]
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(s).where(s.c.app_id == app_id, s.c.name == name)).first()
+
+    def list(
+        self,
+        workspace_id: str,
+        app_ids: list[str] | None,
+        environment_name: str,
+        before: float,
+        tags: dict[str, str],
+    ) -> list[sa.Row]:  # type: ignore[type-arg]
+        """Running sandboxes, newest first, created before `before` (0: no bound)."""
+        query = sa.select(s).where(s.c.workspace_id == workspace_id, s.c.result.is_(None))
+        if app_ids is not None:
+            query = query.where(s.c.app_id.in_(app_ids))
+        elif environment_name:
+            query = query.where(s.c.environment_name == environment_name)
+        if before:
+            query = query.where(s.c.created_at < before)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query.order_by(s.c.created_at.desc()).limit(LIST_PAGE * 4)).all()
+        matching = [row for row in rows if tags.items() <= json.loads(row.tags).items()]
+        return matching[:LIST_PAGE]
+
+    def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(s.update().where(s.c.id == sandbox_id).values(tags=json.dumps(tags)))
+
+
+def _why(status: int) -> str:
+    if status == GENERIC.GENERIC_STATUS_TIMEOUT:
+        return "the sandbox ran past its timeout"
+    return "the sandbox was terminated"

@@ -1,0 +1,170 @@
+"""modal.Sandbox through the real client (V2, its default): create, the entrypoint's stdio,
+wait/poll/returncode, timeout and terminate, exec with live stdio, lookups and tags."""
+
+from __future__ import annotations
+
+from tests.conftest import Server, assert_ok, output, run_python
+
+PRELUDE = """
+import json, time, modal
+app = modal.App.lookup("sandboxes-e2e", create_if_missing=True)
+"""
+
+
+def run_sandbox_script(server: Server, body: str, timeout: float = 300) -> str:
+    return assert_ok(run_python(server, PRELUDE + body, timeout=timeout))
+
+
+def test_entrypoint_output_exit_code_and_poll(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+sb = modal.Sandbox.create("sh", "-c", "read line; echo got $line; echo warn >&2; sleep 1; exit 3", app=app)
+assert sb.object_id.startswith("sb-")
+print("POLL", sb.poll())
+sb.stdin.write(b"hello\\n"); sb.stdin.write_eof(); sb.stdin.drain()
+print("OUT", repr(sb.stdout.read()), "ERR", repr(sb.stderr.read()))
+sb.wait(raise_on_termination=False)
+print("CODE", sb.returncode, sb.poll())
+""",
+    )
+    assert "POLL None" in text
+    assert "OUT 'got hello\\n' ERR 'warn\\n'" in text
+    assert "CODE 3 3" in text
+
+
+def test_timeout_is_124_and_terminate_is_137(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+slow = modal.Sandbox.create("sleep", "600", app=app, timeout=2)
+try:
+    slow.wait()
+except modal.exception.SandboxTimeoutError:
+    print("TIMED OUT", slow.returncode)
+held = modal.Sandbox.create("sleep", "600", app=app)
+held.terminate()
+held.wait(raise_on_termination=False)
+print("TERMINATED", held.returncode)
+held.terminate()  # a no-op once it has finished
+try:
+    held.exec("true").wait()
+except modal.exception.Error as error:
+    print("EXEC AFTER END", type(error).__name__)
+""",
+    )
+    assert "TIMED OUT 124" in text
+    assert "TERMINATED 137" in text
+    assert "EXEC AFTER END ConflictError" in text
+
+
+def test_exec_streams_stdin_exit_codes_and_environment(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+sb = modal.Sandbox.create("sleep", "infinity", app=app)
+p = sb.exec("sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done; echo done >&2; exit 5")
+first = next(iter(p.stdout))  # streamed as produced, before the process has finished
+print("FIRST", repr(first), p.poll())
+print("REST", repr(p.stdout.read()), "ERR", repr(p.stderr.read()), "CODE", p.wait())
+cat = sb.exec("cat", text=False)
+cat.stdin.write(b"\\x00\\x01bytes"); cat.stdin.write_eof(); cat.stdin.drain()
+print("CAT", cat.stdout.read(), cat.wait())
+env = sb.exec("sh", "-c", "echo $GREETING $(pwd)", env={"GREETING": "hi"}, workdir="/tmp")
+print("ENV", env.stdout.read().strip())
+missing = sb.exec("no-such-binary")
+print("MISSING", missing.wait(), repr(missing.stderr.read()))
+print("KILLED", sb.exec("sh", "-c", "kill -9 $$").wait())
+timed = sb.exec("sh", "-c", "sleep 3; echo late > /tmp/late", timeout=1)
+print("EXEC TIMEOUT", timed.wait())  # the client stops waiting at its deadline: -1
+time.sleep(3)
+print("LATE", sb.exec("sh", "-c", "cat /tmp/late 2>/dev/null || echo killed in time").stdout.read().strip())
+many = [sb.exec("sh", "-c", f"sleep 0.5; echo {i}") for i in range(8)]
+print("MANY", sorted(int(p.stdout.read()) for p in many))
+sb.terminate()
+""",
+    )
+    assert "FIRST 'line 1\\n' None" in text
+    assert "REST 'line 2\\nline 3\\n' ERR 'done\\n' CODE 5" in text
+    assert "CAT b'\\x00\\x01bytes' 0" in text
+    assert "ENV hi /tmp" in text
+    assert "MISSING 127 'no-such-binary: command not found\\n'" in text
+    assert "KILLED 137" in text
+    assert "EXEC TIMEOUT -1" in text and "LATE killed in time" in text
+    assert "MANY [0, 1, 2, 3, 4, 5, 6, 7]" in text
+
+
+def test_exec_runs_in_an_image_without_python(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+image = modal.Image.from_registry("debian:bookworm-slim")
+sb = modal.Sandbox.create("sleep", "infinity", app=app, image=image)
+p = sb.exec("sh", "-c", "command -v python3 python || echo no python here; cat /etc/debian_version")
+print("OUT", repr(p.stdout.read()), p.wait())
+sb.terminate()
+""",
+        timeout=900,
+    )
+    assert "no python here" in text
+
+
+def test_from_id_from_name_list_and_tags(server: Server) -> None:
+    created = run_sandbox_script(
+        server,
+        """
+sb = modal.Sandbox.create("sleep", "infinity", app=app, name="named-one")
+sb.set_tags({"team": "a", "job": "1"})
+other = modal.Sandbox.create("sleep", "infinity", app=app)
+other.set_tags({"team": "b"})
+try:
+    modal.Sandbox.create("sleep", "infinity", app=app, name="named-one")
+except modal.exception.AlreadyExistsError as error:
+    print("TAKEN", error)
+print("IDS", sb.object_id, other.object_id)
+""",
+    )
+    assert "TAKEN" in created and "named-one" in created
+    first, second = created.split("IDS ")[1].split()
+    text = run_sandbox_script(
+        server,
+        f"""
+sb = modal.Sandbox.from_id({first!r})
+print("TAGS", sorted(sb.get_tags().items()))
+print("FROM NAME", modal.Sandbox.from_name("sandboxes-e2e", "named-one").object_id)
+print("TEAM A", [s.object_id for s in modal.Sandbox.list(app_id=app.app_id, tags={{"team": "a"}})])
+listed = [s.object_id for s in modal.Sandbox.list(app_id=app.app_id)]
+print("ORDER", listed.index({second!r}) < listed.index({first!r}))
+print("EXEC", sb.exec("echo", "from another process").stdout.read().strip())
+for s in (sb, modal.Sandbox.from_id({second!r})):
+    s.terminate()
+    s.wait(raise_on_termination=False)
+try:
+    modal.Sandbox.from_name("sandboxes-e2e", "named-one")
+except modal.exception.NotFoundError:
+    print("GONE")
+""",
+    )
+    assert "TAGS [('job', '1'), ('team', 'a')]" in text
+    assert f"FROM NAME {first}" in text
+    assert f"TEAM A ['{first}']" in text
+    assert "ORDER True" in text  # newest first
+    assert "EXEC from another process" in text
+    assert "GONE" in text
+
+
+def test_another_workspaces_sandbox_is_not_found(server: Server) -> None:
+    created = run_sandbox_script(
+        server, 'sb = modal.Sandbox.create("sleep", "infinity", app=app)\nprint("ID", sb.object_id)\n'
+    )
+    sandbox_id = created.split("ID ")[1].split()[0]
+    assert server.homeport("workspace", "create", "sandbox-intruder").returncode == 0
+    token = server.homeport("token", "create", "--workspace", "sandbox-intruder")
+    other = dict(line.split("=", 1) for line in token.stdout.split())
+    probe = run_python(
+        server,
+        f"import modal\nsb = modal.Sandbox.from_id({sandbox_id!r})\nprint(sb.poll())",
+        **other,
+    )
+    assert probe.returncode != 0 and "NotFoundError" in output(probe), output(probe)
+    run_sandbox_script(server, f"modal.Sandbox.from_id({sandbox_id!r}).terminate()\n")
