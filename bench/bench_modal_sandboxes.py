@@ -1,0 +1,117 @@
+"""modal.Sandbox through the real client, run on demand: `.venv/bin/python bench/bench_modal_sandboxes.py`.
+
+One `homeport serve` on this machine, one client process, all in one run:
+1. `Sandbox.create("echo", ...)` to the first byte of its stdout (cached image): p50/p99.
+   Baseline: the same client's warm `.remote()` of a trivial function (a round trip through
+   the same server and a running container).
+2. Sandboxes created per second, one after another, each then terminated.
+3. `sb.exec("true")` start to exit code on a running sandbox: p50/p99. Baseline:
+   fork + exec of `/bin/true` on the host (`subprocess.run`).
+4. Memory per idle sandbox (`sleep infinity`): the drop of MemAvailable over 50 of them.
+Figures go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import run_python, start_server
+
+CLIENT = r"""
+import json, statistics, subprocess, time, modal
+from basics import app as functions_app, identity
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+def mem_available_kib():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+
+app = modal.App.lookup("bench-sandboxes", create_if_missing=True)
+modal.Sandbox.create("true", app=app).wait(raise_on_termination=False)  # the image, warm
+
+with functions_app.run():
+    identity.remote(0)
+    remote = []
+    for i in range(50):
+        t = time.perf_counter(); identity.remote(i); remote.append(time.perf_counter() - t)
+
+first_byte = []
+for i in range(30):
+    t = time.perf_counter()
+    sb = modal.Sandbox.create("echo", "hi", app=app)
+    next(iter(sb.stdout))
+    first_byte.append(time.perf_counter() - t)
+    sb.wait(raise_on_termination=False)
+
+t = time.perf_counter()
+made = [modal.Sandbox.create("sleep", "infinity", app=app) for _ in range(30)]
+creates_per_s = len(made) / (time.perf_counter() - t)
+for sb in made:
+    sb.terminate()
+
+sb = modal.Sandbox.create("sleep", "infinity", app=app)
+sb.exec("true").wait()
+execs = []
+for _ in range(50):
+    t = time.perf_counter(); sb.exec("true").wait(); execs.append(time.perf_counter() - t)
+host = []
+for _ in range(50):
+    t = time.perf_counter(); subprocess.run(["/bin/true"]); host.append(time.perf_counter() - t)
+sb.terminate()
+
+time.sleep(2)
+before = mem_available_kib()
+idle = [modal.Sandbox.create("sleep", "infinity", app=app) for _ in range(50)]
+time.sleep(3)
+after = mem_available_kib()
+for sb in idle:
+    sb.terminate()
+
+print("RESULT", json.dumps({
+    "create_first_byte_p50_ms": statistics.median(first_byte) * 1000,
+    "create_first_byte_p99_ms": percentile(first_byte, 0.99) * 1000,
+    "warm_remote_p50_ms": statistics.median(remote) * 1000,
+    "creates_per_s": creates_per_s,
+    "exec_p50_ms": statistics.median(execs) * 1000,
+    "exec_p99_ms": percentile(execs, 0.99) * 1000,
+    "host_fork_exec_p50_ms": statistics.median(host) * 1000,
+    "idle_sandbox_mib": (before - after) / 1024 / len(idle),
+    "mem_available_gib": before / 2**20,
+}))
+"""
+
+
+def main() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="homeport-bench-modal-sandboxes-"))
+    server = start_server(directory)
+    try:
+        done = run_python(server, CLIENT, timeout=1800)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        figures = json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    finally:
+        server.stop()
+    print(json.dumps(figures, indent=2))
+    print(f"create -> first stdout byte p50 {figures['create_first_byte_p50_ms']:.1f} ms "
+          f"(p99 {figures['create_first_byte_p99_ms']:.1f}); {figures['create_first_byte_p50_ms'] / figures['warm_remote_p50_ms']:.2f}x "
+          f"a warm .remote() ({figures['warm_remote_p50_ms']:.1f} ms)")  # fmt: skip
+    print(f"creates: {figures['creates_per_s']:.1f}/s sustained")
+    print(f"exec round trip p50 {figures['exec_p50_ms']:.1f} ms (p99 {figures['exec_p99_ms']:.1f}); "
+          f"{figures['exec_p50_ms'] / figures['host_fork_exec_p50_ms']:.1f}x a host fork+exec "
+          f"({figures['host_fork_exec_p50_ms']:.2f} ms)")  # fmt: skip
+    per = figures["idle_sandbox_mib"]
+    print(f"idle sandbox: {per:.1f} MiB each; this machine's {figures['mem_available_gib']:.1f} GiB available "
+          f"would hold about {figures['mem_available_gib'] * 1024 / max(per, 0.1):.0f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
