@@ -168,3 +168,48 @@ def test_another_workspaces_sandbox_is_not_found(server: Server) -> None:
     )
     assert probe.returncode != 0 and "NotFoundError" in output(probe), output(probe)
     run_sandbox_script(server, f"modal.Sandbox.from_id({sandbox_id!r}).terminate()\n")
+
+
+def test_filesystem_reads_writes_lists_and_reports_errors(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    local = tmp_path / "upload.bin"
+    local.write_bytes(bytes(range(256)) * 4096)  # 1 MiB, every byte value
+    text = run_sandbox_script(
+        server,
+        f"""
+for image in (modal.Image.debian_slim(), modal.Image.from_registry("debian:bookworm-slim")):
+    sb = modal.Sandbox.create("sleep", "infinity", app=app, image=image)
+    fs = sb.filesystem
+    fs.write_text("hello\\n", "/data/notes/a.txt")  # parents are made
+    fs.write_bytes(b"\\x00\\xff", "/data/b.bin")
+    fs.copy_from_local({str(local)!r}, "/data/big.bin")
+    fs.copy_to_local("/data/big.bin", {str(tmp_path / "back.bin")!r})
+    fs.make_directory("/data/empty")
+    listed = sorted((f.name, f.type.value, f.size) for f in fs.list_files("/data"))
+    info = fs.stat("/data/notes/a.txt")
+    print("READ", repr(fs.read_text("/data/notes/a.txt")), fs.read_bytes("/data/b.bin"))
+    print("LIST", listed)
+    print("STAT", info.type.value, info.size, info.permissions)
+    print("SEEN BY EXEC", sb.exec("cat", "/data/notes/a.txt").stdout.read().strip())
+    fs.remove("/data/notes", recursive=True)
+    for call in (lambda: fs.read_text("/data/notes/a.txt"), lambda: fs.remove("/data")):
+        try:
+            call()
+        except Exception as error:
+            print("ERROR", type(error).__name__)
+    sb.terminate()
+""",
+        timeout=900,
+    )
+    assert (tmp_path / "back.bin").read_bytes() == local.read_bytes()
+    assert text.count("READ 'hello\\n' b'\\x00\\xff'") == 2
+    assert (
+        text.count(
+            "LIST [('b.bin', 'file', 2), ('big.bin', 'file', 1048576), ('empty', 'directory', 4096), "
+            "('notes', 'directory', 4096)]"
+        )
+        == 2
+    ), text
+    assert text.count("STAT file 6 rw-r--r--") == 2
+    assert text.count("SEEN BY EXEC hello") == 2
+    assert text.count("ERROR SandboxFilesystemNotFoundError") == 2
+    assert text.count("ERROR SandboxFilesystemDirectoryNotEmptyError") == 2

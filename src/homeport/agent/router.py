@@ -206,6 +206,31 @@ class CommandRouter:
         self._write_stdin(stream, request.task_id, request.exec_id, request.offset, request.data, request.eof)
         await stream.send_message(tcr.TaskExecStdinWriteResponse())
 
+    async def TaskExecStdinWriteStream(self, stream: Stream[Any, Any]) -> None:
+        """A bulk upload (sb.filesystem writes): start, data chunks, end (which closes
+        stdin). A stream cut short leaves stdin open; the client asks TaskExecStdinStatus
+        and resumes from the bytes written."""
+        start = await _request(stream)
+        if not start.HasField("start"):
+            raise GRPCError(Status.INVALID_ARGUMENT, "a stdin write stream begins with `start`")
+        task_id, exec_id, offset = start.start.task_id, start.start.exec_id, start.start.offset
+        async for message in stream:
+            if message.HasField("data") and message.data:
+                self._write_stdin(stream, task_id, exec_id, offset, message.data, False)
+                offset += len(message.data)
+            elif message.HasField("end"):
+                self._write_stdin(stream, task_id, exec_id, offset, b"", True)
+        await stream.send_message(tcr.TaskExecStdinWriteStreamResponse())
+
+    async def TaskExecStdinStatus(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        process = self._process(stream, request.task_id, request.exec_id)
+        await stream.send_message(
+            tcr.TaskExecStdinStatusResponse(
+                num_bytes_written=process.stdin_offset, closed=process.stdin_closed
+            )
+        )
+
     async def TaskExecPoll(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
         process = self._process(stream, request.task_id, request.exec_id)

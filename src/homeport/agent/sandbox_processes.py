@@ -21,6 +21,7 @@ log = logging.getLogger("homeport.sandbox")
 
 KEEP_BYTES = 32 * 1024 * 1024
 MAIN = "main"  # the entrypoint's process id
+LINE_LIMIT = 64 * 1024 * 1024  # one message per line (see the supervisor)
 
 
 class OutputStream:
@@ -101,7 +102,9 @@ class SandboxProcesses:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
-                reader, self._writer = await asyncio.open_unix_connection(str(self.socket_path))
+                reader, self._writer = await asyncio.open_unix_connection(
+                    str(self.socket_path), limit=LINE_LIMIT
+                )
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if asyncio.get_running_loop().time() > deadline:

@@ -33,6 +33,8 @@ OWN_VARIABLES = (SANDBOX_PYTHON_VARIABLE,)
 # ours, a script run with the node's interpreter (fs_tools.py beside this file).
 FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
 READ_CHUNK = 64 * 1024
+# One message is one line; a stdin write may carry 16 MiB (client 1.6.4's largest drain).
+LINE_LIMIT = 64 * 1024 * 1024
 
 
 class Supervisor:
@@ -49,7 +51,7 @@ class Supervisor:
             self.writer.write(json.dumps(event).encode() + b"\n")
 
     async def run(self, entrypoint: list[str]) -> int:
-        self.server = await asyncio.start_unix_server(self.serve, path=self.socket_path)
+        self.server = await asyncio.start_unix_server(self.serve, path=self.socket_path, limit=LINE_LIMIT)
         await self.connected.wait()  # the entrypoint starts once its output has a reader
         await self.start("main", entrypoint, dict(os.environ), None, "pipe", "pipe")
         await self.main_done.wait()
