@@ -42,6 +42,11 @@ try:
     slow.wait()
 except modal.exception.SandboxTimeoutError:
     print("TIMED OUT", slow.returncode)
+idle = modal.Sandbox.create("sleep", "600", app=app, idle_timeout=2)
+idle.exec("sleep", "3").wait()  # an exec running (and waited on) is activity
+print("ALIVE AFTER A LONG EXEC", idle.poll())
+idle.wait(raise_on_termination=False)
+print("IDLE ENDED", idle.returncode)
 held = modal.Sandbox.create("sleep", "600", app=app)
 held.terminate()
 held.wait(raise_on_termination=False)
@@ -54,6 +59,7 @@ except modal.exception.Error as error:
 """,
     )
     assert "TIMED OUT 124" in text
+    assert "ALIVE AFTER A LONG EXEC None" in text and "IDLE ENDED 137" in text
     assert "TERMINATED 137" in text
     assert "EXEC AFTER END ConflictError" in text
 

@@ -79,10 +79,14 @@ class CommandRouter:
         credentials: RouterCredentials,
         sandbox: Callable[[str], SandboxProcesses | None],
         secrets: SecretResolver,
+        activity: Callable[[str, int], None] = lambda task_id, change: None,
     ) -> None:
         self.credentials = credentials
         self.sandbox = sandbox
         self.secrets = secrets
+        # Told of every call on a task as it begins (+1) and ends (-1): a sandbox with
+        # calls open or recent is not idle (idle_timeout).
+        self.activity = activity
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """The generated route table, each handler behind the credential check; RPCs this
@@ -104,10 +108,15 @@ class CommandRouter:
             token = (
                 header[len("Bearer ") :] if isinstance(header, str) and header.startswith("Bearer ") else ""
             )
-            _caller_task.set(self.credentials.task_id(token))
+            task_id = self.credentials.task_id(token)
+            _caller_task.set(task_id)
             if method is None:
                 raise GRPCError(Status.UNIMPLEMENTED, f"{name} is not supported by this Homeport server yet")
-            await method(stream)
+            self.activity(task_id, 1)
+            try:
+                await method(stream)
+            finally:
+                self.activity(task_id, -1)
 
         return handle
 

@@ -71,6 +71,7 @@ class Sandboxes:
         self.placement = placement
         self.running: dict[str, tuple[str, Node]] = {}  # sandbox id -> (task id, node)
         self._ending: dict[str, int] = {}  # sandbox id -> the status it is being ended with
+        self._activity: dict[str, list[float]] = {}  # task id -> [router calls open, last call's end]
         self.created: Callable[[str, str], None] = lambda sandbox_id, workspace_id: None
 
     # --- create -------------------------------------------------------------------------------
@@ -152,8 +153,9 @@ class Sandboxes:
             )
             raise errors.failed_precondition(f"the sandbox could not start: {error}") from None
         self.running[sandbox_id] = (task_id, node)
+        idle_s = definition.idle_timeout_secs if definition.HasField("idle_timeout_secs") else 0
         asyncio.get_running_loop().create_task(
-            self._watch(sandbox_id, task_id, node, definition.timeout_secs)
+            self._watch(sandbox_id, task_id, node, definition.timeout_secs, idle_s)
         )
         return sandbox_id, task_id
 
@@ -211,17 +213,50 @@ class Sandboxes:
 
     # --- the end ------------------------------------------------------------------------------
 
-    async def _watch(self, sandbox_id: str, task_id: str, node: Node, timeout_s: int) -> None:
+    def touch(self, task_id: str, change: int) -> None:
+        """A router call on this sandbox began (+1) or ended (-1)."""
+        activity = self._activity.get(task_id)
+        if activity is not None:
+            activity[0] += change
+            activity[1] = time.monotonic()
+
+    async def _end_when_idle(self, sandbox_id: str, task_id: str, idle_s: int) -> None:
+        """idle_timeout: no exec, no stdin, no open stream for `idle_s` seconds."""
+        while True:
+            open_calls, last = self._activity[task_id]
+            quiet = time.monotonic() - last
+            if open_calls <= 0 and quiet >= idle_s:
+                self._end(sandbox_id, GENERIC.GENERIC_STATUS_IDLE_TIMEOUT)
+                return
+            await asyncio.sleep(max(0.2, idle_s - quiet if open_calls <= 0 else 1.0))
+
+    async def _watch(self, sandbox_id: str, task_id: str, node: Node, timeout_s: int, idle_s: int) -> None:
         deadline = asyncio.get_running_loop().call_later(
             max(timeout_s, 1), self._end, sandbox_id, GENERIC.GENERIC_STATUS_TIMEOUT
+        )
+        self._activity[task_id] = [0, time.monotonic()]
+        idle = (
+            asyncio.get_running_loop().create_task(self._end_when_idle(sandbox_id, task_id, idle_s))
+            if idle_s
+            else None
         )
         try:
             ended = await node.wait(task_id)
         finally:
             deadline.cancel()
+            if idle is not None:
+                idle.cancel()
+            self._activity.pop(task_id, None)
             self.running.pop(sandbox_id, None)
         status = self._ending.pop(sandbox_id, None)
-        if status is not None:
+        if status == GENERIC.GENERIC_STATUS_IDLE_TIMEOUT:
+            # Ended by the platform, like terminate(), but the client raises nothing for it.
+            result = GENERIC(
+                status=status,  # type: ignore[arg-type]
+                exitcode=137,
+                exception="the sandbox was idle past its idle_timeout",
+            )
+        elif status is not None:
             result = GENERIC(status=status, exception=_why(status))  # type: ignore[arg-type]
         elif ended.code == 0:
             result = GENERIC(status=GENERIC.GENERIC_STATUS_SUCCESS, exitcode=0)
