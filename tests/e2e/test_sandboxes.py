@@ -3,7 +3,9 @@ wait/poll/returncode, timeout and terminate, exec with live stdio, lookups and t
 
 from __future__ import annotations
 
-from tests.conftest import Server, assert_ok, output, run_python
+import json
+
+from tests.conftest import Server, assert_ok, output, run_modal, run_python
 
 PRELUDE = """
 import json, time, modal
@@ -219,3 +221,25 @@ for image in (modal.Image.debian_slim(), modal.Image.from_registry("debian:bookw
     assert text.count("SEEN BY EXEC hello") == 2
     assert text.count("ERROR SandboxFilesystemNotFoundError") == 2
     assert text.count("ERROR SandboxFilesystemDirectoryNotEmptyError") == 2
+
+
+def test_container_cli_lists_execs_into_and_stops_a_sandbox(server: Server) -> None:
+    created = run_sandbox_script(
+        server,
+        'sb = modal.Sandbox.create("sleep", "infinity", app=app)\n'
+        'print("IDS", sb.object_id, sb._get_task_id() if hasattr(sb, "_get_task_id") else "")\n',
+    )
+    sandbox_id = created.split("IDS ")[1].split()[0]
+    listed = assert_ok(run_modal(server, "container", "list", "--json"))
+    task_id = next(task["container_id"] for task in json.loads(listed) if sandbox_id in str(task))
+    assert task_id.startswith("ta-") and task_id.endswith("V")
+    assert "inside the sandbox" in assert_ok(
+        run_modal(server, "container", "exec", task_id, "echo", "inside the sandbox")
+    )
+    assert_ok(run_modal(server, "container", "stop", "--yes", task_id))
+    ended = run_sandbox_script(
+        server,
+        f"sb = modal.Sandbox.from_id({sandbox_id!r})\nsb.wait(raise_on_termination=False)\nprint('CODE', sb.returncode)\n",
+    )
+    assert "CODE 137" in ended
+    assert sandbox_id not in assert_ok(run_modal(server, "container", "list", "--json"))

@@ -44,6 +44,11 @@ def _owner_queries() -> dict[str, tuple[str, Any]]:
         schema.inputs,
     )
     storage = sa.select(s.c.id, s.c.workspace_id)
+    # A container is a function's (tasks) or a sandbox's.
+    tasks = sa.union_all(
+        sa.select(schema.tasks.c.id.label("id"), schema.tasks.c.workspace_id.label("workspace_id")),
+        sa.select(schema.sandboxes.c.task_id, schema.sandboxes.c.workspace_id),
+    ).subquery()
     return {
         ids.PREFIXES["app"]: ("app", sa.select(a.c.id, a.c.workspace_id)),
         ids.PREFIXES["function"]: (
@@ -56,7 +61,7 @@ def _owner_queries() -> dict[str, tuple[str, Any]]:
             "input",
             sa.select(i.c.id, fc.c.workspace_id).join(fc, fc.c.id == i.c.function_call_id),
         ),
-        ids.PREFIXES["task"]: ("container", sa.select(schema.tasks.c.id, schema.tasks.c.workspace_id)),
+        ids.PREFIXES["task"]: ("container", sa.select(tasks.c.id, tasks.c.workspace_id)),
         ids.PREFIXES["image"]: ("image", sa.select(schema.images.c.id, schema.images.c.workspace_id)),
         ids.PREFIXES["mount"]: ("mount", sa.select(schema.mounts.c.id, schema.mounts.c.workspace_id)),
         ids.PREFIXES["blob"]: ("blob", sa.select(schema.blobs.c.id, schema.blobs.c.workspace_id)),

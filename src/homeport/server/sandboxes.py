@@ -13,6 +13,7 @@ in `sandboxes`, the reservation and start, the deadline (`timeout` -> 124), `ter
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import time
@@ -356,6 +357,17 @@ class Sandboxes:
             rows = connection.execute(query.order_by(s.c.created_at.desc()).limit(LIST_PAGE * 4)).all()
         matching = [row for row in rows if tags.items() <= json.loads(row.tags).items()]
         return matching[:LIST_PAGE]
+
+    def by_task(self, task_id: str) -> sa.Row | None:  # type: ignore[type-arg]
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(s).where(s.c.task_id == task_id)).first()
+
+    def running_rows(self, workspace_id: str, app_id: str = "") -> builtins.list[sa.Row]:  # type: ignore[type-arg]
+        query = sa.select(s).where(s.c.workspace_id == workspace_id, s.c.result.is_(None))
+        if app_id:
+            query = query.where(s.c.app_id == app_id)
+        with self.engine.connect() as connection:
+            return list(connection.execute(query.order_by(s.c.created_at)).all())
 
     def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
         with self.engine.begin() as connection:

@@ -107,11 +107,28 @@ async def sandbox_get_task_id_v2(
 async def sandbox_get_command_router_access(
     context: RequestContext, request: api_pb2.SandboxGetCommandRouterAccessRequest
 ) -> api_pb2.SandboxGetCommandRouterAccessResponse:
+    # A sandbox handle names its sandbox; `modal container exec` names the task.
+    if request.WhichOneof("target") == "task_id":
+        found = _sandboxes(context).by_task(request.task_id)
+        if found is None or found.workspace_id != context.workspace_id:
+            raise errors.not_found(f"no sandbox has task {request.task_id}")
+        request = api_pb2.SandboxGetCommandRouterAccessRequest(sandbox_id=found.id)
     row = _own(context, request.sandbox_id)
     if row.result is not None:
         raise errors.failed_precondition(f"sandbox {row.id} has finished")
     access = _access(context, row.task_id)
     return api_pb2.SandboxGetCommandRouterAccessResponse(url=access.url, jwt=access.jwt)
+
+
+@handler("TaskGetCommandRouterAccess")
+async def task_get_command_router_access(
+    context: RequestContext, request: api_pb2.TaskGetCommandRouterAccessRequest
+) -> api_pb2.TaskGetCommandRouterAccessResponse:
+    """What `modal container exec TASK_ID` asks for a sandbox's task (its id ends in V)."""
+    row = _sandboxes(context).by_task(request.task_id)
+    if row is None or row.workspace_id != context.workspace_id or row.result is not None:
+        raise errors.not_found(f"no running sandbox has task {request.task_id}")
+    return _access(context, row.task_id)
 
 
 @handler("SandboxTagsGetV2")
