@@ -3,9 +3,17 @@ wait/poll/returncode, timeout and terminate, exec with live stdio, lookups and t
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+from grpclib import GRPCError, Status
+from grpclib.client import Channel
+from modal_proto import api_pb2
+from modal_proto import task_command_router_pb2 as tcr
+from modal_proto.task_command_router_grpc import TaskCommandRouterStub
+
 from tests.conftest import Server, assert_ok, output, run_modal, run_python
+from tests.e2e.test_auth import call_raw, user_metadata
 
 PRELUDE = """
 import json, time, modal
@@ -243,3 +251,53 @@ def test_container_cli_lists_execs_into_and_stops_a_sandbox(server: Server) -> N
     )
     assert "CODE 137" in ended
     assert sandbox_id not in assert_ok(run_modal(server, "container", "list", "--json"))
+
+
+def test_a_router_credential_opens_only_its_own_sandbox(server: Server) -> None:
+    created = run_sandbox_script(
+        server,
+        'a = modal.Sandbox.create("sleep", "infinity", app=app)\n'
+        'b = modal.Sandbox.create("sleep", "infinity", app=app)\n'
+        'print("IDS", a.object_id, b.object_id)\n',
+    )
+    first, second = created.split("IDS ")[1].split()[:2]
+    access = {
+        sandbox_id: call_raw(
+            server,
+            "SandboxGetCommandRouterAccess",
+            api_pb2.SandboxGetCommandRouterAccessRequest(sandbox_id=sandbox_id),
+            user_metadata(server),
+        )
+        for sandbox_id in (first, second)
+    }
+    second_task = call_raw(
+        server,
+        "SandboxGetTaskIdV2",
+        api_pb2.SandboxGetTaskIdRequest(sandbox_id=second),
+        user_metadata(server),
+    ).task_id
+
+    def exec_in_second(jwt: str) -> Status:
+        async def go() -> Status:
+            host, port = access[first].url.removeprefix("http://").split(":")
+            channel = Channel(host, int(port))
+            try:
+                await TaskCommandRouterStub(channel).TaskExecStart(
+                    tcr.TaskExecStartRequest(task_id=second_task, exec_id="x", command_args=["true"]),
+                    metadata={"authorization": f"Bearer {jwt}"},
+                    timeout=10,
+                )
+                return Status.OK
+            except GRPCError as error:
+                return error.status
+            finally:
+                channel.close()
+
+        return asyncio.run(go())
+
+    assert exec_in_second(access[first].jwt) == Status.PERMISSION_DENIED
+    assert exec_in_second(access[first].jwt[:-4] + "AAAA") == Status.UNAUTHENTICATED  # forged
+    assert exec_in_second(access[second].jwt) == Status.OK
+    run_sandbox_script(
+        server, f"for i in ({first!r}, {second!r}):\n    modal.Sandbox.from_id(i).terminate()\n"
+    )
