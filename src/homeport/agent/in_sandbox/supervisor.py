@@ -5,7 +5,8 @@ It runs inside the container, so whatever it starts inherits the sandbox's isola
 is: namespaces, root filesystem, cgroup, seccomp filter, no capabilities. It must run in
 any image, including ones without Python, so it is the node's own Python, bound read-only
 into the container and started through the node's own dynamic loader (`host_python.py`).
-Standard library only.
+Standard library only, and no asyncio: importing it (and through it ssl) costs more than
+everything else this process does before the entrypoint starts. One `selectors` loop.
 
 The agent connects to its Unix socket (a directory bound from the host) and they speak
 newline-delimited JSON, binary data base64-encoded. Agent to supervisor:
@@ -13,17 +14,20 @@ newline-delimited JSON, binary data base64-encoded. Agent to supervisor:
     {"op": "stdin", "id", "data", "eof"}        {"op": "signal", "id", "signum"}
 Supervisor to agent (for the entrypoint, id "main"):
     {"ev": "out", "id", "fd": 1|2, "data"}      {"ev": "exit", "id", "code"} or {"ev": "exit", "id", "signal"}
-A process whose program cannot be started exits 127 with the shell's message on stderr.
-The supervisor exits with the entrypoint's status once its output is delivered.
+A process's exit is sent after all its output. A process whose program cannot be started
+exits 127 with the shell's message on stderr. The supervisor exits with the entrypoint's
+status once that is delivered. The entrypoint starts only once the agent is connected.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
+import selectors
 import signal
+import socket
+import subprocess
 import sys
 
 # Set for the supervisor only (agent/host_python.py): the node's interpreter, as a JSON list.
@@ -33,78 +37,97 @@ OWN_VARIABLES = (SANDBOX_PYTHON_VARIABLE,)
 # ours, a script run with the node's interpreter (fs_tools.py beside this file).
 FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
 READ_CHUNK = 64 * 1024
-# One message is one line; a stdin write may carry 16 MiB (client 1.6.4's largest drain).
-LINE_LIMIT = 64 * 1024 * 1024
+MAIN = "main"
+
+
+class Process:
+    def __init__(self, process_id: str, popen: subprocess.Popen[bytes], pidfd: int) -> None:
+        self.process_id = process_id
+        self.popen = popen
+        self.pidfd = pidfd
+        self.open_outputs = sum(1 for stream in (popen.stdout, popen.stderr) if stream is not None)
+        self.status: dict[str, int] | None = None
+        self.stdin_pending = bytearray()
+        self.stdin_eof = False
 
 
 class Supervisor:
     def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-        self.processes: dict[str, asyncio.subprocess.Process] = {}
-        self.writer: asyncio.StreamWriter | None = None
-        self.connected = asyncio.Event()
+        self.selector = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(socket_path)
+        self.listener.listen(1)
+        self.agent: socket.socket | None = None
+        self.incoming = bytearray()
+        self.outgoing = bytearray()
+        self.processes: dict[str, Process] = {}
         self.main_status: int | None = None
-        self.main_done = asyncio.Event()
+
+    # --- the agent's connection ---------------------------------------------------------------
 
     def send(self, event: dict) -> None:  # type: ignore[type-arg]
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(json.dumps(event).encode() + b"\n")
+        self.outgoing += json.dumps(event).encode() + b"\n"
+        self._watch_agent()
 
-    async def run(self, entrypoint: list[str]) -> int:
-        self.server = await asyncio.start_unix_server(self.serve, path=self.socket_path, limit=LINE_LIMIT)
-        await self.connected.wait()  # the entrypoint starts once its output has a reader
-        await self.start("main", entrypoint, dict(os.environ), None, "pipe", "pipe")
-        await self.main_done.wait()
-        if self.writer is not None:
+    def _watch_agent(self) -> None:
+        assert self.agent is not None
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outgoing else 0)
+        self.selector.modify(self.agent, events, ("agent", None))
+
+    def _agent_ready(self, mask: int) -> None:
+        assert self.agent is not None
+        if mask & selectors.EVENT_WRITE and self.outgoing:
             try:
-                await self.writer.drain()
-            except ConnectionError:
-                pass
-        return self.main_status or 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.writer is not None:
-            writer.close()  # one agent at a time
-            return
-        self.writer = writer
-        self.connected.set()
-        while line := await reader.readline():
-            await self.handle(json.loads(line))
-
-    async def handle(self, request: dict) -> None:  # type: ignore[type-arg]
-        op, process_id = request["op"], request["id"]
-        if op == "exec":
-            if process_id in self.processes:
-                return  # the same exec again (the client retries): started once
-            environment = {**_child_environment(os.environ), **request.get("env", {})}
-            await self.start(
-                process_id,
-                request["argv"],
-                environment,
-                request.get("cwd"),
-                request["stdout"],
-                request["stderr"],
-            )
-        elif op == "stdin":
-            process = self.processes.get(process_id)
-            if process is None or process.stdin is None or process.stdin.is_closing():
+                sent = self.agent.send(self.outgoing)
+            except BlockingIOError:
+                sent = 0
+            del self.outgoing[:sent]
+            self._watch_agent()
+        if mask & selectors.EVENT_READ:
+            try:
+                data = self.agent.recv(READ_CHUNK * 4)
+            except BlockingIOError:
                 return
-            try:
-                process.stdin.write(base64.b64decode(request.get("data", "")))
-                await process.stdin.drain()
-                if request.get("eof"):
-                    process.stdin.close()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # it exited or closed its stdin: the bytes have nowhere to go
-        elif op == "signal":
-            process = self.processes.get(process_id)
-            if process is not None and process.returncode is None:
-                try:
-                    os.killpg(process.pid, int(request["signum"]))
-                except ProcessLookupError:
-                    pass
+            if not data:  # the agent went away: the sandbox has no one to serve
+                os._exit(self.main_status if self.main_status is not None else 137)
+            self.incoming += data
+            while (end := self.incoming.find(b"\n")) >= 0:
+                line = bytes(self.incoming[:end])
+                del self.incoming[: end + 1]
+                self.handle(json.loads(line))
 
-    async def start(
+    def handle(self, request: dict) -> None:  # type: ignore[type-arg]
+        op, process_id = request["op"], request["id"]
+        process = self.processes.get(process_id)
+        if op == "exec":
+            if process is None:  # the same exec again (the client retries): started once
+                environment = {**_child_environment(os.environ), **request.get("env", {})}
+                self.start(
+                    process_id,
+                    request["argv"],
+                    environment,
+                    request.get("cwd"),
+                    request["stdout"],
+                    request["stderr"],
+                )
+        elif (
+            op == "stdin"
+            and process is not None
+            and process.popen.stdin is not None
+            and not process.stdin_eof
+        ):
+            process.stdin_pending += base64.b64decode(request.get("data", ""))
+            process.stdin_eof = bool(request.get("eof"))
+            self._flush_stdin(process)
+        elif op == "signal" and process is not None and process.status is None:
+            try:
+                os.killpg(process.popen.pid, int(request["signum"]))
+            except ProcessLookupError:
+                pass
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def start(
         self,
         process_id: str,
         argv: list[str],
@@ -116,14 +139,13 @@ class Supervisor:
         if argv and argv[0] == FS_TOOLS:
             interpreter = json.loads(os.environ.get(SANDBOX_PYTHON_VARIABLE, "[]"))
             argv = [*interpreter, os.path.join(os.path.dirname(__file__), "fs_tools.py"), *argv[1:]]
-        pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
-        error_target = {"pipe": pipe, "devnull": devnull, "stdout": asyncio.subprocess.STDOUT}[stderr]
+        pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
+            popen = subprocess.Popen(
+                argv,
                 stdin=pipe,
                 stdout=pipe if stdout == "pipe" else devnull,
-                stderr=error_target,
+                stderr={"pipe": pipe, "devnull": devnull, "stdout": subprocess.STDOUT}[stderr],
                 env=_child_environment(environment),
                 cwd=cwd or None,
                 start_new_session=True,  # its own process group: a signal reaches its children
@@ -136,27 +158,107 @@ class Supervisor:
             self.send({"ev": "out", "id": process_id, "fd": 2, "data": base64.b64encode(message).decode()})
             self.finish(process_id, {"code": 127 if isinstance(error, FileNotFoundError) else 126})
             return
+        process = Process(process_id, popen, os.pidfd_open(popen.pid))
         self.processes[process_id] = process
-        asyncio.get_running_loop().create_task(self.watch(process_id, process))
+        for fd, stream in ((1, popen.stdout), (2, popen.stderr)):
+            if stream is not None:
+                os.set_blocking(stream.fileno(), False)
+                self.selector.register(stream, selectors.EVENT_READ, ("output", (process, fd)))
+        if popen.stdin is not None:
+            os.set_blocking(popen.stdin.fileno(), False)
+        self.selector.register(process.pidfd, selectors.EVENT_READ, ("exited", process))
 
-    async def watch(self, process_id: str, process: asyncio.subprocess.Process) -> None:
-        await asyncio.gather(
-            self.pump(process_id, 1, process.stdout), self.pump(process_id, 2, process.stderr)
-        )
-        code = await process.wait()
-        self.finish(process_id, {"signal": -code} if code < 0 else {"code": code})
-
-    def finish(self, process_id: str, status: dict) -> None:  # type: ignore[type-arg]
-        self.send({"ev": "exit", "id": process_id, **status})
-        if process_id == "main":
-            self.main_status = status.get("code", 128 + status.get("signal", 0))
-            self.main_done.set()
-
-    async def pump(self, process_id: str, fd: int, stream: asyncio.StreamReader | None) -> None:
-        if stream is None:
+    def _output_ready(self, stream, process: Process, fd: int) -> None:  # type: ignore[no-untyped-def]
+        try:
+            chunk = os.read(stream.fileno(), READ_CHUNK)
+        except BlockingIOError:
             return
-        while chunk := await stream.read(READ_CHUNK):
-            self.send({"ev": "out", "id": process_id, "fd": fd, "data": base64.b64encode(chunk).decode()})
+        if chunk:
+            self.send(
+                {"ev": "out", "id": process.process_id, "fd": fd, "data": base64.b64encode(chunk).decode()}
+            )
+            return
+        self.selector.unregister(stream)
+        stream.close()
+        process.open_outputs -= 1
+        self._maybe_finished(process)
+
+    def _exited(self, process: Process) -> None:
+        self.selector.unregister(process.pidfd)
+        os.close(process.pidfd)
+        code = process.popen.wait()
+        process.status = {"signal": -code} if code < 0 else {"code": code}
+        if process.popen.stdin is not None and not process.popen.stdin.closed:
+            self._close_stdin(process)
+        self._maybe_finished(process)
+
+    def _maybe_finished(self, process: Process) -> None:
+        # All output first: a process that exited may still have bytes in its pipes.
+        if process.status is not None and process.open_outputs == 0:
+            self.finish(process.process_id, process.status)
+
+    def finish(self, process_id: str, status: dict[str, int]) -> None:
+        self.send({"ev": "exit", "id": process_id, **status})
+        if process_id == MAIN:
+            self.main_status = status.get("code", 128 + status.get("signal", 0))
+
+    def _flush_stdin(self, process: Process) -> None:
+        stdin = process.popen.stdin
+        assert stdin is not None
+        if process.stdin_pending:
+            try:
+                written = os.write(stdin.fileno(), process.stdin_pending)
+                del process.stdin_pending[:written]
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ValueError):  # it closed its stdin or exited
+                process.stdin_pending.clear()
+        if process.stdin_pending:
+            if not self._registered(stdin):
+                self.selector.register(stdin, selectors.EVENT_WRITE, ("stdin", process))
+        else:
+            if self._registered(stdin):
+                self.selector.unregister(stdin)
+            if process.stdin_eof:
+                self._close_stdin(process)
+
+    def _registered(self, stream) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            self.selector.get_key(stream)
+        except KeyError:
+            return False
+        return True
+
+    def _close_stdin(self, process: Process) -> None:
+        stdin = process.popen.stdin
+        if stdin is None or stdin.closed:
+            return
+        if self._registered(stdin):
+            self.selector.unregister(stdin)
+        try:
+            stdin.close()
+        except BrokenPipeError:
+            pass
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self, entrypoint: list[str]) -> int:
+        self.agent, _ = self.listener.accept()  # the entrypoint starts once its output has a reader
+        self.agent.setblocking(False)
+        self.selector.register(self.agent, selectors.EVENT_READ, ("agent", None))
+        self.start(MAIN, entrypoint, dict(os.environ), None, "pipe", "pipe")
+        while self.main_status is None or self.outgoing:
+            for key, mask in self.selector.select():
+                kind, target = key.data
+                if kind == "agent":
+                    self._agent_ready(mask)
+                elif kind == "output":
+                    self._output_ready(key.fileobj, *target)
+                elif kind == "exited":
+                    self._exited(target)
+                elif kind == "stdin":
+                    self._flush_stdin(target)
+        return self.main_status
 
 
 def _child_environment(environment: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -166,10 +268,9 @@ def _child_environment(environment: dict[str, str] | os._Environ[str]) -> dict[s
 def main() -> None:
     socket_path, separator, *entrypoint = sys.argv[1:]
     assert separator == "--" and entrypoint, "usage: supervisor.py SOCKET -- COMMAND [ARGS...]"
-    signal.signal(signal.SIGTERM, lambda *_: None)  # terminate() is for the processes, not for us
-    loop = asyncio.new_event_loop()
-    status = loop.run_until_complete(Supervisor(socket_path).run(entrypoint))
-    os._exit(status)  # at once: nothing else to wind down, and the sandbox ends with us
+    # terminate() is for the processes, not for us; a handler (unlike SIG_IGN) is not inherited.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    os._exit(Supervisor(socket_path).run(entrypoint))
 
 
 if __name__ == "__main__":
