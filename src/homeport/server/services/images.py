@@ -164,9 +164,20 @@ class ImageService:
         return values
 
     def _start_build(self, workspace_id: str, image_id: str, force: bool, build_function_id: str) -> None:
+        """Start one build of this image. The task is registered before anything waits for
+        the database: a second request for the image meanwhile must find it building."""
         if self._group is None:
             raise RuntimeError("the image builder is not running (ImageService.run was not started)")
         self._failed_rebuilds.pop(image_id, None)
+        task = self._group.create_task(
+            self._reset_and_build(workspace_id, image_id, force, build_function_id)
+        )
+        self._building[image_id] = task
+        task.add_done_callback(lambda _: self._building.pop(image_id, None))
+
+    async def _reset_and_build(
+        self, workspace_id: str, image_id: str, force: bool, build_function_id: str
+    ) -> None:
         with self.engine.begin() as connection:
             built = (
                 connection.execute(
@@ -185,11 +196,7 @@ class ImageService:
             connection.execute(
                 schema.image_build_logs.delete().where(schema.image_build_logs.c.image_id == image_id)
             )
-        task = self._group.create_task(
-            self._build(workspace_id, image_id, force, build_function_id, rebuild=built)
-        )
-        self._building[image_id] = task
-        task.add_done_callback(lambda _: self._building.pop(image_id, None))
+        await self._build(workspace_id, image_id, force, build_function_id, rebuild=built)
 
     # -- building ------------------------------------------------------------------------
 
