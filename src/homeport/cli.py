@@ -281,7 +281,7 @@ def workspace_list(data_dir: Path = DataDir, database_url: str | None = Database
 def _layer_store(data_dir: Path, database_url: str | None):  # type: ignore[no-untyped-def]
     from homeport.images.bases import BaseCache
     from homeport.images.layers import LayerStore
-    from homeport.server.services.images import recorded_layer_dir
+    from homeport.server.services.image_inventory import recorded_layer_dir
     from homeport.server.state import open_engine
 
     settings = _settings(data_dir, database_url)
@@ -336,7 +336,7 @@ def images_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl
     from rich.console import Console
     from rich.table import Table
 
-    from homeport.server.services.images import list_images
+    from homeport.server.services.image_inventory import list_images
 
     engine, layers = _layer_store(data_dir, database_url)
     table = Table("Image", "Status", "Layers", "Size", "Base", "Built", "Last step", box=None)
@@ -358,7 +358,7 @@ def images_list(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl
 def images_prune(data_dir: Path = DataDir, database_url: str | None = DatabaseUrl) -> None:
     """Remove layers that no built or building image uses (left by force_build, failed
     builds and changed steps). Cached bases are kept."""
-    from homeport.server.services.images import prune_layers
+    from homeport.server.services.image_inventory import prune_layers
 
     engine, layers = _layer_store(data_dir, database_url)
     removed, freed = prune_layers(engine, layers)

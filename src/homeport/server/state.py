@@ -43,7 +43,8 @@ from homeport.server.services.billing import Rates
 from homeport.server.services.calls import CallService
 from homeport.server.services.dicts import DictService
 from homeport.server.services.environments import EnvironmentService
-from homeport.server.services.images import ImageService, record_layer_dir
+from homeport.server.services.image_inventory import record_layer_dir
+from homeport.server.services.images import ImageService
 from homeport.server.services.logs import LogService
 from homeport.server.services.mounts import MountService
 from homeport.server.services.nodes import NodeRegistry
