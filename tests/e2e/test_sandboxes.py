@@ -53,7 +53,7 @@ try:
 except modal.exception.SandboxTimeoutError:
     print("TIMED OUT", slow.returncode)
 idle = modal.Sandbox.create("sleep", "600", app=app, idle_timeout=2)
-idle.exec("sleep", "3").wait()  # an exec running (and waited on) is activity
+print("LONG EXEC", idle.exec("sleep", "3").wait())  # an exec running (and waited on) is activity
 print("ALIVE AFTER A LONG EXEC", idle.poll())
 idle.wait(raise_on_termination=False)
 print("IDLE ENDED", idle.returncode)
@@ -69,7 +69,7 @@ except modal.exception.Error as error:
 """,
     )
     assert "TIMED OUT 124" in text
-    assert "ALIVE AFTER A LONG EXEC None" in text and "IDLE ENDED 137" in text
+    assert "LONG EXEC 0" in text and "ALIVE AFTER A LONG EXEC None" in text and "IDLE ENDED 137" in text
     assert "TERMINATED 137" in text
     assert "EXEC AFTER END ConflictError" in text
 
@@ -95,6 +95,16 @@ timed = sb.exec("sh", "-c", "sleep 3; echo late > /tmp/late", timeout=1)
 print("EXEC TIMEOUT", timed.wait())  # the client stops waiting at its deadline: -1
 time.sleep(3)
 print("LATE", sb.exec("sh", "-c", "cat /tmp/late 2>/dev/null || echo killed in time").stdout.read().strip())
+background = sb.exec("sh", "-c", "sleep 60 & echo started")  # the child keeps the pipe open
+print("BACKGROUND", background.wait(), repr(background.stdout.read()))
+print("BAD ARGUMENT", sb.exec("echo", "a" + chr(0) + "b").wait())
+head = sb.exec("head", "-n1")
+head.stdin.write(b"one\\n"); head.stdin.drain(); head.wait()
+try:
+    head.stdin.write(b"two\\n"); head.stdin.drain()
+except Exception as error:
+    print("STDIN AFTER EXIT", type(error).__name__)
+print("STILL SERVING", sb.exec("true").wait())
 many = [sb.exec("sh", "-c", f"sleep 0.5; echo {i}") for i in range(8)]
 print("MANY", sorted(int(p.stdout.read()) for p in many))
 sb.terminate()
@@ -108,6 +118,9 @@ sb.terminate()
     assert "KILLED 137" in text
     assert "EXEC TIMEOUT -1" in text and "LATE killed in time" in text
     assert "MANY [0, 1, 2, 3, 4, 5, 6, 7]" in text
+    assert "BACKGROUND 0 'started\\n'" in text
+    assert "BAD ARGUMENT 126" in text
+    assert "STILL SERVING 0" in text
 
 
 def test_exec_runs_in_an_image_without_python(server: Server) -> None:

@@ -245,6 +245,8 @@ class NodeAgent:
         except BaseException:
             if held.container is not None:
                 held.container.kill()
+                # Its wait releases what it holds (mounts, cgroup, work directory).
+                asyncio.get_running_loop().create_task(held.container.wait())
             self.release(order.task_id)
             raise
         held.disk_limit_mib = order.disk_limit_mib

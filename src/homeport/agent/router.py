@@ -54,7 +54,9 @@ class RouterCredentials:
         """The task a valid credential opens; raises UNAUTHENTICATED (the client then
         fetches a fresh one and retries) otherwise."""
         try:
-            claims = jwt.decode(token, self.key, algorithms=["HS256"])
+            claims = jwt.decode(
+                token, self.key, algorithms=["HS256"], options={"require": ["exp", "task_id"]}
+            )
         except jwt.ExpiredSignatureError:
             raise GRPCError(Status.UNAUTHENTICATED, "the command router credential has expired") from None
         except jwt.InvalidTokenError:

@@ -68,7 +68,11 @@ async def start_router(state: ServerState) -> Server:
     sandboxes = state.sandboxes
     assert sandboxes is not None
     router = Server(
-        [CommandRouter(state.router_credentials, state.agent.sandbox, sandboxes.exec_environment)]
+        [
+            CommandRouter(
+                state.router_credentials, state.agent.sandbox, sandboxes.exec_environment, sandboxes.touch
+            )
+        ]
     )
     await router.start(state.settings.host, 0)
     port = router._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -90,7 +90,9 @@ class Sandboxes:
         if idempotency_key:
             with self.engine.connect() as connection:
                 row = connection.execute(
-                    sa.select(s.c.id, s.c.task_id).where(s.c.idempotency_key == idempotency_key)
+                    sa.select(s.c.id, s.c.task_id).where(
+                        s.c.idempotency_key == idempotency_key, s.c.workspace_id == workspace_id
+                    )
                 ).first()
             if row is not None:
                 return row.id, row.task_id
@@ -153,6 +155,12 @@ class Sandboxes:
                 sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception=str(error))
             )
             raise errors.failed_precondition(f"the sandbox could not start: {error}") from None
+        except BaseException as error:  # cancelled meanwhile, or a fault: the row must not stay running
+            failed = GENERIC(
+                status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception=f"not started: {error!r}"
+            )
+            self._finish(sandbox_id, failed)
+            raise
         self.running[sandbox_id] = (task_id, node)
         idle_s = definition.idle_timeout_secs if definition.HasField("idle_timeout_secs") else 0
         asyncio.get_running_loop().create_task(

@@ -113,7 +113,7 @@ class Supervisor:
         elif (
             op == "stdin"
             and process is not None
-            and process.popen.stdin is not None
+            and process.status is None  # it exited: its stdin is closed
             and not process.stdin_eof
         ):
             process.stdin_pending += base64.b64decode(request.get("data", ""))
@@ -150,8 +150,12 @@ class Supervisor:
                 cwd=cwd or None,
                 start_new_session=True,  # its own process group: a signal reaches its children
             )
-        except (FileNotFoundError, PermissionError, NotADirectoryError) as error:
-            reason = "command not found" if isinstance(error, FileNotFoundError) else error.strerror
+        except (OSError, ValueError) as error:  # not found, not executable, a bad argument...
+            reason = (
+                "command not found"
+                if isinstance(error, FileNotFoundError)
+                else str(getattr(error, "strerror", None) or error)
+            )
             if cwd and not os.path.isdir(cwd):
                 reason = f"working directory {cwd} does not exist"
             message = f"{argv[0] if argv else '(empty command)'}: {reason}\n".encode()
@@ -169,6 +173,8 @@ class Supervisor:
         self.selector.register(process.pidfd, selectors.EVENT_READ, ("exited", process))
 
     def _output_ready(self, stream, process: Process, fd: int) -> None:  # type: ignore[no-untyped-def]
+        if stream.closed:  # drained and closed at its exit, earlier in this round
+            return
         try:
             chunk = os.read(stream.fileno(), READ_CHUNK)
         except BlockingIOError:
@@ -188,8 +194,23 @@ class Supervisor:
         os.close(process.pidfd)
         code = process.popen.wait()
         process.status = {"signal": -code} if code < 0 else {"code": code}
-        if process.popen.stdin is not None and not process.popen.stdin.closed:
-            self._close_stdin(process)
+        self._close_stdin(process)
+        # What it wrote is in its pipes now: send that, then its exit. A child it left in
+        # the background may hold the pipes open; its later output is not the process's.
+        for fd, stream in ((1, process.popen.stdout), (2, process.popen.stderr)):
+            if stream is not None and not stream.closed:
+                while True:
+                    try:
+                        chunk = os.read(stream.fileno(), READ_CHUNK)
+                    except BlockingIOError:
+                        break
+                    if not chunk:
+                        break
+                    encoded = base64.b64encode(chunk).decode()
+                    self.send({"ev": "out", "id": process.process_id, "fd": fd, "data": encoded})
+                self.selector.unregister(stream)
+                stream.close()
+        process.open_outputs = 0
         self._maybe_finished(process)
 
     def _maybe_finished(self, process: Process) -> None:
@@ -225,7 +246,7 @@ class Supervisor:
     def _registered(self, stream) -> bool:  # type: ignore[no-untyped-def]
         try:
             self.selector.get_key(stream)
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a closed file
             return False
         return True
 
