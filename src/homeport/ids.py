@@ -29,6 +29,7 @@ PREFIXES = {
     "queue": "qu",
     "volume": "vo",
     "request": "rq",
+    "sandbox": "sb",
 }
 
 
@@ -41,7 +42,18 @@ def new_id(kind: str) -> str:
     # tracebacks recognise task ids as `ta-[0-9A-Z]{26}`; no other dashes are allowed.
     if kind == "task":
         return "ta-" + _encode(secrets.randbits(135), _TASK_ALPHABET, 26)
-    return f"{PREFIXES[kind]}-" + _encode(secrets.randbits(131), _ALPHANUMERIC, 22)
+    return f"{PREFIXES[kind]}-" + _encode(secrets.randbits(143), _ALPHANUMERIC, _length(kind))
+
+
+def _length(kind: str) -> int:
+    # Client 1.6.4 takes `sb-` + exactly 22 alphanumerics for a V1 sandbox and sends
+    # from_id/list/from_name of such ids to the V1 RPCs: every sandbox here is V2.
+    return 24 if kind == "sandbox" else 22
+
+
+def new_sandbox_task_id() -> str:
+    """A V2 sandbox's task id ends in "V" (client `_is_v2_task_id`, which the CLI uses)."""
+    return new_id("task")[:-1] + "V"
 
 
 def is_id(kind: str, value: str) -> bool:
@@ -50,7 +62,7 @@ def is_id(kind: str, value: str) -> bool:
         return len(value) == 29 and value.startswith("ta-") and all(c in _TASK_ALPHABET for c in value[3:])
     prefix = PREFIXES[kind] + "-"
     return (
-        len(value) == len(prefix) + 22
+        len(value) == len(prefix) + _length(kind)
         and value.startswith(prefix)
         and value[len(prefix) :].isalnum()
         and value.isascii()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import psycopg2
+
 from tests.conftest import assert_ok, run_modal, run_python, start_server
 
 
@@ -35,11 +40,6 @@ def test_run_deploy_and_restart_on_postgresql(postgres_url: str, tmp_path) -> No
 def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(postgres_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A Dict write stuck behind a table lock (as behind a slow or busy PostgreSQL) waits
     alone: a Queue round trip from another client is answered meanwhile."""
-    import subprocess
-    import sys
-
-    import psycopg2
-
     server = start_server(tmp_path, database_url=postgres_url)
     try:
         setup = "import modal\nmodal.Dict.from_name('held', create_if_missing=True)['k'] = 1\nprint('ready')"

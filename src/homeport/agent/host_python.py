@@ -24,7 +24,8 @@ LOADER = f"{ROOT}/host/ld.so"
 TOOLS = f"{ROOT}/.bin"  # supervisor.py and the filesystem tool
 RUN = f"{ROOT}/run"  # the supervisor's socket, bound from the sandbox's work directory
 SUPERVISOR = f"{TOOLS}/supervisor.py"
-SUPERVISOR_SOCKET = f"{RUN}/supervisor.sock"
+SOCKET_NAME = "supervisor.sock"
+SUPERVISOR_SOCKET = f"{RUN}/{SOCKET_NAME}"
 # Tells the supervisor how to start the node's interpreter (a JSON list), for the tools.
 SANDBOX_PYTHON_VARIABLE = "HOMEPORT_SANDBOX_PYTHON"
 FS_TOOLS = f"{TOOLS}/modal-sandbox-fs-tools"  # the path client 1.6.4 execs for sb.filesystem
@@ -51,6 +52,8 @@ class HostPython:
         return [*self.interpreter(), script, *arguments]
 
     def directories(self, run_dir: Path) -> list[BoundDirectory]:
+        """What a sandbox binds: the interpreter, its libraries and loader, the tools, and
+        `run_dir` (on the host; `RUN` inside), where the supervisor's socket appears."""
         return [
             BoundDirectory(self.prefix, PYTHON, read_only=True),
             BoundDirectory(self.library_dir, HOST_LIB, read_only=True),

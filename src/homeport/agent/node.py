@@ -26,7 +26,13 @@ from homeport.agent.assets import Assets
 from homeport.agent.cpu import CpuMeter
 from homeport.agent.gpus import GpuPool, GpuRequest
 from homeport.agent.gpus import detect as detect_gpus
-from homeport.agent.host_python import SANDBOX_PYTHON_VARIABLE, SUPERVISOR, SUPERVISOR_SOCKET, host_python
+from homeport.agent.host_python import (
+    SANDBOX_PYTHON_VARIABLE,
+    SOCKET_NAME,
+    SUPERVISOR,
+    SUPERVISOR_SOCKET,
+    host_python,
+)
 from homeport.agent.order import ContainerOrder
 from homeport.agent.runtime import (
     BoundDirectory,
@@ -240,7 +246,7 @@ class NodeAgent:
             spec = await self._resolve(order, held)
             held.container = await self.runtime.start(spec, on_output)
             if order.sandbox_entrypoint:
-                held.sandbox = SandboxProcesses(spec.work_dir / "run" / "supervisor.sock")
+                held.sandbox = SandboxProcesses(self._sandbox_run_dir(order.task_id) / SOCKET_NAME)
                 await held.sandbox.connect()
         except BaseException:
             if held.container is not None:
@@ -306,12 +312,15 @@ class NodeAgent:
             ),
         )
 
+    def _sandbox_run_dir(self, task_id: str) -> Path:
+        return self.work_dir(task_id) / "run"
+
     def _sandbox_spec(self, order: ContainerOrder, layers: list[Path]) -> ContainerSpec:
         """A sandbox: the supervisor (the node's Python, see host_python.py) runs the
         entrypoint; the run directory holds the supervisor's socket."""
         python = host_python()
         work_dir = self.work_dir(order.task_id)
-        run_dir = work_dir / "run"
+        run_dir = self._sandbox_run_dir(order.task_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         environment = {
             **order.started_environment,

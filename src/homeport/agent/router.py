@@ -122,7 +122,7 @@ class CommandRouter:
 
         return handle
 
-    def _processes(self, stream: Stream[Any, Any], task_id: str) -> SandboxProcesses:
+    def _processes(self, task_id: str) -> SandboxProcesses:
         if task_id != _caller_task.get():
             raise GRPCError(Status.PERMISSION_DENIED, "this command router credential is for another sandbox")
         processes = self.sandbox(task_id)
@@ -130,31 +130,32 @@ class CommandRouter:
             raise GRPCError(Status.NOT_FOUND, f"sandbox task {task_id} is not running")
         return processes
 
-    def _process(self, stream: Stream[Any, Any], task_id: str, exec_id: str) -> Process:
-        process = self._processes(stream, task_id).processes.get(exec_id)
+    def _find(self, task_id: str, exec_id: str) -> tuple[SandboxProcesses, Process]:
+        processes = self._processes(task_id)
+        process = processes.processes.get(exec_id)
         if process is None:
             raise GRPCError(Status.NOT_FOUND, f"no process {exec_id} in sandbox task {task_id}")
-        return process
+        return processes, process
+
+    def _process(self, task_id: str, exec_id: str) -> Process:
+        return self._find(task_id, exec_id)[1]
 
     # --- the entrypoint's stdio ---------------------------------------------------------------
 
     async def SandboxStdioReadV2(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        process = self._process(stream, request.task_id, MAIN)
+        process = self._process(request.task_id, MAIN)
         fd = 2 if request.file_descriptor == tcr.SANDBOX_STDIO_FILE_DESCRIPTOR_STDERR else 1
         async for offset, data in process.stream(fd).read(request.offset):
             await stream.send_message(tcr.SandboxStdioReadV2Response(data=data, starting_offset=offset))
 
     async def SandboxStdinWriteV2(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        self._write_stdin(stream, request.task_id, MAIN, request.offset, request.data, request.eof)
+        self._write_stdin(request.task_id, MAIN, request.offset, request.data, request.eof)
         await stream.send_message(tcr.SandboxStdinWriteV2Response())
 
-    def _write_stdin(
-        self, stream: Stream[Any, Any], task_id: str, exec_id: str, offset: int, data: bytes, eof: bool
-    ) -> None:
-        processes = self._processes(stream, task_id)
-        process = self._process(stream, task_id, exec_id)
+    def _write_stdin(self, task_id: str, exec_id: str, offset: int, data: bytes, eof: bool) -> None:
+        processes, process = self._find(task_id, exec_id)
         if process.exit_status is not None:
             raise GRPCError(Status.FAILED_PRECONDITION, "the process has exited; its stdin is closed")
         try:
@@ -168,7 +169,7 @@ class CommandRouter:
 
     async def TaskExecStart(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        processes = self._processes(stream, request.task_id)
+        processes = self._processes(request.task_id)
         if not request.command_args:
             raise GRPCError(Status.INVALID_ARGUMENT, "exec needs a command")
         if request.HasField("pty_info"):
@@ -207,14 +208,14 @@ class CommandRouter:
 
     async def TaskExecStdioRead(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        process = self._process(stream, request.task_id, request.exec_id)
+        process = self._process(request.task_id, request.exec_id)
         fd = 2 if request.file_descriptor == tcr.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR else 1
         async for _, data in process.stream(fd).read(request.offset):
             await stream.send_message(tcr.TaskExecStdioReadResponse(data=data))
 
     async def TaskExecStdinWrite(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        self._write_stdin(stream, request.task_id, request.exec_id, request.offset, request.data, request.eof)
+        self._write_stdin(request.task_id, request.exec_id, request.offset, request.data, request.eof)
         await stream.send_message(tcr.TaskExecStdinWriteResponse())
 
     async def TaskExecStdinWriteStream(self, stream: Stream[Any, Any]) -> None:
@@ -227,15 +228,15 @@ class CommandRouter:
         task_id, exec_id, offset = start.start.task_id, start.start.exec_id, start.start.offset
         async for message in stream:
             if message.HasField("data") and message.data:
-                self._write_stdin(stream, task_id, exec_id, offset, message.data, False)
+                self._write_stdin(task_id, exec_id, offset, message.data, False)
                 offset += len(message.data)
             elif message.HasField("end"):
-                self._write_stdin(stream, task_id, exec_id, offset, b"", True)
+                self._write_stdin(task_id, exec_id, offset, b"", True)
         await stream.send_message(tcr.TaskExecStdinWriteStreamResponse())
 
     async def TaskExecStdinStatus(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        process = self._process(stream, request.task_id, request.exec_id)
+        process = self._process(request.task_id, request.exec_id)
         await stream.send_message(
             tcr.TaskExecStdinStatusResponse(
                 num_bytes_written=process.stdin_offset, closed=process.stdin_closed
@@ -244,12 +245,12 @@ class CommandRouter:
 
     async def TaskExecPoll(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        process = self._process(stream, request.task_id, request.exec_id)
+        process = self._process(request.task_id, request.exec_id)
         await stream.send_message(_exit_status(process, tcr.TaskExecPollResponse))
 
     async def TaskExecWait(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
-        process = self._process(stream, request.task_id, request.exec_id)
+        process = self._process(request.task_id, request.exec_id)
         try:
             await asyncio.wait_for(process.exited.wait(), WAIT_SLICE_S)
         except TimeoutError:

@@ -179,12 +179,15 @@ class SandboxProcesses:
         process = self.processes[process_id]
         if process.stdin_closed:
             return
-        new = data[max(0, process.stdin_offset - offset) :] if offset <= process.stdin_offset else b""
         if offset > process.stdin_offset:
-            raise ValueError(f"stdin offset {offset} is past the {process.stdin_offset} bytes received")
-        process.stdin_offset += len(new)
-        process.stdin_closed = eof
+            raise ValueError(
+                f"stdin offset {offset} is past the {process.stdin_offset} bytes received; "
+                f"send again from offset {process.stdin_offset}"
+            )
+        new = data[process.stdin_offset - offset :]
         self._send({"op": "stdin", "id": process_id, "data": base64.b64encode(new).decode(), "eof": eof})
+        process.stdin_offset += len(new)  # counted once handed to the supervisor
+        process.stdin_closed = eof
 
     def signal(self, process_id: str, signum: int) -> None:
         if self.processes.get(process_id) is not None:

@@ -156,7 +156,7 @@ async def serve(settings: Settings) -> None:
                 task.cancel()
     finally:
         if state.sandboxes is not None:
-            await state.sandboxes.stop_all()
+            state.sandboxes.stop_all()
         if router is not None:
             router.close()
         await state.scheduler.shutdown()

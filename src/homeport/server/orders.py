@@ -24,14 +24,22 @@ class StartRefused(Exception):
     """The container cannot start as its function asks; the message says why and what to do."""
 
 
-def interpreter_environment(image_config, environment_name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """A container's environment without its secrets and task credential: what its
-    interpreter (or its zygote's) starts with."""
+def image_environment(image_config) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """What every process of a container starts with: a usual PATH and locale, the image's
+    own ENV, HOME. Functions and sandboxes alike."""
     return {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         **image_config.env,
         "HOME": "/root",
+    }
+
+
+def interpreter_environment(image_config, environment_name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A container's environment without its secrets and task credential: what its
+    interpreter (or its zygote's) starts with."""
+    return {
+        **image_environment(image_config),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": "/root:/pkg",
         "MODAL_IS_REMOTE": "1",

@@ -73,7 +73,10 @@ def _owner_queries() -> dict[str, tuple[str, Any]]:
         ids.PREFIXES["dict"]: ("dict", storage),
         ids.PREFIXES["queue"]: ("queue", storage),
         ids.PREFIXES["volume"]: ("volume", storage),
-        "sb": ("sandbox", sa.select(schema.sandboxes.c.id, schema.sandboxes.c.workspace_id)),
+        ids.PREFIXES["sandbox"]: (
+            "sandbox",
+            sa.select(schema.sandboxes.c.id, schema.sandboxes.c.workspace_id),
+        ),
     }
 
 

@@ -29,6 +29,7 @@ from homeport.agent.runtime import ContainerStartError
 from homeport.server import errors
 from homeport.server.nodes import Node, Placement
 from homeport.server.notify import Notifier
+from homeport.server.orders import image_environment
 from homeport.server.services.images import ImageService
 from homeport.server.services.secrets import SecretService
 from homeport.server.store import schema
@@ -43,17 +44,6 @@ LIST_PAGE = 100
 
 def sandbox_key(sandbox_id: str) -> str:
     return f"sandbox:{sandbox_id}"
-
-
-def new_sandbox_id() -> str:
-    # Client 1.6.4 takes `sb-` + exactly 22 alphanumerics for a V1 sandbox and routes
-    # from_id/list/from_name of such ids to the V1 RPCs: ours are longer.
-    return "sb-" + ids.new_id("app")[3:] + ids.new_id("app")[3:5]
-
-
-def new_task_id() -> str:
-    # A V2 sandbox's task id ends in "V" (client `_is_v2_task_id`, used by the CLI).
-    return ids.new_id("task")[:-1] + "V"
 
 
 class Sandboxes:
@@ -97,7 +87,10 @@ class Sandboxes:
             if row is not None:
                 return row.id, row.task_id
         if definition.pty_info.pty_type or definition.resources.gpu_config.count:
-            raise errors.invalid_argument("sandboxes with gpu= or a pty are not supported by this server yet")
+            raise errors.invalid_argument(
+                "sandboxes with gpu= or pty=True are not supported by this server yet: create the sandbox "
+                "without them (a GPU works in a function: @app.function(gpu=...))"
+            )
         try:
             chain, config = self.images.runtime_chain(definition.image_id)
         except LookupError as error:
@@ -108,17 +101,14 @@ class Sandboxes:
                 "the sandbox has no command and its image has none: pass one, e.g. Sandbox.create('sleep', 'infinity')"
             )
         environment = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            **config.env,
-            "HOME": "/root",
+            **image_environment(config),
             **await self.secret_environment(workspace_id, list(request.secret_sources)),
         }
         memory_mib = definition.resources.memory_mb or DEFAULT_MEMORY_MIB
         refusal = self.placement.refusal(memory_mib, [])
         if refusal is not None:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"this sandbox cannot start: {refusal}")
-        sandbox_id, task_id = new_sandbox_id(), new_task_id()
+        sandbox_id, task_id = ids.new_id("sandbox"), ids.new_sandbox_task_id()
         self._insert(
             workspace_id, app_id, environment_name, definition, request, idempotency_key, sandbox_id, task_id
         )
@@ -129,7 +119,9 @@ class Sandboxes:
                 sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="no room")
             )
             raise GRPCError(
-                Status.RESOURCE_EXHAUSTED, f"no node has {memory_mib} MiB free for this sandbox now"
+                Status.RESOURCE_EXHAUSTED,
+                f"no node has {memory_mib} MiB free for this sandbox now: retry once other sandboxes or "
+                "containers have ended, or ask for less with memory=",
             )
         node, _ = placed
         order = ContainerOrder(
@@ -286,27 +278,30 @@ class Sandboxes:
         self._end(sandbox_id, GENERIC.GENERIC_STATUS_TERMINATED)
 
     def _finish(self, sandbox_id: str, result: api_pb2.GenericResult) -> None:
+        self._record_result(result, s.c.id == sandbox_id)
+        self.notifier.notify(sandbox_key(sandbox_id))
+
+    def _record_result(self, result: api_pb2.GenericResult, *which: sa.ColumnElement[bool]) -> None:
+        """The result of the running sandboxes `which` selects; its name is free again."""
         with self.engine.begin() as connection:
             connection.execute(
                 s.update()
-                .where(s.c.id == sandbox_id, s.c.result.is_(None))
+                .where(s.c.result.is_(None), *which)
                 .values(result=result.SerializeToString(), finished_at=time.time(), name=None)
             )
-        self.notifier.notify(sandbox_key(sandbox_id))
 
     def recover(self) -> None:
         """At start-up: sandboxes of a previous run went with it (their containers die
         with the server); they end as failed, saying so."""
-        result = GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="the server restarted")
-        with self.engine.begin() as connection:
-            connection.execute(
-                s.update()
-                .where(s.c.result.is_(None))
-                .values(result=result.SerializeToString(), finished_at=time.time(), name=None)
-            )
+        self._record_result(
+            GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="the server restarted")
+        )
 
     async def exec_environment(self, task_id: str, sources: list[api_pb2.SecretSource]) -> dict[str, str]:
-        """An exec's secrets and env= (for the router), read in its sandbox's workspace."""
+        """An exec's secrets and env= (for the router), read in its sandbox's workspace:
+        only looked up when a named Secret needs it (most execs carry env= at most)."""
+        if not any(source.secret_id for source in sources):
+            return await self.secret_environment("", sources)
         with self.engine.connect() as connection:
             workspace_id = connection.execute(
                 sa.select(s.c.workspace_id).where(s.c.task_id == task_id)
@@ -315,25 +310,30 @@ class Sandboxes:
             raise errors.not_found(f"sandbox task {task_id} not found")
         return await self.secret_environment(workspace_id, sources)
 
-    async def stop_all(self) -> None:
+    def stop_all(self) -> None:
         for sandbox_id in list(self.running):
             self.terminate(sandbox_id)
 
     # --- reading ------------------------------------------------------------------------------
 
-    def row(self, sandbox_id: str) -> sa.Row:  # type: ignore[type-arg]
+    def row(self, sandbox_id: str, workspace_id: str) -> sa.Row:  # type: ignore[type-arg]
+        """A sandbox of this workspace; NOT_FOUND for any other."""
         with self.engine.connect() as connection:
-            row = connection.execute(sa.select(s).where(s.c.id == sandbox_id)).first()
+            row = connection.execute(
+                sa.select(s).where(s.c.id == sandbox_id, s.c.workspace_id == workspace_id)
+            ).first()
         if row is None:
             raise errors.not_found(f"sandbox {sandbox_id} not found")
         return row
 
-    async def wait(self, sandbox_id: str, timeout_s: float) -> tuple[sa.Row, api_pb2.GenericResult | None]:  # type: ignore[type-arg]
-        """The sandbox and its result, waiting up to `timeout_s` for one."""
+    async def wait(
+        self, workspace_id: str, sandbox_id: str, timeout_s: float
+    ) -> tuple[sa.Row, api_pb2.GenericResult | None]:  # type: ignore[type-arg]
+        """The workspace's sandbox and its result, waiting up to `timeout_s` for one."""
         deadline = time.monotonic() + max(0.0, min(timeout_s, 50.0))
         with self.notifier.listen(sandbox_key(sandbox_id)) as listener:
             while True:
-                row = self.row(sandbox_id)
+                row = self.row(sandbox_id, workspace_id)
                 if row.result is not None:
                     return row, GENERIC.FromString(row.result)
                 remaining = deadline - time.monotonic()
@@ -353,25 +353,36 @@ class Sandboxes:
         before: float,
         tags: dict[str, str],
     ) -> list[sa.Row]:  # type: ignore[type-arg]
-        """Running sandboxes, newest first, created before `before` (0: no bound)."""
-        query = sa.select(s).where(s.c.workspace_id == workspace_id, s.c.result.is_(None))
+        """A page of running sandboxes with these tags, newest first, created before
+        `before` (0: no bound). Tags are matched here, not in SQL, so rows are read in
+        batches until the page is full or none are left: an empty page ends the client's
+        listing, so it must mean "no more"."""
+        query = self._running(workspace_id)
         if app_ids is not None:
             query = query.where(s.c.app_id.in_(app_ids))
         elif environment_name:
             query = query.where(s.c.environment_name == environment_name)
-        if before:
-            query = query.where(s.c.created_at < before)
-        with self.engine.connect() as connection:
-            rows = connection.execute(query.order_by(s.c.created_at.desc()).limit(LIST_PAGE * 4)).all()
-        matching = [row for row in rows if tags.items() <= json.loads(row.tags).items()]
+        matching: builtins.list[sa.Row] = []  # type: ignore[type-arg]
+        while len(matching) < LIST_PAGE:
+            batch = query.where(s.c.created_at < before) if before else query
+            with self.engine.connect() as connection:
+                rows = connection.execute(batch.order_by(s.c.created_at.desc()).limit(LIST_PAGE)).all()
+            matching += [row for row in rows if tags.items() <= json.loads(row.tags).items()]
+            if len(rows) < LIST_PAGE:
+                break
+            before = rows[-1].created_at
         return matching[:LIST_PAGE]
+
+    @staticmethod
+    def _running(workspace_id: str) -> sa.Select:  # type: ignore[type-arg]
+        return sa.select(s).where(s.c.workspace_id == workspace_id, s.c.result.is_(None))
 
     def by_task(self, task_id: str) -> sa.Row | None:  # type: ignore[type-arg]
         with self.engine.connect() as connection:
             return connection.execute(sa.select(s).where(s.c.task_id == task_id)).first()
 
     def running_rows(self, workspace_id: str, app_id: str = "") -> builtins.list[sa.Row]:  # type: ignore[type-arg]
-        query = sa.select(s).where(s.c.workspace_id == workspace_id, s.c.result.is_(None))
+        query = self._running(workspace_id)
         if app_id:
             query = query.where(s.c.app_id == app_id)
         with self.engine.connect() as connection:

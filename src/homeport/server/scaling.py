@@ -226,6 +226,8 @@ class Scaler:
     def prewarm(self, function_ids: list[str]) -> None:
         """Get zygotes ready on every node for these functions' images (an app was
         published): their first containers are then forked, not started afresh."""
+        tasks = self.scheduler._tasks
+        assert tasks is not None, "prewarm needs the running scheduler"
         for function_id in function_ids:
             try:
                 _, definition, _, app = self.resolve(function_id)
@@ -241,8 +243,7 @@ class Scaler:
                 control_address=self.scheduler.orders.control_address,
             )
             for node in self.scheduler.placement.all():
-                assert self.scheduler._tasks is not None
-                self.scheduler._tasks.create_task(self._prewarm(node, order))
+                tasks.create_task(self._prewarm(node, order))
 
     @staticmethod
     async def _prewarm(node: Node, order: ZygoteOrder) -> None:

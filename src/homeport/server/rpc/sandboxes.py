@@ -27,15 +27,30 @@ AUTH_TOKEN_LIFETIME_S = 3600
 
 def _sandboxes(context: RequestContext) -> Sandboxes:
     if context.state.sandboxes is None:
-        raise errors.failed_precondition("sandboxes are not supported in cluster mode by this server yet")
+        raise errors.failed_precondition(
+            "sandboxes are not supported in cluster mode by this server yet: run them against a "
+            "single-machine server (homeport serve without --ray-address)"
+        )
     return context.state.sandboxes
 
 
 def _own(context: RequestContext, sandbox_id: str):  # type: ignore[no-untyped-def]
-    row = _sandboxes(context).row(sandbox_id)
-    if row.workspace_id != context.workspace_id:
-        raise errors.not_found(f"sandbox {sandbox_id} not found")
+    return _sandboxes(context).row(sandbox_id, context.workspace_id)
+
+
+def _running_by_task(context: RequestContext, task_id: str):  # type: ignore[no-untyped-def]
+    """The running sandbox of the workspace whose task this is (`modal container exec`)."""
+    row = _sandboxes(context).by_task(task_id)
+    if row is None or row.workspace_id != context.workspace_id or row.result is not None:
+        raise errors.not_found(f"no running sandbox has task {task_id}")
     return row
+
+
+def _tags(row) -> list[api_pb2.SandboxTag]:  # type: ignore[no-untyped-def]
+    return [
+        api_pb2.SandboxTag(tag_name=name, tag_value=value)
+        for name, value in sorted(json.loads(row.tags).items())
+    ]
 
 
 def _access(context: RequestContext, task_id: str) -> api_pb2.TaskGetCommandRouterAccessResponse:
@@ -75,8 +90,7 @@ async def sandbox_create_v2(
 async def sandbox_wait_v2(
     context: RequestContext, request: api_pb2.SandboxWaitRequest
 ) -> api_pb2.SandboxWaitResponse:
-    _own(context, request.sandbox_id)
-    row, result = await _sandboxes(context).wait(request.sandbox_id, request.timeout)
+    row, result = await _sandboxes(context).wait(context.workspace_id, request.sandbox_id, request.timeout)
     response = api_pb2.SandboxWaitResponse(metadata=api_pb2.SandboxHandleMetadata(app_id=row.app_id))
     if result is not None:
         response.result.CopyFrom(result)
@@ -109,13 +123,11 @@ async def sandbox_get_command_router_access(
 ) -> api_pb2.SandboxGetCommandRouterAccessResponse:
     # A sandbox handle names its sandbox; `modal container exec` names the task.
     if request.WhichOneof("target") == "task_id":
-        found = _sandboxes(context).by_task(request.task_id)
-        if found is None or found.workspace_id != context.workspace_id:
-            raise errors.not_found(f"no sandbox has task {request.task_id}")
-        request = api_pb2.SandboxGetCommandRouterAccessRequest(sandbox_id=found.id)
-    row = _own(context, request.sandbox_id)
-    if row.result is not None:
-        raise errors.failed_precondition(f"sandbox {row.id} has finished")
+        row = _running_by_task(context, request.task_id)
+    else:
+        row = _own(context, request.sandbox_id)
+        if row.result is not None:
+            raise errors.failed_precondition(f"sandbox {row.id} has finished")
     access = _access(context, row.task_id)
     return api_pb2.SandboxGetCommandRouterAccessResponse(url=access.url, jwt=access.jwt)
 
@@ -125,21 +137,14 @@ async def task_get_command_router_access(
     context: RequestContext, request: api_pb2.TaskGetCommandRouterAccessRequest
 ) -> api_pb2.TaskGetCommandRouterAccessResponse:
     """What `modal container exec TASK_ID` asks for a sandbox's task (its id ends in V)."""
-    row = _sandboxes(context).by_task(request.task_id)
-    if row is None or row.workspace_id != context.workspace_id or row.result is not None:
-        raise errors.not_found(f"no running sandbox has task {request.task_id}")
-    return _access(context, row.task_id)
+    return _access(context, _running_by_task(context, request.task_id).task_id)
 
 
 @handler("SandboxTagsGetV2")
 async def sandbox_tags_get_v2(
     context: RequestContext, request: api_pb2.SandboxTagsGetRequest
 ) -> api_pb2.SandboxTagsGetResponse:
-    row = _own(context, request.sandbox_id)
-    tags = json.loads(row.tags)
-    return api_pb2.SandboxTagsGetResponse(
-        tags=[api_pb2.SandboxTag(tag_name=name, tag_value=value) for name, value in sorted(tags.items())]
-    )
+    return api_pb2.SandboxTagsGetResponse(tags=_tags(_own(context, request.sandbox_id)))
 
 
 @handler("SandboxTagsSetV2")
@@ -170,10 +175,7 @@ async def sandbox_list_v2(
                 app_id=row.app_id,
                 name=row.name or "",
                 metadata=api_pb2.SandboxHandleMetadata(app_id=row.app_id),
-                tags=[
-                    api_pb2.SandboxTag(tag_name=k, tag_value=v)
-                    for k, v in sorted(json.loads(row.tags).items())
-                ],
+                tags=_tags(row),
             )
             for row in rows
         ]
