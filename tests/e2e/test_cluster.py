@@ -217,7 +217,7 @@ print("RESULTS", len(results))
     )  # fmt: skip
     time.sleep(6)  # the app is running and its inputs are in flight
     restart = subprocess.run(
-        [CLUSTER_LOCAL, "restart-postgres", str(cluster), "--down-for", "1"], capture_output=True, text=True
+        [CLUSTER_LOCAL, "restart-postgres", str(cluster), "--down-for", "3"], capture_output=True, text=True
     )
     assert restart.returncode == 0, output(restart)
     out, _ = client.communicate(timeout=600)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpclib.const
@@ -35,6 +35,14 @@ log = logging.getLogger("homeport.rpc")
 # Raised when answering a caller that has already gone (a container that was killed,
 # a client that hung up).
 CALLER_GONE = (StreamTerminatedError, StreamClosedError, ConnectionError)
+
+# How long a request waits out an unreachable database before answering UNAVAILABLE.
+# Client 1.6.4 retries UNAVAILABLE only 3 times, within about 0.7 s (grpc_utils.Retry's
+# defaults), far less than a PostgreSQL restart takes. A server-side retry policy (an
+# RPCRetryPolicy in the error details) would need googleapis-common-protos on both ends,
+# and the client does not install it. So the server waits and runs the handler again
+# itself: the same as a retry by the client, which every handler already tolerates.
+DATABASE_PATIENCE_S = 30.0
 
 # The client calls these before it has (or without needing) credentials.
 UNAUTHENTICATED_RPCS = {"ClientHello", "TokenFlowCreate", "TokenFlowWait"}
@@ -83,9 +91,24 @@ class HomeportServicer:
                 if context.workspace_id:
                     self.ownership.check(context.workspace_id, request)
                 if streams_reply:
-                    await handler(context, request, stream.send_message)
+                    sent = False
+
+                    async def send(message: Any) -> None:
+                        nonlocal sent
+                        sent = True
+                        await stream.send_message(message)
+
+                    await self._patiently(
+                        rpc_name,
+                        request_id,
+                        stream,
+                        lambda: handler(context, request, send),
+                        lambda: not sent,
+                    )
                 else:
-                    response = await handler(context, request)
+                    response = await self._patiently(
+                        rpc_name, request_id, stream, lambda: handler(context, request), lambda: True
+                    )
                     try:
                         await stream.send_message(response)
                     except CALLER_GONE:
@@ -111,8 +134,8 @@ class HomeportServicer:
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from None
             except sa.exc.OperationalError as error:
-                # The database went away (a PostgreSQL restart, a network cut): the client
-                # retries UNAVAILABLE by itself, and the pool reconnects (pool_pre_ping).
+                # The database stayed away longer than DATABASE_PATIENCE_S (or the answer
+                # had begun streaming): the client retries UNAVAILABLE by itself.
                 log.warning(
                     "request %s (%s): the database is unreachable: %s", request_id, rpc_name, error.orig
                 )
@@ -128,6 +151,39 @@ class HomeportServicer:
                     log.info("slow rpc %s took %.0f ms (request %s)", rpc_name, elapsed_ms, request_id)
 
         return endpoint
+
+    async def _patiently(
+        self,
+        rpc_name: str,
+        request_id: str,
+        stream: Stream,
+        attempt: Callable[[], Awaitable[Any]],
+        may_run_again: Callable[[], bool],
+    ) -> Any:
+        """Run a handler; while the database is unreachable (a PostgreSQL restart: the
+        pool's connections fail, then new ones are refused for a while), wait and run it
+        again, up to DATABASE_PATIENCE_S or the caller's deadline."""
+        first_failure: float | None = None
+        delay = 0.1
+        while True:
+            try:
+                return await attempt()
+            except sa.exc.OperationalError as error:
+                now = time.monotonic()
+                if first_failure is None:
+                    first_failure = now
+                    log.warning(
+                        "request %s (%s): the database is unreachable (%s); waiting for it",
+                        request_id, rpc_name, error.orig,
+                    )  # fmt: skip
+                out_of_time = now + delay - first_failure > DATABASE_PATIENCE_S
+                deadline = stream.deadline
+                if deadline is not None and deadline.time_remaining() < delay:
+                    out_of_time = True
+                if out_of_time or not may_run_again():
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _authenticate(self, rpc_name: str, request_id: str, metadata: Any) -> RequestContext:
         version = metadata.get("x-modal-client-version", "")

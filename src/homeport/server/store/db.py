@@ -45,8 +45,8 @@ def create_server_engine(url: str) -> sa.Engine:
     # No pre-ping: through the loop it costs a round trip of ~0.3 ms on every checkout
     # (measured: 0.79 ms per one-statement transaction with it, 0.51 ms without). After a
     # PostgreSQL restart the first statement on a stale connection fails as a disconnect,
-    # which invalidates the whole pool: that one request answers UNAVAILABLE (the client
-    # retries it), a background loop retries at its next turn.
+    # which invalidates the whole pool: that request waits for the database and runs again
+    # (servicer.DATABASE_PATIENCE_S), a background loop retries at its next turn.
     engine = create_async_engine(async_url, pool_size=10, max_overflow=20).sync_engine
     sa.event.listen(engine, "do_connect", _connect_refused_as_operational_error)
     sa.event.listen(engine, "handle_error", _unreachable_as_operational_error)
@@ -77,6 +77,9 @@ def _unreachable_as_operational_error(context: sa.engine.ExceptionContext) -> Ba
         return None  # a cancelled request (CancelledError) stays cancelled
     sqlstate = str(getattr(error, "sqlstate", None) or "")
     if context.is_disconnect or sqlstate.startswith(_UNREACHABLE_SQLSTATES):
+        # A disconnect invalidates the whole pool (its other connections died too); the
+        # asyncpg dialect does not count an "admin shutdown" SQLSTATE as one by itself.
+        context.is_disconnect = True
         return sa.exc.OperationalError(context.statement, context.parameters, error)
     return None
 
