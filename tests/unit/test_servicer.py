@@ -20,14 +20,7 @@ from homeport.server.state import build_state
 def test_a_failing_handler_answers_internal_with_its_request_id_and_the_server_goes_on(
     tmp_path: Path,
 ) -> None:
-    state = build_state(Settings(data_dir=tmp_path))
-    token_id, secret = state.auth.create_token("main")
-    metadata = {
-        "x-modal-client-version": SUPPORTED_CLIENT_VERSION,
-        "x-modal-token-id": token_id,
-        "x-modal-token-secret": secret,
-    }
-    servicer = HomeportServicer(state)
+    servicer, metadata = _main_workspace(tmp_path)
 
     async def broken(context, request):  # type: ignore[no-untyped-def]
         raise RuntimeError("boom")
