@@ -316,3 +316,44 @@ def test_a_router_credential_opens_only_its_own_sandbox(server: Server) -> None:
     run_sandbox_script(
         server, f"for i in ({first!r}, {second!r}):\n    modal.Sandbox.from_id(i).terminate()\n"
     )
+
+
+def test_readiness_probes_tcp_and_exec(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+served = modal.Sandbox.create(
+    "sh", "-c", "sleep 1; exec python3 -m http.server 8080", app=app,
+    readiness_probe=modal.Probe.with_tcp(8080, interval_ms=50), block_network=True,
+)
+started = time.monotonic()
+served.wait_until_ready(timeout=60)
+print("TCP READY AFTER", round(time.monotonic() - started, 1))
+fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/').status)"
+print("FETCH", served.exec("python3", "-c", fetch).stdout.read().strip())
+flag = modal.Sandbox.create(
+    "sh", "-c", "sleep 1; touch /tmp/ready; sleep infinity", app=app,
+    readiness_probe=modal.Probe.with_exec("test", "-f", "/tmp/ready"),
+)
+flag.wait_until_ready(timeout=60)
+print("EXEC READY", flag.exec("ls", "/tmp/ready").stdout.read().strip())
+never = modal.Sandbox.create("sleep", "infinity", app=app, readiness_probe=modal.Probe.with_tcp(9))
+try:
+    never.wait_until_ready(timeout=2)
+except modal.exception.TimeoutError:
+    print("NEVER READY: timed out")
+plain = modal.Sandbox.create("sleep", "infinity", app=app)
+try:
+    plain.wait_until_ready(timeout=5)
+except modal.exception.Error as error:
+    print("NO PROBE", type(error).__name__, error)
+for sb in (served, flag, never, plain):
+    sb.terminate()
+""",
+    )
+    ready_after = float(text.split("TCP READY AFTER ")[1].split()[0])
+    assert ready_after >= 0.9, text  # not before the server listened
+    assert "FETCH 200" in text
+    assert "EXEC READY /tmp/ready" in text
+    assert "NEVER READY: timed out" in text
+    assert "NO PROBE ConflictError" in text and "without a readiness probe" in text

@@ -34,6 +34,7 @@ from homeport.agent.host_python import (
     host_python,
 )
 from homeport.agent.order import ContainerOrder
+from homeport.agent.readiness import Readiness
 from homeport.agent.runtime import (
     BoundDirectory,
     Container,
@@ -248,6 +249,8 @@ class NodeAgent:
             if order.sandbox_entrypoint:
                 held.sandbox = SandboxProcesses(self._sandbox_run_dir(order.task_id) / SOCKET_NAME)
                 await held.sandbox.connect()
+                if order.readiness_probe is not None:
+                    held.sandbox.readiness = Readiness(order.readiness_probe, held.sandbox)
         except BaseException:
             if held.container is not None:
                 held.container.kill()

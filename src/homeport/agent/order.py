@@ -31,6 +31,15 @@ class VolumeRef:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReadinessProbe:
+    """A sandbox's readiness probe (agent/readiness.py): a TCP port or a command."""
+
+    tcp_port: int = 0
+    exec_argv: tuple[str, ...] = ()
+    interval_ms: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerOrder:
     task_id: str
     app_id: str
@@ -59,3 +68,4 @@ class ContainerOrder:
     # A sandbox (modal.Sandbox): its entrypoint runs under the supervisor (agent/in_sandbox),
     # with no client package and no control socket; its processes are `NodeAgent.sandbox()`.
     sandbox_entrypoint: tuple[str, ...] = ()
+    readiness_probe: ReadinessProbe | None = None

@@ -165,6 +165,29 @@ class CommandRouter:
         except ConnectionError as error:
             raise GRPCError(Status.FAILED_PRECONDITION, str(error)) from None
 
+    async def SandboxWaitUntilReady(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        processes = self._processes(request.task_id)
+        if processes.readiness is None:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                "the sandbox was created without a readiness probe: pass "
+                "readiness_probe=modal.Probe.with_tcp(port) or modal.Probe.with_exec(...) to Sandbox.create",
+            )
+        timeout_s = request.timeout if request.timeout > 0 else WAIT_SLICE_S
+        if stream.deadline is not None:
+            timeout_s = min(timeout_s, stream.deadline.time_remaining())
+        if await processes.readiness.wait(timeout_s):
+            await stream.send_message(
+                tcr.SandboxWaitUntilReadyTcrResponse(ready_at=processes.readiness.ready_at)
+            )
+        elif processes.gone.is_set():
+            raise GRPCError(
+                Status.FAILED_PRECONDITION, "the sandbox finished before its readiness probe passed"
+            )
+        else:
+            raise GRPCError(Status.DEADLINE_EXCEEDED, "the sandbox's readiness probe has not passed yet")
+
     # --- exec -------------------------------------------------------------------------------
 
     async def TaskExecStart(self, stream: Stream[Any, Any]) -> None:

@@ -16,6 +16,10 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from homeport.agent.readiness import Readiness
 
 log = logging.getLogger("homeport.sandbox")
 
@@ -96,6 +100,10 @@ class SandboxProcesses:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.gone = asyncio.Event()  # the supervisor's connection ended (the sandbox stopped)
+        self._probes: dict[str, asyncio.Future[bool]] = {}
+        self._probe_count = 0
+        # Set when the sandbox was created with a readiness_probe (agent/readiness.py).
+        self.readiness: Readiness | None = None
 
     async def connect(self, timeout_s: float = 30.0) -> None:
         """Wait for the supervisor's socket and connect: the entrypoint starts then."""
@@ -118,6 +126,11 @@ class SandboxProcesses:
         try:
             while line := await reader.readline():
                 event = json.loads(line)
+                if event["ev"] == "probe":
+                    answer = self._probes.pop(event["id"], None)
+                    if answer is not None and not answer.done():
+                        answer.set_result(bool(event["ok"]))
+                    continue
                 process = self.processes.get(event["id"])
                 if process is None:
                     continue
@@ -188,6 +201,23 @@ class SandboxProcesses:
         self._send({"op": "stdin", "id": process_id, "data": base64.b64encode(new).decode(), "eof": eof})
         process.stdin_offset += len(new)  # counted once handed to the supervisor
         process.stdin_closed = eof
+
+    async def accepts_tcp(self, port: int) -> bool:
+        """Whether something in the sandbox accepts connections on 127.0.0.1:port."""
+        self._probe_count += 1
+        probe_id = f"probe-{self._probe_count}"
+        answer = asyncio.get_running_loop().create_future()
+        self._probes[probe_id] = answer
+        try:
+            self._send({"op": "probe_tcp", "id": probe_id, "port": port})
+            gone = asyncio.ensure_future(self.gone.wait())
+            try:
+                await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            return answer.done() and answer.result()
+        finally:
+            self._probes.pop(probe_id, None)
 
     def signal(self, process_id: str, signum: int) -> None:
         if self.processes.get(process_id) is not None:

@@ -24,7 +24,7 @@ from grpclib import GRPCError, Status
 from modal_proto import api_pb2
 
 from homeport import ids
-from homeport.agent.order import ContainerOrder
+from homeport.agent.order import ContainerOrder, ReadinessProbe
 from homeport.agent.runtime import ContainerStartError
 from homeport.server import errors
 from homeport.server.nodes import Node, Placement
@@ -104,6 +104,7 @@ class Sandboxes:
             **image_environment(config),
             **await self.secret_environment(workspace_id, list(request.secret_sources)),
         }
+        probe = _readiness_probe(definition)
         memory_mib = definition.resources.memory_mb or DEFAULT_MEMORY_MIB
         refusal = self.placement.refusal(memory_mib, [])
         if refusal is not None:
@@ -139,6 +140,7 @@ class Sandboxes:
             memory_mib=memory_mib,
             cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
             sandbox_entrypoint=tuple(entrypoint),
+            readiness_probe=probe,
         )
         try:
             await node.start(order, self._log_output(sandbox_id))
@@ -397,3 +399,18 @@ def _why(status: int) -> str:
     if status == GENERIC.GENERIC_STATUS_TIMEOUT:
         return "the sandbox ran past its timeout"
     return "the sandbox was terminated"
+
+
+def _readiness_probe(definition: api_pb2.Sandbox) -> ReadinessProbe | None:
+    if not definition.HasField("readiness_probe"):
+        return None
+    probe = definition.readiness_probe
+    interval_ms = probe.interval_ms or 100
+    if probe.HasField("tcp_port"):
+        return ReadinessProbe(tcp_port=probe.tcp_port, interval_ms=interval_ms)
+    if probe.HasField("exec_command") and probe.exec_command.argv:
+        return ReadinessProbe(exec_argv=tuple(probe.exec_command.argv), interval_ms=interval_ms)
+    raise errors.invalid_argument(
+        "the readiness probe names neither a TCP port nor a command: use modal.Probe.with_tcp(port) "
+        "or modal.Probe.with_exec(...)"
+    )

@@ -12,8 +12,10 @@ The agent connects to its Unix socket (a directory bound from the host) and they
 newline-delimited JSON, binary data base64-encoded. Agent to supervisor:
     {"op": "exec", "id", "argv", "env", "cwd", "stdout": "pipe"|"devnull", "stderr": "pipe"|"devnull"|"stdout"}
     {"op": "stdin", "id", "data", "eof"}        {"op": "signal", "id", "signum"}
+    {"op": "probe_tcp", "id", "port"}            (does 127.0.0.1:port accept a connection?)
 Supervisor to agent (for the entrypoint, id "main"):
     {"ev": "out", "id", "fd": 1|2, "data"}      {"ev": "exit", "id", "code"} or {"ev": "exit", "id", "signal"}
+    {"ev": "probe", "id", "ok"}
 A process's exit is sent after all its output. A process whose program cannot be started
 exits 127 with the shell's message on stderr. The supervisor exits with the entrypoint's
 status once that is delivered. The entrypoint starts only once the agent is connected.
@@ -119,6 +121,8 @@ class Supervisor:
             process.stdin_pending += base64.b64decode(request.get("data", ""))
             process.stdin_eof = bool(request.get("eof"))
             self._flush_stdin(process)
+        elif op == "probe_tcp":
+            self.send({"ev": "probe", "id": process_id, "ok": _accepts(int(request["port"]))})
         elif op == "signal" and process is not None and process.status is None:
             try:
                 os.killpg(process.popen.pid, int(request["signum"]))
@@ -280,6 +284,16 @@ class Supervisor:
                 elif kind == "stdin":
                     self._flush_stdin(target)
         return self.main_status
+
+
+def _accepts(port: int) -> bool:
+    """A readiness probe: inside the sandbox's network namespace, so it works with
+    block_network too. A connection on loopback is accepted or refused at once."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _child_environment(environment: dict[str, str] | os._Environ[str]) -> dict[str, str]:
