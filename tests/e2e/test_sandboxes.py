@@ -357,3 +357,34 @@ for sb in (served, flag, never, plain):
     assert "EXEC READY /tmp/ready" in text
     assert "NEVER READY: timed out" in text
     assert "NO PROBE ConflictError" in text and "without a readiness probe" in text
+
+
+def test_snapshot_filesystem_makes_an_image_for_sandboxes_and_functions(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+sb = modal.Sandbox.create("sleep", "infinity", app=app)
+setup = "mkdir -p /data && echo kept > /data/note && rm /etc/issue && echo changed > /etc/motd"
+assert sb.exec("sh", "-c", setup).wait() == 0
+image = sb.snapshot_filesystem()
+sb.exec("sh", "-c", "echo after > /data/later").wait()  # after the snapshot: not in it
+sb.terminate()
+print("IMAGE", image.object_id)
+check = "cat /data/note /etc/motd; ls /data; test -e /etc/issue && echo issue-there || echo issue-gone"
+again = modal.Sandbox.create("sh", "-c", check, app=app, image=image)
+print("FROM SNAPSHOT", repr(again.stdout.read()))
+again.wait()
+
+fn_app = modal.App("snapshot-user")
+
+@fn_app.function(image=modal.Image.from_id(image.object_id), serialized=True)
+def read_note():
+    return open("/data/note").read().strip()
+
+with fn_app.run():
+    print("FUNCTION SEES", read_note.remote())
+""",
+    )
+    assert "IMAGE im-" in text
+    assert "FROM SNAPSHOT 'kept\\nchanged\\nnote\\nissue-gone\\n'" in text
+    assert "FUNCTION SEES kept" in text

@@ -350,6 +350,20 @@ class NodeAgent:
             command=tuple(python.command(SUPERVISOR, SUPERVISOR_SOCKET, "--", *order.sandbox_entrypoint)),
         )
 
+    async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
+        """A running container's writable layer (what it changed in its image) copied into
+        `destination` as it is now: owners, modes, xattrs (overlay's opaque directories)
+        and device nodes (its whiteouts) included. For Sandbox.snapshot_filesystem."""
+        upper = self.work_dir(task_id) / "writable" / "fs"
+        if task_id not in self._held or not upper.is_dir():
+            raise LookupError(f"container {task_id} is not running on node {self.node_id}")
+        copy = await asyncio.create_subprocess_exec(
+            "cp", "-a", f"{upper}/.", str(destination), stderr=asyncio.subprocess.PIPE
+        )
+        _, error = await copy.communicate()
+        if copy.returncode != 0:
+            raise RuntimeError(f"copying the writable layer of {task_id} failed: {error.decode().strip()}")
+
     # --- volumes ------------------------------------------------------------------------------
 
     async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None:

@@ -82,6 +82,7 @@ class CommandRouter:
         sandbox: Callable[[str], SandboxProcesses | None],
         secrets: SecretResolver,
         activity: Callable[[str, int], None] = lambda task_id, change: None,
+        snapshot: Callable[[str, str], Awaitable[str]] | None = None,
     ) -> None:
         self.credentials = credentials
         self.sandbox = sandbox
@@ -89,6 +90,8 @@ class CommandRouter:
         # Told of every call on a task as it begins (+1) and ends (-1): a sandbox with
         # calls open or recent is not idle (idle_timeout).
         self.activity = activity
+        # (task id, snapshot id) -> a new image's id: the control plane records images.
+        self.snapshot = snapshot
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """The generated route table, each handler behind the credential check; RPCs this
@@ -187,6 +190,18 @@ class CommandRouter:
             )
         else:
             raise GRPCError(Status.DEADLINE_EXCEEDED, "the sandbox's readiness probe has not passed yet")
+
+    async def TaskSnapshotFilesystem(self, stream: Stream[Any, Any]) -> None:
+        request = await _request(stream)
+        processes = self._processes(request.task_id)
+        if self.snapshot is None:
+            raise GRPCError(Status.UNIMPLEMENTED, "filesystem snapshots are not supported by this router")
+        if processes.gone.is_set():
+            raise GRPCError(
+                Status.FAILED_PRECONDITION, "the sandbox has finished; only a running one can be snapshotted"
+            )
+        image_id = await self.snapshot(request.task_id, request.snapshot_id)
+        await stream.send_message(tcr.TaskSnapshotFilesystemResponse(image_id=image_id))
 
     # --- exec -------------------------------------------------------------------------------
 

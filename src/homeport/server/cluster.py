@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -183,6 +184,11 @@ class RayNode:
 
     async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None:
         return await self._call("commit_volume", task_id, volume_id)  # type: ignore[no-any-return]
+
+    async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
+        # Sandboxes do not run in cluster mode yet (SandboxCreateV2 says so), and function
+        # containers are not snapshotted: nothing asks a cluster node for this.
+        raise NotImplementedError("filesystem snapshots of containers on cluster nodes are not supported yet")
 
     async def refresh_volume(self, task_id: str, volume_id: str, committed: list[Entry]) -> None:
         await self._call("refresh_volume", task_id, volume_id, committed)

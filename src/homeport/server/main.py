@@ -70,7 +70,11 @@ async def start_router(state: ServerState) -> Server:
     router = Server(
         [
             CommandRouter(
-                state.router_credentials, state.agent.sandbox, sandboxes.exec_environment, sandboxes.touch
+                state.router_credentials,
+                state.agent.sandbox,
+                sandboxes.exec_environment,
+                sandboxes.touch,
+                sandboxes.snapshot_filesystem,
             )
         ]
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from homeport.agent.gpus import GpuRequest
@@ -54,6 +55,11 @@ class Node(Protocol):
     async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None: ...
 
     async def refresh_volume(self, task_id: str, volume_id: str, committed: list[Entry]) -> None: ...
+
+    async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
+        """A running container's writable layer, copied into `destination` (a directory
+        on this machine): Sandbox.snapshot_filesystem."""
+        ...
 
     def container_blob_base(self) -> str | None:
         """Where this node's containers reach blob URLs (None: the server's own address)."""
@@ -107,6 +113,9 @@ class LocalNode:
 
     async def refresh_volume(self, task_id: str, volume_id: str, committed: list[Entry]) -> None:
         await self.agent.refresh_volume(task_id, volume_id, committed)
+
+    async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
+        await self.agent.copy_writable_layer(task_id, destination)
 
     def container_blob_base(self) -> str | None:
         return self._blob_base()

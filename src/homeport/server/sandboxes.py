@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import json
 import logging
 import time
@@ -26,10 +27,12 @@ from modal_proto import api_pb2
 from homeport import ids
 from homeport.agent.order import ContainerOrder, ReadinessProbe
 from homeport.agent.runtime import ContainerStartError
+from homeport.images.config import ImageConfig
 from homeport.server import errors
 from homeport.server.nodes import Node, Placement
 from homeport.server.notify import Notifier
 from homeport.server.orders import image_environment
+from homeport.server.services.image_snapshots import FilesystemSnapshots
 from homeport.server.services.images import ImageService
 from homeport.server.services.secrets import SecretService
 from homeport.server.store import schema
@@ -46,6 +49,14 @@ def sandbox_key(sandbox_id: str) -> str:
     return f"sandbox:{sandbox_id}"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Running:
+    task_id: str
+    node: Node
+    chain: list[str]  # its image's layers, for snapshot_filesystem
+    config: ImageConfig
+
+
 class Sandboxes:
     def __init__(
         self,
@@ -54,13 +65,15 @@ class Sandboxes:
         images: ImageService,
         secrets: SecretService,
         placement: Placement,
+        snapshots: FilesystemSnapshots,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
         self.images = images
         self.secrets = secrets
         self.placement = placement
-        self.running: dict[str, tuple[str, Node]] = {}  # sandbox id -> (task id, node)
+        self.snapshots = snapshots
+        self.running: dict[str, _Running] = {}  # by sandbox id
         self._ending: dict[str, int] = {}  # sandbox id -> the status it is being ended with
         self._activity: dict[str, list[float]] = {}  # task id -> [router calls open, last call's end]
         self.created: Callable[[str, str], None] = lambda sandbox_id, workspace_id: None
@@ -155,7 +168,7 @@ class Sandboxes:
             )
             self._finish(sandbox_id, failed)
             raise
-        self.running[sandbox_id] = (task_id, node)
+        self.running[sandbox_id] = _Running(task_id, node, chain, config)
         idle_s = definition.idle_timeout_secs if definition.HasField("idle_timeout_secs") else 0
         asyncio.get_running_loop().create_task(
             self._watch(sandbox_id, task_id, node, definition.timeout_secs, idle_s)
@@ -273,7 +286,19 @@ class Sandboxes:
         running = self.running.get(sandbox_id)
         if running is not None and sandbox_id not in self._ending:
             self._ending[sandbox_id] = status
-            running[1].kill(running[0])
+            running.node.kill(running.task_id)
+
+    async def snapshot_filesystem(self, task_id: str, snapshot_id: str) -> str:
+        """A new image: the running sandbox's image plus what it changed (image_snapshots.py)."""
+        row = self.by_task(task_id)
+        running = self.running.get(row.id) if row is not None else None
+        if row is None or running is None:
+            raise errors.failed_precondition(
+                f"sandbox task {task_id} has finished; only a running one can be snapshotted"
+            )
+        return await self.snapshots.take(
+            row.workspace_id, running.node, task_id, running.chain, running.config, snapshot_id
+        )
 
     def terminate(self, sandbox_id: str) -> None:
         """Stop it now (its result: TERMINATED, return code 137); a no-op once finished."""

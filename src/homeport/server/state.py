@@ -44,6 +44,7 @@ from homeport.server.services.calls import CallService
 from homeport.server.services.dicts import DictService
 from homeport.server.services.environments import EnvironmentService
 from homeport.server.services.image_inventory import record_layer_dir
+from homeport.server.services.image_snapshots import FilesystemSnapshots
 from homeport.server.services.images import ImageService
 from homeport.server.services.logs import LogService
 from homeport.server.services.mounts import MountService
@@ -286,7 +287,14 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     images.run_build_function = scheduler.run_build_function
     sandboxes = None
     if cluster is None:
-        sandboxes = Sandboxes(engine, notifier, images, secret_service, placement)
+        sandboxes = Sandboxes(
+            engine,
+            notifier,
+            images,
+            secret_service,
+            placement,
+            FilesystemSnapshots(engine, images.layers, notifier),
+        )
         sandboxes.created = ownership.remember
     return ServerState(
         settings=settings,

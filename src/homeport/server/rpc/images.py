@@ -1,5 +1,5 @@
 """Image RPCs: ImageGetOrCreate finds or starts a build; ImageJoinStreaming streams its
-log live and then its result."""
+log live and then its result; ImageFromId looks up a built one."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from modal_proto import api_pb2
 
 from homeport.images.config import ImageConfig
+from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
 from homeport.server.rpc.environments import IMAGE_BUILDER_VERSION
-from homeport.server.services.images import PENDING
+from homeport.server.services.images import PENDING, SUCCESS
 
 JOIN_TIMEOUT_S = 55.0
 
@@ -108,3 +109,21 @@ async def image_join_streaming(
             if remaining <= 0:
                 return
             await listener.wait(remaining)
+
+
+@handler("ImageFromId")
+async def image_from_id(
+    context: RequestContext, request: api_pb2.ImageFromIdRequest
+) -> api_pb2.ImageFromIdResponse:
+    """modal.Image.from_id: an image already built (by a build or a sandbox's snapshot),
+    for use as `image=`. One still building or failed cannot run anything: say so."""
+    status, exception, config = context.state.images.status(context.workspace_id, request.image_id)
+    if status == PENDING:
+        raise errors.failed_precondition(
+            f"image {request.image_id} is still being built; use it once its build has finished"
+        )
+    if status != SUCCESS:
+        raise errors.failed_precondition(
+            f"image {request.image_id} failed to build ({exception or 'no message'}); build it again"
+        )
+    return api_pb2.ImageFromIdResponse(image_id=request.image_id, metadata=_metadata(config))
