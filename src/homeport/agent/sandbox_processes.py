@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,18 +109,24 @@ class SandboxProcesses:
     async def connect(self, timeout_s: float = 30.0) -> None:
         """Wait for the supervisor's socket and connect: the entrypoint starts then."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            try:
-                reader, self._writer = await asyncio.open_unix_connection(
-                    str(self.socket_path), limit=LINE_LIMIT
-                )
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(
-                        f"the sandbox's supervisor did not start within {timeout_s:.0f} s"
-                    ) from None
-                await asyncio.sleep(0.002)
+        # A socket's path may hold 107 bytes; a deep data directory is longer. Reach it
+        # through a descriptor of its directory instead (/proc/self/fd/N/NAME is short).
+        directory = os.open(self.socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            while True:
+                try:
+                    reader, self._writer = await asyncio.open_unix_connection(
+                        f"/proc/self/fd/{directory}/{self.socket_path.name}", limit=LINE_LIMIT
+                    )
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TimeoutError(
+                            f"the sandbox's supervisor did not start within {timeout_s:.0f} s"
+                        ) from None
+                    await asyncio.sleep(0.002)
+        finally:
+            os.close(directory)
         self._reader_task = asyncio.get_running_loop().create_task(self._read_events(reader))
 
     async def _read_events(self, reader: asyncio.StreamReader) -> None:
