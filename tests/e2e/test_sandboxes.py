@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import ssl
 
 from grpclib import GRPCError, Status
 from grpclib.client import Channel
@@ -12,7 +14,7 @@ from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as tcr
 from modal_proto.task_command_router_grpc import TaskCommandRouterStub
 
-from tests.conftest import Server, assert_ok, output, run_modal, run_python
+from tests.conftest import Server, assert_ok, output, run_modal, run_python, start_server
 from tests.e2e.test_auth import call_raw, user_metadata
 
 PRELUDE = """
@@ -21,8 +23,8 @@ app = modal.App.lookup("sandboxes-e2e", create_if_missing=True)
 """
 
 
-def run_sandbox_script(server: Server, body: str, timeout: float = 300) -> str:
-    return assert_ok(run_python(server, PRELUDE + body, timeout=timeout))
+def run_sandbox_script(server: Server, body: str, timeout: float = 300, **env: str) -> str:
+    return assert_ok(run_python(server, PRELUDE + body, timeout=timeout, **env))
 
 
 def test_entrypoint_output_exit_code_and_poll(server: Server) -> None:
@@ -388,3 +390,86 @@ with fn_app.run():
     assert "IMAGE im-" in text
     assert "FROM SNAPSHOT 'kept\\nchanged\\nnote\\nissue-gone\\n'" in text
     assert "FUNCTION SEES kept" in text
+
+
+ECHO_SERVER = (
+    "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+    "s.bind(('0.0.0.0', 9000)); s.listen()\\nwhile True:\\n c, _ = s.accept(); c.sendall(c.recv(100).upper()); c.close()"
+)
+
+
+def test_tunnels_reach_the_sandbox_over_tls_and_raw_tcp(server: Server) -> None:
+    """encrypted_ports: an https URL whose certificate Homeport's CA signed (trusted here
+    through SSL_CERT_FILE, as the README says); unencrypted_ports: a raw TCP socket."""
+    bundle = server.data_dir / "tls" / "ca-bundle.pem"
+    text = run_sandbox_script(
+        server,
+        f"""
+import socket, ssl, urllib.request
+both_up = "import socket; [socket.create_connection(('127.0.0.1', p)).close() for p in (8000, 9000)]"
+sb = modal.Sandbox.create(
+    "sh", "-c", "cd /etc && python3 -m http.server 8000 & exec python3 -c \\"$ECHO\\"", app=app,
+    env={{"ECHO": {ECHO_SERVER!r}.replace("\\\\n", "\\n")}},
+    encrypted_ports=[8000], unencrypted_ports=[9000], readiness_probe=modal.Probe.with_exec("python3", "-c", both_up),
+)
+sb.wait_until_ready(timeout=60)
+tunnels = sb.tunnels()
+print("URL", tunnels[8000].url)
+sb.exec("sh", "-c", "echo written-in-the-sandbox > /etc/tunnel-check").wait()
+print("HTTPS SERVED", urllib.request.urlopen(tunnels[8000].url + "/tunnel-check", timeout=30).read())
+host, port = tunnels[9000].tcp_socket
+with socket.create_connection((host, port), timeout=30) as raw:
+    raw.sendall(b"ping")
+    print("TCP ECHO", raw.recv(100))
+try:
+    urllib.request.urlopen(tunnels[8000].url, timeout=30, context=ssl.create_default_context(cafile="/etc/ssl/certs/ca-certificates.crt"))
+except urllib.error.URLError as error:
+    print("UNTRUSTED WITHOUT THE CA", isinstance(error.reason, ssl.SSLCertVerificationError))
+sb.terminate()
+sb.wait(raise_on_termination=False)
+try:
+    socket.create_connection(tunnels[9000].tcp_socket, timeout=5).close()
+    print("TUNNEL AFTER END open")
+except OSError:
+    print("TUNNEL AFTER END closed")
+""",
+        SSL_CERT_FILE=str(bundle),
+    )
+    assert "URL https://127.0.0.1:" in text
+    assert "HTTPS SERVED b'written-in-the-sandbox\\n'" in text
+    assert "TCP ECHO b'PING'" in text
+    assert "UNTRUSTED WITHOUT THE CA True" in text
+    assert "TUNNEL AFTER END closed" in text
+
+
+def test_off_localhost_the_router_speaks_tls_from_homeports_ca(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Client 1.6.4 dials the router over plain HTTP/2 only when its server URL is on
+    localhost; on another address (127.0.0.2 here: loopback, but not a name the client
+    counts as localhost) it wants https with a certificate it can verify."""
+    server = start_server(tmp_path, serve_args=["--host", "127.0.0.2"])
+    try:
+        assert "MODAL_SERVER_URL=http://127.0.0.2:" in (server.data_dir / "client.env").read_text()
+        script = """
+sb = modal.Sandbox.create("sleep", "infinity", app=app)
+print("EXEC", sb.exec("echo", "over tls").stdout.read().strip())
+sb.terminate()
+"""
+        bundle = str(server.data_dir / "tls" / "ca-bundle.pem")
+        trusted = run_sandbox_script(server, script, SSL_CERT_FILE=bundle)
+        assert "EXEC over tls" in trusted
+        # Without the CA the client cannot verify the router (client 1.6.4 then retries
+        # quietly); check the certificate directly, as the client's default context would.
+        router = server.log_text().split("sandbox command router at https://")[1].split()[0]
+        host, port = router.rsplit(":", 1)
+        for cafile, expected in ((None, "CERTIFICATE_VERIFY_FAILED"), (bundle, "h2")):
+            context = ssl.create_default_context(cafile=cafile)
+            context.set_alpn_protocols(["h2"])
+            try:
+                with socket.create_connection((host, int(port)), timeout=10) as raw:
+                    with context.wrap_socket(raw, server_hostname=host) as tls:
+                        outcome = tls.selected_alpn_protocol()
+            except ssl.SSLCertVerificationError as error:
+                outcome = str(error)
+            assert expected in str(outcome), (cafile, outcome)
+    finally:
+        server.stop()

@@ -18,7 +18,7 @@ log = logging.getLogger("homeport.agent")
 CHUNK = 256 * 1024
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
@@ -48,7 +48,7 @@ class _Forwarder:
             log.warning("cannot reach the control plane at %s: %s", self.target, error)
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
     async def close(self) -> None:
         if self._server is not None:

@@ -39,12 +39,14 @@ from homeport.agent.runtime import (
     BoundDirectory,
     Container,
     ContainerSpec,
+    ContainerStartError,
     MountedFile,
     OutputCallback,
     Runtime,
     shell_exit_code,
 )
 from homeport.agent.sandbox_processes import SandboxProcesses
+from homeport.agent.tunnels import OpenTunnels, Tunnel, TunnelGate
 from homeport.agent.volume_copy import Entry, Snapshot
 from homeport.agent.zygote import ZygoteImage
 
@@ -136,6 +138,7 @@ class _Held:
     fault: str | None = None  # why the node killed it for its own doing
     volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
     sandbox: SandboxProcesses | None = None  # a sandbox's processes, through its supervisor
+    tunnels: OpenTunnels | None = None  # a sandbox's open ports
 
 
 class NodeAgent:
@@ -147,15 +150,18 @@ class NodeAgent:
         node_id: str | None = None,
         report: Callable[[NodeInventory], None] | None = None,
         started: Callable[[str, float], None] | None = None,
+        tunnel_gate: TunnelGate | None = None,
     ) -> None:
         """`report` receives the node's inventory every few seconds, `started` the kind and
-        start-up time of each container (both: the control plane's, however it is reached)."""
+        start-up time of each container (both: the control plane's, however it is reached);
+        `tunnel_gate` publishes sandboxes' open ports (None: this node publishes none)."""
         self.node_id = node_id or default_node_id()
         self.started_at = time.time()
         self.runtime = runtime
         self.assets = assets
         self._report = report
         self._started = started
+        self._tunnel_gate = tunnel_gate
         self._work_dirs = work_dirs
         self.gpus = GpuPool(detect_gpus())
         self.memory_budget_mib = node_memory_budget_mib()
@@ -251,7 +257,11 @@ class NodeAgent:
                 await held.sandbox.connect()
                 if order.readiness_probe is not None:
                     held.sandbox.readiness = Readiness(order.readiness_probe, held.sandbox)
+                if order.open_ports:
+                    held.tunnels = await self._open_tunnels(order, held.container)
         except BaseException:
+            if held.tunnels is not None:
+                await held.tunnels.close()
             if held.container is not None:
                 held.container.kill()
                 # Its wait releases what it holds (mounts, cgroup, work directory).
@@ -261,6 +271,21 @@ class NodeAgent:
         held.disk_limit_mib = order.disk_limit_mib
         if self._started is not None:
             self._started(getattr(held.container, "kind", "fresh"), time.monotonic() - began)
+
+    async def _open_tunnels(self, order: ContainerOrder, container: Container) -> OpenTunnels:
+        if self._tunnel_gate is None:
+            raise ContainerStartError(
+                f"node {self.node_id} does not publish sandbox ports; create the sandbox without "
+                "encrypted_ports/unencrypted_ports"
+            )
+        # No address of its own: the node has no container network and it shares the host's.
+        address = container.holdings.address or "127.0.0.1"
+        return await self._tunnel_gate.open(address, order.open_ports)
+
+    def tunnels(self, task_id: str) -> list[Tunnel]:
+        """A running sandbox's open ports, as published."""
+        held = self._held.get(task_id)
+        return list(held.tunnels.tunnels) if held is not None and held.tunnels is not None else []
 
     def sandbox(self, task_id: str) -> SandboxProcesses | None:
         """A running sandbox's processes (for the task command router beside it)."""
@@ -403,6 +428,8 @@ class NodeAgent:
         assert held.container is not None
         try:
             code = shell_exit_code(await held.container.wait())
+            if held.tunnels is not None:
+                await held.tunnels.close()
             reason = held.fault or held.container.exit_reason()
             holdings = getattr(held.container, "holdings", None)
             cpu_seconds, peak = holdings.usage if holdings is not None else (0.0, 0)

@@ -69,3 +69,4 @@ class ContainerOrder:
     # with no client package and no control socket; its processes are `NodeAgent.sandbox()`.
     sandbox_entrypoint: tuple[str, ...] = ()
     readiness_probe: ReadinessProbe | None = None
+    open_ports: tuple[tuple[int, bool], ...] = ()  # a sandbox's (port, unencrypted) tunnels

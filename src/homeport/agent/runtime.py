@@ -83,6 +83,7 @@ class Holdings:
         self.on_exit: list[Callable[[], None]] = []
         self.oom_killed = False
         self.usage: tuple[float, int] = (0.0, 0)  # (CPU seconds, peak memory bytes), read at exit
+        self.address: str | None = None  # its address on the node's bridge, if it has one
 
     async def release(self) -> None:
         await asyncio.gather(*self.readers, return_exceptions=True)
@@ -115,6 +116,7 @@ def describe_exit(code: int) -> str:
 
 class Container(Protocol):
     task_id: str
+    holdings: Holdings
 
     async def wait(self) -> int:
         """Wait for the container to exit; returns its exit code (negative: killed by that signal)."""

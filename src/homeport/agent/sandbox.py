@@ -337,6 +337,7 @@ class SandboxRuntime:
         if attachment is not None and self.network is not None:
             network, attached = self.network, attachment
             container.holdings.on_exit.append(lambda: network.detach(attached))
+            container.holdings.address = attachment.address
         return container
 
     async def _spawn(

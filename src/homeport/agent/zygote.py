@@ -555,6 +555,7 @@ class Zygote:
         if attachment is not None and network is not None:
             network_, attached = network, attachment
             container.holdings.on_exit.insert(0, lambda: network_.detach(attached))
+            container.holdings.address = attachment.address
         return container
 
     async def stop(self) -> None:

@@ -23,6 +23,7 @@ from homeport.agent.gpus import GpuPool, GpuRequest
 from homeport.agent.node import REPORT_INTERVAL_S, SATURATED_CPU, ContainerExit, NodeInventory, ZygoteOrder
 from homeport.agent.order import ContainerOrder
 from homeport.agent.runtime import ContainerStartError, OutputCallback
+from homeport.agent.tunnels import Tunnel
 from homeport.agent.volume_copy import Entry
 from homeport.server.nodes import NodeLost, Placement
 
@@ -184,6 +185,9 @@ class RayNode:
 
     async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None:
         return await self._call("commit_volume", task_id, volume_id)  # type: ignore[no-any-return]
+
+    async def tunnels(self, task_id: str) -> list[Tunnel]:
+        return []  # sandboxes do not run in cluster mode yet
 
     async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
         # Sandboxes do not run in cluster mode yet (SandboxCreateV2 says so), and function

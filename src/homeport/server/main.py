@@ -61,10 +61,16 @@ def postgres_dsn(engine) -> str:  # type: ignore[no-untyped-def]
     return str(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
 
 
+# Client 1.6.4 (`Client._is_localhost`) dials the router over plain HTTP/2 only when its
+# server URL names one of these; otherwise it wants `https` with a certificate the system's
+# CA store trusts (SSL_CERT_FILE pointing at Homeport's bundle does: see tls.py).
+LOCALHOST_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
 async def start_router(state: ServerState) -> Server:
     """The task command router for this machine's sandboxes, on a port of its own (the
-    client dials it at the URL SandboxCreateV2 hands out). Plain HTTP/2: client 1.6.4
-    accepts that only when its server URL is on localhost."""
+    client dials it at the URL SandboxCreateV2 hands out): plain HTTP/2 when the server is
+    on localhost, TLS with a certificate from Homeport's CA otherwise."""
     sandboxes = state.sandboxes
     assert sandboxes is not None
     router = Server(
@@ -78,11 +84,20 @@ async def start_router(state: ServerState) -> Server:
             )
         ]
     )
-    await router.start(state.settings.host, 0)
+    host = state.settings.host
+    tls = None
+    if host not in LOCALHOST_NAMES:
+        assert state.authority is not None
+        tls = state.authority.server_context([host], alpn=("h2",))
+    await router.start(host, 0, ssl=tls)
     port = router._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.router_url = f"http://{state.settings.host}:{port}"
+    state.router_url = f"{'https' if tls else 'http'}://{_url_host(host)}:{port}"
     log.info("sandbox command router at %s", state.router_url)
     return router
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 async def serve(settings: Settings) -> None:
@@ -132,6 +147,13 @@ async def serve(settings: Settings) -> None:
         )
         log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     write_client_env(state)
+    if state.authority is not None and state.sandboxes is not None:
+        await asyncio.to_thread(state.authority.ensure)
+        log.info(
+            "sandbox tunnels (and the router off localhost) use TLS from Homeport's CA: trust it with "
+            "SSL_CERT_FILE=%s",
+            state.authority.bundle_path,
+        )
     log.info(
         "homeport serving gRPC on %s, blobs on %s, data in %s",
         settings.server_url,

@@ -18,6 +18,7 @@ from homeport.agent.gpus import GpuRequest
 from homeport.agent.node import SATURATED_CPU, ContainerExit, NodeAgent, NodeInventory, ZygoteOrder
 from homeport.agent.order import ContainerOrder
 from homeport.agent.runtime import OutputCallback
+from homeport.agent.tunnels import Tunnel
 from homeport.agent.volume_copy import Entry
 
 log = logging.getLogger("homeport.placement")
@@ -55,6 +56,10 @@ class Node(Protocol):
     async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None: ...
 
     async def refresh_volume(self, task_id: str, volume_id: str, committed: list[Entry]) -> None: ...
+
+    async def tunnels(self, task_id: str) -> list[Tunnel]:
+        """A running sandbox's open ports, as published."""
+        ...
 
     async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
         """A running container's writable layer, copied into `destination` (a directory
@@ -116,6 +121,9 @@ class LocalNode:
 
     async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
         await self.agent.copy_writable_layer(task_id, destination)
+
+    async def tunnels(self, task_id: str) -> list[Tunnel]:
+        return self.agent.tunnels(task_id)
 
     def container_blob_base(self) -> str | None:
         return self._blob_base()

@@ -154,6 +154,7 @@ class Sandboxes:
             cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
             sandbox_entrypoint=tuple(entrypoint),
             readiness_probe=probe,
+            open_ports=tuple((spec.port, spec.unencrypted) for spec in definition.open_ports.ports),
         )
         try:
             await node.start(order, self._log_output(sandbox_id))
@@ -287,6 +288,23 @@ class Sandboxes:
         if running is not None and sandbox_id not in self._ending:
             self._ending[sandbox_id] = status
             running.node.kill(running.task_id)
+
+    async def tunnels(self, sandbox_id: str) -> list[api_pb2.TunnelData]:
+        """A running sandbox's open ports as the client sees them (Tunnel.url, tcp_socket);
+        none once it has finished."""
+        running = self.running.get(sandbox_id)
+        if running is None:
+            return []
+        return [
+            api_pb2.TunnelData(
+                container_port=tunnel.container_port,
+                host=tunnel.host,
+                port=tunnel.port,
+                unencrypted_host=tunnel.unencrypted_host or None,
+                unencrypted_port=tunnel.unencrypted_port or None,
+            )
+            for tunnel in await running.node.tunnels(running.task_id)
+        ]
 
     async def snapshot_filesystem(self, task_id: str, snapshot_id: str) -> str:
         """A new image: the running sandbox's image plus what it changed (image_snapshots.py)."""

@@ -16,6 +16,7 @@ from homeport.agent.network import available as network_available
 from homeport.agent.node import NodeAgent
 from homeport.agent.router import RouterCredentials
 from homeport.agent.sandbox import SandboxRuntime
+from homeport.agent.tunnels import TunnelGate
 from homeport.agent.zygote import ZygotePool
 from homeport.config import Settings
 from homeport.images.bases import BaseCache
@@ -56,6 +57,7 @@ from homeport.server.services.usage import UsageService
 from homeport.server.services.volumes import VolumeService
 from homeport.server.services.web import WebEndpointService
 from homeport.server.store import db, schema
+from homeport.tls import CertificateAuthority
 
 BLOB_SIGNING_KEY = "blob_signing_key"
 DASHBOARD_SIGNING_KEY = "dashboard_signing_key"
@@ -110,6 +112,8 @@ class ServerState:
     sandboxes: Sandboxes | None = None
     router_credentials: RouterCredentials = dataclasses.field(default_factory=lambda: RouterCredentials(b""))
     router_url: str = ""
+    # Homeport's CA: TLS for sandbox tunnels and a router clients reach off localhost (tls.py).
+    authority: CertificateAuthority | None = None
     cluster: RayCluster | None = None  # cluster mode: the Ray nodes
     replicas: Replicas | None = None  # cluster mode: the other control-plane replicas
 
@@ -196,6 +200,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     zygotes = ZygotePool(layout.zygotes) if settings.zygotes else None
     runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network, zygotes)
     nodes = NodeRegistry(engine)
+    authority = CertificateAuthority(settings.data_dir / "tls")
     agent = NodeAgent(
         runtime,
         layout.task_dir,
@@ -209,6 +214,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         # In a cluster this machine only runs image build steps: not a node placement uses.
         report=None if settings.ray_address else nodes.report,
         started=lambda kind, seconds: metrics.container_started(agent.node_id, kind, seconds),
+        tunnel_gate=TunnelGate(settings.host, lambda: authority.server_context([settings.host])),
     )
     for private in (settings.cache.root, settings.layers):
         private.mkdir(parents=True, exist_ok=True)
@@ -326,6 +332,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         web=WebEndpointService(engine),
         network=network,
         sandboxes=sandboxes,
+        authority=authority,
         router_credentials=RouterCredentials(
             shared_setting(engine, ROUTER_SIGNING_KEY, random_secrets.token_hex(32)).encode()
         ),

@@ -81,8 +81,24 @@ async def sandbox_create_v2(
     return api_pb2.SandboxCreateV2Response(
         sandbox_id=sandbox_id,
         task_id=task_id,
+        # All of them, so the client need not ask SandboxGetTunnelsV2 (it does when fewer).
+        tunnels=await _sandboxes(context).tunnels(sandbox_id),
         command_router_access=api_pb2.CommandRouterAccess(url=access.url, jwt=access.jwt),
         metadata=api_pb2.SandboxHandleMetadata(app_id=app.id),
+    )
+
+
+@handler("SandboxGetTunnels")
+@handler("SandboxGetTunnelsV2")
+async def sandbox_get_tunnels(
+    context: RequestContext, request: api_pb2.SandboxGetTunnelsRequest
+) -> api_pb2.SandboxGetTunnelsResponse:
+    """Tunnels open with the sandbox (they are listening once it has started)."""
+    if _own(context, request.sandbox_id).result is not None:
+        raise errors.failed_precondition(f"sandbox {request.sandbox_id} has finished; its tunnels are closed")
+    return api_pb2.SandboxGetTunnelsResponse(
+        result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
+        tunnels=await _sandboxes(context).tunnels(request.sandbox_id),
     )
 
 

@@ -1,0 +1,159 @@
+"""Homeport's own certificate authority, for what clients dial directly over TLS: a
+sandbox's `encrypted_ports` tunnels (client 1.6.4 always makes a tunnel's URL `https://`)
+and the task command router when the server is not on localhost (the client dials the
+router with `https` then, checking the certificate against the system's CA store).
+
+The CA is made once per data directory (`tls/ca.pem`, its key beside it, readable by root
+only) with the `cryptography` library; server certificates are issued from it for the
+names and addresses clients use. A user trusts it with `SSL_CERT_FILE=<data>/tls/ca-bundle.pem`
+(the system's CAs plus this one, so other HTTPS keeps working) or by installing `ca.pem`
+with `update-ca-certificates`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import ssl
+import threading
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_LIFETIME = datetime.timedelta(days=3650)
+SERVER_LIFETIME = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+class CertificateAuthority:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def bundle_path(self) -> Path:
+        """The system's CAs plus Homeport's: what SSL_CERT_FILE can point at."""
+        return self.directory / "ca-bundle.pem"
+
+    def ensure(self) -> None:
+        """Make the CA (and the bundle users point SSL_CERT_FILE at) if there is none yet."""
+        with self._lock:
+            self._authority()
+
+    def server_context(self, hosts: list[str], alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """A TLS server context whose certificate names `hosts` (and localhost), offering
+        the `alpn` protocols (gRPC needs "h2"; a tunnel leaves it to the sandbox's server)."""
+        names = tuple(sorted({*hosts, "localhost", "127.0.0.1", "::1"}))
+        with self._lock:
+            context = self._contexts.get((*names, "alpn", *alpn))
+            if context is None:
+                certificate, key = self._server_files(names)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(certificate, key)
+                if alpn:
+                    context.set_alpn_protocols(list(alpn))
+                self._contexts[(*names, "alpn", *alpn)] = context
+            return context
+
+    def _authority(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key_path = self.directory / "ca.key"
+        if self.ca_path.exists() and key_path.exists():
+            certificate = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            return certificate, key
+        self.directory.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Homeport CA ({os.uname().nodename})")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + CA_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )  # fmt: skip
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(key_path, _key_pem(key))
+        self.ca_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        system = SYSTEM_BUNDLE.read_bytes() if SYSTEM_BUNDLE.exists() else b""
+        self.bundle_path.write_bytes(system + b"\n" + self.ca_path.read_bytes())
+        return certificate, key
+
+    def _server_files(self, names: tuple[str, ...]) -> tuple[Path, Path]:
+        authority, authority_key = self._authority()
+        tag = hashlib.sha256("\0".join(names).encode()).hexdigest()[:16]
+        certificate_path = self.directory / f"server-{tag}.pem"
+        key_path = self.directory / f"server-{tag}.key"
+        now = datetime.datetime.now(datetime.UTC)
+        if certificate_path.exists() and key_path.exists():
+            existing = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+            if existing.not_valid_after_utc - now > RENEW_BEFORE and existing.issuer == authority.subject:
+                return certificate_path, key_path
+        key = ec.generate_private_key(ec.SECP256R1())
+        alternative_names: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                alternative_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                alternative_names.append(x509.DNSName(name))
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(authority.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + SERVER_LIFETIME)
+            .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(authority_key.public_key()), critical=False
+            )
+            .sign(authority_key, hashes.SHA256())
+        )
+        _write_private(key_path, _key_pem(key))
+        certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        return certificate_path, key_path
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
