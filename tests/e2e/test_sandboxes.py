@@ -473,3 +473,30 @@ sb.terminate()
             assert expected in str(outcome), (cafile, outcome)
     finally:
         server.stop()
+
+
+def test_volumes_are_mounted_and_committed_when_the_sandbox_ends(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+import io
+vol = modal.Volume.from_name("sandbox-volume-e2e", create_if_missing=True)
+with vol.batch_upload(force=True) as batch:
+    batch.put_file(io.BytesIO(b"seeded outside"), "/seed.txt")
+work = "cat /data/seed.txt; echo; echo made-inside > /data/made.txt; rm /data/seed.txt; sleep 1"
+sb = modal.Sandbox.create("sh", "-c", work, app=app, volumes={"/data": vol})
+print("SAW", repr(sb.stdout.read()))
+print("BEFORE THE END", sorted(entry.path for entry in vol.listdir("/")))
+sb.wait()
+print("AFTER", sorted(entry.path for entry in vol.listdir("/")), b"".join(vol.read_file("made.txt")))
+ro = modal.Sandbox.create("sh", "-c", "touch /ro/x 2>&1; ls /ro", app=app, volumes={"/ro": vol.read_only()})
+print("READ ONLY", repr(ro.stdout.read()))
+ro.wait()
+print("STILL", sorted(entry.path for entry in vol.listdir("/")))
+""",
+    )
+    assert "SAW 'seeded outside\\n'" in text
+    assert "BEFORE THE END ['seed.txt']" in text
+    assert "AFTER ['made.txt'] b'made-inside\\n'" in text
+    assert "Read-only file system" in text and "made.txt" in text.split("READ ONLY")[1]
+    assert "STILL ['made.txt']" in text

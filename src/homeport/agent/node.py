@@ -85,6 +85,8 @@ class ContainerExit:
     lost: bool  # the platform lost it (its zygote died): not the container's doing
     cpu_seconds: float = 0.0  # CPU time it used (cgroup accounting)
     memory_peak_bytes: int = 0
+    # What it changed in its volumes, committed as it exited (ContainerOrder.commit_volumes_at_exit).
+    volume_changes: tuple[tuple[str, tuple[Entry, ...], tuple[str, ...]], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +139,10 @@ class _Held:
     container: Container | None = None
     fault: str | None = None  # why the node killed it for its own doing
     volumes: dict[str, VolumeView] = dataclasses.field(default_factory=dict)
+    # (volume id, changed entries, removed paths) committed as it exited (commit_volumes_at_exit)
+    final_commits: list[tuple[str, tuple[Entry, ...], tuple[str, ...]]] = dataclasses.field(
+        default_factory=list
+    )
     sandbox: SandboxProcesses | None = None  # a sandbox's processes, through its supervisor
     tunnels: OpenTunnels | None = None  # a sandbox's open ports
 
@@ -252,6 +258,9 @@ class NodeAgent:
         try:
             spec = await self._resolve(order, held)
             held.container = await self.runtime.start(spec, on_output)
+            if order.commit_volumes_at_exit and held.volumes:
+                container_held = held
+                held.container.holdings.on_exit.append(lambda: self._commit_volumes_at_exit(container_held))
             if order.sandbox_entrypoint:
                 held.sandbox = SandboxProcesses(self._sandbox_run_dir(order.task_id) / SOCKET_NAME)
                 await held.sandbox.connect()
@@ -295,22 +304,15 @@ class NodeAgent:
     async def _resolve(self, order: ContainerOrder, held: _Held) -> ContainerSpec:
         """The order on this node's disk: its layers, files, client package and volume copies."""
         layers = await asyncio.to_thread(self.assets.layer_dirs, order.layers)
+        work_dir = self.work_dir(order.task_id)
+        directories = await self._volume_copies(order, held, work_dir)
         if order.sandbox_entrypoint:
-            return self._sandbox_spec(order, layers)
+            return self._sandbox_spec(order, layers, directories)
         package = await asyncio.to_thread(self.assets.client_package, order.python_version)
         files = [
             MountedFile(f.container_path, await asyncio.to_thread(self.assets.blob, f.blob_id), f.mode)
             for f in order.files
         ]
-        work_dir = self.work_dir(order.task_id)
-        directories = []
-        for volume in order.volumes:
-            directory = work_dir / "volumes" / volume.volume_id
-            base = await asyncio.to_thread(
-                volume_copy.materialize, list(volume.entries), directory, self.assets.contents
-            )
-            held.volumes[volume.volume_id] = VolumeView(directory, volume.read_only, base)
-            directories.append(BoundDirectory(directory, volume.mount_path, volume.read_only))
         control_socket = await self.assets.control_socket(order.control_address)
         return ContainerSpec(
             task_id=order.task_id,
@@ -340,10 +342,39 @@ class NodeAgent:
             ),
         )
 
+    async def _volume_copies(
+        self, order: ContainerOrder, held: _Held, work_dir: Path
+    ) -> list[BoundDirectory]:
+        """The container's working copy of each volume it mounts, as committed now."""
+        directories = []
+        for volume in order.volumes:
+            directory = work_dir / "volumes" / volume.volume_id
+            base = await asyncio.to_thread(
+                volume_copy.materialize, list(volume.entries), directory, self.assets.contents
+            )
+            held.volumes[volume.volume_id] = VolumeView(directory, volume.read_only, base)
+            directories.append(BoundDirectory(directory, volume.mount_path, volume.read_only))
+        return directories
+
+    def _commit_volumes_at_exit(self, held: _Held) -> None:
+        """Between the container's exit and the removal of its work directory: what it
+        changed in its writable volume copies, contents stored (ContainerExit.volume_changes)."""
+        for volume_id, view in held.volumes.items():
+            if view.read_only:
+                continue
+            try:
+                _, changed, removed = volume_copy.commit(view.directory, view.base, self.assets.contents)
+            except Exception:  # the rest of the container's release must still happen
+                log.exception("could not commit volume %s as its container exited", volume_id)
+                continue
+            held.final_commits.append((volume_id, tuple(changed), tuple(removed)))
+
     def _sandbox_run_dir(self, task_id: str) -> Path:
         return self.work_dir(task_id) / "run"
 
-    def _sandbox_spec(self, order: ContainerOrder, layers: list[Path]) -> ContainerSpec:
+    def _sandbox_spec(
+        self, order: ContainerOrder, layers: list[Path], volumes: list[BoundDirectory]
+    ) -> ContainerSpec:
         """A sandbox: the supervisor (the node's Python, see host_python.py) runs the
         entrypoint; the run directory holds the supervisor's socket."""
         python = host_python()
@@ -366,7 +397,7 @@ class NodeAgent:
             client_package_dir=None,
             image_layers=layers,
             working_dir=order.working_dir,
-            directories=python.directories(run_dir),
+            directories=[*python.directories(run_dir), *volumes],
             network=order.network,
             memory_mib=order.memory_mib,
             cpu_cores=order.cpu_cores,
@@ -434,7 +465,12 @@ class NodeAgent:
             holdings = getattr(held.container, "holdings", None)
             cpu_seconds, peak = holdings.usage if holdings is not None else (0.0, 0)
             return ContainerExit(
-                code, reason, bool(getattr(held.container, "lost", False)), cpu_seconds, peak
+                code,
+                reason,
+                bool(getattr(held.container, "lost", False)),
+                cpu_seconds,
+                peak,
+                tuple(held.final_commits),
             )
         finally:
             self.release(task_id)

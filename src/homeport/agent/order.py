@@ -70,3 +70,6 @@ class ContainerOrder:
     sandbox_entrypoint: tuple[str, ...] = ()
     readiness_probe: ReadinessProbe | None = None
     open_ports: tuple[tuple[int, bool], ...] = ()  # a sandbox's (port, unencrypted) tunnels
+    # A sandbox's volume changes are committed when it ends (Modal's rule for sandboxes);
+    # a function's only when it commits them (Volume.commit()).
+    commit_volumes_at_exit: bool = False

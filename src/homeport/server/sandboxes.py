@@ -25,7 +25,7 @@ from grpclib import GRPCError, Status
 from modal_proto import api_pb2
 
 from homeport import ids
-from homeport.agent.order import ContainerOrder, ReadinessProbe
+from homeport.agent.order import ContainerOrder, ReadinessProbe, VolumeRef
 from homeport.agent.runtime import ContainerStartError
 from homeport.images.config import ImageConfig
 from homeport.server import errors
@@ -35,6 +35,7 @@ from homeport.server.orders import image_environment
 from homeport.server.services.image_snapshots import FilesystemSnapshots
 from homeport.server.services.images import ImageService
 from homeport.server.services.secrets import SecretService
+from homeport.server.services.volumes import VolumeService
 from homeport.server.store import schema
 
 log = logging.getLogger("homeport.sandboxes")
@@ -66,6 +67,7 @@ class Sandboxes:
         secrets: SecretService,
         placement: Placement,
         snapshots: FilesystemSnapshots,
+        volumes: VolumeService,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -73,6 +75,7 @@ class Sandboxes:
         self.secrets = secrets
         self.placement = placement
         self.snapshots = snapshots
+        self.volumes = volumes
         self.running: dict[str, _Running] = {}  # by sandbox id
         self._ending: dict[str, int] = {}  # sandbox id -> the status it is being ended with
         self._activity: dict[str, list[float]] = {}  # task id -> [router calls open, last call's end]
@@ -99,11 +102,8 @@ class Sandboxes:
                 ).first()
             if row is not None:
                 return row.id, row.task_id
-        if definition.pty_info.pty_type or definition.resources.gpu_config.count:
-            raise errors.invalid_argument(
-                "sandboxes with gpu= or pty=True are not supported by this server yet: create the sandbox "
-                "without them (a GPU works in a function: @app.function(gpu=...))"
-            )
+        _refuse_unsupported(definition)
+        volumes = self._volume_refs(definition)
         try:
             chain, config = self.images.runtime_chain(definition.image_id)
         except LookupError as error:
@@ -155,6 +155,8 @@ class Sandboxes:
             sandbox_entrypoint=tuple(entrypoint),
             readiness_probe=probe,
             open_ports=tuple((spec.port, spec.unencrypted) for spec in definition.open_ports.ports),
+            volumes=volumes,
+            commit_volumes_at_exit=True,
         )
         try:
             await node.start(order, self._log_output(sandbox_id))
@@ -175,6 +177,18 @@ class Sandboxes:
             self._watch(sandbox_id, task_id, node, definition.timeout_secs, idle_s)
         )
         return sandbox_id, task_id
+
+    def _volume_refs(self, definition: api_pb2.Sandbox) -> tuple[VolumeRef, ...]:
+        """Each volume as committed now; what the sandbox changes is committed when it ends."""
+        return tuple(
+            VolumeRef(
+                mount.volume_id,
+                mount.mount_path,
+                mount.read_only,
+                tuple(self.volumes.entries(mount.volume_id).values()),
+            )
+            for mount in definition.volume_mounts
+        )
 
     def _insert(
         self,
@@ -265,6 +279,8 @@ class Sandboxes:
                 idle.cancel()
             self._activity.pop(task_id, None)
             self.running.pop(sandbox_id, None)
+        for volume_id, changed, removed in ended.volume_changes:
+            self.volumes.record(volume_id, list(changed), list(removed))
         status = self._ending.pop(sandbox_id, None)
         if status == GENERIC.GENERIC_STATUS_IDLE_TIMEOUT:
             # Ended by the platform, like terminate(), but the client raises nothing for it.
@@ -457,3 +473,22 @@ def _readiness_probe(definition: api_pb2.Sandbox) -> ReadinessProbe | None:
         "the readiness probe names neither a TCP port nor a command: use modal.Probe.with_tcp(port) "
         "or modal.Probe.with_exec(...)"
     )
+
+
+def _refuse_unsupported(definition: api_pb2.Sandbox) -> None:
+    """What this server cannot give a sandbox yet: refused, never silently left out."""
+    missing = []
+    if definition.pty_info.pty_type:
+        missing.append("pty=True")
+    if definition.resources.gpu_config.count or definition.resources.gpu_config.gpu_type:
+        missing.append("gpu= (a GPU works in a function: @app.function(gpu=...))")
+    if definition.cloud_bucket_mounts or definition.s3_mounts:
+        missing.append("CloudBucketMount volumes")
+    if definition.nfs_mounts:
+        missing.append("network file systems")
+    if any(mount.sub_path for mount in definition.volume_mounts):
+        missing.append("Volume mounts with a sub_path (mount the whole volume)")
+    if missing:
+        raise errors.invalid_argument(
+            f"sandboxes with {', '.join(missing)} are not supported by this server yet: create the sandbox without them"
+        )

@@ -300,6 +300,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             secret_service,
             placement,
             FilesystemSnapshots(engine, images.layers, notifier),
+            volumes,
         )
         sandboxes.created = ownership.remember
     return ServerState(
