@@ -500,3 +500,52 @@ print("STILL", sorted(entry.path for entry in vol.listdir("/")))
     assert "AFTER ['made.txt'] b'made-inside\\n'" in text
     assert "Read-only file system" in text and "made.txt" in text.split("READ ONLY")[1]
     assert "STILL ['made.txt']" in text
+
+
+def test_outbound_and_inbound_cidr_allowlists(server: Server) -> None:
+    """The node's bridge address (where a container reaches the server's blob port) is
+    reachable from a sandbox allowed it and refused at once to one that is not; tunnels
+    admit only the inbound ranges given."""
+    text = run_sandbox_script(
+        server,
+        f"""
+import socket
+reach = (
+    "import socket, struct\\n"
+    "route = [l.split() for l in open('/proc/net/route').readlines()[1:] if l.split()[1] == '00000000'][0]\\n"
+    "gateway = socket.inet_ntoa(struct.pack('<L', int(route[2], 16)))\\n"
+    "try:\\n"
+    "    socket.create_connection((gateway, {server.port + 1}), timeout=10).close(); print('reached', gateway)\\n"
+    "except OSError as error:\\n"
+    "    print('refused', type(error).__name__)\\n"
+)
+for allow in (None, ["10.0.0.0/8"], ["192.0.2.0/24"]):
+    sb = modal.Sandbox.create("sleep", "infinity", app=app, outbound_cidr_allowlist=allow)
+    print("ALLOW", allow, sb.exec("python3", "-c", reach).stdout.read().strip())
+    sb.terminate()
+try:
+    modal.Sandbox.create("true", app=app, outbound_cidr_allowlist=["not-a-range"])
+except modal.exception.InvalidError as error:
+    print("BAD RANGE", error)
+for inbound in (["127.0.0.0/8"], ["192.0.2.0/24"]):
+    sb = modal.Sandbox.create(
+        "python3", "-m", "http.server", "8000", app=app, encrypted_ports=[8000], unencrypted_ports=[8000],
+        inbound_cidr_allowlist=inbound, readiness_probe=modal.Probe.with_tcp(8000),
+    )
+    sb.wait_until_ready(timeout=60)
+    try:
+        with socket.create_connection(sb.tunnels()[8000].tcp_socket, timeout=10) as raw:
+            raw.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            got = raw.recv(12)
+    except ConnectionResetError:  # closed on it before it was answered
+        got = b""
+    print("INBOUND", inbound, got)
+    sb.terminate()
+""",
+    )
+    assert "ALLOW None reached 10." in text
+    assert "ALLOW ['10.0.0.0/8'] reached 10." in text
+    assert "ALLOW ['192.0.2.0/24'] refused ConnectionRefusedError" in text
+    assert "BAD RANGE" in text and "'not-a-range' is not a CIDR range" in text
+    assert "INBOUND ['127.0.0.0/8'] b'HTTP/1.0 200'" in text
+    assert "INBOUND ['192.0.2.0/24'] b''" in text

@@ -186,6 +186,32 @@ class BridgeNetwork:
             raise
         return Attachment(namespace, address, host_interface)
 
+    def restrict_egress(self, attachment: Attachment, cidrs: tuple[str, ...]) -> None:
+        """Let the container send only to `cidrs` (IPv4; it has no IPv6 address) and answer
+        connections made to it (its tunnels); anything else is refused at once, not left to
+        time out. The rules live in its own namespace, which it cannot change: it has no
+        capabilities there."""
+        rules = [
+            "*filter",
+            ":INPUT ACCEPT [0:0]",
+            ":FORWARD ACCEPT [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            "-A OUTPUT -o lo -j ACCEPT",
+            "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            *(f"-A OUTPUT -d {cidr} -j ACCEPT" for cidr in cidrs),
+            "-A OUTPUT -j REJECT",
+            "COMMIT",
+        ]
+        result = subprocess.run(
+            ["nsenter", f"--net={NETNS_DIR / attachment.namespace}", "iptables-restore"],
+            input="\n".join(rules) + "\n",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise NetworkError(f"restricting the container's network failed: {result.stderr.strip()[-500:]}")
+
     async def attach_in_thread(self, task_id: str, namespace_fd: int | None = None) -> Attachment:
         """`attach` off the event loop. If the caller is cancelled meanwhile (a server
         shutting down), the namespace and address are released once made, not leaked."""

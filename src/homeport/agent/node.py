@@ -289,7 +289,7 @@ class NodeAgent:
             )
         # No address of its own: the node has no container network and it shares the host's.
         address = container.holdings.address or "127.0.0.1"
-        return await self._tunnel_gate.open(address, order.open_ports)
+        return await self._tunnel_gate.open(address, order.open_ports, order.inbound_cidrs)
 
     def tunnels(self, task_id: str) -> list[Tunnel]:
         """A running sandbox's open ports, as published."""
@@ -399,6 +399,7 @@ class NodeAgent:
             working_dir=order.working_dir,
             directories=[*python.directories(run_dir), *volumes],
             network=order.network,
+            egress_cidrs=order.egress_cidrs,
             memory_mib=order.memory_mib,
             cpu_cores=order.cpu_cores,
             disk_mib=order.disk_mib,

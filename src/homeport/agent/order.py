@@ -59,6 +59,7 @@ class ContainerOrder:
     # gRPC address (host:port); the node forwards the container's socket there.
     control_address: str = ""
     network: bool = True
+    egress_cidrs: tuple[str, ...] | None = None  # with a network: where it may send (None: anywhere)
     memory_mib: int = 0
     cpu_cores: float = 0.0
     disk_mib: int = 0
@@ -70,6 +71,7 @@ class ContainerOrder:
     sandbox_entrypoint: tuple[str, ...] = ()
     readiness_probe: ReadinessProbe | None = None
     open_ports: tuple[tuple[int, bool], ...] = ()  # a sandbox's (port, unencrypted) tunnels
+    inbound_cidrs: tuple[str, ...] = ()  # who may connect through them (empty: anyone)
     # A sandbox's volume changes are committed when it ends (Modal's rule for sandboxes);
     # a function's only when it commits them (Volume.commit()).
     commit_volumes_at_exit: bool = False

@@ -57,6 +57,8 @@ class ContainerSpec:
     directories: list[BoundDirectory] = dataclasses.field(default_factory=list)  # e.g. volumes
     control_socket: Path | None = None  # the server's gRPC socket, at CONTROL_SOCKET inside
     network: bool = True  # False (block_network=True): only a loopback interface
+    # With a network: the IPv4 ranges it may send to (cidr_allowlist); None: anywhere.
+    egress_cidrs: tuple[str, ...] | None = None
     memory_mib: int = 0  # hard memory limit; 0 = none
     cpu_cores: float = 0.0  # CPU quota in cores; 0 = none
     disk_mib: int = 0  # the writable layer's size limit (ephemeral_disk=); 0 = the host disk's

@@ -321,10 +321,20 @@ class SandboxRuntime:
                 prepared.release(spec)
                 raise
         attachment = None
+        if spec.network and spec.egress_cidrs is not None and self.network is None:
+            prepared.release(spec)
+            raise ContainerStartError(
+                "this node shares the host's network (no container network), so a cidr_allowlist cannot "
+                "be enforced; leave it out or run the server where container networks work"
+            )
         if spec.network and self.network is not None:
             try:
                 attachment = await self.network.attach_in_thread(spec.task_id)
+                if spec.egress_cidrs is not None:
+                    await asyncio.to_thread(self.network.restrict_egress, attachment, spec.egress_cidrs)
             except NetworkError as error:
+                if attachment is not None:
+                    self.network.detach(attachment)
                 prepared.release(spec)
                 raise ContainerStartError(str(error)) from None
         try:

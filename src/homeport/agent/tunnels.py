@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
@@ -38,10 +39,12 @@ class TunnelGate:
         self.host = host
         self.tls = tls
 
-    async def open(self, target_host: str, ports: tuple[tuple[int, bool], ...]) -> OpenTunnels:
+    async def open(
+        self, target_host: str, ports: tuple[tuple[int, bool], ...], inbound_cidrs: tuple[str, ...] = ()
+    ) -> OpenTunnels:
         """Listeners for `ports` ((container port, unencrypted) pairs) forwarding to
-        `target_host`, the sandbox's address."""
-        opened = OpenTunnels()
+        `target_host`, the sandbox's address; only from `inbound_cidrs` when given."""
+        opened = OpenTunnels(tuple(ipaddress.ip_network(cidr, strict=False) for cidr in inbound_cidrs))
         try:
             for container_port, unencrypted in ports:
                 secure = await opened.listen(self.host, target_host, container_port, self.tls())
@@ -58,7 +61,8 @@ class TunnelGate:
 
 
 class OpenTunnels:
-    def __init__(self) -> None:
+    def __init__(self, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> None:
+        self.allowed = allowed  # empty: anyone may connect
         self.tunnels: list[Tunnel] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -69,6 +73,9 @@ class OpenTunnels:
             assert task is not None
             self._connections.add(task)  # cancelled when the sandbox ends
             try:
+                if not self._admits(writer.get_extra_info("peername")):
+                    writer.close()
+                    return
                 try:
                     upstream_reader, upstream_writer = await asyncio.open_connection(target_host, target_port)
                 except OSError as error:
@@ -82,6 +89,16 @@ class OpenTunnels:
         server = await asyncio.start_server(forward, host, 0, ssl=tls)
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
+
+    def _admits(self, peer: tuple[str, int] | None) -> bool:
+        if not self.allowed:
+            return True
+        if peer is None:
+            return False
+        address = ipaddress.ip_address(peer[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allowed)
 
     async def close(self) -> None:
         for server in self._servers:

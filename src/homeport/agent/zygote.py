@@ -90,6 +90,7 @@ class ZygoteImage:
         read_at_start = {k for k in (*started, *spec.environment) if _read_at_start(k)}
         return (
             not spec.gpu_devices
+            and spec.egress_cidrs is None
             and spec.upper_dir is None
             and spec.command == ContainerSpec.command
             and all(started.get(k) == spec.environment.get(k) for k in read_at_start)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
 from grpclib import GRPCError, Status
@@ -118,6 +119,7 @@ class Sandboxes:
             **await self.secret_environment(workspace_id, list(request.secret_sources)),
         }
         probe = _readiness_probe(definition)
+        egress = _egress_cidrs(definition.network_access)
         memory_mib = definition.resources.memory_mb or DEFAULT_MEMORY_MIB
         refusal = self.placement.refusal(memory_mib, [])
         if refusal is not None:
@@ -150,6 +152,8 @@ class Sandboxes:
             python_version="",
             working_dir=definition.workdir or config.workdir or "/",
             network=definition.network_access.network_access_type != api_pb2.NetworkAccess.BLOCKED,
+            egress_cidrs=egress,
+            inbound_cidrs=_cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist"),
             memory_mib=memory_mib,
             cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
             sandbox_entrypoint=tuple(entrypoint),
@@ -492,3 +496,27 @@ def _refuse_unsupported(definition: api_pb2.Sandbox) -> None:
         raise errors.invalid_argument(
             f"sandboxes with {', '.join(missing)} are not supported by this server yet: create the sandbox without them"
         )
+
+
+def _egress_cidrs(access: api_pb2.NetworkAccess) -> tuple[str, ...] | None:
+    """outbound_cidr_allowlist=: the IPv4 ranges the sandbox may send to (None: anywhere)."""
+    if access.network_access_type != api_pb2.NetworkAccess.ALLOWLIST:
+        return None
+    if access.allowed_domains:
+        raise errors.invalid_argument(
+            "outbound_domain_allowlist is not supported by this server yet: use outbound_cidr_allowlist="
+        )
+    # A sandbox has no IPv6 address: IPv6 ranges reach nothing.
+    return tuple(cidr for cidr in _cidrs(access.allowed_cidrs, "outbound_cidr_allowlist") if ":" not in cidr)
+
+
+def _cidrs(entries: Iterable[str], option: str) -> tuple[str, ...]:
+    cidrs = []
+    for cidr in entries:
+        try:
+            cidrs.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError:
+            raise errors.invalid_argument(
+                f"{option} entry {cidr!r} is not a CIDR range; write it like '10.0.0.0/8' or '1.2.3.4/32'"
+            ) from None
+    return tuple(cidrs)
