@@ -248,13 +248,16 @@ for image in (modal.Image.debian_slim(), modal.Image.from_registry("debian:bookw
     assert text.count("ERROR SandboxFilesystemDirectoryNotEmptyError") == 2
 
 
-def test_container_cli_lists_execs_into_and_stops_a_sandbox(server: Server) -> None:
+def test_container_cli_lists_logs_execs_into_and_stops_a_sandbox(server: Server) -> None:
     created = run_sandbox_script(
         server,
-        'sb = modal.Sandbox.create("sleep", "infinity", app=app)\n'
-        'print("IDS", sb.object_id, sb._get_task_id() if hasattr(sb, "_get_task_id") else "")\n',
+        'sb = modal.Sandbox.create("sh", "-c", "echo to the logs; echo and stderr >&2; sleep infinity", app=app)\n'
+        'print("IDS", sb.object_id, sb._get_task_id() if hasattr(sb, "_get_task_id") else "")\n'
+        'print("FIRST LINE", next(iter(sb.stdout)))\n',
     )
     sandbox_id = created.split("IDS ")[1].split()[0]
+    logs = assert_ok(run_modal(server, "container", "logs", sandbox_id))
+    assert "to the logs" in logs and "and stderr" in logs
     listed = assert_ok(run_modal(server, "container", "list", "--json"))
     task_id = next(task["container_id"] for task in json.loads(listed) if sandbox_id in str(task))
     assert task_id.startswith("ta-") and task_id.endswith("V")

@@ -262,7 +262,7 @@ class NodeAgent:
                 container_held = held
                 held.container.holdings.on_exit.append(lambda: self._commit_volumes_at_exit(container_held))
             if order.sandbox_entrypoint:
-                held.sandbox = SandboxProcesses(self._sandbox_run_dir(order.task_id) / SOCKET_NAME)
+                held.sandbox = SandboxProcesses(self._sandbox_run_dir(order.task_id) / SOCKET_NAME, on_output)
                 await held.sandbox.connect()
                 if order.readiness_probe is not None:
                     held.sandbox.readiness = Readiness(order.readiness_probe, held.sandbox)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,8 +96,13 @@ class Process:
 class SandboxProcesses:
     """One sandbox's processes, through its supervisor's socket."""
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(
+        self, socket_path: Path, on_entrypoint_output: Callable[[int, str], None] | None = None
+    ) -> None:
         self.socket_path = socket_path
+        # The entrypoint's output also goes to the sandbox's logs (`modal container logs`).
+        self._on_entrypoint_output = on_entrypoint_output
+        self._decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
         self.processes: dict[str, Process] = {MAIN: Process(MAIN)}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -138,11 +144,15 @@ class SandboxProcesses:
                     if answer is not None and not answer.done():
                         answer.set_result(bool(event["ok"]))
                     continue
-                process = self.processes.get(event["id"])
+                process_id = event["id"]
+                process = self.processes.get(process_id)
                 if process is None:
                     continue
                 if event["ev"] == "out":
-                    process.stream(event["fd"]).append(base64.b64decode(event["data"]))
+                    data = base64.b64decode(event["data"])
+                    process.stream(event["fd"]).append(data)
+                    if process_id == MAIN and self._on_entrypoint_output is not None:
+                        self._on_entrypoint_output(event["fd"], self._decoders[event["fd"]].decode(data))
                 elif event["ev"] == "exit":
                     self._finish(
                         process, ("signal", event["signal"]) if "signal" in event else ("code", event["code"])

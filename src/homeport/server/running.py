@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from modal_proto import api_pb2
 
 from homeport.agent.node import ContainerExit
+from homeport.server.services.logs import LogService
 from homeport.server.services.usage import ContainerUsage
 
 
@@ -28,6 +30,36 @@ def redactor(secret_values) -> Callable[[str], str]:  # type: ignore[no-untyped-
         return lambda text: text
     pattern = re.compile("|".join(re.escape(v) for v in values))
     return lambda text: pattern.sub("***", text)
+
+
+def container_log_writer(
+    logs: LogService,
+    app_id: str,
+    task_id: str,
+    function_id: str | None,
+    limit_bytes: int,
+) -> Callable[[int, str], None]:
+    """Where a container's output goes (secrets already redacted, see `redactor`): its
+    app's logs, up to `limit_bytes` (HOMEPORT_CONTAINER_LOG_BYTES; the rest is dropped,
+    saying so)."""
+    logged_bytes = 0
+
+    def write(fd: int, text: str) -> None:
+        nonlocal logged_bytes
+        if logged_bytes >= limit_bytes:
+            return
+        logged_bytes += len(text)
+        if logged_bytes >= limit_bytes:
+            text += (
+                f"\n[homeport: this container has written {limit_bytes} bytes of logs; "
+                "the rest is not kept (HOMEPORT_CONTAINER_LOG_BYTES)]\n"
+            )
+        try:
+            logs.append(app_id, task_id, function_id, fd, text)
+        except sa.exc.OperationalError:
+            pass  # the database is away for a moment: this piece of output is not kept
+
+    return write
 
 
 def stop_key(task_id: str) -> str:

@@ -33,8 +33,10 @@ from homeport.server import errors
 from homeport.server.nodes import Node, Placement
 from homeport.server.notify import Notifier
 from homeport.server.orders import image_environment
+from homeport.server.running import container_log_writer, redactor
 from homeport.server.services.image_snapshots import FilesystemSnapshots
 from homeport.server.services.images import ImageService
+from homeport.server.services.logs import LogService
 from homeport.server.services.secrets import SecretService
 from homeport.server.services.volumes import VolumeService
 from homeport.server.store import schema
@@ -69,6 +71,8 @@ class Sandboxes:
         placement: Placement,
         snapshots: FilesystemSnapshots,
         volumes: VolumeService,
+        logs: LogService,
+        log_limit_bytes: int,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -77,6 +81,8 @@ class Sandboxes:
         self.placement = placement
         self.snapshots = snapshots
         self.volumes = volumes
+        self.logs = logs  # the entrypoint's output, for `modal container logs`
+        self.log_limit_bytes = log_limit_bytes
         self.running: dict[str, _Running] = {}  # by sandbox id
         self._ending: dict[str, int] = {}  # sandbox id -> the status it is being ended with
         self._activity: dict[str, list[float]] = {}  # task id -> [router calls open, last call's end]
@@ -116,7 +122,7 @@ class Sandboxes:
             )
         environment = {
             **image_environment(config),
-            **await self.secret_environment(workspace_id, list(request.secret_sources)),
+            **(secrets := await self.secret_environment(workspace_id, list(request.secret_sources))),
         }
         probe = _readiness_probe(definition)
         egress = _egress_cidrs(definition.network_access)
@@ -163,7 +169,9 @@ class Sandboxes:
             commit_volumes_at_exit=True,
         )
         try:
-            await node.start(order, self._log_output(sandbox_id))
+            write_log = container_log_writer(self.logs, app_id, task_id, None, self.log_limit_bytes)
+            redact = redactor(secrets.values())
+            await node.start(order, lambda fd, text: write_log(fd, redact(text)))
         except (ContainerStartError, TimeoutError) as error:
             self._finish(
                 sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception=str(error))
@@ -237,14 +245,6 @@ class Sandboxes:
             elif source.secret_id:
                 environment.update(self.secrets.values(workspace_id, source.secret_id))
         return environment
-
-    @staticmethod
-    def _log_output(sandbox_id: str) -> Callable[[int, str], None]:
-        def on_output(fd: int, text: str) -> None:
-            if text.strip():
-                log.info("sandbox %s supervisor: %s", sandbox_id, text.rstrip())
-
-        return on_output
 
     # --- the end ------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from homeport.server.running import (
     BuildStep,
     RunningContainer,
     StartBackoff,
+    container_log_writer,
     redactor,
     stop_key,
     usage_record,
@@ -300,26 +301,17 @@ class Scheduler:
         running: RunningContainer | None = None
 
         redact = redactor(secret_values.values())
-        logged_bytes = 0
+        write_log = container_log_writer(
+            self.logs, function.app_id, task_id, function.id, self.limits.container_log_bytes
+        )
 
         def on_output(fd: int, text: str) -> None:
-            nonlocal logged_bytes
             text = redact(text)
             if build_step is not None:
                 build_step.on_output(text)
             if running is not None and fd == 2:
                 running.stderr_tail.append(text)
-            if logged_bytes < self.limits.container_log_bytes:
-                logged_bytes += len(text)
-                if logged_bytes >= self.limits.container_log_bytes:
-                    text += (
-                        f"\n[homeport: this container has written {self.limits.container_log_bytes} bytes of logs; "
-                        "the rest is not kept (HOMEPORT_CONTAINER_LOG_BYTES)]\n"
-                    )
-                try:
-                    self.logs.append(function.app_id, task_id, function.id, fd, text)
-                except sa.exc.OperationalError:
-                    pass  # the database is away for a moment: this piece of output is not kept
+            write_log(fd, text)
 
         if not self.containers and function.id not in self.builds:
             log.info(

@@ -301,6 +301,8 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             placement,
             FilesystemSnapshots(engine, images.layers, notifier),
             volumes,
+            logs,
+            settings.limits.container_log_bytes,
         )
         sandboxes.created = ownership.remember
     return ServerState(
