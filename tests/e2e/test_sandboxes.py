@@ -552,3 +552,36 @@ for inbound in (["127.0.0.0/8"], ["192.0.2.0/24"]):
     assert "BAD RANGE" in text and "'not-a-range' is not a CIDR range" in text
     assert "INBOUND ['127.0.0.0/8'] b'HTTP/1.0 200'" in text
     assert "INBOUND ['192.0.2.0/24'] b''" in text
+
+
+def test_filesystem_watch_reports_changes_as_they_happen(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+import threading
+from modal.types import FileWatchEventType
+sb = modal.Sandbox.create("sh", "-c", "mkdir -p /tmp/w; sleep infinity", app=app)
+time.sleep(1)
+def change(d="d"):
+    time.sleep(2)
+    sb.exec("sh", "-c", f"echo a > /tmp/w/f; mkdir /tmp/w/{d}; sleep 0.5; echo b > /tmp/w/{d}/g; rm /tmp/w/f").wait()
+threading.Thread(target=change).start()
+for event in sb.filesystem.watch("/tmp/w", recursive=True, timeout=6):
+    print("EVENT", event.type.value, event.paths)
+threading.Thread(target=change, args=("e",)).start()
+for event in sb.filesystem.watch("/tmp/w", recursive=True, filter=[FileWatchEventType.Create], timeout=6):
+    print("CREATED", event.paths)
+try:
+    list(sb.filesystem.watch("/nowhere", timeout=1))
+except modal.exception.SandboxFilesystemNotFoundError as error:
+    print("MISSING", error)
+sb.terminate()
+""",
+    )
+    assert "EVENT Create ['/tmp/w/f']" in text
+    assert "EVENT Modify ['/tmp/w/f']" in text
+    assert "EVENT Create ['/tmp/w/d/g']" in text  # inside a directory made during the watch
+    assert "EVENT Remove ['/tmp/w/f']" in text
+    created = [line for line in text.splitlines() if line.startswith("CREATED")]
+    assert created == ["CREATED ['/tmp/w/f']", "CREATED ['/tmp/w/e']", "CREATED ['/tmp/w/e/g']"], text
+    assert "MISSING No such file or directory: /nowhere" in text

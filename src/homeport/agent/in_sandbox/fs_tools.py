@@ -19,6 +19,12 @@ import shutil
 import stat
 import sys
 
+if __package__:
+    from homeport.agent.in_sandbox.fs_watch import watch
+else:  # run as a script inside the sandbox (isolated: -I), no homeport package: the file beside this one
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from fs_watch import watch  # type: ignore[import-not-found,no-redef]
+
 CHUNK = 1024 * 1024
 
 
@@ -38,8 +44,13 @@ def _failure(error: OSError, path: str) -> Failure:
         "EEXIST": "PathAlreadyExists",
         "ENOTEMPTY": "DirectoryNotEmpty",
     }
-    name = errno.errorcode.get(error.errno or 0, "")
-    return Failure(kinds.get(name, "Unknown"), f"{error.strerror or error}: {path}")
+    kind = kinds.get(errno.errorcode.get(error.errno or 0, ""), "Unknown")
+    # Client 1.6.4 adds the path it asked about to the messages of the kinds it knows.
+    failing = str(error.filename or path)
+    message = error.strerror or str(error)
+    if kind == "Unknown" or failing != path:
+        message += f": {failing}"
+    return Failure(kind, message)
 
 
 def _name(lookup, number: int) -> str:  # type: ignore[no-untyped-def]
@@ -131,6 +142,14 @@ def run(request: dict) -> None:  # type: ignore[type-arg]
             make_directory(path, bool(arguments.get("parents")))
         elif operation == "Remove":
             remove(path, bool(arguments.get("recursive")))
+        elif operation == "Watch":
+            timeout = arguments.get("timeout_secs")
+            watch(
+                path,
+                bool(arguments.get("recursive")),
+                arguments.get("filter"),
+                float(timeout) if timeout else None,
+            )
         else:
             raise Failure("NotSupported", f"{operation} is not supported by this server yet")
     except OSError as error:
