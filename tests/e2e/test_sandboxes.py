@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import ssl
+import subprocess
 
 from grpclib import GRPCError, Status
 from grpclib.client import Channel
@@ -14,7 +15,7 @@ from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as tcr
 from modal_proto.task_command_router_grpc import TaskCommandRouterStub
 
-from tests.conftest import Server, assert_ok, output, run_modal, run_python, start_server
+from tests.conftest import MODAL, Server, assert_ok, output, run_modal, run_python, start_server
 from tests.e2e.test_auth import call_raw, user_metadata
 
 PRELUDE = """
@@ -264,6 +265,13 @@ def test_container_cli_lists_logs_execs_into_and_stops_a_sandbox(server: Server)
     assert "inside the sandbox" in assert_ok(
         run_modal(server, "container", "exec", task_id, "echo", "inside the sandbox")
     )
+    # `modal shell` as typed at a terminal: `script` gives the client a terminal of its own.
+    command = f"{MODAL} shell {sandbox_id} --cmd tty"
+    shell = subprocess.run(
+        ["script", "-qec", command, "/dev/null"], env=server.env(), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shell.returncode == 0 and "/dev/pts/" in shell.stdout, output(shell)
     assert_ok(run_modal(server, "container", "stop", "--yes", task_id))
     ended = run_sandbox_script(
         server,
@@ -585,3 +593,21 @@ sb.terminate()
     created = [line for line in text.splitlines() if line.startswith("CREATED")]
     assert created == ["CREATED ['/tmp/w/f']", "CREATED ['/tmp/w/e']", "CREATED ['/tmp/w/e/g']"], text
     assert "MISSING No such file or directory: /nowhere" in text
+
+
+def test_exec_on_a_pseudo_terminal(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+sb = modal.Sandbox.create("sleep", "infinity", app=app)
+p = sb.exec("sh", "-c", "tty; echo TERM=$TERM; stty size; read line; echo got $line >&2", pty=True)
+p.stdin.write(b"typed\\n")
+p.stdin.drain()
+print("PTY", repr(p.stdout.read()), "ERR", repr(p.stderr.read()), "CODE", p.wait())
+sb.terminate()
+""",
+    )
+    output_seen = text.split("PTY ")[1]
+    assert "/dev/pts/" in output_seen and "TERM=" in output_seen
+    assert "got typed" in output_seen  # stderr shares the terminal with stdout
+    assert "ERR ''" in text and "CODE 0" in text

@@ -210,8 +210,6 @@ class CommandRouter:
         processes = self._processes(request.task_id)
         if not request.command_args:
             raise GRPCError(Status.INVALID_ARGUMENT, "exec needs a command")
-        if request.HasField("pty_info"):
-            raise GRPCError(Status.UNIMPLEMENTED, "exec with pty=True is not supported by this server yet")
         if request.exec_id not in processes.processes:
             environment = await self.secrets(request.task_id, list(request.secret_sources))
             stdout = "pipe" if request.stdout_config == tcr.TASK_EXEC_STDOUT_CONFIG_PIPE else "devnull"
@@ -227,6 +225,9 @@ class CommandRouter:
                     request.workdir if request.HasField("workdir") else None,
                     stdout,
                     stderr,
+                    _terminal(request.pty_info)
+                    if request.HasField("pty_info") and request.pty_info.enabled
+                    else None,
                 )
             except ConnectionError:
                 raise GRPCError(Status.FAILED_PRECONDITION, "the sandbox has finished") from None
@@ -294,6 +295,18 @@ class CommandRouter:
         except TimeoutError:
             raise GRPCError(Status.DEADLINE_EXCEEDED, "still running; wait again") from None
         await stream.send_message(_exit_status(process, tcr.TaskExecWaitResponse))
+
+
+def _terminal(info: api_pb2.PTYInfo) -> dict[str, object]:
+    """exec(pty=True), `modal shell`: client 1.6.4 sends its terminal's size and kind once
+    (it has no resize message)."""
+    return {
+        "rows": info.winsz_rows,
+        "columns": info.winsz_cols,
+        "term": info.env_term or "xterm-256color",
+        "colorterm": info.env_colorterm,
+        "term_program": info.env_term_program,
+    }
 
 
 def _exit_status(process: Process, response_type: Any) -> Any:

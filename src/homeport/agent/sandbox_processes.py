@@ -187,20 +187,22 @@ class SandboxProcesses:
         workdir: str | None,
         stdout: str,
         stderr: str,
+        pty: dict[str, object] | None = None,
     ) -> Process:
-        """Start a process (once per id: a repeated request is the same process)."""
+        """Start a process (once per id: a repeated request is the same process); with
+        `pty` (rows, columns, term...) on a pseudo-terminal, all its output on stdout."""
         existing = self.processes.get(process_id)
         if existing is not None:
             return existing
         process = Process(process_id)
         self._send(
             {"op": "exec", "id": process_id, "argv": argv, "env": environment, "cwd": workdir,
-             "stdout": stdout, "stderr": stderr}
+             "stdout": stdout, "stderr": stderr, **({"pty": pty} if pty is not None else {})}
         )  # fmt: skip
         self.processes[process_id] = process
         if stdout != "pipe":
             process.stdout.close()
-        if stderr != "pipe":
+        if stderr != "pipe" or pty is not None:
             process.stderr.close()
         return process
 

@@ -10,7 +10,8 @@ everything else this process does before the entrypoint starts. One `selectors` 
 
 The agent connects to its Unix socket (a directory bound from the host) and they speak
 newline-delimited JSON, binary data base64-encoded. Agent to supervisor:
-    {"op": "exec", "id", "argv", "env", "cwd", "stdout": "pipe"|"devnull", "stderr": "pipe"|"devnull"|"stdout"}
+    {"op": "exec", "id", "argv", "env", "cwd", "stdout": "pipe"|"devnull", "stderr": "pipe"|"devnull"|"stdout",
+     "pty": {"rows", "columns", "term", ...} (optional: on a pseudo-terminal, all output as fd 1)}
     {"op": "stdin", "id", "data", "eof"}        {"op": "signal", "id", "signum"}
     {"op": "probe_tcp", "id", "port"}            (does 127.0.0.1:port accept a connection?)
 Supervisor to agent (for the entrypoint, id "main"):
@@ -24,13 +25,17 @@ status once that is delivered. The entrypoint starts only once the agent is conn
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
+from typing import IO
 
 # Set for the supervisor only (agent/host_python.py): the node's interpreter, as a JSON list.
 SANDBOX_PYTHON_VARIABLE = "HOMEPORT_SANDBOX_PYTHON"
@@ -43,11 +48,22 @@ MAIN = "main"
 
 
 class Process:
-    def __init__(self, process_id: str, popen: subprocess.Popen[bytes], pidfd: int) -> None:
+    def __init__(
+        self,
+        process_id: str,
+        popen: subprocess.Popen[bytes],
+        pidfd: int,
+        stdin: IO[bytes] | None,
+        outputs: list[tuple[int, IO[bytes]]],
+        terminal: bool,
+    ) -> None:
         self.process_id = process_id
         self.popen = popen
         self.pidfd = pidfd
-        self.open_outputs = sum(1 for stream in (popen.stdout, popen.stderr) if stream is not None)
+        self.stdin = stdin
+        self.outputs = outputs  # (1 or 2, the stream it writes to)
+        self.terminal = terminal  # a pseudo-terminal stands for all three of its streams
+        self.open_outputs = len(outputs)
         self.status: dict[str, int] | None = None
         self.stdin_pending = bytearray()
         self.stdin_eof = False
@@ -111,6 +127,7 @@ class Supervisor:
                     request.get("cwd"),
                     request["stdout"],
                     request["stderr"],
+                    request.get("pty"),
                 )
         elif (
             op == "stdin"
@@ -139,22 +156,39 @@ class Supervisor:
         cwd: str | None,
         stdout: str,
         stderr: str,
+        pty: dict | None = None,  # type: ignore[type-arg]
     ) -> None:
         if argv and argv[0] == FS_TOOLS:
             interpreter = json.loads(os.environ.get(SANDBOX_PYTHON_VARIABLE, "[]"))
             argv = [*interpreter, os.path.join(os.path.dirname(__file__), "fs_tools.py"), *argv[1:]]
         pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
+        terminal = _open_terminal(pty) if pty is not None else None
         try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=pipe,
-                stdout=pipe if stdout == "pipe" else devnull,
-                stderr={"pipe": pipe, "devnull": devnull, "stdout": subprocess.STDOUT}[stderr],
-                env=_child_environment(environment),
-                cwd=cwd or None,
-                start_new_session=True,  # its own process group: a signal reaches its children
-            )
+            if terminal is not None:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=terminal[1],
+                    stdout=terminal[1],
+                    stderr=terminal[1],
+                    env=_child_environment({**environment, **_terminal_environment(pty or {})}),
+                    cwd=cwd or None,
+                    start_new_session=True,
+                    preexec_fn=_take_controlling_terminal,
+                )
+            else:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=pipe,
+                    stdout=pipe if stdout == "pipe" else devnull,
+                    stderr={"pipe": pipe, "devnull": devnull, "stdout": subprocess.STDOUT}[stderr],
+                    env=_child_environment(environment),
+                    cwd=cwd or None,
+                    start_new_session=True,  # its own process group: a signal reaches its children
+                )
         except (OSError, ValueError) as error:  # not found, not executable, a bad argument...
+            if terminal is not None:
+                os.close(terminal[0])
+                os.close(terminal[1])
             reason = (
                 "command not found"
                 if isinstance(error, FileNotFoundError)
@@ -166,14 +200,23 @@ class Supervisor:
             self.send({"ev": "out", "id": process_id, "fd": 2, "data": base64.b64encode(message).decode()})
             self.finish(process_id, {"code": 127 if isinstance(error, FileNotFoundError) else 126})
             return
-        process = Process(process_id, popen, os.pidfd_open(popen.pid))
+        if terminal is not None:
+            leader, follower = terminal
+            os.close(follower)  # the process holds it now; the leader reads EIO once it is gone
+            stdin: IO[bytes] | None = os.fdopen(os.dup(leader), "wb", buffering=0)
+            outputs: list[tuple[int, IO[bytes]]] = [(1, os.fdopen(leader, "rb", buffering=0))]
+        else:
+            stdin = popen.stdin
+            outputs = [
+                (fd, stream) for fd, stream in ((1, popen.stdout), (2, popen.stderr)) if stream is not None
+            ]
+        process = Process(process_id, popen, os.pidfd_open(popen.pid), stdin, outputs, terminal is not None)
         self.processes[process_id] = process
-        for fd, stream in ((1, popen.stdout), (2, popen.stderr)):
-            if stream is not None:
-                os.set_blocking(stream.fileno(), False)
-                self.selector.register(stream, selectors.EVENT_READ, ("output", (process, fd)))
-        if popen.stdin is not None:
-            os.set_blocking(popen.stdin.fileno(), False)
+        for fd, stream in outputs:
+            os.set_blocking(stream.fileno(), False)
+            self.selector.register(stream, selectors.EVENT_READ, ("output", (process, fd)))
+        if stdin is not None:
+            os.set_blocking(stdin.fileno(), False)
         self.selector.register(process.pidfd, selectors.EVENT_READ, ("exited", process))
 
     def _output_ready(self, stream, process: Process, fd: int) -> None:  # type: ignore[no-untyped-def]
@@ -183,6 +226,8 @@ class Supervisor:
             chunk = os.read(stream.fileno(), READ_CHUNK)
         except BlockingIOError:
             return
+        except OSError:  # EIO: a pseudo-terminal whose process (and its children) closed it
+            chunk = b""
         if chunk:
             self.send(
                 {"ev": "out", "id": process.process_id, "fd": fd, "data": base64.b64encode(chunk).decode()}
@@ -201,12 +246,12 @@ class Supervisor:
         self._close_stdin(process)
         # What it wrote is in its pipes now: send that, then its exit. A child it left in
         # the background may hold the pipes open; its later output is not the process's.
-        for fd, stream in ((1, process.popen.stdout), (2, process.popen.stderr)):
-            if stream is not None and not stream.closed:
+        for fd, stream in process.outputs:
+            if not stream.closed:
                 while True:
                     try:
                         chunk = os.read(stream.fileno(), READ_CHUNK)
-                    except BlockingIOError:
+                    except OSError:  # BlockingIOError: nothing more now; EIO: a closed terminal
                         break
                     if not chunk:
                         break
@@ -228,8 +273,10 @@ class Supervisor:
             self.main_status = status.get("code", 128 + status.get("signal", 0))
 
     def _flush_stdin(self, process: Process) -> None:
-        stdin = process.popen.stdin
+        stdin = process.stdin
         assert stdin is not None
+        if process.stdin_eof and process.terminal and not process.stdin_pending.endswith(b"\x04"):
+            process.stdin_pending += b"\x04"  # a terminal's end of input is ^D, not a closed descriptor
         if process.stdin_pending:
             try:
                 written = os.write(stdin.fileno(), process.stdin_pending)
@@ -255,7 +302,7 @@ class Supervisor:
         return True
 
     def _close_stdin(self, process: Process) -> None:
-        stdin = process.popen.stdin
+        stdin = process.stdin
         if stdin is None or stdin.closed:
             return
         if self._registered(stdin):
@@ -294,6 +341,26 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _open_terminal(pty: dict) -> tuple[int, int]:  # type: ignore[type-arg]
+    """A pseudo-terminal (leader, follower) of the size the client's terminal has."""
+    leader, follower = os.openpty()
+    rows, columns = int(pty.get("rows") or 0), int(pty.get("columns") or 0)
+    if rows and columns:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    return leader, follower
+
+
+def _terminal_environment(pty: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    names = {"term": "TERM", "colorterm": "COLORTERM", "term_program": "TERM_PROGRAM"}
+    return {variable: str(pty[key]) for key, variable in names.items() if pty.get(key)}
+
+
+def _take_controlling_terminal() -> None:
+    """In the child, after setsid: its terminal (stdin) becomes its controlling terminal,
+    so ^C reaches it as SIGINT and a shell runs with job control."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _child_environment(environment: dict[str, str] | os._Environ[str]) -> dict[str, str]:
