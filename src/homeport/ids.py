@@ -41,7 +41,10 @@ def new_id(kind: str) -> str:
     # The CLI tells an app id from an app name by `^ap-[a-zA-Z0-9]{22}$`, and client
     # tracebacks recognise task ids as `ta-[0-9A-Z]{26}`; no other dashes are allowed.
     if kind == "task":
-        return "ta-" + _encode(secrets.randbits(135), _TASK_ALPHABET, 26)
+        # Never ending in "V": client 1.6.4 takes such a task for a V2 sandbox's
+        # (`_is_v2_task_id`) and would send `modal container exec` on it the sandbox way.
+        last = secrets.choice(_TASK_ALPHABET.replace("V", ""))
+        return "ta-" + _encode(secrets.randbits(130), _TASK_ALPHABET, 25) + last
     return f"{PREFIXES[kind]}-" + _encode(secrets.randbits(143), _ALPHANUMERIC, _length(kind))
 
 

@@ -20,6 +20,14 @@ def test_ids_have_the_shapes_the_client_checks() -> None:
     assert ids.new_id("function").count("-") == 1
 
 
+def test_only_sandbox_task_ids_end_in_v() -> None:
+    """Client 1.6.4 sends `modal container exec` the V2-sandbox way for a task id ending
+    in "V"; a function container's must never look like one."""
+    assert not any(ids.new_id("task").endswith("V") for _ in range(5000))
+    assert all(ids.is_id("task", ids.new_id("task")) for _ in range(100))
+    assert ids.new_sandbox_task_id().endswith("V")
+
+
 def test_retry_delay_grows_by_the_coefficient_up_to_the_maximum() -> None:
     policy = api_pb2.FunctionRetryPolicy(
         retries=5, initial_delay_ms=1000, backoff_coefficient=2.0, max_delay_ms=5000
