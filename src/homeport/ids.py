@@ -50,8 +50,13 @@ def new_id(kind: str) -> str:
 
 def _length(kind: str) -> int:
     # Client 1.6.4 takes `sb-` + exactly 22 alphanumerics for a V1 sandbox and sends
-    # from_id/list/from_name of such ids to the V1 RPCs: every sandbox here is V2.
+    # from_id/list/from_name of such ids to the V1 RPCs; any other shape to the V2 ones.
     return 24 if kind == "sandbox" else 22
+
+
+def new_v1_sandbox_id() -> str:
+    """A sandbox the client made through the V1 RPCs (it does for gpu= and pty=True)."""
+    return "sb-" + _encode(secrets.randbits(131), _ALPHANUMERIC, 22)
 
 
 def new_sandbox_task_id() -> str:
@@ -64,8 +69,9 @@ def is_id(kind: str, value: str) -> bool:
     if kind == "task":
         return len(value) == 29 and value.startswith("ta-") and all(c in _TASK_ALPHABET for c in value[3:])
     prefix = PREFIXES[kind] + "-"
+    lengths = (22, 24) if kind == "sandbox" else (_length(kind),)  # V1 and V2 sandboxes
     return (
-        len(value) == len(prefix) + _length(kind)
+        len(value) - len(prefix) in lengths
         and value.startswith(prefix)
         and value[len(prefix) :].isalnum()
         and value.isascii()

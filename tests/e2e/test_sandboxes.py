@@ -611,3 +611,65 @@ sb.terminate()
     assert "/dev/pts/" in output_seen and "TERM=" in output_seen
     assert "got typed" in output_seen  # stderr shares the terminal with stdout
     assert "ERR ''" in text and "CODE 0" in text
+
+
+def test_pty_sandboxes_through_the_v2_and_the_v1_api(server: Server) -> None:
+    """pty=True runs the entrypoint on a terminal. Client 1.6.4 makes such a sandbox through
+    the V2 RPCs, but through the V1 ones when given `pty_info` (as for gpu=): V1-shaped ids,
+    stdio over the main service, execs through the router as ever."""
+    text = run_sandbox_script(
+        server,
+        """
+import re
+from modal._output.pty import get_pty_info
+v2 = modal.Sandbox.create("sh", "-c", "tty; read x; echo got $x", pty=True, app=app)
+v2.stdin.write(b"on v2\\n")
+v2.stdin.drain()
+print("V2 OUT", repr(v2.stdout.read()))
+sb = modal.Sandbox.create("sh", "-c", "tty; read x; echo got $x; exit 5", pty_info=get_pty_info(shell=True), app=app)
+print("V1 ID", bool(re.fullmatch(r"sb-[0-9A-Za-z]{22}", sb.object_id)))
+print("EXEC", sb.exec("echo", "beside").stdout.read().strip())
+sb.set_tags({"kind": "v1"})
+print("LISTED", [s.object_id for s in modal.Sandbox.list(app_id=app.app_id, tags={"kind": "v1"})] == [sb.object_id])
+sb.stdin.write(b"typed\\n")
+sb.stdin.drain()
+print("V1 OUT", repr(sb.stdout.read()))
+sb.wait(raise_on_termination=False)
+print("CODE", sb.returncode, modal.Sandbox.from_id(sb.object_id).returncode)
+""",
+    )
+    assert "/dev/pts/" in text.split("V2 OUT")[1] and "got on v2" in text
+    assert "V1 ID True" in text
+    assert "EXEC beside" in text
+    assert "LISTED True" in text
+    out = text.split("V1 OUT ")[1]
+    assert "/dev/pts/" in out and "got typed" in out
+    assert "CODE 5 5" in text
+
+
+def test_gpu_sandboxes_get_their_own_gpu_and_wait_for_none(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On a node that has one T4 (HOMEPORT_GPUS stands in for nvidia-smi here)."""
+    server = start_server(tmp_path, server_env={"HOMEPORT_GPUS": "T4:1"})
+    try:
+        text = run_sandbox_script(
+            server,
+            """
+first = modal.Sandbox.create("sh", "-c", "echo devices=$CUDA_VISIBLE_DEVICES; sleep infinity", gpu="T4", app=app)
+print("FIRST", first.stdout.readline().strip() if hasattr(first.stdout, "readline") else next(iter(first.stdout)).strip())
+for gpu in ("T4", "H100"):
+    try:
+        modal.Sandbox.create("true", gpu=gpu, app=app)
+    except modal.exception.Error as error:
+        print("REFUSED", gpu, type(error).__name__, error)
+first.terminate()
+first.wait(raise_on_termination=False)
+again = modal.Sandbox.create("sh", "-c", "echo devices=$CUDA_VISIBLE_DEVICES", gpu="T4", app=app)
+print("AGAIN", again.stdout.read().strip())
+""",
+        )
+    finally:
+        server.stop()
+    assert "FIRST devices=0" in text
+    assert "REFUSED T4 ResourceExhaustedError" in text and "1 T4 GPU(s)" in text
+    assert "REFUSED H100" in text and "H100" in text.split("REFUSED H100")[1].splitlines()[0]
+    assert "AGAIN devices=0" in text

@@ -151,11 +151,13 @@ def test_secrets_reach_functions_and_never_the_logs(server: Server, tmp_path) ->
         "@app.function(secrets=[modal.Secret.from_name('api-keys'), modal.Secret.from_name('from-file'),\n"
         "                       modal.Secret.from_dict({'INLINE': 'inline-value-456'})])\n"
         "def show():\n    print('the key is', os.environ['API_KEY'])\n"
-        "    return [os.environ[k] for k in ('API_KEY', 'OTHER', 'FROM_DOTENV', 'INLINE')]\n"
+        # Reversed: a return value is stored as the function gave it, and the database
+        # must be seen to hold no secret value of its own accord.
+        "    return [os.environ[k][::-1] for k in ('API_KEY', 'OTHER', 'FROM_DOTENV', 'INLINE')]\n"
         "@app.local_entrypoint()\ndef main():\n    print('RESULT', show.remote())\n"
     )
     text = assert_ok(run_modal(server, "run", str(app_file), cwd=tmp_path))
-    assert "RESULT ['super-secret-value-123', 'plain', 'dotenv-value-777', 'inline-value-456']" in text
+    assert "RESULT ['321-eulav-terces-repus', 'nialp', '777-eulav-vnetod', '654-eulav-enilni']" in text
     assert "the key is ***" in text  # the container printed it; the logs carry no value
     assert b"super-secret-value-123" not in (server.data_dir / "homeport.db").read_bytes()
     assert "super-secret-value-123" not in server.log_text()

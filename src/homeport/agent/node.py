@@ -404,7 +404,16 @@ class NodeAgent:
             cpu_cores=order.cpu_cores,
             disk_mib=order.disk_mib,
             work_dir=work_dir,
-            command=tuple(python.command(SUPERVISOR, SUPERVISOR_SOCKET, "--", *order.sandbox_entrypoint)),
+            gpu_devices=list(order.gpu_devices),
+            command=tuple(
+                python.command(
+                    SUPERVISOR,
+                    SUPERVISOR_SOCKET,
+                    *(["--terminal", json.dumps(order.sandbox_terminal)] if order.sandbox_terminal else []),
+                    "--",
+                    *order.sandbox_entrypoint,
+                )
+            ),
         )
 
     async def copy_writable_layer(self, task_id: str, destination: Path) -> None:

@@ -70,6 +70,8 @@ class ContainerOrder:
     # with no client package and no control socket; its processes are `NodeAgent.sandbox()`.
     sandbox_entrypoint: tuple[str, ...] = ()
     readiness_probe: ReadinessProbe | None = None
+    # The entrypoint on a pseudo-terminal (pty=True): its size and TERM, as for an exec.
+    sandbox_terminal: dict[str, object] | None = None
     open_ports: tuple[tuple[int, bool], ...] = ()  # a sandbox's (port, unencrypted) tunnels
     inbound_cidrs: tuple[str, ...] = ()  # who may connect through them (empty: anyone)
     # A sandbox's volume changes are committed when it ends (Modal's rule for sandboxes);

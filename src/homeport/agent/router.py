@@ -225,7 +225,7 @@ class CommandRouter:
                     request.workdir if request.HasField("workdir") else None,
                     stdout,
                     stderr,
-                    _terminal(request.pty_info)
+                    terminal_settings(request.pty_info)
                     if request.HasField("pty_info") and request.pty_info.enabled
                     else None,
                 )
@@ -297,9 +297,9 @@ class CommandRouter:
         await stream.send_message(_exit_status(process, tcr.TaskExecWaitResponse))
 
 
-def _terminal(info: api_pb2.PTYInfo) -> dict[str, object]:
-    """exec(pty=True), `modal shell`: client 1.6.4 sends its terminal's size and kind once
-    (it has no resize message)."""
+def terminal_settings(info: api_pb2.PTYInfo) -> dict[str, object]:
+    """exec(pty=True), `modal shell`, Sandbox.create(pty=True): client 1.6.4 sends its
+    terminal's size and kind once (it has no resize message)."""
     return {
         "rows": info.winsz_rows,
         "columns": info.winsz_cols,

@@ -111,6 +111,7 @@ class SandboxProcesses:
         self._probe_count = 0
         # Set when the sandbox was created with a readiness_probe (agent/readiness.py).
         self.readiness: Readiness | None = None
+        self.v1_stdin_index = 0  # the last V1 SandboxStdinWrite delivered (they count from 1)
 
     async def connect(self, timeout_s: float = 30.0) -> None:
         """Wait for the supervisor's socket and connect: the entrypoint starts then."""

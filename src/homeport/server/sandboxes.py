@@ -27,6 +27,7 @@ from modal_proto import api_pb2
 
 from homeport import ids
 from homeport.agent.order import ContainerOrder, ReadinessProbe, VolumeRef
+from homeport.agent.router import terminal_settings
 from homeport.agent.runtime import ContainerStartError
 from homeport.images.config import ImageConfig
 from homeport.server import errors
@@ -34,6 +35,7 @@ from homeport.server.nodes import Node, Placement
 from homeport.server.notify import Notifier
 from homeport.server.orders import image_environment
 from homeport.server.running import container_log_writer, redactor
+from homeport.server.services.functions import gpu_request
 from homeport.server.services.image_snapshots import FilesystemSnapshots
 from homeport.server.services.images import ImageService
 from homeport.server.services.logs import LogService
@@ -51,6 +53,21 @@ LIST_PAGE = 100
 
 def sandbox_key(sandbox_id: str) -> str:
     return f"sandbox:{sandbox_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a sandbox's definition asks for, checked (Sandboxes._plan)."""
+
+    chain: list[str]
+    config: ImageConfig
+    entrypoint: list[str]
+    environment: dict[str, str]
+    secrets: dict[str, str]
+    memory_mib: int
+    gpu_options: list[tuple[str, int]]
+    volumes: tuple[VolumeRef, ...]
+    probe: ReadinessProbe | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +112,15 @@ class Sandboxes:
         workspace_id: str,
         app_id: str,
         environment_name: str,
-        request: api_pb2.SandboxCreateV2Request,
+        definition: api_pb2.Sandbox,
+        secret_sources: list[api_pb2.SecretSource],
+        tags: list[api_pb2.SandboxTag],
         idempotency_key: str,
+        v1: bool = False,
     ) -> tuple[str, str]:
-        """(sandbox id, task id) of a started sandbox; the same for a retried request."""
-        definition = request.definition
+        """(sandbox id, task id) of a started sandbox; the same for a retried request. `v1`:
+        made through the V1 RPCs (client 1.6.4 uses them for gpu= and pty=True), so its ids
+        have the V1 shapes."""
         if idempotency_key:
             with self.engine.connect() as connection:
                 row = connection.execute(
@@ -109,8 +130,58 @@ class Sandboxes:
                 ).first()
             if row is not None:
                 return row.id, row.task_id
-        _refuse_unsupported(definition)
-        volumes = self._volume_refs(definition)
+        plan = await self._plan(workspace_id, definition, secret_sources, v1)
+        sandbox_id, task_id = (
+            (ids.new_v1_sandbox_id(), ids.new_id("task"))
+            if v1
+            else (ids.new_id("sandbox"), ids.new_sandbox_task_id())
+        )
+        name = definition.name if definition.HasField("name") and definition.name else None
+        self._insert(workspace_id, app_id, environment_name, name, tags, idempotency_key, sandbox_id, task_id)
+        self.created(sandbox_id, workspace_id)
+        node, devices = await self._reserve(sandbox_id, task_id, plan)
+        order = ContainerOrder(
+            task_id=task_id,
+            app_id=app_id,
+            function_id="",
+            workspace_id=workspace_id,
+            container_arguments=b"",
+            started_environment=plan.environment,
+            environment=_gpu_environment(devices),
+            layers=tuple(plan.chain),
+            python_version="",
+            working_dir=definition.workdir or plan.config.workdir or "/",
+            network=definition.network_access.network_access_type != api_pb2.NetworkAccess.BLOCKED,
+            egress_cidrs=_egress_cidrs(definition.network_access),
+            inbound_cidrs=_cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist"),
+            memory_mib=plan.memory_mib,
+            cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
+            gpu_devices=tuple(devices),
+            sandbox_entrypoint=tuple(plan.entrypoint),
+            readiness_probe=plan.probe,
+            sandbox_terminal=terminal_settings(definition.pty_info) if definition.pty_info.pty_type else None,
+            open_ports=tuple((spec.port, spec.unencrypted) for spec in definition.open_ports.ports),
+            volumes=plan.volumes,
+            commit_volumes_at_exit=True,
+        )
+        await self._start(sandbox_id, node, order, plan.secrets)
+        self.running[sandbox_id] = _Running(task_id, node, plan.chain, plan.config)
+        idle_s = definition.idle_timeout_secs if definition.HasField("idle_timeout_secs") else 0
+        asyncio.get_running_loop().create_task(
+            self._watch(sandbox_id, task_id, node, definition.timeout_secs, idle_s)
+        )
+        return sandbox_id, task_id
+
+    async def _plan(
+        self,
+        workspace_id: str,
+        definition: api_pb2.Sandbox,
+        secret_sources: list[api_pb2.SecretSource],
+        v1: bool,
+    ) -> _Plan:
+        """What the definition asks for, checked before anything is recorded: bad input
+        and requests no node could ever hold are refused here."""
+        _refuse_unsupported(definition, v1)
         try:
             chain, config = self.images.runtime_chain(definition.image_id)
         except LookupError as error:
@@ -120,56 +191,52 @@ class Sandboxes:
             raise errors.invalid_argument(
                 "the sandbox has no command and its image has none: pass one, e.g. Sandbox.create('sleep', 'infinity')"
             )
-        environment = {
-            **image_environment(config),
-            **(secrets := await self.secret_environment(workspace_id, list(request.secret_sources))),
-        }
-        probe = _readiness_probe(definition)
-        egress = _egress_cidrs(definition.network_access)
-        memory_mib = definition.resources.memory_mb or DEFAULT_MEMORY_MIB
-        refusal = self.placement.refusal(memory_mib, [])
+        secrets = await self.secret_environment(workspace_id, secret_sources)
+        gpu = gpu_request(definition.resources)
+        plan = _Plan(
+            chain=chain,
+            config=config,
+            entrypoint=entrypoint,
+            environment={**image_environment(config), **secrets},
+            secrets=secrets,
+            memory_mib=definition.resources.memory_mb or DEFAULT_MEMORY_MIB,
+            gpu_options=[gpu] if gpu is not None else [],
+            volumes=self._volume_refs(definition),
+            probe=_readiness_probe(definition),
+        )
+        _egress_cidrs(definition.network_access)  # checked now, used in the order
+        _cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist")
+        refusal = self.placement.refusal(plan.memory_mib, plan.gpu_options)
         if refusal is not None:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"this sandbox cannot start: {refusal}")
-        sandbox_id, task_id = ids.new_id("sandbox"), ids.new_sandbox_task_id()
-        self._insert(
-            workspace_id, app_id, environment_name, definition, request, idempotency_key, sandbox_id, task_id
+        return plan
+
+    async def _reserve(self, sandbox_id: str, task_id: str, plan: _Plan) -> tuple[Node, list[int]]:
+        placed = await self.placement.reserve(
+            task_id, plan.memory_mib, plan.gpu_options, {}, 1_000_000, False
         )
-        self.created(sandbox_id, workspace_id)
-        placed = await self.placement.reserve(task_id, memory_mib, [], {}, 1_000_000, False)
         if placed is None:
             self._finish(
                 sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="no room")
             )
+            wanted = f"{plan.memory_mib} MiB" + "".join(
+                f" and {count} {model} GPU(s)" for model, count in plan.gpu_options
+            )
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
-                f"no node has {memory_mib} MiB free for this sandbox now: retry once other sandboxes or "
-                "containers have ended, or ask for less with memory=",
+                f"no node has {wanted} free for this sandbox now: retry once other sandboxes or "
+                "containers have ended, or ask for less",
             )
-        node, _ = placed
-        order = ContainerOrder(
-            task_id=task_id,
-            app_id=app_id,
-            function_id="",
-            workspace_id=workspace_id,
-            container_arguments=b"",
-            started_environment=environment,
-            environment={},
-            layers=tuple(chain),
-            python_version="",
-            working_dir=definition.workdir or config.workdir or "/",
-            network=definition.network_access.network_access_type != api_pb2.NetworkAccess.BLOCKED,
-            egress_cidrs=egress,
-            inbound_cidrs=_cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist"),
-            memory_mib=memory_mib,
-            cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
-            sandbox_entrypoint=tuple(entrypoint),
-            readiness_probe=probe,
-            open_ports=tuple((spec.port, spec.unencrypted) for spec in definition.open_ports.ports),
-            volumes=volumes,
-            commit_volumes_at_exit=True,
-        )
+        return placed
+
+    async def _start(
+        self, sandbox_id: str, node: Node, order: ContainerOrder, secrets: dict[str, str]
+    ) -> None:
+        """Start it on its node; a failure (or a cancelled request) records its result."""
         try:
-            write_log = container_log_writer(self.logs, app_id, task_id, None, self.log_limit_bytes)
+            write_log = container_log_writer(
+                self.logs, order.app_id, order.task_id, None, self.log_limit_bytes
+            )
             redact = redactor(secrets.values())
             await node.start(order, lambda fd, text: write_log(fd, redact(text)))
         except (ContainerStartError, TimeoutError) as error:
@@ -183,12 +250,6 @@ class Sandboxes:
             )
             self._finish(sandbox_id, failed)
             raise
-        self.running[sandbox_id] = _Running(task_id, node, chain, config)
-        idle_s = definition.idle_timeout_secs if definition.HasField("idle_timeout_secs") else 0
-        asyncio.get_running_loop().create_task(
-            self._watch(sandbox_id, task_id, node, definition.timeout_secs, idle_s)
-        )
-        return sandbox_id, task_id
 
     def _volume_refs(self, definition: api_pb2.Sandbox) -> tuple[VolumeRef, ...]:
         """Each volume as committed now; what the sandbox changes is committed when it ends."""
@@ -207,13 +268,12 @@ class Sandboxes:
         workspace_id: str,
         app_id: str,
         environment_name: str,
-        definition: api_pb2.Sandbox,
-        request: api_pb2.SandboxCreateV2Request,
+        name: str | None,
+        tags: list[api_pb2.SandboxTag],
         idempotency_key: str,
         sandbox_id: str,
         task_id: str,
     ) -> None:
-        name = definition.name if definition.HasField("name") and definition.name else None
         try:
             with self.engine.begin() as connection:
                 connection.execute(
@@ -223,7 +283,7 @@ class Sandboxes:
                         app_id=app_id,
                         environment_name=environment_name,
                         name=name,
-                        tags=json.dumps({tag.tag_name: tag.tag_value for tag in request.tags}),
+                        tags=json.dumps({tag.tag_name: tag.tag_value for tag in tags}),
                         task_id=task_id,
                         idempotency_key=idempotency_key or None,
                         created_at=time.time(),
@@ -479,13 +539,11 @@ def _readiness_probe(definition: api_pb2.Sandbox) -> ReadinessProbe | None:
     )
 
 
-def _refuse_unsupported(definition: api_pb2.Sandbox) -> None:
+def _refuse_unsupported(definition: api_pb2.Sandbox, v1: bool) -> None:
     """What this server cannot give a sandbox yet: refused, never silently left out."""
     missing = []
-    if definition.pty_info.pty_type:
-        missing.append("pty=True")
-    if definition.resources.gpu_config.count or definition.resources.gpu_config.gpu_type:
-        missing.append("gpu= (a GPU works in a function: @app.function(gpu=...))")
+    if not v1 and gpu_request(definition.resources):  # client 1.6.4 makes these through the V1 RPCs
+        missing.append("gpu=")
     if definition.cloud_bucket_mounts or definition.s3_mounts:
         missing.append("CloudBucketMount volumes")
     if definition.nfs_mounts:
@@ -520,3 +578,10 @@ def _cidrs(entries: Iterable[str], option: str) -> tuple[str, ...]:
                 f"{option} entry {cidr!r} is not a CIDR range; write it like '10.0.0.0/8' or '1.2.3.4/32'"
             ) from None
     return tuple(cidrs)
+
+
+def _gpu_environment(devices: list[int]) -> dict[str, str]:
+    if not devices:
+        return {}
+    visible = ",".join(map(str, devices))
+    return {"CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}

@@ -314,11 +314,11 @@ class Supervisor:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def run(self, entrypoint: list[str]) -> int:
+    def run(self, entrypoint: list[str], terminal: dict | None = None) -> int:  # type: ignore[type-arg]
         self.agent, _ = self.listener.accept()  # the entrypoint starts once its output has a reader
         self.agent.setblocking(False)
         self.selector.register(self.agent, selectors.EVENT_READ, ("agent", None))
-        self.start(MAIN, entrypoint, dict(os.environ), None, "pipe", "pipe")
+        self.start(MAIN, entrypoint, dict(os.environ), None, "pipe", "pipe", terminal)
         while self.main_status is None or self.outgoing:
             for key, mask in self.selector.select():
                 kind, target = key.data
@@ -368,11 +368,17 @@ def _child_environment(environment: dict[str, str] | os._Environ[str]) -> dict[s
 
 
 def main() -> None:
-    socket_path, separator, *entrypoint = sys.argv[1:]
-    assert separator == "--" and entrypoint, "usage: supervisor.py SOCKET -- COMMAND [ARGS...]"
+    socket_path, *rest = sys.argv[1:]
+    terminal = None
+    if rest[:1] == ["--terminal"]:  # the entrypoint on a pseudo-terminal: {"rows", "columns", "term"...}
+        terminal, rest = json.loads(rest[1]), rest[2:]
+    separator, *entrypoint = rest
+    assert separator == "--" and entrypoint, (
+        "usage: supervisor.py SOCKET [--terminal JSON] -- COMMAND [ARGS...]"
+    )
     # terminate() is for the processes, not for us; a handler (unlike SIG_IGN) is not inherited.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    os._exit(Supervisor(socket_path).run(entrypoint))
+    os._exit(Supervisor(socket_path).run(entrypoint, terminal))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def load_all() -> dict[str, Handler]:
         mounts,
         queues,
         sandboxes,
+        sandboxes_v1,
         secrets,
         volumes,
     )

@@ -19,7 +19,7 @@ from homeport.server.services.images import PENDING, SUCCESS
 JOIN_TIMEOUT_S = 55.0
 
 
-def _metadata(config: ImageConfig | None) -> api_pb2.ImageMetadata | None:
+def image_metadata(config: ImageConfig | None) -> api_pb2.ImageMetadata | None:
     if config is None:
         return None
     return api_pb2.ImageMetadata(
@@ -60,7 +60,7 @@ async def image_get_or_create(
         return api_pb2.ImageGetOrCreateResponse(image_id=image_id)
     _, _, config = images.status(context.workspace_id, image_id)
     return api_pb2.ImageGetOrCreateResponse(
-        image_id=image_id, result=_result(status, exception), metadata=_metadata(config)
+        image_id=image_id, result=_result(status, exception), metadata=image_metadata(config)
     )
 
 
@@ -97,7 +97,7 @@ async def image_join_streaming(
                 await send(
                     api_pb2.ImageJoinStreamingResponse(
                         result=_result(status, exception),
-                        metadata=_metadata(config),
+                        metadata=image_metadata(config),
                         entry_id=str(after),
                         eof=True,
                     )
@@ -126,4 +126,4 @@ async def image_from_id(
         raise errors.failed_precondition(
             f"image {request.image_id} failed to build ({exception or 'no message'}); build it again"
         )
-    return api_pb2.ImageFromIdResponse(image_id=request.image_id, metadata=_metadata(config))
+    return api_pb2.ImageFromIdResponse(image_id=request.image_id, metadata=image_metadata(config))

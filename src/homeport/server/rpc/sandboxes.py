@@ -1,4 +1,5 @@
-"""Sandbox RPCs of the V2 API (client 1.6.4's default) on the main service. Stdio and exec
+"""Sandbox RPCs of the V2 API (client 1.6.4's default) on the main service, and the V1
+RPCs that take the same messages (rpc/sandboxes_v1.py has the V1-only ones). Stdio and exec
 go to the task command router instead (agent/router.py); these hand out its address and
 credential.
 
@@ -25,7 +26,7 @@ from homeport.server.sandboxes import Sandboxes
 AUTH_TOKEN_LIFETIME_S = 3600
 
 
-def _sandboxes(context: RequestContext) -> Sandboxes:
+def sandbox_service(context: RequestContext) -> Sandboxes:
     if context.state.sandboxes is None:
         raise errors.failed_precondition(
             "sandboxes are not supported in cluster mode by this server yet: run them against a "
@@ -34,13 +35,13 @@ def _sandboxes(context: RequestContext) -> Sandboxes:
     return context.state.sandboxes
 
 
-def _own(context: RequestContext, sandbox_id: str):  # type: ignore[no-untyped-def]
-    return _sandboxes(context).row(sandbox_id, context.workspace_id)
+def owned_sandbox(context: RequestContext, sandbox_id: str):  # type: ignore[no-untyped-def]
+    return sandbox_service(context).row(sandbox_id, context.workspace_id)
 
 
 def _running_by_task(context: RequestContext, task_id: str):  # type: ignore[no-untyped-def]
     """The running sandbox of the workspace whose task this is (`modal container exec`)."""
-    row = _sandboxes(context).by_task(task_id)
+    row = sandbox_service(context).by_task(task_id)
     if row is None or row.workspace_id != context.workspace_id or row.result is not None:
         raise errors.not_found(f"no running sandbox has task {task_id}")
     return row
@@ -74,15 +75,21 @@ async def sandbox_create_v2(
     context: RequestContext, request: api_pb2.SandboxCreateV2Request
 ) -> api_pb2.SandboxCreateV2Response:
     app = context.state.apps.get(context.workspace_id, request.app_id)
-    sandbox_id, task_id = await _sandboxes(context).create(
-        context.workspace_id, app.id, app.environment_name, request, context.idempotency_key
+    sandbox_id, task_id = await sandbox_service(context).create(
+        context.workspace_id,
+        app.id,
+        app.environment_name,
+        request.definition,
+        list(request.secret_sources),
+        list(request.tags),
+        context.idempotency_key,
     )
     access = _access(context, task_id)
     return api_pb2.SandboxCreateV2Response(
         sandbox_id=sandbox_id,
         task_id=task_id,
         # All of them, so the client need not ask SandboxGetTunnelsV2 (it does when fewer).
-        tunnels=await _sandboxes(context).tunnels(sandbox_id),
+        tunnels=await sandbox_service(context).tunnels(sandbox_id),
         command_router_access=api_pb2.CommandRouterAccess(url=access.url, jwt=access.jwt),
         metadata=api_pb2.SandboxHandleMetadata(app_id=app.id),
     )
@@ -94,39 +101,44 @@ async def sandbox_get_tunnels(
     context: RequestContext, request: api_pb2.SandboxGetTunnelsRequest
 ) -> api_pb2.SandboxGetTunnelsResponse:
     """Tunnels open with the sandbox (they are listening once it has started)."""
-    if _own(context, request.sandbox_id).result is not None:
+    if owned_sandbox(context, request.sandbox_id).result is not None:
         raise errors.failed_precondition(f"sandbox {request.sandbox_id} has finished; its tunnels are closed")
     return api_pb2.SandboxGetTunnelsResponse(
         result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
-        tunnels=await _sandboxes(context).tunnels(request.sandbox_id),
+        tunnels=await sandbox_service(context).tunnels(request.sandbox_id),
     )
 
 
+@handler("SandboxWait")
 @handler("SandboxWaitV2")
 async def sandbox_wait_v2(
     context: RequestContext, request: api_pb2.SandboxWaitRequest
 ) -> api_pb2.SandboxWaitResponse:
-    row, result = await _sandboxes(context).wait(context.workspace_id, request.sandbox_id, request.timeout)
+    row, result = await sandbox_service(context).wait(
+        context.workspace_id, request.sandbox_id, request.timeout
+    )
     response = api_pb2.SandboxWaitResponse(metadata=api_pb2.SandboxHandleMetadata(app_id=row.app_id))
     if result is not None:
         response.result.CopyFrom(result)
     return response
 
 
+@handler("SandboxTerminate")
 @handler("SandboxTerminateV2")
 async def sandbox_terminate_v2(
     context: RequestContext, request: api_pb2.SandboxTerminateRequest
 ) -> api_pb2.SandboxTerminateResponse:
-    _own(context, request.sandbox_id)
-    _sandboxes(context).terminate(request.sandbox_id)
+    owned_sandbox(context, request.sandbox_id)
+    sandbox_service(context).terminate(request.sandbox_id)
     return api_pb2.SandboxTerminateResponse()
 
 
+@handler("SandboxGetTaskId")
 @handler("SandboxGetTaskIdV2")
 async def sandbox_get_task_id_v2(
     context: RequestContext, request: api_pb2.SandboxGetTaskIdRequest
 ) -> api_pb2.SandboxGetTaskIdResponse:
-    row = _own(context, request.sandbox_id)
+    row = owned_sandbox(context, request.sandbox_id)
     response = api_pb2.SandboxGetTaskIdResponse(task_id=row.task_id)
     if row.result is not None:
         response.task_result.CopyFrom(api_pb2.GenericResult.FromString(row.result))
@@ -141,7 +153,7 @@ async def sandbox_get_command_router_access(
     if request.WhichOneof("target") == "task_id":
         row = _running_by_task(context, request.task_id)
     else:
-        row = _own(context, request.sandbox_id)
+        row = owned_sandbox(context, request.sandbox_id)
         if row.result is not None:
             raise errors.failed_precondition(f"sandbox {row.id} has finished")
     access = _access(context, row.task_id)
@@ -152,31 +164,37 @@ async def sandbox_get_command_router_access(
 async def task_get_command_router_access(
     context: RequestContext, request: api_pb2.TaskGetCommandRouterAccessRequest
 ) -> api_pb2.TaskGetCommandRouterAccessResponse:
-    """What `modal container exec TASK_ID` asks for a sandbox's task (its id ends in V)."""
+    """What `modal container exec TASK_ID` asks for a V1 sandbox's task, and the V1
+    sandbox handle for its execs."""
     return _access(context, _running_by_task(context, request.task_id).task_id)
 
 
+@handler("SandboxTagsGet")
 @handler("SandboxTagsGetV2")
 async def sandbox_tags_get_v2(
     context: RequestContext, request: api_pb2.SandboxTagsGetRequest
 ) -> api_pb2.SandboxTagsGetResponse:
-    return api_pb2.SandboxTagsGetResponse(tags=_tags(_own(context, request.sandbox_id)))
+    return api_pb2.SandboxTagsGetResponse(tags=_tags(owned_sandbox(context, request.sandbox_id)))
 
 
+@handler("SandboxTagsSet")
 @handler("SandboxTagsSetV2")
 async def sandbox_tags_set_v2(
     context: RequestContext, request: api_pb2.SandboxTagsSetRequest
 ) -> empty_pb2.Empty:
-    _own(context, request.sandbox_id)
-    _sandboxes(context).set_tags(request.sandbox_id, {tag.tag_name: tag.tag_value for tag in request.tags})
+    owned_sandbox(context, request.sandbox_id)
+    sandbox_service(context).set_tags(
+        request.sandbox_id, {tag.tag_name: tag.tag_value for tag in request.tags}
+    )
     return empty_pb2.Empty()
 
 
+@handler("SandboxList")
 @handler("SandboxListV2")
 async def sandbox_list_v2(
     context: RequestContext, request: api_pb2.SandboxListRequest
 ) -> api_pb2.SandboxListResponse:
-    rows = _sandboxes(context).list(
+    rows = sandbox_service(context).list(
         context.workspace_id,
         [request.app_id] if request.app_id else None,
         context.environment(request.environment_name) if not request.app_id else "",
@@ -199,21 +217,13 @@ async def sandbox_list_v2(
 
 
 @handler("SandboxGetFromName")
-async def sandbox_get_from_name(
-    context: RequestContext, request: api_pb2.SandboxGetFromNameRequest
-) -> api_pb2.SandboxGetFromNameResponse:
-    """The V1 lookup, which client 1.6.4 tries after the V2 one answered NOT_FOUND: every
-    sandbox here is V2, so the answer is the same."""
-    return await sandbox_get_from_name_v2(context, request)
-
-
 @handler("SandboxGetFromNameV2")
 async def sandbox_get_from_name_v2(
     context: RequestContext, request: api_pb2.SandboxGetFromNameRequest
 ) -> api_pb2.SandboxGetFromNameResponse:
     environment = context.environment(request.environment_name)
     app_id = context.state.apps.deployed_app_id(context.workspace_id, environment, request.app_name)
-    row = _sandboxes(context).by_name(app_id, request.sandbox_name) if app_id else None
+    row = sandbox_service(context).by_name(app_id, request.sandbox_name) if app_id else None
     if row is None:
         raise errors.not_found(
             f"no running sandbox named {request.sandbox_name!r} in app {request.app_name!r} "
