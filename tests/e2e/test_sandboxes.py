@@ -673,3 +673,31 @@ print("AGAIN", again.stdout.read().strip())
     assert "REFUSED T4 ResourceExhaustedError" in text and "1 T4 GPU(s)" in text
     assert "REFUSED H100" in text and "H100" in text.split("REFUSED H100")[1].splitlines()[0]
     assert "AGAIN devices=0" in text
+
+
+def test_sandboxes_started_ahead_are_each_their_own(server: Server) -> None:
+    """After a sandbox of a kind starts, the node keeps more of that kind started, their
+    supervisors waiting (agent/sandbox_pool.py). One taken from there must be no different
+    from one started afresh: its own command, env=, secrets, workdir and filesystem."""
+    offset = len(server.log_text())
+    text = run_sandbox_script(
+        server,
+        """
+line = 'echo "$WHO $TOKEN $(pwd) $(cat /tmp/mark 2>/dev/null || echo clean)"; echo mine > /tmp/mark; sleep infinity'
+boxes = []
+for i in range(4):
+    sb = modal.Sandbox.create(
+        "sh", "-c", line, app=app, env={"WHO": f"box{i}"}, workdir=f"/work{i}",
+        secrets=[modal.Secret.from_dict({"TOKEN": f"secret{i}"})],
+    )
+    print("FIRST", next(iter(sb.stdout)).strip())
+    print("EXEC", sb.exec("sh", "-c", 'echo "$WHO $TOKEN $(pwd)"').stdout.read().strip())
+    boxes.append(sb)
+for sb in boxes:
+    sb.terminate()
+""",
+    )
+    for i in range(4):
+        assert f"FIRST box{i} secret{i} /work{i} clean" in text
+        assert f"EXEC box{i} secret{i} /work{i}" in text
+    assert server.log_text()[offset:].count("started ahead as") >= 2

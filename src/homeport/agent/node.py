@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -21,17 +20,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from homeport import ids
 from homeport.agent import rootfs, volume_copy
 from homeport.agent.assets import Assets
 from homeport.agent.cpu import CpuMeter
 from homeport.agent.gpus import GpuPool, GpuRequest
 from homeport.agent.gpus import detect as detect_gpus
 from homeport.agent.host_python import (
-    SANDBOX_PYTHON_VARIABLE,
     SOCKET_NAME,
-    SUPERVISOR,
-    SUPERVISOR_SOCKET,
-    host_python,
 )
 from homeport.agent.order import ContainerOrder
 from homeport.agent.readiness import Readiness
@@ -45,7 +41,8 @@ from homeport.agent.runtime import (
     Runtime,
     shell_exit_code,
 )
-from homeport.agent.sandbox_processes import SandboxProcesses
+from homeport.agent.sandbox_pool import OutputRelay, SandboxPool, Waiting, sandbox_spec
+from homeport.agent.sandbox_processes import MAIN, SandboxProcesses
 from homeport.agent.tunnels import OpenTunnels, Tunnel, TunnelGate
 from homeport.agent.volume_copy import Entry, Snapshot
 from homeport.agent.zygote import ZygoteImage
@@ -174,6 +171,7 @@ class NodeAgent:
         self._cpu = CpuMeter()
         self._held: dict[str, _Held] = {}
         self._ended_sandboxes: collections.OrderedDict[str, SandboxProcesses] = collections.OrderedDict()
+        self._pool = SandboxPool(self._launch_waiting)
 
     # --- room -----------------------------------------------------------------------------
 
@@ -255,19 +253,18 @@ class NodeAgent:
         if held is None:
             raise RuntimeError(f"container {order.task_id} has no reservation on node {self.node_id}")
         began = time.monotonic()
+        waiting = self._pool.take(order) if order.sandbox_entrypoint else None
         try:
-            spec = await self._resolve(order, held)
-            held.container = await self.runtime.start(spec, on_output)
+            if waiting is not None:
+                container = self._take_waiting(order, held, waiting, on_output)
+            else:
+                spec = await self._resolve(order, held)
+                container = held.container = await self.runtime.start(spec, on_output)
             if order.commit_volumes_at_exit and held.volumes:
                 container_held = held
-                held.container.holdings.on_exit.append(lambda: self._commit_volumes_at_exit(container_held))
+                container.holdings.on_exit.append(lambda: self._commit_volumes_at_exit(container_held))
             if order.sandbox_entrypoint:
-                held.sandbox = SandboxProcesses(self._sandbox_run_dir(order.task_id) / SOCKET_NAME, on_output)
-                await held.sandbox.connect()
-                if order.readiness_probe is not None:
-                    held.sandbox.readiness = Readiness(order.readiness_probe, held.sandbox)
-                if order.open_ports:
-                    held.tunnels = await self._open_tunnels(order, held.container)
+                await self._sandbox_started(order, held, container, on_output)
         except BaseException:
             if held.tunnels is not None:
                 await held.tunnels.close()
@@ -278,8 +275,60 @@ class NodeAgent:
             self.release(order.task_id)
             raise
         held.disk_limit_mib = order.disk_limit_mib
+        if order.sandbox_entrypoint:
+            self._pool.refill(order)
         if self._started is not None:
-            self._started(getattr(held.container, "kind", "fresh"), time.monotonic() - began)
+            kind = "pooled" if waiting is not None else getattr(held.container, "kind", "fresh")
+            self._started(kind, time.monotonic() - began)
+
+    async def _sandbox_started(
+        self, order: ContainerOrder, held: _Held, container: Container, on_output: OutputCallback
+    ) -> None:
+        """A sandbox's container is up: its processes (through the supervisor), readiness
+        probe and tunnels."""
+        if held.sandbox is None:
+            held.sandbox = SandboxProcesses(container.holdings.work_dir / "run" / SOCKET_NAME, on_output)
+            await held.sandbox.connect()
+            if order.sandbox_terminal:  # the terminal carries all its output
+                held.sandbox.processes[MAIN].stderr.close()
+        if order.readiness_probe is not None:
+            held.sandbox.readiness = Readiness(order.readiness_probe, held.sandbox)
+        if order.open_ports:
+            held.tunnels = await self._open_tunnels(order, container)
+
+    def _take_waiting(
+        self, order: ContainerOrder, held: _Held, waiting: Waiting, on_output: OutputCallback
+    ) -> Container:
+        """A sandbox started ahead (sandbox_pool.py) becomes this one: its output goes where
+        this order's does, and its supervisor starts the entrypoint now."""
+        held.container, held.sandbox = waiting.container, waiting.processes
+        waiting.relay.target = on_output
+        waiting.processes.on_entrypoint_output = on_output
+        waiting.processes.start_entrypoint(
+            list(order.sandbox_entrypoint),
+            {**order.started_environment, **order.environment},
+            order.working_dir,
+            order.sandbox_terminal,
+        )
+        log.info("sandbox %s: started ahead as %s", order.task_id, waiting.task_id)
+        return waiting.container
+
+    async def _launch_waiting(self, order: ContainerOrder) -> Waiting:
+        """One sandbox of the order's kind, started ahead, its supervisor waiting."""
+        task_id = ids.new_sandbox_task_id()
+        work_dir = self.work_dir(task_id)
+        layers = await asyncio.to_thread(self.assets.layer_dirs, order.layers)
+        spec = sandbox_spec(order, task_id, work_dir, layers, [], self.node_id, waiting=True)
+        relay = OutputRelay()
+        container = await self.runtime.start(spec, relay)
+        processes = SandboxProcesses(work_dir / "run" / SOCKET_NAME)
+        try:
+            await processes.connect()
+        except BaseException:
+            container.kill()
+            asyncio.get_running_loop().create_task(container.wait())
+            raise
+        return Waiting(task_id, container, processes, relay)
 
     async def _open_tunnels(self, order: ContainerOrder, container: Container) -> OpenTunnels:
         if self._tunnel_gate is None:
@@ -307,7 +356,7 @@ class NodeAgent:
         work_dir = self.work_dir(order.task_id)
         directories = await self._volume_copies(order, held, work_dir)
         if order.sandbox_entrypoint:
-            return self._sandbox_spec(order, layers, directories)
+            return sandbox_spec(order, order.task_id, work_dir, layers, directories, self.node_id)
         package = await asyncio.to_thread(self.assets.client_package, order.python_version)
         files = [
             MountedFile(f.container_path, await asyncio.to_thread(self.assets.blob, f.blob_id), f.mode)
@@ -369,59 +418,13 @@ class NodeAgent:
                 continue
             held.final_commits.append((volume_id, tuple(changed), tuple(removed)))
 
-    def _sandbox_run_dir(self, task_id: str) -> Path:
-        return self.work_dir(task_id) / "run"
-
-    def _sandbox_spec(
-        self, order: ContainerOrder, layers: list[Path], volumes: list[BoundDirectory]
-    ) -> ContainerSpec:
-        """A sandbox: the supervisor (the node's Python, see host_python.py) runs the
-        entrypoint; the run directory holds the supervisor's socket."""
-        python = host_python()
-        work_dir = self.work_dir(order.task_id)
-        run_dir = self._sandbox_run_dir(order.task_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        environment = {
-            **order.started_environment,
-            **order.environment,
-            "HOMEPORT_NODE_ID": self.node_id,
-            SANDBOX_PYTHON_VARIABLE: json.dumps(python.interpreter()),
-        }
-        return ContainerSpec(
-            task_id=order.task_id,
-            app_id=order.app_id,
-            function_id=order.function_id,
-            container_arguments=b"",
-            environment=environment,
-            files=[],
-            client_package_dir=None,
-            image_layers=layers,
-            working_dir=order.working_dir,
-            directories=[*python.directories(run_dir), *volumes],
-            network=order.network,
-            egress_cidrs=order.egress_cidrs,
-            memory_mib=order.memory_mib,
-            cpu_cores=order.cpu_cores,
-            disk_mib=order.disk_mib,
-            work_dir=work_dir,
-            gpu_devices=list(order.gpu_devices),
-            command=tuple(
-                python.command(
-                    SUPERVISOR,
-                    SUPERVISOR_SOCKET,
-                    *(["--terminal", json.dumps(order.sandbox_terminal)] if order.sandbox_terminal else []),
-                    "--",
-                    *order.sandbox_entrypoint,
-                )
-            ),
-        )
-
     async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
         """A running container's writable layer (what it changed in its image) copied into
         `destination` as it is now: owners, modes, xattrs (overlay's opaque directories)
         and device nodes (its whiteouts) included. For Sandbox.snapshot_filesystem."""
-        upper = self.work_dir(task_id) / "writable" / "fs"
-        if task_id not in self._held or not upper.is_dir():
+        held = self._held.get(task_id)
+        upper = held.container.holdings.work_dir / "writable" / "fs" if held and held.container else None
+        if upper is None or not upper.is_dir():
             raise LookupError(f"container {task_id} is not running on node {self.node_id}")
         copy = await asyncio.create_subprocess_exec(
             "cp", "-a", f"{upper}/.", str(destination), stderr=asyncio.subprocess.PIPE
@@ -541,6 +544,7 @@ class NodeAgent:
 
     async def _sweep(self) -> None:
         self.runtime.sweep()
+        self._pool.sweep()
 
     async def _enforce_disk_limits(self) -> None:
         """A container's writable layer lives on the host's disk; one that outgrows its limit
@@ -548,7 +552,7 @@ class NodeAgent:
         for task_id, held in list(self._held.items()):
             if not held.disk_limit_mib or held.fault is not None or held.container is None:
                 continue
-            used = await asyncio.to_thread(rootfs.used_bytes, self.work_dir(task_id) / "writable")
+            used = await asyncio.to_thread(rootfs.used_bytes, held.container.holdings.work_dir / "writable")
             if used > held.disk_limit_mib * 2**20 and self._held.get(task_id) is held:
                 held.fault = (
                     f"the container wrote more than its disk limit of {held.disk_limit_mib} MiB "
@@ -560,6 +564,7 @@ class NodeAgent:
     async def shutdown(self) -> None:
         """Stop every container and wait (briefly) until each has exited and released what it
         held (work dir, cgroup, network namespace); then the runtime's own processes."""
+        await self._pool.shutdown()
         containers = [held.container for held in self._held.values() if held.container is not None]
         if containers:
             # SIGINT first: @exit handlers run and volumes commit; then whatever is left is killed.

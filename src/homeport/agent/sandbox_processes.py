@@ -101,7 +101,7 @@ class SandboxProcesses:
     ) -> None:
         self.socket_path = socket_path
         # The entrypoint's output also goes to the sandbox's logs (`modal container logs`).
-        self._on_entrypoint_output = on_entrypoint_output
+        self.on_entrypoint_output = on_entrypoint_output
         self._decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
         self.processes: dict[str, Process] = {MAIN: Process(MAIN)}
         self._writer: asyncio.StreamWriter | None = None
@@ -152,8 +152,8 @@ class SandboxProcesses:
                 if event["ev"] == "out":
                     data = base64.b64decode(event["data"])
                     process.stream(event["fd"]).append(data)
-                    if process_id == MAIN and self._on_entrypoint_output is not None:
-                        self._on_entrypoint_output(event["fd"], self._decoders[event["fd"]].decode(data))
+                    if process_id == MAIN and self.on_entrypoint_output is not None:
+                        self.on_entrypoint_output(event["fd"], self._decoders[event["fd"]].decode(data))
                 elif event["ev"] == "exit":
                     self._finish(
                         process, ("signal", event["signal"]) if "signal" in event else ("code", event["code"])
@@ -206,6 +206,18 @@ class SandboxProcesses:
         if stderr != "pipe" or pty is not None:
             process.stderr.close()
         return process
+
+    def start_entrypoint(
+        self, argv: list[str], environment: dict[str, str], workdir: str, terminal: dict[str, object] | None
+    ) -> None:
+        """A supervisor started ahead (`--wait`, see sandbox_pool.py) starts the entrypoint;
+        `environment` is the sandbox's, for the entrypoint and every exec after it."""
+        self._send(
+            {"op": "start", "id": MAIN, "argv": argv, "env": environment, "cwd": workdir,
+             **({"pty": terminal} if terminal is not None else {})}
+        )  # fmt: skip
+        if terminal is not None:
+            self.processes[MAIN].stderr.close()
 
     def write_stdin(self, process_id: str, offset: int, data: bytes, eof: bool) -> None:
         """Idempotent by offset: bytes below what was accepted already are skipped (a retry)."""

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
-import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from grpclib import GRPCError, Status
@@ -35,6 +34,13 @@ from homeport.server.nodes import Node, Placement
 from homeport.server.notify import Notifier
 from homeport.server.orders import image_environment
 from homeport.server.running import container_log_writer, redactor
+from homeport.server.sandbox_definition import (
+    cidrs,
+    egress_cidrs,
+    gpu_environment,
+    readiness_probe,
+    refuse_unsupported,
+)
 from homeport.server.services.functions import gpu_request
 from homeport.server.services.image_snapshots import FilesystemSnapshots
 from homeport.server.services.images import ImageService
@@ -147,13 +153,13 @@ class Sandboxes:
             workspace_id=workspace_id,
             container_arguments=b"",
             started_environment=plan.environment,
-            environment=_gpu_environment(devices),
+            environment=gpu_environment(devices),
             layers=tuple(plan.chain),
             python_version="",
             working_dir=definition.workdir or plan.config.workdir or "/",
             network=definition.network_access.network_access_type != api_pb2.NetworkAccess.BLOCKED,
-            egress_cidrs=_egress_cidrs(definition.network_access),
-            inbound_cidrs=_cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist"),
+            egress_cidrs=egress_cidrs(definition.network_access),
+            inbound_cidrs=cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist"),
             memory_mib=plan.memory_mib,
             cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
             gpu_devices=tuple(devices),
@@ -181,7 +187,7 @@ class Sandboxes:
     ) -> _Plan:
         """What the definition asks for, checked before anything is recorded: bad input
         and requests no node could ever hold are refused here."""
-        _refuse_unsupported(definition, v1)
+        refuse_unsupported(definition, v1)
         try:
             chain, config = self.images.runtime_chain(definition.image_id)
         except LookupError as error:
@@ -202,10 +208,10 @@ class Sandboxes:
             memory_mib=definition.resources.memory_mb or DEFAULT_MEMORY_MIB,
             gpu_options=[gpu] if gpu is not None else [],
             volumes=self._volume_refs(definition),
-            probe=_readiness_probe(definition),
+            probe=readiness_probe(definition),
         )
-        _egress_cidrs(definition.network_access)  # checked now, used in the order
-        _cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist")
+        egress_cidrs(definition.network_access)  # checked now, used in the order
+        cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist")
         refusal = self.placement.refusal(plan.memory_mib, plan.gpu_options)
         if refusal is not None:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"this sandbox cannot start: {refusal}")
@@ -522,66 +528,3 @@ def _why(status: int) -> str:
     if status == GENERIC.GENERIC_STATUS_TIMEOUT:
         return "the sandbox ran past its timeout"
     return "the sandbox was terminated"
-
-
-def _readiness_probe(definition: api_pb2.Sandbox) -> ReadinessProbe | None:
-    if not definition.HasField("readiness_probe"):
-        return None
-    probe = definition.readiness_probe
-    interval_ms = probe.interval_ms or 100
-    if probe.HasField("tcp_port"):
-        return ReadinessProbe(tcp_port=probe.tcp_port, interval_ms=interval_ms)
-    if probe.HasField("exec_command") and probe.exec_command.argv:
-        return ReadinessProbe(exec_argv=tuple(probe.exec_command.argv), interval_ms=interval_ms)
-    raise errors.invalid_argument(
-        "the readiness probe names neither a TCP port nor a command: use modal.Probe.with_tcp(port) "
-        "or modal.Probe.with_exec(...)"
-    )
-
-
-def _refuse_unsupported(definition: api_pb2.Sandbox, v1: bool) -> None:
-    """What this server cannot give a sandbox yet: refused, never silently left out."""
-    missing = []
-    if not v1 and gpu_request(definition.resources):  # client 1.6.4 makes these through the V1 RPCs
-        missing.append("gpu=")
-    if definition.cloud_bucket_mounts or definition.s3_mounts:
-        missing.append("CloudBucketMount volumes")
-    if definition.nfs_mounts:
-        missing.append("network file systems")
-    if any(mount.sub_path for mount in definition.volume_mounts):
-        missing.append("Volume mounts with a sub_path (mount the whole volume)")
-    if missing:
-        raise errors.invalid_argument(
-            f"sandboxes with {', '.join(missing)} are not supported by this server yet: create the sandbox without them"
-        )
-
-
-def _egress_cidrs(access: api_pb2.NetworkAccess) -> tuple[str, ...] | None:
-    """outbound_cidr_allowlist=: the IPv4 ranges the sandbox may send to (None: anywhere)."""
-    if access.network_access_type != api_pb2.NetworkAccess.ALLOWLIST:
-        return None
-    if access.allowed_domains:
-        raise errors.invalid_argument(
-            "outbound_domain_allowlist is not supported by this server yet: use outbound_cidr_allowlist="
-        )
-    # A sandbox has no IPv6 address: IPv6 ranges reach nothing.
-    return tuple(cidr for cidr in _cidrs(access.allowed_cidrs, "outbound_cidr_allowlist") if ":" not in cidr)
-
-
-def _cidrs(entries: Iterable[str], option: str) -> tuple[str, ...]:
-    cidrs = []
-    for cidr in entries:
-        try:
-            cidrs.append(str(ipaddress.ip_network(cidr, strict=False)))
-        except ValueError:
-            raise errors.invalid_argument(
-                f"{option} entry {cidr!r} is not a CIDR range; write it like '10.0.0.0/8' or '1.2.3.4/32'"
-            ) from None
-    return tuple(cidrs)
-
-
-def _gpu_environment(devices: list[int]) -> dict[str, str]:
-    if not devices:
-        return {}
-    visible = ",".join(map(str, devices))
-    return {"CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}

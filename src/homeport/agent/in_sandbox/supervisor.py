@@ -14,6 +14,7 @@ newline-delimited JSON, binary data base64-encoded. Agent to supervisor:
      "pty": {"rows", "columns", "term", ...} (optional: on a pseudo-terminal, all output as fd 1)}
     {"op": "stdin", "id", "data", "eof"}        {"op": "signal", "id", "signum"}
     {"op": "probe_tcp", "id", "port"}            (does 127.0.0.1:port accept a connection?)
+    {"op": "start", "id": "main", "argv", "env", "cwd", "pty"?}  (started ahead with --wait)
 Supervisor to agent (for the entrypoint, id "main"):
     {"ev": "out", "id", "fd": 1|2, "data"}      {"ev": "exit", "id", "code"} or {"ev": "exit", "id", "signal"}
     {"ev": "probe", "id", "ok"}
@@ -80,6 +81,9 @@ class Supervisor:
         self.outgoing = bytearray()
         self.processes: dict[str, Process] = {}
         self.main_status: int | None = None
+        # What the entrypoint and every exec start with: this process's environment, or,
+        # for a supervisor started ahead (--wait), that and the sandbox's own from "start".
+        self.environment = _child_environment(os.environ)
 
     # --- the agent's connection ---------------------------------------------------------------
 
@@ -117,9 +121,18 @@ class Supervisor:
     def handle(self, request: dict) -> None:  # type: ignore[type-arg]
         op, process_id = request["op"], request["id"]
         process = self.processes.get(process_id)
-        if op == "exec":
+        if op == "start" and MAIN not in self.processes:  # started ahead: the entrypoint, now
+            self.environment.update(request.get("env", {}))
+            cwd = request.get("cwd") or "/"
+            try:
+                os.makedirs(cwd, exist_ok=True)
+                os.chdir(cwd)  # execs without a workdir start here, as in a sandbox started afresh
+            except OSError:
+                pass  # the entrypoint's start then says what is wrong with it
+            self.start(MAIN, request["argv"], dict(self.environment), cwd, "pipe", "pipe", request.get("pty"))
+        elif op == "exec":
             if process is None:  # the same exec again (the client retries): started once
-                environment = {**_child_environment(os.environ), **request.get("env", {})}
+                environment = {**self.environment, **request.get("env", {})}
                 self.start(
                     process_id,
                     request["argv"],
@@ -318,7 +331,8 @@ class Supervisor:
         self.agent, _ = self.listener.accept()  # the entrypoint starts once its output has a reader
         self.agent.setblocking(False)
         self.selector.register(self.agent, selectors.EVENT_READ, ("agent", None))
-        self.start(MAIN, entrypoint, dict(os.environ), None, "pipe", "pipe", terminal)
+        if entrypoint:  # otherwise started ahead: the entrypoint comes with a "start" request
+            self.start(MAIN, entrypoint, dict(self.environment), None, "pipe", "pipe", terminal)
         while self.main_status is None or self.outgoing:
             for key, mask in self.selector.select():
                 kind, target = key.data
@@ -369,13 +383,14 @@ def _child_environment(environment: dict[str, str] | os._Environ[str]) -> dict[s
 
 def main() -> None:
     socket_path, *rest = sys.argv[1:]
-    terminal = None
+    terminal, entrypoint = None, []
     if rest[:1] == ["--terminal"]:  # the entrypoint on a pseudo-terminal: {"rows", "columns", "term"...}
         terminal, rest = json.loads(rest[1]), rest[2:]
-    separator, *entrypoint = rest
-    assert separator == "--" and entrypoint, (
-        "usage: supervisor.py SOCKET [--terminal JSON] -- COMMAND [ARGS...]"
-    )
+    if rest != ["--wait"]:  # --wait: started ahead, told the entrypoint later ("start")
+        separator, *entrypoint = rest
+        assert separator == "--" and entrypoint, (
+            "usage: supervisor.py SOCKET ([--terminal JSON] -- COMMAND [ARGS...] | --wait)"
+        )
     # terminate() is for the processes, not for us; a handler (unlike SIG_IGN) is not inherited.
     signal.signal(signal.SIGTERM, lambda *_: None)
     os._exit(Supervisor(socket_path).run(entrypoint, terminal))
