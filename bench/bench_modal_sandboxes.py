@@ -1,9 +1,10 @@
 """modal.Sandbox through the real client, run on demand: `.venv/bin/python bench/bench_modal_sandboxes.py`.
 
 One `homeport serve` on this machine, one client process, all in one run:
-1. `Sandbox.create("echo", ...)` to the first byte of its stdout (cached image): p50/p99.
-   Baseline: the same client's warm `.remote()` of a trivial function (a round trip through
-   the same server and a running container).
+1. `Sandbox.create("echo", ...)` to the first byte of its stdout (cached image): p50/p99,
+   back to back and half a second apart, with sandboxes started ahead (the default) against
+   the same server without (HOMEPORT_SANDBOX_POOL=0), both in this run; and against the
+   same client's warm `.remote()` of a trivial function.
 2. Sandboxes created per second, one after another, each then terminated.
 3. `sb.exec("true")` start to exit code on a running sandbox: p50/p99. Baseline:
    fork + exec of `/bin/true` on the host (`subprocess.run`).
@@ -53,6 +54,15 @@ for i in range(30):
     first_byte.append(time.perf_counter() - t)
     sb.wait(raise_on_termination=False)
 
+spaced = []  # creates half a second apart: an agent starting a sandbox per task
+for i in range(20):
+    time.sleep(0.5)
+    t = time.perf_counter()
+    sb = modal.Sandbox.create("echo", "hi", app=app)
+    next(iter(sb.stdout))
+    spaced.append(time.perf_counter() - t)
+    sb.wait(raise_on_termination=False)
+
 t = time.perf_counter()
 made = [modal.Sandbox.create("sleep", "infinity", app=app) for _ in range(30)]
 creates_per_s = len(made) / (time.perf_counter() - t)
@@ -80,6 +90,8 @@ for sb in idle:
 print("RESULT", json.dumps({
     "create_first_byte_p50_ms": statistics.median(first_byte) * 1000,
     "create_first_byte_p99_ms": percentile(first_byte, 0.99) * 1000,
+    "create_spaced_p50_ms": statistics.median(spaced) * 1000,
+    "create_spaced_p99_ms": percentile(spaced, 0.99) * 1000,
     "warm_remote_p50_ms": statistics.median(remote) * 1000,
     "creates_per_s": creates_per_s,
     "exec_p50_ms": statistics.median(execs) * 1000,
@@ -91,20 +103,31 @@ print("RESULT", json.dumps({
 """
 
 
-def main() -> None:
+def measure(pool: int) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(prefix="homeport-bench-modal-sandboxes-"))
-    server = start_server(directory)
+    server = start_server(directory, server_env={"HOMEPORT_SANDBOX_POOL": str(pool)})
     try:
         done = run_python(server, CLIENT, timeout=1800)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-        figures = json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])
+        return dict(json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0]))
     finally:
         server.stop()
-    print(json.dumps(figures, indent=2))
-    print(f"create -> first stdout byte p50 {figures['create_first_byte_p50_ms']:.1f} ms "
-          f"(p99 {figures['create_first_byte_p99_ms']:.1f}); {figures['create_first_byte_p50_ms'] / figures['warm_remote_p50_ms']:.2f}x "
-          f"a warm .remote() ({figures['warm_remote_p50_ms']:.1f} ms)")  # fmt: skip
-    print(f"creates: {figures['creates_per_s']:.1f}/s sustained")
+
+
+def main() -> None:
+    # Baseline: the same server with no sandboxes started ahead (HOMEPORT_SANDBOX_POOL=0).
+    afresh = measure(0)
+    figures = measure(2)
+    print(json.dumps({"afresh": afresh, "pool": figures}, indent=2))
+    for label, key in (("back to back", "create_first_byte"), ("0.5 s apart", "create_spaced")):
+        print(f"create -> first stdout byte, {label}: p50 {figures[key + '_p50_ms']:.1f} ms "
+              f"(p99 {figures[key + '_p99_ms']:.1f}) with 2 started ahead, against "
+              f"{afresh[key + '_p50_ms']:.1f} ms (p99 {afresh[key + '_p99_ms']:.1f}) afresh: "
+              f"{figures[key + '_p50_ms'] / afresh[key + '_p50_ms']:.2f}x; "
+              f"{figures[key + '_p50_ms'] / figures['warm_remote_p50_ms']:.2f}x a warm .remote() "
+              f"({figures['warm_remote_p50_ms']:.1f} ms)")  # fmt: skip
+    print(f"creates afresh: {afresh['creates_per_s']:.1f}/s sustained")
+    print(f"creates with 2 started ahead: {figures['creates_per_s']:.1f}/s sustained")
     print(f"exec round trip p50 {figures['exec_p50_ms']:.1f} ms (p99 {figures['exec_p99_ms']:.1f}); "
           f"{figures['exec_p50_ms'] / figures['host_fork_exec_p50_ms']:.1f}x a host fork+exec "
           f"({figures['host_fork_exec_p50_ms']:.2f} ms)")  # fmt: skip
