@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -117,7 +118,7 @@ class CertificateAuthority:
         now = datetime.datetime.now(datetime.UTC)
         if certificate_path.exists() and key_path.exists():
             existing = x509.load_pem_x509_certificate(certificate_path.read_bytes())
-            if existing.not_valid_after_utc - now > RENEW_BEFORE and existing.issuer == authority.subject:
+            if existing.not_valid_after_utc - now > RENEW_BEFORE and _signed_by(existing, authority_key):
                 return certificate_path, key_path
         key = ec.generate_private_key(ec.SECP256R1())
         alternative_names: list[x509.GeneralName] = []
@@ -145,6 +146,17 @@ class CertificateAuthority:
         _write_private(key_path, _key_pem(key))
         certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         return certificate_path, key_path
+
+
+def _signed_by(certificate: x509.Certificate, authority_key: ec.EllipticCurvePrivateKey) -> bool:
+    """Whether this CA key signed it (a CA made again has the same name but a new key)."""
+    try:
+        authority_key.public_key().verify(
+            certificate.signature, certificate.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256())
+        )
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -604,6 +604,11 @@ p = sb.exec("sh", "-c", "tty; echo TERM=$TERM; stty size; read line; echo got $l
 p.stdin.write(b"typed\\n")
 p.stdin.drain()
 print("PTY", repr(p.stdout.read()), "ERR", repr(p.stderr.read()), "CODE", p.wait())
+half = sb.exec("cat", pty=True)  # input ending mid-line still ends
+half.stdin.write(b"abc")
+half.stdin.write_eof()
+half.stdin.drain()
+print("MID-LINE EOF", repr(half.stdout.read()), half.wait())
 sb.terminate()
 """,
     )
@@ -611,6 +616,7 @@ sb.terminate()
     assert "/dev/pts/" in output_seen and "TERM=" in output_seen
     assert "got typed" in output_seen  # stderr shares the terminal with stdout
     assert "ERR ''" in text and "CODE 0" in text
+    assert "MID-LINE EOF 'abcabc' 0" in text  # echoed by the terminal, then written by cat
 
 
 def test_pty_sandboxes_through_the_v2_and_the_v1_api(server: Server) -> None:

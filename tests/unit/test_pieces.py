@@ -6,12 +6,16 @@ import asyncio
 import re
 from datetime import UTC, datetime
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from modal_proto import api_pb2
 
 from homeport import ids
 from homeport.server.notify import Notifier
 from homeport.server.services.calls import retry_delay_s
 from homeport.server.services.functions import next_schedule_time
+from homeport.tls import CertificateAuthority
 
 
 def test_ids_have_the_shapes_the_client_checks() -> None:
@@ -111,3 +115,16 @@ def test_gpu_containers_get_the_hosts_driver_libraries() -> None:
         "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
         "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
     ]
+
+
+def test_a_ca_made_again_reissues_its_server_certificates(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A certificate signed by a CA key that is gone (the CA was made again) is not served:
+    the new CA must verify what the server presents."""
+    CertificateAuthority(tmp_path).server_context(["127.0.0.1"])
+    (tmp_path / "ca.pem").unlink()
+    (tmp_path / "ca.key").unlink()
+    CertificateAuthority(tmp_path).server_context(["127.0.0.1"])
+    served = x509.load_pem_x509_certificate(next(tmp_path.glob("server-*.pem")).read_bytes())
+    authority = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes()).public_key()
+    assert isinstance(authority, ec.EllipticCurvePublicKey)
+    authority.verify(served.signature, served.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))

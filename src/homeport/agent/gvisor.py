@@ -75,6 +75,12 @@ class GvisorRuntime:
         pass
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> GvisorContainer:
+        if spec.egress_cidrs is not None or spec.gpu_devices:
+            # runsc here shares the host's network and binds no devices: neither could hold.
+            raise ContainerStartError(
+                "the gVisor runtime cannot enforce an outbound_cidr_allowlist or give GPUs; "
+                "leave them out, or run this server with the default runtime"
+            )
         prepared = await prepare(spec, self.limits_enabled)
         # Mount points gVisor needs inside the root; made in the container's own writable layer.
         (prepared.overlay.upper / spec.working_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
@@ -115,7 +121,7 @@ class GvisorRuntime:
                 "noNewPrivileges": True,
             },
             "root": {"path": str(prepared.overlay.merged), "readonly": False},
-            "hostname": spec.task_id,
+            "hostname": spec.hostname or spec.task_id,
             "mounts": mounts,
             "linux": {"namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")]},
         }

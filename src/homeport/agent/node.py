@@ -254,10 +254,15 @@ class NodeAgent:
             raise RuntimeError(f"container {order.task_id} has no reservation on node {self.node_id}")
         began = time.monotonic()
         waiting = self._pool.take(order) if order.sandbox_entrypoint else None
-        try:
-            if waiting is not None:
+        if waiting is not None:
+            try:
                 container = self._take_waiting(order, held, waiting, on_output)
-            else:
+            except ConnectionError:  # its supervisor went away just now: start afresh
+                self._pool.discard(waiting)
+                held.container = held.sandbox = None
+                waiting = None
+        try:
+            if waiting is None:
                 spec = await self._resolve(order, held)
                 container = held.container = await self.runtime.start(spec, on_output)
             if order.commit_volumes_at_exit and held.volumes:
@@ -336,8 +341,11 @@ class NodeAgent:
                 f"node {self.node_id} does not publish sandbox ports; create the sandbox without "
                 "encrypted_ports/unencrypted_ports"
             )
-        # No address of its own: the node has no container network and it shares the host's.
-        address = container.holdings.address or "127.0.0.1"
+        address = container.holdings.address
+        if address is None:
+            if not order.network:  # block_network: nothing to reach (and never the host's loopback)
+                raise ContainerStartError("a sandbox with block_network=True has no ports to open")
+            address = "127.0.0.1"  # the node has no container network: it shares the host's
         return await self._tunnel_gate.open(address, order.open_ports, order.inbound_cidrs)
 
     def tunnels(self, task_id: str) -> list[Tunnel]:
@@ -429,7 +437,12 @@ class NodeAgent:
         copy = await asyncio.create_subprocess_exec(
             "cp", "-a", f"{upper}/.", str(destination), stderr=asyncio.subprocess.PIPE
         )
-        _, error = await copy.communicate()
+        try:
+            _, error = await copy.communicate()
+        except asyncio.CancelledError:  # the caller gave up: no copy goes on writing behind it
+            copy.kill()
+            await copy.wait()
+            raise
         if copy.returncode != 0:
             raise RuntimeError(f"copying the writable layer of {task_id} failed: {error.decode().strip()}")
 

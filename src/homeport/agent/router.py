@@ -200,7 +200,10 @@ class CommandRouter:
             raise GRPCError(
                 Status.FAILED_PRECONDITION, "the sandbox has finished; only a running one can be snapshotted"
             )
-        image_id = await self.snapshot(request.task_id, request.snapshot_id)
+        try:
+            image_id = await self.snapshot(request.task_id, request.snapshot_id)
+        except (LookupError, RuntimeError) as error:  # it ended meanwhile; copying failed
+            raise GRPCError(Status.FAILED_PRECONDITION, f"the filesystem snapshot failed: {error}") from None
         await stream.send_message(tcr.TaskSnapshotFilesystemResponse(image_id=image_id))
 
     # --- exec -------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class ContainerSpec:
     # Image.run_function build step, whose writes become an image layer.
     upper_dir: Path | None = None
     command: tuple[str, ...] = ("python", "-m", "modal._container_entrypoint")
+    hostname: str = ""  # "": the task id
     # May be forked from this zygote (agent/zygote.py) instead of started afresh.
     zygote: object | None = None  # a zygote.ZygoteImage
 

@@ -250,7 +250,8 @@ async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContaine
     mounts_layer = spec.work_dir / "mounts"
     await asyncio.to_thread(_materialize, spec, mounts_layer)
     hosts = spec.work_dir / "hosts"
-    hosts.write_text(f"127.0.0.1\tlocalhost {spec.task_id}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    hostname = spec.hostname or spec.task_id
+    hosts.write_text(f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
     upper_root = spec.upper_dir or spec.work_dir / "writable"
     overlay = rootfs.Overlay(
@@ -363,7 +364,7 @@ class SandboxRuntime:
         # are refused inside.
         command = [
             "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--hostname", spec.task_id, "--cap-drop", "ALL",
+            "--hostname", spec.hostname or spec.task_id, "--cap-drop", "ALL",
             "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", *proc_arguments(),
             "--ro-bind", str(prepared.hosts), "/etc/hosts",
             "--ro-bind", str(prepared.arguments_path), ARGUMENTS_PATH,

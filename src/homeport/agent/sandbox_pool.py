@@ -11,9 +11,9 @@ the image's layers, memory, CPU, disk and network on/off; a sandbox with somethi
 or enforced for itself alone (volumes, GPUs, an outbound allow-list) always starts afresh.
 A waiting sandbox nobody took for `POOL_IDLE_S` is stopped.
 
-A taken sandbox keeps the id it was started under as its hostname and for its work
-directory, cgroup and network namespace; the control plane knows it by the task id of the
-create, which is all a user sees.
+A taken sandbox keeps the id it was started under for its work directory, cgroup and
+network namespace; the control plane knows it by the task id of the create, which is all a
+user sees (every sandbox's hostname is the same, `sandbox`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ log = logging.getLogger("homeport.sandbox")
 
 POOL_SIZE = int(os.environ.get("HOMEPORT_SANDBOX_POOL", "2"))
 POOL_IDLE_S = 300.0
+SANDBOX_HOSTNAME = "sandbox"
 
 
 def sandbox_spec(
@@ -79,6 +80,9 @@ def sandbox_spec(
         work_dir=work_dir,
         gpu_devices=list(order.gpu_devices),
         command=tuple(python.command(SUPERVISOR, SUPERVISOR_SOCKET, *arguments)),
+        # Not its id: one started ahead is taken under another (see above), and the two
+        # kinds must look alike.
+        hostname=SANDBOX_HOSTNAME,
     )
 
 
@@ -124,7 +128,8 @@ class SandboxPool:
         self.size = size
         self._waiting: dict[PoolKind, list[Waiting]] = {}
         self._starting: dict[PoolKind, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._launches: set[asyncio.Task[None]] = set()
+        self._waits: set[asyncio.Task[None]] = set()  # of ones stopped: their release
 
     def take(self, order: ContainerOrder) -> Waiting | None:
         """A started sandbox of the order's kind, still alive, or None."""
@@ -134,8 +139,17 @@ class SandboxPool:
             found = waiting.pop(0)
             if not found.processes.gone.is_set():
                 return found
-            found.container.kill()  # its supervisor went away: of no use
+            self.discard(found)  # its supervisor went away: of no use
         return None
+
+    def discard(self, found: Waiting) -> None:
+        """Stop one (dead, idle, or refused its entrypoint); its release happens on its wait."""
+        found.container.kill()
+        _keep(self._waits, asyncio.get_running_loop().create_task(self._wait(found)))
+
+    @staticmethod
+    async def _wait(found: Waiting) -> None:
+        await found.container.wait()
 
     def refill(self, order: ContainerOrder) -> None:
         """Start more of the order's kind in the background, up to `size` waiting."""
@@ -145,9 +159,7 @@ class SandboxPool:
         missing = self.size - len(self._waiting.get(kind, [])) - self._starting.get(kind, 0)
         for _ in range(max(missing, 0)):
             self._starting[kind] = self._starting.get(kind, 0) + 1
-            task = asyncio.get_running_loop().create_task(self._start_one(kind, order))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            _keep(self._launches, asyncio.get_running_loop().create_task(self._start_one(kind, order)))
 
     async def _start_one(self, kind: PoolKind, order: ContainerOrder) -> None:
         try:
@@ -166,17 +178,24 @@ class SandboxPool:
             keep = []
             for found in waiting:
                 if now - found.since > POOL_IDLE_S or found.processes.gone.is_set():
-                    found.container.kill()
-                    asyncio.get_running_loop().create_task(found.container.wait())
+                    self.discard(found)
                 else:
                     keep.append(found)
             self._waiting[kind] = keep
 
     async def shutdown(self) -> None:
-        for task in list(self._tasks):
+        self.size = 0  # nothing more is started
+        launches = list(self._launches)
+        for task in launches:
             task.cancel()
-        stopping = [found for waiting in self._waiting.values() for found in waiting]
+        await asyncio.gather(*launches, return_exceptions=True)
+        for waiting in self._waiting.values():
+            for found in waiting:
+                self.discard(found)
         self._waiting.clear()
-        for found in stopping:
-            found.container.kill()
-        await asyncio.gather(*(found.container.wait() for found in stopping), return_exceptions=True)
+        await asyncio.gather(*self._waits, return_exceptions=True)
+
+
+def _keep(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)

@@ -19,6 +19,7 @@ def readiness_probe(definition: api_pb2.Sandbox) -> ReadinessProbe | None:
     probe = definition.readiness_probe
     interval_ms = probe.interval_ms or 100
     if probe.HasField("tcp_port"):
+        _check_port(probe.tcp_port, "the readiness probe's port")
         return ReadinessProbe(tcp_port=probe.tcp_port, interval_ms=interval_ms)
     if probe.HasField("exec_command") and probe.exec_command.argv:
         return ReadinessProbe(exec_argv=tuple(probe.exec_command.argv), interval_ms=interval_ms)
@@ -43,6 +44,21 @@ def refuse_unsupported(definition: api_pb2.Sandbox, v1: bool) -> None:
         raise errors.invalid_argument(
             f"sandboxes with {', '.join(missing)} are not supported by this server yet: create the sandbox without them"
         )
+    blocked = definition.network_access.network_access_type == api_pb2.NetworkAccess.BLOCKED
+    if blocked and (definition.open_ports.ports or definition.inbound_cidr_allowlist):
+        raise errors.invalid_argument(
+            "a sandbox with block_network=True has no network to open ports on: leave out encrypted_ports, "
+            "unencrypted_ports and inbound_cidr_allowlist, or the block_network"
+        )
+    for spec in definition.open_ports.ports:
+        _check_port(spec.port, "a tunnel's port")
+    if definition.pty_info.winsz_rows > 65535 or definition.pty_info.winsz_cols > 65535:
+        raise errors.invalid_argument("the terminal's size must be at most 65535 rows and columns")
+
+
+def _check_port(port: int, what: str) -> None:
+    if not 1 <= port <= 65535:
+        raise errors.invalid_argument(f"{what} must be between 1 and 65535, not {port}")
 
 
 def egress_cidrs(access: api_pb2.NetworkAccess) -> tuple[str, ...] | None:

@@ -55,6 +55,7 @@ s = schema.sandboxes
 GENERIC = api_pb2.GenericResult
 DEFAULT_MEMORY_MIB = 128
 LIST_PAGE = 100
+SETTLE_ATTEMPTS = 600  # one a second
 
 
 def sandbox_key(sandbox_id: str) -> str:
@@ -350,7 +351,12 @@ class Sandboxes:
             self._activity.pop(task_id, None)
             self.running.pop(sandbox_id, None)
         for volume_id, changed, removed in ended.volume_changes:
-            self.volumes.record(volume_id, list(changed), list(removed))
+            try:
+                await _once_the_database_answers(
+                    lambda: self.volumes.record(volume_id, list(changed), list(removed))
+                )
+            except Exception:  # the volume was deleted meanwhile, say: the sandbox still ends
+                log.exception("sandbox %s: its changes to volume %s are lost", sandbox_id, volume_id)
         status = self._ending.pop(sandbox_id, None)
         if status == GENERIC.GENERIC_STATUS_IDLE_TIMEOUT:
             # Ended by the platform, like terminate(), but the client raises nothing for it.
@@ -367,7 +373,7 @@ class Sandboxes:
             result = GENERIC(
                 status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=ended.code, exception=ended.reason or ""
             )
-        self._finish(sandbox_id, result)
+        await _once_the_database_answers(lambda: self._finish(sandbox_id, result))
 
     def _end(self, sandbox_id: str, status: int) -> None:
         running = self.running.get(sandbox_id)
@@ -522,6 +528,22 @@ class Sandboxes:
     def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
         with self.engine.begin() as connection:
             connection.execute(s.update().where(s.c.id == sandbox_id).values(tags=json.dumps(tags)))
+
+
+async def _once_the_database_answers(work: Callable[[], object]) -> None:
+    """Record a sandbox's end even across a database outage (a PostgreSQL restart): a
+    result never recorded would leave wait() waiting for ever."""
+    for attempt in range(SETTLE_ATTEMPTS):
+        try:
+            work()
+            return
+        except sa.exc.OperationalError as error:
+            if attempt == 0:
+                log.warning(
+                    "the database is unreachable (%s); recording a sandbox's end once it is back", error
+                )
+            await asyncio.sleep(1.0)
+    work()
 
 
 def _why(status: int) -> str:

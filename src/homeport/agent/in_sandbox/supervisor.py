@@ -26,6 +26,7 @@ status once that is delivered. The entrypoint starts only once the agent is conn
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
@@ -68,6 +69,8 @@ class Process:
         self.status: dict[str, int] | None = None
         self.stdin_pending = bytearray()
         self.stdin_eof = False
+        self.at_line_start = True  # a terminal: whether its input so far ends a line
+        self.end_of_input_sent = False
 
 
 class Supervisor:
@@ -116,7 +119,10 @@ class Supervisor:
             while (end := self.incoming.find(b"\n")) >= 0:
                 line = bytes(self.incoming[:end])
                 del self.incoming[: end + 1]
-                self.handle(json.loads(line))
+                try:
+                    self.handle(json.loads(line))
+                except Exception as error:  # one bad request must not end the sandbox
+                    sys.stderr.write(f"homeport supervisor: a request failed: {error!r}\n")
 
     def handle(self, request: dict) -> None:  # type: ignore[type-arg]
         op, process_id = request["op"], request["id"]
@@ -152,7 +158,7 @@ class Supervisor:
             process.stdin_eof = bool(request.get("eof"))
             self._flush_stdin(process)
         elif op == "probe_tcp":
-            self.send({"ev": "probe", "id": process_id, "ok": _accepts(int(request["port"]))})
+            self._probe(process_id, int(request["port"]))
         elif op == "signal" and process is not None and process.status is None:
             try:
                 os.killpg(process.popen.pid, int(request["signum"]))
@@ -175,9 +181,10 @@ class Supervisor:
             interpreter = json.loads(os.environ.get(SANDBOX_PYTHON_VARIABLE, "[]"))
             argv = [*interpreter, os.path.join(os.path.dirname(__file__), "fs_tools.py"), *argv[1:]]
         pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
-        terminal = _open_terminal(pty) if pty is not None else None
+        terminal = None
         try:
-            if terminal is not None:
+            if pty is not None:
+                terminal = _open_terminal(pty)
                 popen = subprocess.Popen(
                     argv,
                     stdin=terminal[1],
@@ -198,7 +205,7 @@ class Supervisor:
                     cwd=cwd or None,
                     start_new_session=True,  # its own process group: a signal reaches its children
                 )
-        except (OSError, ValueError) as error:  # not found, not executable, a bad argument...
+        except (OSError, ValueError, struct.error) as error:  # not found, not executable, a bad argument...
             if terminal is not None:
                 os.close(terminal[0])
                 os.close(terminal[1])
@@ -288,8 +295,13 @@ class Supervisor:
     def _flush_stdin(self, process: Process) -> None:
         stdin = process.stdin
         assert stdin is not None
-        if process.stdin_eof and process.terminal and not process.stdin_pending.endswith(b"\x04"):
-            process.stdin_pending += b"\x04"  # a terminal's end of input is ^D, not a closed descriptor
+        if process.terminal and process.stdin_pending:
+            process.at_line_start = process.stdin_pending.endswith(b"\n")
+        if process.stdin_eof and process.terminal and not process.end_of_input_sent:
+            # A terminal's end of input is ^D, not a closed descriptor; in mid-line the first
+            # ^D only hands over the line, and a second one ends the input.
+            process.stdin_pending += b"\x04" if process.at_line_start else b"\x04\x04"
+            process.end_of_input_sent = True
         if process.stdin_pending:
             try:
                 written = os.write(stdin.fileno(), process.stdin_pending)
@@ -344,17 +356,32 @@ class Supervisor:
                     self._exited(target)
                 elif kind == "stdin":
                     self._flush_stdin(target)
+                elif kind == "probe":
+                    self._probe_done(*target)
         return self.main_status
 
+    # --- readiness probes ---------------------------------------------------------------------
 
-def _accepts(port: int) -> bool:
-    """A readiness probe: inside the sandbox's network namespace, so it works with
-    block_network too. A connection on loopback is accepted or refused at once."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    def _probe(self, probe_id: str, port: int) -> None:
+        """Does 127.0.0.1:port accept a connection? Asked inside the sandbox's network
+        namespace, so it works with block_network too; answered without blocking the loop."""
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            result = probe.connect_ex(("127.0.0.1", port))
+        except (OSError, OverflowError):
+            result = errno.EINVAL
+        if result == errno.EINPROGRESS:
+            self.selector.register(probe, selectors.EVENT_WRITE, ("probe", (probe, probe_id)))
+        else:
+            probe.close()
+            self.send({"ev": "probe", "id": probe_id, "ok": result == 0})
+
+    def _probe_done(self, probe: socket.socket, probe_id: str) -> None:
+        self.selector.unregister(probe)
+        error = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        probe.close()
+        self.send({"ev": "probe", "id": probe_id, "ok": error == 0})
 
 
 def _open_terminal(pty: dict) -> tuple[int, int]:  # type: ignore[type-arg]

@@ -38,6 +38,7 @@ class FilesystemSnapshots:
         self.engine = engine
         self.layers = layers
         self.notifier = notifier
+        self._locks: dict[str, asyncio.Lock] = {}  # a retry waits for the first attempt
 
     async def take(
         self,
@@ -51,9 +52,20 @@ class FilesystemSnapshots:
         """Snapshot the container `task_id` (running on `node`, of the image `chain` with
         `config`) into a new image; returns its id."""
         key = hashlib.sha256(f"filesystem-snapshot\0{task_id}\0{snapshot_id}".encode()).hexdigest()
-        existing = self._image_with_key(workspace_id, key)
-        if existing is not None:
-            return existing
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                existing = self._image_with_key(workspace_id, key)
+                if existing is not None:
+                    return existing
+                return await self._take(workspace_id, node, task_id, chain, config, key)
+        finally:
+            if not lock.locked():
+                self._locks.pop(key, None)
+
+    async def _take(
+        self, workspace_id: str, node: Node, task_id: str, chain: list[str], config: ImageConfig, key: str
+    ) -> str:
         started = time.monotonic()
         staging = self.layers.staging(key)
         try:
