@@ -61,9 +61,9 @@ def test_unsupported_client_version_names_the_supported_one(server: Server) -> N
 
 def test_rpc_homeport_lacks_is_unimplemented_by_name(server: Server) -> None:
     with pytest.raises(GRPCError) as raised:
-        call_raw(server, "SandboxList", api_pb2.SandboxListRequest(), user_metadata(server))
+        call_raw(server, "SandboxSnapshot", api_pb2.SandboxSnapshotRequest(), user_metadata(server))
     assert raised.value.status == Status.UNIMPLEMENTED
-    assert raised.value.message == "Homeport does not support SandboxList yet"
+    assert raised.value.message == "Homeport does not support SandboxSnapshot yet"
 
 
 def test_oversized_request_is_invalid_argument(server: Server) -> None:
