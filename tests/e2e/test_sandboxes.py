@@ -136,11 +136,15 @@ image = modal.Image.from_registry("debian:bookworm-slim")
 sb = modal.Sandbox.create("sleep", "infinity", app=app, image=image)
 p = sb.exec("sh", "-c", "command -v python3 python || echo no python here; cat /etc/debian_version")
 print("OUT", repr(p.stdout.read()), p.wait())
+sb.filesystem.make_directory("/notes")
+sb.filesystem.write_text("written without python\\n", "/notes/a.txt")
+print("FS", repr(sb.filesystem.read_text("/notes/a.txt")), [entry.path for entry in sb.filesystem.list_files("/notes")])
 sb.terminate()
 """,
         timeout=900,
     )
     assert "no python here" in text
+    assert "FS 'written without python\\n'" in text and "a.txt" in text.split("FS ")[1]
 
 
 def test_from_id_from_name_list_and_tags(server: Server) -> None:
@@ -707,3 +711,23 @@ for sb in boxes:
         assert f"FIRST box{i} secret{i} /work{i} clean" in text
         assert f"EXEC box{i} secret{i} /work{i}" in text
     assert server.log_text()[offset:].count("started ahead as") >= 2
+
+
+def test_memory_and_cpu_limits_hold_and_too_much_is_refused(server: Server) -> None:
+    text = run_sandbox_script(
+        server,
+        """
+sb = modal.Sandbox.create("sleep", "infinity", app=app, memory=128, cpu=0.5)
+hog = sb.exec("python3", "-c", "x = bytearray(600 * 2**20); print('allocated')")
+print("HOG", hog.wait(), repr(hog.stdout.read()))
+print("STILL RUNNING", sb.poll())
+sb.terminate()
+try:
+    modal.Sandbox.create("true", app=app, memory=50_000_000)
+except modal.exception.Error as error:
+    print("TOO BIG", type(error).__name__, error)
+""",
+    )
+    assert "HOG 137 ''" in text  # the memory limit holds: the process that outgrew it was killed
+    assert "STILL RUNNING None" in text
+    assert "TOO BIG ResourceExhaustedError" in text and "50000000" in text.split("TOO BIG")[1]
