@@ -202,15 +202,11 @@ class BridgeNetwork:
             "-A OUTPUT -j REJECT",
             "COMMIT",
         ]
-        result = subprocess.run(
+        _feed(
             ["nsenter", f"--net={NETNS_DIR / attachment.namespace}", "iptables-restore"],
-            input="\n".join(rules) + "\n",
-            capture_output=True,
-            text=True,
-            check=False,
+            rules,
+            "restricting the container's network (iptables-restore, which scripts/install installs)",
         )
-        if result.returncode != 0:
-            raise NetworkError(f"restricting the container's network failed: {result.stderr.strip()[-500:]}")
 
     async def attach_in_thread(self, task_id: str, namespace_fd: int | None = None) -> Attachment:
         """`attach` off the event loop. If the caller is cancelled meanwhile (a server
@@ -313,15 +309,16 @@ def bring_up_loopback(namespace_fd: int) -> None:
 
 def _ip_batch(commands: list[str], namespace: str | None = None) -> None:
     where = ["-n", namespace] if namespace else []
+    _feed(["ip", *where, "-batch", "-"], commands, "configuring the container network")
+
+
+def _feed(command: list[str], lines: list[str], what: str) -> None:
+    """Run a tool that reads its whole work from stdin (one process for many changes)."""
     result = subprocess.run(
-        ["ip", *where, "-batch", "-"],
-        input="\n".join(commands) + "\n",
-        capture_output=True,
-        text=True,
-        check=False,
+        command, input="\n".join(lines) + "\n", capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
-        raise NetworkError(f"configuring the container network failed: {result.stderr.strip()[-500:]}")
+        raise NetworkError(f"{what} failed: {result.stderr.strip()[-500:]}")
 
 
 def _ensure_rule(

@@ -42,7 +42,7 @@ from homeport.agent.runtime import (
     shell_exit_code,
 )
 from homeport.agent.sandbox_pool import OutputRelay, SandboxPool, Waiting, sandbox_spec
-from homeport.agent.sandbox_processes import MAIN, SandboxProcesses
+from homeport.agent.sandbox_processes import SandboxProcesses
 from homeport.agent.tunnels import OpenTunnels, Tunnel, TunnelGate
 from homeport.agent.volume_copy import Entry, Snapshot
 from homeport.agent.zygote import ZygoteImage
@@ -255,8 +255,9 @@ class NodeAgent:
         began = time.monotonic()
         waiting = self._pool.take(order) if order.sandbox_entrypoint else None
         if waiting is not None:
+            container = self._take_waiting(order, held, waiting, on_output)
             try:
-                container = self._take_waiting(order, held, waiting, on_output)
+                self._start_entrypoint(order, waiting.processes)
             except ConnectionError:  # its supervisor went away just now: start afresh
                 self._pool.discard(waiting)
                 held.container = held.sandbox = None
@@ -289,32 +290,36 @@ class NodeAgent:
     async def _sandbox_started(
         self, order: ContainerOrder, held: _Held, container: Container, on_output: OutputCallback
     ) -> None:
-        """A sandbox's container is up: its processes (through the supervisor), readiness
-        probe and tunnels."""
+        """A sandbox's container is up: its processes (a fresh one's supervisor is told the
+        entrypoint now), readiness probe and tunnels."""
         if held.sandbox is None:
             held.sandbox = SandboxProcesses(container.holdings.work_dir / "run" / SOCKET_NAME, on_output)
             await held.sandbox.connect()
-            if order.sandbox_terminal:  # the terminal carries all its output
-                held.sandbox.processes[MAIN].stderr.close()
+            self._start_entrypoint(order, held.sandbox)
         if order.readiness_probe is not None:
             held.sandbox.readiness = Readiness(order.readiness_probe, held.sandbox)
         if order.open_ports:
             held.tunnels = await self._open_tunnels(order, container)
 
-    def _take_waiting(
-        self, order: ContainerOrder, held: _Held, waiting: Waiting, on_output: OutputCallback
-    ) -> Container:
-        """A sandbox started ahead (sandbox_pool.py) becomes this one: its output goes where
-        this order's does, and its supervisor starts the entrypoint now."""
-        held.container, held.sandbox = waiting.container, waiting.processes
-        waiting.relay.target = on_output
-        waiting.processes.on_entrypoint_output = on_output
-        waiting.processes.start_entrypoint(
+    @staticmethod
+    def _start_entrypoint(order: ContainerOrder, processes: SandboxProcesses) -> None:
+        """The supervisor, fresh or started ahead, starts the entrypoint with the sandbox's
+        own environment and working directory (raises ConnectionError if it is gone)."""
+        processes.start_entrypoint(
             list(order.sandbox_entrypoint),
             {**order.started_environment, **order.environment},
             order.working_dir,
             order.sandbox_terminal,
         )
+
+    def _take_waiting(
+        self, order: ContainerOrder, held: _Held, waiting: Waiting, on_output: OutputCallback
+    ) -> Container:
+        """A sandbox started ahead (sandbox_pool.py) becomes this one: its output goes where
+        this order's does."""
+        held.container, held.sandbox = waiting.container, waiting.processes
+        waiting.relay.target = on_output
+        waiting.processes.on_entrypoint_output = on_output
         log.info("sandbox %s: started ahead as %s", order.task_id, waiting.task_id)
         return waiting.container
 
@@ -323,7 +328,7 @@ class NodeAgent:
         task_id = ids.new_sandbox_task_id()
         work_dir = self.work_dir(task_id)
         layers = await asyncio.to_thread(self.assets.layer_dirs, order.layers)
-        spec = sandbox_spec(order, task_id, work_dir, layers, [], self.node_id, waiting=True)
+        spec = sandbox_spec(order, task_id, work_dir, layers, [], self.node_id)
         relay = OutputRelay()
         container = await self.runtime.start(spec, relay)
         processes = SandboxProcesses(work_dir / "run" / SOCKET_NAME)

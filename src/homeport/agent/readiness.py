@@ -64,6 +64,3 @@ class Readiness:
             ready.cancel()
             gone.cancel()
         return self.ready.is_set()
-
-    def stop(self) -> None:
-        self._task.cancel()

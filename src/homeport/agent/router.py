@@ -186,7 +186,8 @@ class CommandRouter:
             )
         elif processes.gone.is_set():
             raise GRPCError(
-                Status.FAILED_PRECONDITION, "the sandbox finished before its readiness probe passed"
+                Status.FAILED_PRECONDITION,
+                "the sandbox finished before its readiness probe passed: its output (sb.stdout, sb.stderr) says why",
             )
         else:
             raise GRPCError(Status.DEADLINE_EXCEEDED, "the sandbox's readiness probe has not passed yet")

@@ -46,31 +46,24 @@ def sandbox_spec(
     layers: list[Path],
     volumes: list[BoundDirectory],
     node_id: str,
-    waiting: bool = False,
 ) -> ContainerSpec:
-    """A sandbox's container: the supervisor (the node's Python, see host_python.py) runs
-    the entrypoint; the run directory holds the supervisor's socket. `waiting`: started
-    ahead, its supervisor waits to be told the entrypoint (and its environment)."""
+    """A sandbox's container: the supervisor (the node's Python, see host_python.py),
+    waiting to be told the entrypoint with its environment and working directory
+    (`SandboxProcesses.start_entrypoint`), whether that is at once or once a create takes
+    it; the run directory holds the supervisor's socket."""
     python = host_python()
     run_dir = work_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    own = {"HOMEPORT_NODE_ID": node_id, SANDBOX_PYTHON_VARIABLE: json.dumps(python.interpreter())}
-    if waiting:
-        environment, arguments = own, ["--wait"]
-    else:
-        environment = {**order.started_environment, **order.environment, **own}
-        terminal = ["--terminal", json.dumps(order.sandbox_terminal)] if order.sandbox_terminal else []
-        arguments = [*terminal, "--", *order.sandbox_entrypoint]
     return ContainerSpec(
         task_id=task_id,
         app_id=order.app_id,
         function_id=order.function_id,
         container_arguments=b"",
-        environment=environment,
+        environment={"HOMEPORT_NODE_ID": node_id, SANDBOX_PYTHON_VARIABLE: json.dumps(python.interpreter())},
         files=[],
         client_package_dir=None,
         image_layers=layers,
-        working_dir="/" if waiting else order.working_dir,
+        working_dir="/",
         directories=[*python.directories(run_dir), *volumes],
         network=order.network,
         egress_cidrs=order.egress_cidrs,
@@ -79,7 +72,7 @@ def sandbox_spec(
         disk_mib=order.disk_mib,
         work_dir=work_dir,
         gpu_devices=list(order.gpu_devices),
-        command=tuple(python.command(SUPERVISOR, SUPERVISOR_SOCKET, *arguments)),
+        command=tuple(python.command(SUPERVISOR, SUPERVISOR_SOCKET)),
         # Not its id: one started ahead is taken under another (see above), and the two
         # kinds must look alike.
         hostname=SANDBOX_HOSTNAME,

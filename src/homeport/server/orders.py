@@ -35,6 +35,14 @@ def image_environment(image_config) -> dict[str, str]:  # type: ignore[no-untype
     }
 
 
+def gpu_environment(devices: list[int]) -> dict[str, str]:
+    """The GPUs a container was given, named for CUDA (functions and sandboxes alike)."""
+    if not devices:
+        return {}
+    visible = ",".join(map(str, devices))
+    return {"CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}
+
+
 def interpreter_environment(image_config, environment_name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """A container's environment without its secrets and task credential: what its
     interpreter (or its zygote's) starts with."""
@@ -112,14 +120,7 @@ class OrderBuilder:
             **secret_values,
             **{k: started_with[k] for k in FIXED_ENVIRONMENT},  # secrets cannot override these
             "MODAL_TASK_ID": task_id,
-            **(
-                {
-                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
-                    "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices)),
-                }
-                if gpu_indices
-                else {}
-            ),
+            **gpu_environment(gpu_indices),
             # The container's own credential: client 1.6.4 adds these headers to every RPC
             # a container makes. Never the user's token.
             "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",

@@ -83,10 +83,3 @@ def cidrs(entries: Iterable[str], option: str) -> tuple[str, ...]:
                 f"{option} entry {cidr!r} is not a CIDR range; write it like '10.0.0.0/8' or '1.2.3.4/32'"
             ) from None
     return tuple(cidrs)
-
-
-def gpu_environment(devices: list[int]) -> dict[str, str]:
-    if not devices:
-        return {}
-    visible = ",".join(map(str, devices))
-    return {"CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}

@@ -32,12 +32,11 @@ from homeport.images.config import ImageConfig
 from homeport.server import errors
 from homeport.server.nodes import Node, Placement
 from homeport.server.notify import Notifier
-from homeport.server.orders import image_environment
+from homeport.server.orders import gpu_environment, image_environment
 from homeport.server.running import container_log_writer, redactor
 from homeport.server.sandbox_definition import (
     cidrs,
     egress_cidrs,
-    gpu_environment,
     readiness_probe,
     refuse_unsupported,
 )
@@ -47,7 +46,7 @@ from homeport.server.services.images import ImageService
 from homeport.server.services.logs import LogService
 from homeport.server.services.secrets import SecretService
 from homeport.server.services.volumes import VolumeService
-from homeport.server.store import schema
+from homeport.server.store import db, schema
 
 log = logging.getLogger("homeport.sandboxes")
 
@@ -55,7 +54,6 @@ s = schema.sandboxes
 GENERIC = api_pb2.GenericResult
 DEFAULT_MEMORY_MIB = 128
 LIST_PAGE = 100
-SETTLE_ATTEMPTS = 600  # one a second
 
 
 def sandbox_key(sandbox_id: str) -> str:
@@ -75,6 +73,8 @@ class _Plan:
     gpu_options: list[tuple[str, int]]
     volumes: tuple[VolumeRef, ...]
     probe: ReadinessProbe | None
+    egress_cidrs: tuple[str, ...] | None
+    inbound_cidrs: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +159,8 @@ class Sandboxes:
             python_version="",
             working_dir=definition.workdir or plan.config.workdir or "/",
             network=definition.network_access.network_access_type != api_pb2.NetworkAccess.BLOCKED,
-            egress_cidrs=egress_cidrs(definition.network_access),
-            inbound_cidrs=cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist"),
+            egress_cidrs=plan.egress_cidrs,
+            inbound_cidrs=plan.inbound_cidrs,
             memory_mib=plan.memory_mib,
             cpu_cores=definition.resources.milli_cpu / 1000 if definition.resources.milli_cpu else 0.0,
             gpu_devices=tuple(devices),
@@ -210,9 +210,9 @@ class Sandboxes:
             gpu_options=[gpu] if gpu is not None else [],
             volumes=self._volume_refs(definition),
             probe=readiness_probe(definition),
+            egress_cidrs=egress_cidrs(definition.network_access),
+            inbound_cidrs=cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist"),
         )
-        egress_cidrs(definition.network_access)  # checked now, used in the order
-        cidrs(definition.inbound_cidr_allowlist, "inbound_cidr_allowlist")
         refusal = self.placement.refusal(plan.memory_mib, plan.gpu_options)
         if refusal is not None:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"this sandbox cannot start: {refusal}")
@@ -352,8 +352,9 @@ class Sandboxes:
             self.running.pop(sandbox_id, None)
         for volume_id, changed, removed in ended.volume_changes:
             try:
-                await _once_the_database_answers(
-                    lambda: self.volumes.record(volume_id, list(changed), list(removed))
+                await db.once_the_database_answers(
+                    lambda: self.volumes.record(volume_id, list(changed), list(removed)),
+                    f"sandbox {sandbox_id}'s changes to volume {volume_id}",
                 )
             except Exception:  # the volume was deleted meanwhile, say: the sandbox still ends
                 log.exception("sandbox %s: its changes to volume %s are lost", sandbox_id, volume_id)
@@ -373,7 +374,9 @@ class Sandboxes:
             result = GENERIC(
                 status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=ended.code, exception=ended.reason or ""
             )
-        await _once_the_database_answers(lambda: self._finish(sandbox_id, result))
+        await db.once_the_database_answers(
+            lambda: self._finish(sandbox_id, result), f"the end of sandbox {sandbox_id}"
+        )
 
     def _end(self, sandbox_id: str, status: int) -> None:
         running = self.running.get(sandbox_id)
@@ -528,22 +531,6 @@ class Sandboxes:
     def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
         with self.engine.begin() as connection:
             connection.execute(s.update().where(s.c.id == sandbox_id).values(tags=json.dumps(tags)))
-
-
-async def _once_the_database_answers(work: Callable[[], object]) -> None:
-    """Record a sandbox's end even across a database outage (a PostgreSQL restart): a
-    result never recorded would leave wait() waiting for ever."""
-    for attempt in range(SETTLE_ATTEMPTS):
-        try:
-            work()
-            return
-        except sa.exc.OperationalError as error:
-            if attempt == 0:
-                log.warning(
-                    "the database is unreachable (%s); recording a sandbox's end once it is back", error
-                )
-            await asyncio.sleep(1.0)
-    work()
 
 
 def _why(status: int) -> str:

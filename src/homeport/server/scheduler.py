@@ -48,7 +48,7 @@ from homeport.server.services.apps import AppService
 from homeport.server.services.calls import CLAIMED, PENDING, CallService, StoredOutput, outputs_key, queue_key
 from homeport.server.services.logs import FD_INFO, LogService
 from homeport.server.services.usage import UsageService
-from homeport.server.store import schema
+from homeport.server.store import db, schema
 
 log = logging.getLogger("homeport.scheduler")
 
@@ -61,7 +61,6 @@ DEFAULT_TIMEOUT_S = 300
 # After asking a container to stop (kill switch, then SIGINT), how long before SIGKILL.
 STOP_GRACE_S = 10.0
 STDERR_TAIL_BYTES = 2000
-SETTLE_ATTEMPTS = 600  # one a second: a container's end is settled once the database is back
 
 
 class Scheduler:
@@ -403,18 +402,8 @@ class Scheduler:
         """Wait for a container's end, then settle its books and inputs; while the database
         is unreachable (a PostgreSQL restart), settling waits for it rather than being lost."""
         ended = await running.node.wait(running.task_id)
-        for attempt in range(SETTLE_ATTEMPTS):
-            try:
-                self._settle(running, ended)
-                return
-            except sa.exc.OperationalError as error:
-                if attempt == 0:
-                    log.warning(
-                        "container %s ended; settling waits for the database: %s", running.task_id, error.orig
-                    )
-                await asyncio.sleep(1.0)
-        log.error(
-            "container %s ended and could not be settled: the database stayed unreachable", running.task_id
+        await db.once_the_database_answers(
+            lambda: self._settle(running, ended), f"the end of container {running.task_id}"
         )
 
     def _settle(self, running: RunningContainer, ended: ContainerExit) -> None:

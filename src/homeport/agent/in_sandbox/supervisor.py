@@ -14,13 +14,15 @@ newline-delimited JSON, binary data base64-encoded. Agent to supervisor:
      "pty": {"rows", "columns", "term", ...} (optional: on a pseudo-terminal, all output as fd 1)}
     {"op": "stdin", "id", "data", "eof"}        {"op": "signal", "id", "signum"}
     {"op": "probe_tcp", "id", "port"}            (does 127.0.0.1:port accept a connection?)
-    {"op": "start", "id": "main", "argv", "env", "cwd", "pty"?}  (started ahead with --wait)
+    {"op": "start", "id": "main", "argv", "env", "cwd", "pty"?}  (the entrypoint, once)
 Supervisor to agent (for the entrypoint, id "main"):
     {"ev": "out", "id", "fd": 1|2, "data"}      {"ev": "exit", "id", "code"} or {"ev": "exit", "id", "signal"}
     {"ev": "probe", "id", "ok"}
 A process's exit is sent after all its output. A process whose program cannot be started
 exits 127 with the shell's message on stderr. The supervisor exits with the entrypoint's
-status once that is delivered. The entrypoint starts only once the agent is connected.
+status once that is delivered. It is told the entrypoint (with the sandbox's environment,
+which execs get too) by the agent that connected, so no output is lost; a sandbox started
+ahead of its create (agent/sandbox_pool.py) waits for that like any other.
 """
 
 from __future__ import annotations
@@ -127,12 +129,12 @@ class Supervisor:
     def handle(self, request: dict) -> None:  # type: ignore[type-arg]
         op, process_id = request["op"], request["id"]
         process = self.processes.get(process_id)
-        if op == "start" and MAIN not in self.processes:  # started ahead: the entrypoint, now
+        if op == "start" and MAIN not in self.processes:  # the entrypoint, once
             self.environment.update(request.get("env", {}))
             cwd = request.get("cwd") or "/"
             try:
                 os.makedirs(cwd, exist_ok=True)
-                os.chdir(cwd)  # execs without a workdir start here, as in a sandbox started afresh
+                os.chdir(cwd)  # execs without a workdir start here too
             except OSError:
                 pass  # the entrypoint's start then says what is wrong with it
             self.start(MAIN, request["argv"], dict(self.environment), cwd, "pipe", "pipe", request.get("pty"))
@@ -190,7 +192,7 @@ class Supervisor:
                     stdin=terminal[1],
                     stdout=terminal[1],
                     stderr=terminal[1],
-                    env=_child_environment({**environment, **_terminal_environment(pty or {})}),
+                    env=_child_environment({**environment, **_terminal_environment(pty)}),
                     cwd=cwd or None,
                     start_new_session=True,
                     preexec_fn=_take_controlling_terminal,
@@ -339,12 +341,10 @@ class Supervisor:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def run(self, entrypoint: list[str], terminal: dict | None = None) -> int:  # type: ignore[type-arg]
-        self.agent, _ = self.listener.accept()  # the entrypoint starts once its output has a reader
+    def run(self) -> int:
+        self.agent, _ = self.listener.accept()  # the entrypoint comes from it ("start")
         self.agent.setblocking(False)
         self.selector.register(self.agent, selectors.EVENT_READ, ("agent", None))
-        if entrypoint:  # otherwise started ahead: the entrypoint comes with a "start" request
-            self.start(MAIN, entrypoint, dict(self.environment), None, "pipe", "pipe", terminal)
         while self.main_status is None or self.outgoing:
             for key, mask in self.selector.select():
                 kind, target = key.data
@@ -409,18 +409,10 @@ def _child_environment(environment: dict[str, str] | os._Environ[str]) -> dict[s
 
 
 def main() -> None:
-    socket_path, *rest = sys.argv[1:]
-    terminal, entrypoint = None, []
-    if rest[:1] == ["--terminal"]:  # the entrypoint on a pseudo-terminal: {"rows", "columns", "term"...}
-        terminal, rest = json.loads(rest[1]), rest[2:]
-    if rest != ["--wait"]:  # --wait: started ahead, told the entrypoint later ("start")
-        separator, *entrypoint = rest
-        assert separator == "--" and entrypoint, (
-            "usage: supervisor.py SOCKET ([--terminal JSON] -- COMMAND [ARGS...] | --wait)"
-        )
+    assert len(sys.argv) == 2, "usage: supervisor.py SOCKET"
     # terminate() is for the processes, not for us; a handler (unlike SIG_IGN) is not inherited.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    os._exit(Supervisor(socket_path).run(entrypoint, terminal))
+    os._exit(Supervisor(sys.argv[1]).run())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import uuid
 from collections.abc import Awaitable, Callable
 
 from grpclib import GRPCError, Status
@@ -106,8 +107,10 @@ async def sandbox_snapshot_fs(
     context: RequestContext, request: api_pb2.SandboxSnapshotFsRequest
 ) -> api_pb2.SandboxSnapshotFsResponse:
     row = owned_sandbox(context, request.sandbox_id)
+    # Client 1.6.4 sends one idempotency key for all attempts of one call: a retry finds
+    # the image its first attempt made; without one, every call is a snapshot of its own.
     image_id = await sandbox_service(context).snapshot_filesystem(
-        row.task_id, context.idempotency_key or row.task_id
+        row.task_id, context.idempotency_key or uuid.uuid4().hex
     )
     _, _, config = context.state.images.status(context.workspace_id, image_id)
     return api_pb2.SandboxSnapshotFsResponse(

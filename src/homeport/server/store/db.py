@@ -3,6 +3,8 @@ for the CLI and migrations, asyncpg for the running server."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -13,6 +15,7 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 T = TypeVar("T")
+log = logging.getLogger("homeport.db")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -82,6 +85,22 @@ def _unreachable_as_operational_error(context: sa.engine.ExceptionContext) -> Ba
         context.is_disconnect = True
         return sa.exc.OperationalError(context.statement, context.parameters, error)
     return None
+
+
+async def once_the_database_answers(work: Callable[[], object], what: str, attempts: int = 600) -> bool:
+    """Run `work`, a write that must not be lost (a container's or a sandbox's end),
+    waiting out an unreachable database (a PostgreSQL restart) a second at a time; False
+    if it stayed away for all `attempts`."""
+    for attempt in range(attempts):
+        try:
+            work()
+            return True
+        except sa.exc.OperationalError as error:
+            if attempt == 0:
+                log.warning("%s waits for the database: %s", what, error.orig)
+            await asyncio.sleep(1.0)
+    log.error("%s could not be recorded: the database stayed unreachable", what)
+    return False
 
 
 def once_more_on_conflict(work: Callable[[], T]) -> T:
