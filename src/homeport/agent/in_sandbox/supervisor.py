@@ -318,8 +318,8 @@ class Supervisor:
         else:
             if self._registered(stdin):
                 self.selector.unregister(stdin)
-            if process.stdin_eof:
-                self._close_stdin(process)
+            if process.stdin_eof and not process.terminal:  # a terminal's input ended with ^D;
+                self._close_stdin(process)  # its leader stays open until the process exits
 
     def _registered(self, stream) -> bool:  # type: ignore[no-untyped-def]
         try:
