@@ -84,6 +84,10 @@ class DataLayout:
     def zygotes(self) -> Path:
         return self.root / "zygotes"
 
+    @property
+    def memory_snapshots(self) -> Path:
+        return self.root / "memory-snapshots"
+
     def task_dir(self, task_id: str) -> Path:
         return self.tasks / task_id
 

@@ -99,6 +99,7 @@ class NodeInventory:
     gpus: tuple[str, ...]  # models, by device index
     gpus_busy: int
     containers: int
+    memory_snapshots: bool = False  # it can take and restore memory snapshots (agent/memory_snapshots.py)
 
 
 def default_node_id() -> str:
@@ -242,6 +243,7 @@ class NodeAgent:
             gpus=tuple(self.gpus.models),
             gpus_busy=len(self.gpus.holders),
             containers=self.running(),
+            memory_snapshots=bool(getattr(self.runtime, "enabled", False)),
         )
 
     # --- containers -----------------------------------------------------------------------
@@ -395,6 +397,7 @@ class NodeAgent:
             gpu_devices=list(order.gpu_devices),
             upper_dir=order.upper_dir,
             work_dir=work_dir,
+            memory_snapshot=order.memory_snapshot,
             zygote=ZygoteImage(
                 domain=order.workspace_id,
                 layers=tuple(layers),
@@ -450,6 +453,14 @@ class NodeAgent:
             raise
         if copy.returncode != 0:
             raise RuntimeError(f"copying the writable layer of {task_id} failed: {error.decode().strip()}")
+
+    def checkpoint(self, task_id: str) -> None:
+        """ContainerCheckpoint from one of its containers (enable_memory_snapshot=True): its
+        memory snapshot is taken once the call is answered (agent/memory_snapshots.py)."""
+        held = self._held.get(task_id)
+        checkpoint = getattr(self.runtime, "checkpoint", None)
+        if held is not None and held.container is not None and checkpoint is not None:
+            checkpoint(task_id, held.container)
 
     # --- volumes ------------------------------------------------------------------------------
 

@@ -77,3 +77,6 @@ class ContainerOrder:
     # A sandbox's volume changes are committed when it ends (Modal's rule for sandboxes);
     # a function's only when it commits them (Volume.commit()).
     commit_volumes_at_exit: bool = False
+    # enable_memory_snapshot=True: its function version's snapshot key (server/orders.py);
+    # the node takes the snapshot from this container or restores it into it.
+    memory_snapshot: str = ""

@@ -61,6 +61,7 @@ class AgentService:
 
     def __init__(self, blob_url: str, environment: dict[str, str], ray_node_id: str) -> None:
         os.environ.update(environment)  # the object store's endpoint and credentials
+        from homeport.agent.memory_snapshots import MemorySnapshotRuntime, SnapshotStore
         from homeport.agent.network import BridgeNetwork
         from homeport.agent.network import available as network_available
         from homeport.agent.sandbox import SandboxRuntime
@@ -91,7 +92,9 @@ class AgentService:
         assets = ClusterAssets(self.root, LocalCopies(store), ClientPackages(self.root / "client-packages"))
         (self.root / "tasks").mkdir(exist_ok=True)
         self.agent = NodeAgent(
-            SandboxRuntime(self.network, zygotes),
+            MemorySnapshotRuntime(
+                SandboxRuntime(self.network, zygotes), SnapshotStore(self.root / "memory-snapshots")
+            ),
             lambda task_id: self.root / "tasks" / task_id,
             assets,
             node_id,
@@ -168,6 +171,9 @@ class AgentService:
         events, mailbox.events = mailbox.events, []
         mailbox.ready.clear()
         return events, self.agent.inventory(), sorted(self.agent.gpu_holders())
+
+    async def checkpoint(self, task_id: str) -> None:
+        self.agent.checkpoint(task_id)
 
     async def interrupt(self, task_id: str) -> None:
         self.agent.interrupt(task_id)

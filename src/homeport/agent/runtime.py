@@ -70,6 +70,9 @@ class ContainerSpec:
     hostname: str = ""  # "": the task id
     # May be forked from this zygote (agent/zygote.py) instead of started afresh.
     zygote: object | None = None  # a zygote.ZygoteImage
+    # Its function version's memory snapshot (agent/memory_snapshots.py): taken from this
+    # container, or restored into it if this node has one; "": none.
+    memory_snapshot: str = ""
 
 
 class Holdings:

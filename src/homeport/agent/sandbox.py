@@ -53,6 +53,11 @@ class ProcessContainer:
         self._process = process
         self.holdings = Holdings(readers, work_dir, cgroup)
 
+    @property
+    def pid(self) -> int:
+        """bubblewrap's, as the host numbers it."""
+        return self._process.pid
+
     async def wait(self) -> int:
         code = await self._process.wait()
         await self.holdings.release()
@@ -102,10 +107,25 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _is_entrypoint(pid: int) -> bool:
+    """The client's entrypoint; not bubblewrap, whose arguments name it too."""
     try:
-        return b"modal._container_entrypoint" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return b"modal._container_entrypoint" in arguments and not arguments.split(b"\0", 1)[0].endswith(b"bwrap")
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How a container's process is started when not the ordinary way (memory snapshots,
+    agent/memory_snapshots.py): never from a zygote, with these differences."""
+
+    command: tuple[str, ...]  # instead of spec.command
+    options: tuple[str, ...] = ()  # more bubblewrap options
+    top_layer: Path | None = None  # a read-only layer above all the others
+    die_with_parent: bool = True
+    closed_stdin: bool = False  # a pipe nobody writes to instead of the host's /dev/null
+    extra_fds: tuple[int, ...] = ()
 
 
 def _materialize(spec: ContainerSpec, tree: Path) -> None:
@@ -170,6 +190,7 @@ async def spawn_bwrap(
     seccomp_program: bytes | None = None,
     extra_fds: tuple[int, ...] = (),
     prefix: tuple[str, ...] | list[str] = (),
+    closed_stdin: bool = False,
 ) -> asyncio.subprocess.Process:
     """Start `command` under bubblewrap with `options`, the seccomp filter (the container
     filter unless given) and `environment` (as arguments, see BWRAP); behind `prefix` (a
@@ -189,9 +210,9 @@ async def spawn_bwrap(
         enter()
 
     try:
-        return await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             *arguments,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if closed_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
             env=SANDBOX_TOOL_ENVIRONMENT,
@@ -199,6 +220,9 @@ async def spawn_bwrap(
             preexec_fn=in_child,
             pass_fds=((seccomp_fd,) if seccomp_fd is not None else ()) + extra_fds,
         )
+        if process.stdin is not None:
+            process.stdin.close()  # its reads see the end at once, as from /dev/null
+        return process
     finally:
         for fd in (seccomp_fd, netns_fd):
             if fd is not None:
@@ -241,7 +265,9 @@ class PreparedContainer:
         rootfs.mount_sys(self.overlay.merged, self.cgroup.paths if self.cgroup is not None else {})
 
 
-async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContainer:
+async def prepare(
+    spec: ContainerSpec, limits_enabled: bool, top_layer: Path | None = None
+) -> PreparedContainer:
     """The container's work directory: its arguments, the mounts layer, /etc/hosts, the
     overlay (mounted later, in the child) and its cgroup."""
     spec.work_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +279,8 @@ async def prepare(spec: ContainerSpec, limits_enabled: bool) -> PreparedContaine
     hostname = spec.hostname or spec.task_id
     hosts.write_text(f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     lower = ([mounts_layer] if rootfs.has_entries(mounts_layer) else []) + list(spec.image_layers)
+    if top_layer is not None:
+        lower.insert(0, top_layer)
     upper_root = spec.upper_dir or spec.work_dir / "writable"
     overlay = rootfs.Overlay(
         lower,
@@ -301,9 +329,9 @@ class SandboxRuntime:
             await self.zygotes.shutdown()
 
     async def start(
-        self, spec: ContainerSpec, on_output: OutputCallback
+        self, spec: ContainerSpec, on_output: OutputCallback, launch: Launch | None = None
     ) -> ProcessContainer | ForkedContainer:
-        prepared = await prepare(spec, self.limits_enabled)
+        prepared = await prepare(spec, self.limits_enabled, launch.top_layer if launch else None)
         zygote = None
         # Forked containers get a network namespace of their own: with no bridge (containers
         # on the host's network) they start the ordinary way.
@@ -311,7 +339,7 @@ class SandboxRuntime:
         forkable = (
             image is not None and image.accepts(spec) and (not spec.network or self.network is not None)
         )
-        if self.zygotes is not None and image is not None and forkable:
+        if self.zygotes is not None and image is not None and forkable and launch is None:
             zygote = await self.zygotes.get(image)
         if zygote is not None:
             try:
@@ -339,7 +367,7 @@ class SandboxRuntime:
                 prepared.release(spec)
                 raise ContainerStartError(str(error)) from None
         try:
-            container = await self._spawn(spec, prepared, attachment, on_output)
+            container = await self._spawn(spec, prepared, attachment, on_output, launch)
         except BaseException:
             if attachment is not None and self.network is not None:
                 self.network.detach(attachment)
@@ -357,13 +385,15 @@ class SandboxRuntime:
         prepared: PreparedContainer,
         attachment: Attachment | None,
         on_output: OutputCallback,
+        launch: Launch | None = None,
     ) -> ProcessContainer:
         # Own PID, IPC and UTS namespaces: the container sees only its own processes (and
         # they all end with it), and its hostname is its id. No capabilities (bubblewrap
         # also sets no-new-privileges): mount, module loading, raw sockets and the like
         # are refused inside.
         command = [
-            "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            *(["--die-with-parent"] if launch is None or launch.die_with_parent else []),
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.hostname or spec.task_id, "--cap-drop", "ALL",
             "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", *proc_arguments(),
             "--ro-bind", str(prepared.hosts), "/etc/hosts",
@@ -392,13 +422,17 @@ class SandboxRuntime:
         if spec.client_package_dir is not None:
             command += ["--ro-bind", str(spec.client_package_dir), "/pkg"]
         command += ["--dir", spec.working_dir, "--chdir", spec.working_dir]
+        if launch is not None:
+            command += launch.options
         process = await spawn_bwrap(
             command,
             prepared.environment,
-            list(spec.command),
+            list(launch.command if launch is not None else spec.command),
             prepared.enter_with_sys,
             attachment,
             merge_stderr=False,
+            extra_fds=launch.extra_fds if launch is not None else (),
+            closed_stdin=launch is not None and launch.closed_stdin,
         )
         readers = [
             asyncio.create_task(pump_output(process.stdout, 1, on_output)),

@@ -174,6 +174,10 @@ class RayNode:
         if self._gone is None:
             self.actor.interrupt.remote(task_id)
 
+    def checkpoint(self, task_id: str) -> None:
+        if self._gone is None:
+            self.actor.checkpoint.remote(task_id)
+
     def kill(self, task_id: str) -> None:
         if self._gone is None:
             self.actor.kill.remote(task_id)

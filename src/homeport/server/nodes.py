@@ -49,6 +49,9 @@ class Node(Protocol):
 
     def interrupt(self, task_id: str) -> None: ...
 
+    def checkpoint(self, task_id: str) -> None:
+        """ContainerCheckpoint from a container of this node (agent/memory_snapshots.py)."""
+
     def kill(self, task_id: str) -> None: ...
 
     async def prewarm(self, order: ZygoteOrder) -> None: ...
@@ -106,6 +109,9 @@ class LocalNode:
 
     def interrupt(self, task_id: str) -> None:
         self.agent.interrupt(task_id)
+
+    def checkpoint(self, task_id: str) -> None:
+        self.agent.checkpoint(task_id)
 
     def kill(self, task_id: str) -> None:
         self.agent.kill(task_id)

@@ -7,6 +7,7 @@ runs on whichever node placement chose (agent/order.py).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from grpclib import GRPCError
@@ -80,9 +81,11 @@ class OrderBuilder:
         gpu_indices: list[int],
         upper_dir: Path | None,
         disk_limit_mib: int,
+        memory_snapshots: bool = False,
     ) -> tuple[ContainerOrder, dict[str, str]]:
         """The order and the secret values it carries (for redacting its output); raises
-        StartRefused with a message for the function's caller."""
+        StartRefused with a message for the function's caller. `memory_snapshots`: the node
+        can take and restore them (enable_memory_snapshot=True is honoured there)."""
         dependencies = [d.object_id for d in definition.object_dependencies]
         layout = catalog.app_layout(self.apps, function.app_id, dependencies)
         for obj in layout.objects:
@@ -125,6 +128,16 @@ class OrderBuilder:
             # a container makes. Never the user's token.
             "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",
         }
+        snapshot = ""
+        if memory_snapshots and definition.checkpointing_enabled and not gpu_indices:
+            snapshot = snapshot_key(
+                workspace_id, function, definition, params, environment_name, chain, files, secret_values
+            )
+            # Client 1.6.4 snapshots only with all three: the variable, the flag (which the
+            # client never sets itself) and a checkpoint id (task_lifecycle_manager.py).
+            arguments.function_def.is_checkpointing_function = True
+            arguments.checkpoint_id = snapshot
+            environment["MODAL_ENABLE_SNAP_RESTORE"] = "1"
         volumes = []
         try:
             for mount in definition.volume_mounts:
@@ -163,5 +176,36 @@ class OrderBuilder:
             gpu_devices=tuple(gpu_indices),
             upper_dir=upper_dir,
             disk_limit_mib=disk_limit_mib,
+            memory_snapshot=snapshot,
         )
         return order, secret_values
+
+
+def snapshot_key(  # type: ignore[no-untyped-def]
+    workspace_id: str,
+    function,
+    definition: api_pb2.Function,
+    params: bytes,
+    environment_name: str,
+    chain: list[str],
+    files: list[FileRef],
+    secret_values: dict[str, str],
+) -> str:
+    """One function version's memory snapshot: everything a snapshotted process has in its
+    memory from its start. Its code (the definition, its mounted files by content rather
+    than mount id, its image's layers), its class parameters, its app, function and
+    workspace (the ids a restored container keeps: client 1.6.4 refreshes only the task
+    and function ids), and its secrets (a changed secret makes a new snapshot, never one
+    holding the old value)."""
+    digest = hashlib.sha256()
+    code = api_pb2.Function()
+    code.CopyFrom(definition)
+    code.ClearField("mount_ids")
+    for part in (workspace_id, function.app_id, function.id, environment_name, *chain):
+        digest.update(part.encode() + b"\0")
+    digest.update(code.SerializeToString(deterministic=True) + b"\0" + params + b"\0")
+    for ref in sorted(files, key=lambda f: f.container_path):
+        digest.update(f"{ref.container_path}:{ref.blob_id}:{ref.mode}\0".encode())
+    for name, value in sorted(secret_values.items()):
+        digest.update(hashlib.sha256(f"{name}={value}".encode()).digest())
+    return digest.hexdigest()[:40]

@@ -292,6 +292,7 @@ class Scheduler:
                 gpu_indices,
                 build_step.upper_dir if build_step is not None else None,
                 disk_limit_mib,
+                memory_snapshots=build_step is None and node.inventory().memory_snapshots,
             )
         except StartRefused as error:
             self._fail_start(function, task_id, str(error), node)
@@ -499,6 +500,12 @@ class Scheduler:
                 sa.select(t.c.id, t.c.workspace_id, t.c.app_id, t.c.state, t.c.exit_code, t.c.stop_reason,
                           t.c.created_at, t.c.stopped_at).where(t.c.id == task_id)
             ).first()  # fmt: skip
+
+    def on_checkpoint(self, task_id: str) -> None:
+        """ContainerCheckpoint: its node takes its memory snapshot (agent/memory_snapshots.py)."""
+        running = self.containers.get(task_id)
+        if running is not None and running.node is not None:
+            running.node.checkpoint(task_id)
 
     def on_hello(self, task_id: str) -> None:
         running = self.containers.get(task_id)

@@ -11,10 +11,12 @@ import sqlalchemy as sa
 
 from homeport.agent.assets import LocalAssets
 from homeport.agent.gvisor import GvisorRuntime
+from homeport.agent.memory_snapshots import MemorySnapshotRuntime, SnapshotStore
 from homeport.agent.network import BridgeNetwork
 from homeport.agent.network import available as network_available
 from homeport.agent.node import NodeAgent
 from homeport.agent.router import RouterCredentials
+from homeport.agent.runtime import Runtime
 from homeport.agent.sandbox import SandboxRuntime
 from homeport.agent.tunnels import TunnelGate
 from homeport.agent.zygote import ZygotePool
@@ -198,7 +200,11 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     # gVisor containers use runsc's own networking (host or none); build steps and sandbox
     # containers get namespaces on the bridge.
     zygotes = ZygotePool(layout.zygotes) if settings.zygotes else None
-    runtime = GvisorRuntime() if settings.runtime == "gvisor" else SandboxRuntime(network, zygotes)
+    runtime: Runtime = (
+        GvisorRuntime()
+        if settings.runtime == "gvisor"
+        else MemorySnapshotRuntime(SandboxRuntime(network, zygotes), SnapshotStore(layout.memory_snapshots))
+    )
     nodes = NodeRegistry(engine)
     authority = CertificateAuthority(settings.data_dir / "tls")
     agent = NodeAgent(

@@ -26,6 +26,18 @@ async def container_hello(context: RequestContext, request: empty_pb2.Empty) -> 
     return empty_pb2.Empty()
 
 
+@handler("ContainerCheckpoint")
+async def container_checkpoint(
+    context: RequestContext, request: api_pb2.ContainerCheckpointRequest
+) -> empty_pb2.Empty:
+    """enable_memory_snapshot=True: the container has imported its code and run its
+    snap=True hooks. It closes its connections once this is answered, then waits for its
+    restore state; the snapshot is taken in between (agent/memory_snapshots.py)."""
+    task = context.require_task()
+    context.state.scheduler.on_checkpoint(task.task_id)
+    return empty_pb2.Empty()
+
+
 @handler("ContainerHeartbeat")
 async def container_heartbeat(
     context: RequestContext, request: api_pb2.ContainerHeartbeatRequest

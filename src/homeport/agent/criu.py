@@ -1,0 +1,144 @@
+"""CRIU, run by the node (as the host's root) in a container's namespaces: dump a process
+tree to disk, restore one into another container.
+
+CRIU is not Debian 12's (3.17 fails on recent kernels) but Debian 13's, unpacked with its
+own glibc by scripts/install-criu into HOMEPORT_CRIU_DIR (default /var/cache/homeport/criu)
+and run through that directory's loader.
+
+How it is run, and why:
+- In the container's PID, mount, network, UTS and IPC namespaces (nsenter), so that CRIU
+  dumps a plain process tree: no namespaces and no mounts of its own, files by their paths
+  in the container's root. The restore runs the same way in a new container laid out alike
+  (the same layers at the same paths), so those paths open the same files there.
+- Not in the container's user namespace: reading a seccomp filter (which the container
+  has) takes CAP_SYS_ADMIN in the initial one. Containers that are snapshotted or restored
+  therefore start from bubblewrap as root without a user namespace of their own (as every
+  container that is not forked from a zygote does), without capabilities.
+- CRIU, its libraries and the images directory are reached through descriptors opened on
+  the host (/proc/self/fd/N inside), so none of them is ever mounted where a container
+  could write to it: a container never touches an image another container restores from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_DIRECTORY = Path("/var/cache/homeport/criu")
+LOADER = "usr/lib64/ld-linux-x86-64.so.2"
+LIBRARIES = "usr/lib/x86_64-linux-gnu"
+BINARY = "usr/sbin/criu"
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+TIMEOUT_S = 60.0
+
+
+class CriuError(Exception):
+    """A dump or restore failed; the message ends with CRIU's own last error lines."""
+
+
+def directory() -> Path:
+    return Path(os.environ.get("HOMEPORT_CRIU_DIR") or DEFAULT_DIRECTORY)
+
+
+def installed() -> Path | None:
+    """Where CRIU is unpacked, or None (then no container is snapshotted; the README says
+    how to install it)."""
+    root = directory()
+    return root if all((root / part).exists() for part in (LOADER, LIBRARIES, BINARY)) else None
+
+
+def _command(root_fd: int, arguments: list[str]) -> list[str]:
+    root = f"/proc/self/fd/{root_fd}"
+    return [f"{root}/{LOADER}", "--library-path", f"{root}/{LIBRARIES}", f"{root}/{BINARY}", *arguments]
+
+
+def _last_errors(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [
+        line.strip() for line in lines if "Error" in line and "tun.c" not in line and "rlimit" not in line
+    ]
+    return "; ".join(errors[-3:]) or (lines[-1].strip() if lines else "(empty log)")
+
+
+async def _run(
+    anchor_pid: int,
+    images: Path,
+    arguments: list[str],
+    log_name: str,
+    in_child: Callable[[], None] | None = None,
+    inherited: tuple[int, ...] = (),
+    namespaces: tuple[str, ...] = ("-p", "-m", "-n", "-u", "-i"),
+) -> None:
+    root = installed()
+    if root is None:
+        raise CriuError(f"CRIU is not installed in {directory()}; run scripts/install-criu")
+    opened: list[int] = []
+    try:
+        images_fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+        opened.append(images_fd)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        opened.append(root_fd)
+        # CRIU sees these descriptors at the same numbers (pass_fds), through nsenter's exec.
+        process = await asyncio.create_subprocess_exec(
+            NSENTER, "-t", str(anchor_pid), *namespaces, "--",
+            *_command(root_fd, [*arguments, "-D", f"/proc/self/fd/{images_fd}", "-o", log_name]),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, preexec_fn=in_child, pass_fds=(images_fd, root_fd, *inherited),
+        )  # fmt: skip
+        try:
+            _, error = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
+        except BaseException:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            raise
+        if process.returncode != 0:
+            detail = _last_errors(images / log_name)
+            if error.strip():
+                detail += f" ({error.decode(errors='replace').strip()[-300:]})"
+            raise CriuError(f"criu {arguments[0]} failed: {detail}")
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+async def dump(anchor_pid: int, pid_inside: int, images: Path) -> None:
+    """Dump the process tree rooted at `pid_inside` (its PID in its own namespace) of the
+    container `anchor_pid` (any process of it, as the host numbers it) into `images`; the
+    tree goes on running."""
+    await _run(anchor_pid, images, ["dump", "-t", str(pid_inside), "--leave-running"], "dump.log")
+
+
+async def set_last_pid(anchor_pid: int, last_pid: int) -> None:
+    """The next PID the container's PID namespace hands out is last_pid + 1: so that CRIU,
+    which is numbered in it, never takes a PID the restored tree needs. The sysctl applies to
+    the writer's own PID namespace, hence a child of nsenter -p; the host's /proc/sys, since
+    the container's is read-only."""
+    process = await asyncio.create_subprocess_exec(
+        NSENTER, "-t", str(anchor_pid), "-p", "--", "sh", "-c",
+        f"echo {int(last_pid)} > /proc/sys/kernel/ns_last_pid",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, error = await process.communicate()
+    if process.returncode != 0:
+        raise CriuError(f"could not set the container's next PID: {error.decode(errors='replace').strip()}")
+
+
+async def restore(
+    anchor_pid: int, images: Path, pipes: dict[str, int], in_child: Callable[[], None] | None
+) -> None:
+    """Restore the tree dumped in `images` into the container `anchor_pid`, detached (its
+    root is then the child of the container's PID 1). `pipes` maps the dumped tree's pipes
+    ("pipe:[inode]") to this container's descriptors, which take their place; `in_child`
+    runs in CRIU's process before it starts (to join the container's cgroup, which the
+    restored tree then stays in)."""
+    arguments = ["restore", "--restore-detached", "--manage-cgroups=ignore"]
+    for resource, fd in sorted(pipes.items()):
+        arguments += ["--inherit-fd", f"fd[{fd}]:{resource}"]
+    await _run(anchor_pid, images, arguments, "restore.log", in_child, tuple(pipes.values()))
