@@ -21,7 +21,9 @@ print("INFO", json.dumps(results))
 
 
 def _infos(server: Server, count: int = 1) -> list[dict[str, object]]:
-    text = assert_ok(run_python(server, CALL.replace("COUNT", str(count)).replace("HOLD", "2.0" if count > 1 else "0.0")))
+    text = assert_ok(
+        run_python(server, CALL.replace("COUNT", str(count)).replace("HOLD", "2.0" if count > 1 else "0.0"))
+    )
     return list(json.loads(text.split("INFO ", 1)[1].splitlines()[0]))
 
 
@@ -76,6 +78,14 @@ def test_restored_containers_skip_the_snapshotted_hook_and_outlive_a_restart(own
     assert after_restart["task"] not in {first["task"], *(r["task"] for r in restored)}
     assert after_restart["setup_task"] == after_restart["task"]
     _wait_for_log(server, f"container {after_restart['task']} restored from memory snapshot")
+
+    # Deployed again unchanged: the same version, so the same snapshot.
+    assert_ok(run_modal(server, "deploy", "snapshot_app.py"))
+    _wait_until_no_containers(server)
+    [redeployed] = _infos(server)
+    assert redeployed["loaded"] == first["loaded"]
+    _wait_for_log(server, f"container {redeployed['task']} restored from memory snapshot")
+    assert server.log_text().count("memory snapshot taken of") == 1
 
 
 def test_a_function_that_cannot_be_snapshotted_runs_the_ordinary_way(server: Server) -> None:

@@ -15,8 +15,8 @@ On this node:
 - The first container of a function version (no snapshot here yet) is *taken*: started
   from bubblewrap as usual but never from a zygote, with /__modal bound read-only from its
   work directory, and its entrypoint a session leader with no parent-death signal (both
-  would stop CRIU from restoring it elsewhere; the PID namespace still ends with bubblewrap,
-  which still dies with the node). On ContainerCheckpoint, once its connections are
+  would stop CRIU from restoring it elsewhere; its PID namespace still ends with
+  bubblewrap's PID 1, which still dies with the node). On ContainerCheckpoint, once its connections are
   closed, it is dumped (it goes on running) and its writable layer copied; then its own
   restore state tells it to go on.
 - Later containers are *restored*: the same layout with the copied writable layer as the
@@ -136,10 +136,14 @@ def _size(directory: Path) -> int:
 
 
 class SnapshotStore:
-    """This node's snapshots, one directory per key (written whole, then renamed in)."""
+    """This node's snapshots, one directory per key (written whole, then renamed in); the
+    `keep` most recently used are kept (HOMEPORT_MEMORY_SNAPSHOTS_KEPT)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, keep: int | None = None) -> None:
         self.directory = directory
+        self.keep = keep or int(os.environ.get("HOMEPORT_MEMORY_SNAPSHOTS_KEPT", "32"))
+        for unfinished in directory.glob(".taking-*"):  # a dump the node did not live to finish
+            shutil.rmtree(unfinished, ignore_errors=True)
 
     def find(self, key: str) -> Snapshot | None:
         if not KEY.match(key):
@@ -147,6 +151,7 @@ class SnapshotStore:
         directory = self.directory / key
         try:
             meta = json.loads((directory / "meta.json").read_text())
+            os.utime(directory / "meta.json")  # used now (see `_prune`)
             return Snapshot(
                 key,
                 directory,
@@ -164,6 +169,9 @@ class SnapshotStore:
             shutil.rmtree(self.directory / key, ignore_errors=True)
 
     def staging(self, task_id: str) -> Path:
+        # Only root reads them: a snapshot holds a process's memory, its secrets included.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.chmod(0o700)
         staging = self.directory / f".taking-{task_id}"
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "images").mkdir(parents=True)
@@ -179,7 +187,15 @@ class SnapshotStore:
         snapshot = self.find(key)
         if snapshot is None:
             raise SnapshotError(f"snapshot {key} could not be stored")
+        self._prune()
         return snapshot
+
+    def _prune(self) -> None:
+        """Past `keep` snapshots, the least recently used go."""
+        kept = [d for d in self.directory.iterdir() if KEY.match(d.name) and (d / "meta.json").exists()]
+        kept.sort(key=lambda d: (d / "meta.json").stat().st_mtime, reverse=True)
+        for directory in kept[self.keep :]:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -241,7 +257,6 @@ class MemorySnapshotRuntime:
         launch = Launch(
             command=(spec.command[0], "-c", TAKE_COMMAND),
             options=("--ro-bind", str(state_dir), STATE_INSIDE),
-            die_with_parent=False,
             closed_stdin=True,
         )
         container = await self.inner.start(spec, on_output, launch)

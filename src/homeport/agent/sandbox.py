@@ -123,7 +123,6 @@ class Launch:
     command: tuple[str, ...]  # instead of spec.command
     options: tuple[str, ...] = ()  # more bubblewrap options
     top_layer: Path | None = None  # a read-only layer above all the others
-    die_with_parent: bool = True
     closed_stdin: bool = False  # a pipe nobody writes to instead of the host's /dev/null
     extra_fds: tuple[int, ...] = ()
 
@@ -392,8 +391,7 @@ class SandboxRuntime:
         # also sets no-new-privileges): mount, module loading, raw sockets and the like
         # are refused inside.
         command = [
-            *(["--die-with-parent"] if launch is None or launch.die_with_parent else []),
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.hostname or spec.task_id, "--cap-drop", "ALL",
             "--bind", str(prepared.overlay.merged), "/", "--dev", "/dev", *proc_arguments(),
             "--ro-bind", str(prepared.hosts), "/etc/hosts",

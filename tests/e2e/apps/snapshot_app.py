@@ -43,3 +43,17 @@ class Model:
             "seen": sorted(name for name in os.listdir("/tmp") if name.startswith("seen-")),
             "pid": os.getpid(),
         }
+
+
+@app.cls(scaledown_window=2)
+class PlainModel:
+    """The same slow start without a snapshot: the baseline of bench/bench_memory_snapshots.py."""
+
+    @modal.enter()
+    def load(self) -> None:
+        time.sleep(SLOW_S)
+        self.loaded = uuid.uuid4().hex
+
+    @modal.method()
+    def info(self, hold_s: float = 0.0) -> dict[str, object]:
+        return {"loaded": self.loaded, "task": os.environ.get("MODAL_TASK_ID", "")}
