@@ -87,6 +87,18 @@ def test_restored_containers_skip_the_snapshotted_hook_and_outlive_a_restart(own
     _wait_for_log(server, f"container {redeployed['task']} restored from memory snapshot")
     assert server.log_text().count("memory snapshot taken of") == 1
 
+    # A snapshot that cannot be restored is dropped; the container starts the ordinary way
+    # (the hook runs again) and is snapshotted afresh.
+    [snapshot] = [d for d in (server.data_dir / "memory-snapshots").iterdir() if not d.name.startswith(".")]
+    for pages in (snapshot / "images").glob("pages-*.img"):
+        pages.write_bytes(b"")
+    _wait_until_no_containers(server)
+    [fresh] = _infos(server)
+    assert fresh["loaded"] != first["loaded"]
+    assert fresh["setup_task"] == fresh["task"]
+    _wait_for_log(server, f"container {fresh['task']} not restored from snapshot")
+    _wait_for_log(server, f"memory snapshot taken of {fresh['task']}")
+
 
 def test_a_function_that_cannot_be_snapshotted_runs_the_ordinary_way(server: Server) -> None:
     script = (

@@ -22,8 +22,10 @@ How it is run, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +34,10 @@ LOADER = "usr/lib64/ld-linux-x86-64.so.2"
 LIBRARIES = "usr/lib/x86_64-linux-gnu"
 BINARY = "usr/sbin/criu"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
-TIMEOUT_S = 60.0
+DUMP_TIMEOUT_S = 120.0
+# A restore reads its pages from disk: a few seconds, plus time for a large snapshot.
+RESTORE_TIMEOUT_S = 5.0
+RESTORE_BYTES_PER_S = 100 * 2**20
 
 
 class CriuError(Exception):
@@ -70,11 +75,14 @@ async def _run(
     anchor_pid: int,
     images: Path,
     arguments: list[str],
-    log_name: str,
+    log: Path,
+    timeout_s: float,
     in_child: Callable[[], None] | None = None,
     inherited: tuple[int, ...] = (),
     namespaces: tuple[str, ...] = ("-p", "-m", "-n", "-u", "-i"),
 ) -> None:
+    """CRIU in the container `anchor_pid`'s namespaces; its log (and nsenter's errors) in
+    `log`, on the host. Past `timeout_s` it is killed with everything it started."""
     root = installed()
     if root is None:
         raise CriuError(f"CRIU is not installed in {directory()}; run scripts/install-criu")
@@ -84,35 +92,38 @@ async def _run(
         opened.append(images_fd)
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         opened.append(root_fd)
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        opened.append(log_fd)
         # CRIU sees these descriptors at the same numbers (pass_fds), through nsenter's exec.
         process = await asyncio.create_subprocess_exec(
             NSENTER, "-t", str(anchor_pid), *namespaces, "--",
-            *_command(root_fd, [*arguments, "-D", f"/proc/self/fd/{images_fd}", "-o", log_name]),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, preexec_fn=in_child, pass_fds=(images_fd, root_fd, *inherited),
+            *_command(root_fd, [*arguments, "-D", f"/proc/self/fd/{images_fd}", "-o", f"/proc/self/fd/{log_fd}"]),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+            preexec_fn=in_child, pass_fds=(images_fd, root_fd, log_fd, *inherited), start_new_session=True,
         )  # fmt: skip
         try:
-            _, error = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
-        except BaseException:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            await asyncio.wait_for(process.wait(), timeout_s)
+        except BaseException as error:
+            # nsenter forked CRIU, which forks helpers: the whole session goes.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            if isinstance(error, TimeoutError):
+                raise CriuError(f"criu {arguments[0]} did not finish within {timeout_s:.0f} s") from None
             raise
         if process.returncode != 0:
-            detail = _last_errors(images / log_name)
-            if error.strip():
-                detail += f" ({error.decode(errors='replace').strip()[-300:]})"
-            raise CriuError(f"criu {arguments[0]} failed: {detail}")
+            raise CriuError(f"criu {arguments[0]} failed: {_last_errors(log)}")
     finally:
         for fd in opened:
             os.close(fd)
 
 
-async def dump(anchor_pid: int, pid_inside: int, images: Path) -> None:
+async def dump(anchor_pid: int, pid_inside: int, images: Path, log: Path) -> None:
     """Dump the process tree rooted at `pid_inside` (its PID in its own namespace) of the
     container `anchor_pid` (any process of it, as the host numbers it) into `images`; the
     tree goes on running."""
-    await _run(anchor_pid, images, ["dump", "-t", str(pid_inside), "--leave-running"], "dump.log")
+    arguments = ["dump", "-t", str(pid_inside), "--leave-running"]
+    await _run(anchor_pid, images, arguments, log, DUMP_TIMEOUT_S)
 
 
 async def set_last_pid(anchor_pid: int, last_pid: int) -> None:
@@ -131,7 +142,7 @@ async def set_last_pid(anchor_pid: int, last_pid: int) -> None:
 
 
 async def restore(
-    anchor_pid: int, images: Path, pipes: dict[str, int], in_child: Callable[[], None] | None
+    anchor_pid: int, images: Path, log: Path, pipes: dict[str, int], in_child: Callable[[], None] | None
 ) -> None:
     """Restore the tree dumped in `images` into the container `anchor_pid`, detached (its
     root is then the child of the container's PID 1). `pipes` maps the dumped tree's pipes
@@ -141,4 +152,6 @@ async def restore(
     arguments = ["restore", "--restore-detached", "--manage-cgroups=ignore"]
     for resource, fd in sorted(pipes.items()):
         arguments += ["--inherit-fd", f"fd[{fd}]:{resource}"]
-    await _run(anchor_pid, images, arguments, "restore.log", in_child, tuple(pipes.values()))
+    size = sum(f.stat().st_size for f in images.iterdir() if f.is_file())
+    timeout_s = RESTORE_TIMEOUT_S + size / RESTORE_BYTES_PER_S
+    await _run(anchor_pid, images, arguments, log, timeout_s, in_child, tuple(pipes.values()))

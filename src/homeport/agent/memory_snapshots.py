@@ -319,7 +319,7 @@ class MemorySnapshotRuntime:
                 await asyncio.sleep(DUMP_RETRY_S)
                 last_pid = _tree_last_pid(root)
                 try:
-                    await criu.dump(root, root_inside, staging / "images")
+                    await criu.dump(root, root_inside, staging / "images", staging / "dump.log")
                     break
                 except criu.CriuError as error:
                     # Only a connection not yet closed is worth waiting for.
@@ -373,9 +373,9 @@ class MemorySnapshotRuntime:
             try:
                 pipes = {resource: outputs[fd] for resource, fd in snapshot.pipes.items()}
                 cgroup = container.holdings.cgroup
-                await criu.restore(
-                    waiter, snapshot.images, pipes, cgroup.join if cgroup is not None else None
-                )
+                log_path = spec.work_dir / "criu-restore.log"
+                join = cgroup.join if cgroup is not None else None
+                await criu.restore(waiter, snapshot.images, log_path, pipes, join)
             finally:
                 for fd in outputs.values():
                     os.close(fd)
