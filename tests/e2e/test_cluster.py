@@ -225,6 +225,30 @@ print("RESULTS", len(results))
     assert "RESULTS 6" in out
 
 
+def test_memory_snapshot_taken_on_one_node_is_restored_on_others(cluster: Path) -> None:
+    """enable_memory_snapshot=True: the node that took the snapshot shares it through the
+    object store; containers on the other nodes are restored from it (the snap=True hook's
+    token is the first container's), each with its own identity and node."""
+    server = replica(cluster, 0)
+    assert_ok(run_modal(server, "deploy", "snapshot_app.py", timeout=600))
+    script = """
+import json, concurrent.futures, modal
+Model = modal.Cls.from_name("snapshot-app", "Model")
+first = Model().info.remote()
+print("FIRST", json.dumps(first))
+import time; time.sleep(15)  # the snapshot is taken and shared; the container scales down
+with concurrent.futures.ThreadPoolExecutor(12) as pool:
+    restored = list(pool.map(lambda _: Model().info.remote(3.0), range(12)))
+print("RESTORED", json.dumps(restored))
+"""
+    text = assert_ok(run_python(server, script, timeout=600))
+    first = json.loads(text.split("FIRST ", 1)[1].splitlines()[0])
+    restored = json.loads(text.split("RESTORED ", 1)[1].splitlines()[0])
+    assert all(info["loaded"] == first["loaded"] for info in restored), (first, restored)
+    assert all(info["setup_task"] == info["task"] != first["task"] for info in restored)
+    assert {info["node"] for info in restored} - {first["node"]}, (first["node"], restored)
+
+
 def test_killed_node_inputs_run_elsewhere(cluster: Path) -> None:
     """Last: a node dies as in a power loss in the middle of a 30-input map; the map still
     returns all 30 results, and the node's containers leave `modal container list`."""

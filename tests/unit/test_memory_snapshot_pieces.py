@@ -9,9 +9,10 @@ from pathlib import Path
 
 from modal_proto import api_pb2
 
-from homeport.agent.memory_snapshots import SnapshotStore, _own_state, _write_state
+from homeport.agent.memory_snapshots import _own_state, _write_state
 from homeport.agent.order import FileRef
 from homeport.agent.runtime import ContainerSpec
+from homeport.agent.snapshot_store import SnapshotStore
 from homeport.server.orders import snapshot_key
 
 
@@ -99,3 +100,53 @@ def test_the_store_keeps_the_most_recently_used(tmp_path: Path) -> None:
     store.keep = 2
     store.publish(store.staging("new"), "f" * 40, meta)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([keys[0], "f" * 40])
+
+
+class _DirectoryStore:
+    """An object store in a directory: the interface SnapshotStore uses (upload, download)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def upload(self, key: str, path: Path) -> None:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+
+    def download(self, key: str, path: Path) -> bool:
+        if not (self.root / key).exists():
+            return False
+        path.write_bytes((self.root / key).read_bytes())
+        return True
+
+
+def test_a_shared_snapshot_arrives_whole_on_another_node(tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    shared = _DirectoryStore(tmp_path / "bucket")
+    taker = SnapshotStore(tmp_path / "node-a", shared=shared)  # type: ignore[arg-type]
+    other = SnapshotStore(tmp_path / "node-b", shared=shared)  # type: ignore[arg-type]
+    key = "cd" * 20
+    staging = taker.staging("ta-1")
+    (staging / "images" / "pages-1.img").write_bytes(b"\x00" * 4096 + b"pages")
+    (staging / "fs" / "root").mkdir()
+    (staging / "fs" / "root" / "loaded.txt").write_text("token")
+    os.mknod(staging / "fs" / "deleted", 0o600 | 0o020000, os.makedev(0, 0))  # an overlayfs whiteout
+    (staging / "fs" / "opaque").mkdir()
+    os.setxattr(staging / "fs" / "opaque", "trusted.overlay.opaque", b"y")
+    meta = {"root_pid": 2, "last_pid": 9, "pipes": {"pipe:[7]": 1}, "size_bytes": 10, "took_ms": 5.0}
+    snapshot = taker.publish(staging, key, meta)
+    assert asyncio.run(other.fetch(key)) is None  # not shared yet
+    asyncio.run(taker.share(snapshot))
+
+    fetched = asyncio.run(other.fetch(key))
+    assert fetched is not None and fetched.pipes == {"pipe:[7]": 1}
+    assert (fetched.images / "pages-1.img").read_bytes() == b"\x00" * 4096 + b"pages"
+    assert (fetched.layer / "root" / "loaded.txt").read_text() == "token"
+    whiteout = os.stat(fetched.layer / "deleted", follow_symlinks=False)
+    assert (
+        os.major(whiteout.st_rdev) == 0 and os.minor(whiteout.st_rdev) == 0 and (whiteout.st_mode & 0o020000)
+    )
+    assert os.getxattr(fetched.layer / "opaque", "trusted.overlay.opaque") == b"y"
+    assert sorted(p.name for p in (tmp_path / "node-b").iterdir()) == [key]  # no staging left

@@ -38,7 +38,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -46,12 +45,12 @@ from pathlib import Path
 from homeport.agent import criu
 from homeport.agent.runtime import Container, ContainerSpec, OutputCallback
 from homeport.agent.sandbox import Launch, ProcessContainer, SandboxRuntime, _descendants, _is_entrypoint
+from homeport.agent.snapshot_store import Snapshot, SnapshotError, SnapshotStore, size_of
 
 log = logging.getLogger("homeport.snapshots")
 
 STATE_INSIDE = "/__modal"
 STATE_FILE = "restore-state.json"
-KEY = re.compile(r"^[0-9a-f]{16,64}$")
 # The entrypoint, as `python -m modal._container_entrypoint` would run it, without the
 # parent-death signal bubblewrap gives it (restored, it would fire as CRIU exits) and in a
 # session of its own (CRIU restores only a tree that holds its session's leader).
@@ -91,29 +90,6 @@ UP_TIMEOUT_S = 10.0
 PID_MARGIN = 64  # PIDs left free above the restored tree's highest
 
 
-class SnapshotError(Exception):
-    """Taking or restoring a snapshot failed; the container starts or goes on without."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    key: str
-    directory: Path
-    root_pid: int  # the entrypoint's PID in its container
-    last_pid: int  # the highest PID (threads included) of the dumped tree
-    pipes: dict[str, int]  # the dumped tree's output pipes ("pipe:[inode]") -> 1 or 2
-    size_bytes: int
-    took_ms: float
-
-    @property
-    def images(self) -> Path:
-        return self.directory / "images"
-
-    @property
-    def layer(self) -> Path:
-        return self.directory / "fs"
-
-
 def _nspid(pid: int) -> int:
     """`pid` as numbered in its own (innermost) PID namespace."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -129,73 +105,6 @@ def _tree_last_pid(root: int) -> int:
             for task in os.listdir(f"/proc/{pid}/task"):
                 highest = max(highest, _nspid(int(task)))
     return highest
-
-
-def _size(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.is_symlink())
-
-
-class SnapshotStore:
-    """This node's snapshots, one directory per key (written whole, then renamed in); the
-    `keep` most recently used are kept (HOMEPORT_MEMORY_SNAPSHOTS_KEPT)."""
-
-    def __init__(self, directory: Path, keep: int | None = None) -> None:
-        self.directory = directory
-        self.keep = keep or int(os.environ.get("HOMEPORT_MEMORY_SNAPSHOTS_KEPT", "32"))
-        for unfinished in directory.glob(".taking-*"):  # a dump the node did not live to finish
-            shutil.rmtree(unfinished, ignore_errors=True)
-
-    def find(self, key: str) -> Snapshot | None:
-        if not KEY.match(key):
-            return None
-        directory = self.directory / key
-        try:
-            meta = json.loads((directory / "meta.json").read_text())
-            os.utime(directory / "meta.json")  # used now (see `_prune`)
-            return Snapshot(
-                key,
-                directory,
-                meta["root_pid"],
-                meta["last_pid"],
-                meta["pipes"],
-                meta["size_bytes"],
-                meta["took_ms"],
-            )
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def discard(self, key: str) -> None:
-        if KEY.match(key):
-            shutil.rmtree(self.directory / key, ignore_errors=True)
-
-    def staging(self, task_id: str) -> Path:
-        # Only root reads them: a snapshot holds a process's memory, its secrets included.
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.directory.chmod(0o700)
-        staging = self.directory / f".taking-{task_id}"
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "images").mkdir(parents=True)
-        (staging / "fs").mkdir()
-        return staging
-
-    def publish(self, staging: Path, key: str, meta: dict[str, object]) -> Snapshot:
-        (staging / "meta.json").write_text(json.dumps(meta))
-        try:
-            staging.rename(self.directory / key)
-        except OSError:  # another container of this version published one first: keep that
-            shutil.rmtree(staging, ignore_errors=True)
-        snapshot = self.find(key)
-        if snapshot is None:
-            raise SnapshotError(f"snapshot {key} could not be stored")
-        self._prune()
-        return snapshot
-
-    def _prune(self) -> None:
-        """Past `keep` snapshots, the least recently used go."""
-        kept = [d for d in self.directory.iterdir() if KEY.match(d.name) and (d / "meta.json").exists()]
-        kept.sort(key=lambda d: (d / "meta.json").stat().st_mtime, reverse=True)
-        for directory in kept[self.keep :]:
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -236,7 +145,7 @@ class MemorySnapshotRuntime:
         key = spec.memory_snapshot
         if not key or not self.enabled:
             return await self.inner.start(spec, on_output)
-        snapshot = self.store.find(key)
+        snapshot = await self.store.fetch(key)
         if snapshot is not None:
             try:
                 return await self._restore(spec, snapshot, on_output)
@@ -280,6 +189,7 @@ class MemorySnapshotRuntime:
 
     async def _checkpoint(self, taking: _Taking, container: ProcessContainer) -> None:
         began = time.monotonic()
+        snapshot = None
         try:
             snapshot = await self._dump(taking, container, began)
             taking.on_output(
@@ -289,16 +199,18 @@ class MemorySnapshotRuntime:
             )
             log.info(
                 "memory snapshot taken of %s: %s (%.0f ms, %.0f MiB)",
-                taking.spec.task_id,
-                taking.key,
-                snapshot.took_ms,
-                snapshot.size_bytes / 2**20,
-            )
+                taking.spec.task_id, taking.key, snapshot.took_ms, snapshot.size_bytes / 2**20,
+            )  # fmt: skip
         except Exception as error:  # the container goes on without a snapshot
             log.warning("memory snapshot of %s not taken: %s", taking.spec.task_id, error)
             taking.on_output(2, f"[homeport] memory snapshot not taken: {error}\n")
         finally:
             _write_state(taking.state_dir, _own_state(taking.spec))
+        if snapshot is not None:
+            try:
+                await self.store.share(snapshot)
+            except Exception as error:  # this node still has it
+                log.warning("memory snapshot %s not shared through the object store: %s", snapshot.key, error)
 
     async def _dump(self, taking: _Taking, container: ProcessContainer, began: float) -> Snapshot:
         entrypoints = [pid for pid in _descendants(container.pid) if _is_entrypoint(pid)]
@@ -337,7 +249,7 @@ class MemorySnapshotRuntime:
                 "root_pid": root_inside,
                 "last_pid": last_pid,
                 "pipes": pipes,
-                "size_bytes": _size(staging),
+                "size_bytes": size_of(staging),
                 "took_ms": took_ms,
                 "task_id": taking.spec.task_id,
                 "created_at": time.time(),

@@ -61,10 +61,11 @@ class AgentService:
 
     def __init__(self, blob_url: str, environment: dict[str, str], ray_node_id: str) -> None:
         os.environ.update(environment)  # the object store's endpoint and credentials
-        from homeport.agent.memory_snapshots import MemorySnapshotRuntime, SnapshotStore
+        from homeport.agent.memory_snapshots import MemorySnapshotRuntime
         from homeport.agent.network import BridgeNetwork
         from homeport.agent.network import available as network_available
         from homeport.agent.sandbox import SandboxRuntime
+        from homeport.agent.snapshot_store import SnapshotStore
         from homeport.agent.zygote import ZygotePool
         from homeport.images.client_package import ClientPackages
         from homeport.objectstore import LocalCopies, ObjectStore
@@ -93,7 +94,8 @@ class AgentService:
         (self.root / "tasks").mkdir(exist_ok=True)
         self.agent = NodeAgent(
             MemorySnapshotRuntime(
-                SandboxRuntime(self.network, zygotes), SnapshotStore(self.root / "memory-snapshots")
+                SandboxRuntime(self.network, zygotes),
+                SnapshotStore(self.root / "memory-snapshots", shared=store),
             ),
             lambda task_id: self.root / "tasks" / task_id,
             assets,

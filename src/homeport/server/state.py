@@ -11,13 +11,14 @@ import sqlalchemy as sa
 
 from homeport.agent.assets import LocalAssets
 from homeport.agent.gvisor import GvisorRuntime
-from homeport.agent.memory_snapshots import MemorySnapshotRuntime, SnapshotStore
+from homeport.agent.memory_snapshots import MemorySnapshotRuntime
 from homeport.agent.network import BridgeNetwork
 from homeport.agent.network import available as network_available
 from homeport.agent.node import NodeAgent
 from homeport.agent.router import RouterCredentials
 from homeport.agent.runtime import Runtime
 from homeport.agent.sandbox import SandboxRuntime
+from homeport.agent.snapshot_store import SnapshotStore
 from homeport.agent.tunnels import TunnelGate
 from homeport.agent.zygote import ZygotePool
 from homeport.config import Settings

@@ -42,6 +42,7 @@ class Model:
             "hostname": socket.gethostname(),
             "seen": sorted(name for name in os.listdir("/tmp") if name.startswith("seen-")),
             "pid": os.getpid(),
+            "node": os.environ.get("HOMEPORT_NODE_ID", ""),
         }
 
 
