@@ -27,6 +27,13 @@ def _infos(server: Server, count: int = 1) -> list[dict[str, object]]:
     return list(json.loads(text.split("INFO ", 1)[1].splitlines()[0]))
 
 
+def _imported(server: Server) -> list[str]:
+    script = (
+        "import modal\nprint('IMPORTED', modal.Function.from_name('snapshot-app', 'imported').remote())\n"
+    )
+    return assert_ok(run_python(server, script)).split("IMPORTED ", 1)[1].split()[:2]
+
+
 def _wait_for_log(server: Server, needle: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while needle not in server.log_text():
@@ -50,6 +57,7 @@ def test_restored_containers_skip_the_snapshotted_hook_and_outlive_a_restart(own
     assert_ok(run_modal(server, "deploy", "snapshot_app.py"))
 
     [first] = _infos(server)
+    function_first = _imported(server)
     assert first["setup_task"] == first["task"] == first["hostname"]
     assert first["file"] == first["loaded"]
     _wait_for_log(server, f"memory snapshot taken of {first['task']}")
@@ -74,24 +82,29 @@ def test_restored_containers_skip_the_snapshotted_hook_and_outlive_a_restart(own
     server.stop()
     server.start()
     [after_restart] = _infos(server)
+    function_restored = _imported(server)  # a plain function: its module's state restored
+    assert function_restored[0] == function_first[0] and function_restored[1] != function_first[1]
+    _wait_for_log(server, f"container {function_restored[1]} restored from memory snapshot")
     assert after_restart["loaded"] == first["loaded"]
     assert after_restart["task"] not in {first["task"], *(r["task"] for r in restored)}
     assert after_restart["setup_task"] == after_restart["task"]
     _wait_for_log(server, f"container {after_restart['task']} restored from memory snapshot")
 
     # Deployed again unchanged: the same version, so the same snapshot.
+    taken = server.log_text().count("memory snapshot taken of")
+    assert taken == 2  # Model's and imported's
     assert_ok(run_modal(server, "deploy", "snapshot_app.py"))
     _wait_until_no_containers(server)
     [redeployed] = _infos(server)
     assert redeployed["loaded"] == first["loaded"]
     _wait_for_log(server, f"container {redeployed['task']} restored from memory snapshot")
-    assert server.log_text().count("memory snapshot taken of") == 1
+    assert server.log_text().count("memory snapshot taken of") == taken
 
     # A snapshot that cannot be restored is dropped; the container starts the ordinary way
     # (the hook runs again) and is snapshotted afresh.
-    [snapshot] = [d for d in (server.data_dir / "memory-snapshots").iterdir() if not d.name.startswith(".")]
-    for pages in (snapshot / "images").glob("pages-*.img"):
-        pages.write_bytes(b"")
+    for snapshot in (server.data_dir / "memory-snapshots").iterdir():
+        for pages in (snapshot / "images").glob("pages-*.img"):
+            pages.write_bytes(b"")
     _wait_until_no_containers(server)
     [fresh] = _infos(server)
     assert fresh["loaded"] != first["loaded"]

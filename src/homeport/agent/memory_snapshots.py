@@ -26,8 +26,9 @@ On this node:
 - A snapshot that cannot be taken or restored is dropped, and the container starts (or
   goes on) the ordinary way; the log says why. No call fails because of a snapshot.
 
-Snapshots are kept under the node's data directory by key (one function version, see
-server/orders.py), so they outlive the server.
+Snapshots are kept on the node's disk by key (one function version, see server/orders.py;
+agent/snapshot_store.py), so they outlive the server; in cluster mode they are shared
+through the object store.
 """
 
 from __future__ import annotations
@@ -213,6 +214,9 @@ class MemorySnapshotRuntime:
                 log.warning("memory snapshot %s not shared through the object store: %s", snapshot.key, error)
 
     async def _dump(self, taking: _Taking, container: ProcessContainer, began: float) -> Snapshot:
+        if taking.spec.disk_mib:
+            # Its writable layer is a tmpfs only its own mount namespace sees.
+            raise SnapshotError("containers with ephemeral_disk= are not snapshotted yet")
         entrypoints = [pid for pid in _descendants(container.pid) if _is_entrypoint(pid)]
         if len(entrypoints) != 1:
             raise SnapshotError("its entrypoint process was not found")

@@ -46,6 +46,12 @@ class Model:
         }
 
 
+@app.function(enable_memory_snapshot=True, scaledown_window=2)
+def imported() -> str:
+    """A plain function: its module's import-time state is what the snapshot keeps."""
+    return f"{IMPORT_TOKEN} {os.environ.get('MODAL_TASK_ID', '')}"
+
+
 @app.cls(scaledown_window=2)
 class PlainModel:
     """The same slow start without a snapshot: the baseline of bench/bench_memory_snapshots.py."""
