@@ -62,7 +62,7 @@ def first_call_ms(server: Server, cls: str) -> float:
 
 
 def restore_ms(log: str) -> list[float]:
-    return [float(m) for m in re.findall(r"restored from memory snapshot \w+ \((\d+) ms\)", log)]
+    return [float(m) for m in re.findall(r"restored from memory snapshot \w+ \((\d+) ms", log)]
 
 
 def p(values: list[float], q: float) -> float:

@@ -26,7 +26,7 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import Callable
+import subprocess
 from pathlib import Path
 
 DEFAULT_DIRECTORY = Path("/var/cache/homeport/criu")
@@ -55,6 +55,37 @@ def installed() -> Path | None:
     return root if all((root / part).exists() for part in (LOADER, LIBRARIES, BINARY)) else None
 
 
+# sh -c: join the cgroups named before "--" (their cgroup.procs files), then exec the rest.
+JOIN_THEN_EXEC = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+KDAT_INSIDE = "/run/criu.kdat"  # where CRIU looks for its cache of the kernel's features
+KDAT_CACHE = Path("/dev/shm/homeport-criu/criu.kdat")
+_kdat: list[Path | None] = []
+
+
+def kdat_cache() -> Path | None:
+    """CRIU's cache of what this kernel supports, made once per boot: CRIU keeps it only on
+    a tmpfs, and probing the kernel without it costs about 70 ms of every dump and restore.
+    Made by `criu check` in a mount namespace of its own with a tmpfs at /run, copied to
+    /dev/shm; containers to be snapshotted or restored get it read-only at /run/criu.kdat
+    (what the kernel supports is no secret, and they cannot change it)."""
+    if _kdat:
+        return _kdat[0]
+    root = installed()
+    if root is not None and not KDAT_CACHE.exists():
+        KDAT_CACHE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        criu = " ".join([str(root / LOADER), "--library-path", str(root / LIBRARIES), str(root / BINARY)])
+        script = (
+            f"mount -t tmpfs tmpfs /run && {criu} check >/dev/null 2>&1; cp {KDAT_INSIDE} {KDAT_CACHE}.new"
+        )
+        made = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True
+        )
+        if made.returncode == 0:
+            os.replace(f"{KDAT_CACHE}.new", KDAT_CACHE)
+    _kdat.append(KDAT_CACHE if KDAT_CACHE.exists() else None)
+    return _kdat[0]
+
+
 def _command(root_fd: int, arguments: list[str]) -> list[str]:
     root = f"/proc/self/fd/{root_fd}"
     return [f"{root}/{LOADER}", "--library-path", f"{root}/{LIBRARIES}", f"{root}/{BINARY}", *arguments]
@@ -77,12 +108,13 @@ async def _run(
     arguments: list[str],
     log: Path,
     timeout_s: float,
-    in_child: Callable[[], None] | None = None,
+    cgroup_procs: tuple[Path, ...] = (),
     inherited: tuple[int, ...] = (),
     namespaces: tuple[str, ...] = ("-p", "-m", "-n", "-u", "-i"),
 ) -> None:
-    """CRIU in the container `anchor_pid`'s namespaces; its log (and nsenter's errors) in
-    `log`, on the host. Past `timeout_s` it is killed with everything it started."""
+    """CRIU in the container `anchor_pid`'s namespaces and, first, the cgroups whose
+    `cgroup.procs` files are given; its log (and nsenter's errors) in `log`, on the host.
+    Past `timeout_s` it is killed with everything it started."""
     root = installed()
     if root is None:
         raise CriuError(f"CRIU is not installed in {directory()}; run scripts/install-criu")
@@ -95,11 +127,14 @@ async def _run(
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         opened.append(log_fd)
         # CRIU sees these descriptors at the same numbers (pass_fds), through nsenter's exec.
+        # The cgroups are joined by a shell, not in a preexec_fn: that would make Python
+        # fork() the whole server (tens of ms) where it otherwise uses vfork().
         process = await asyncio.create_subprocess_exec(
+            "sh", "-c", JOIN_THEN_EXEC, "sh", *map(str, cgroup_procs), "--",
             NSENTER, "-t", str(anchor_pid), *namespaces, "--",
             *_command(root_fd, [*arguments, "-D", f"/proc/self/fd/{images_fd}", "-o", f"/proc/self/fd/{log_fd}"]),
             stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-            preexec_fn=in_child, pass_fds=(images_fd, root_fd, log_fd, *inherited), start_new_session=True,
+            pass_fds=(images_fd, root_fd, log_fd, *inherited), start_new_session=True,
         )  # fmt: skip
         try:
             await asyncio.wait_for(process.wait(), timeout_s)
@@ -142,16 +177,16 @@ async def set_last_pid(anchor_pid: int, last_pid: int) -> None:
 
 
 async def restore(
-    anchor_pid: int, images: Path, log: Path, pipes: dict[str, int], in_child: Callable[[], None] | None
+    anchor_pid: int, images: Path, log: Path, pipes: dict[str, int], cgroup_procs: tuple[Path, ...]
 ) -> None:
     """Restore the tree dumped in `images` into the container `anchor_pid`, detached (its
     root is then the child of the container's PID 1). `pipes` maps the dumped tree's pipes
-    ("pipe:[inode]") to this container's descriptors, which take their place; `in_child`
-    runs in CRIU's process before it starts (to join the container's cgroup, which the
-    restored tree then stays in)."""
+    ("pipe:[inode]") to this container's descriptors, which take their place; CRIU first
+    joins the container's cgroups (their `cgroup.procs` files), where the restored tree
+    then stays."""
     arguments = ["restore", "--restore-detached", "--manage-cgroups=ignore"]
     for resource, fd in sorted(pipes.items()):
         arguments += ["--inherit-fd", f"fd[{fd}]:{resource}"]
     size = sum(f.stat().st_size for f in images.iterdir() if f.is_file())
     timeout_s = RESTORE_TIMEOUT_S + size / RESTORE_BYTES_PER_S
-    await _run(anchor_pid, images, arguments, log, timeout_s, in_child, tuple(pipes.values()))
+    await _run(anchor_pid, images, arguments, log, timeout_s, cgroup_procs, tuple(pipes.values()))

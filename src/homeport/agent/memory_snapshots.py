@@ -166,7 +166,7 @@ class MemorySnapshotRuntime:
         state_dir.mkdir(parents=True, exist_ok=True)
         launch = Launch(
             command=(spec.command[0], "-c", TAKE_COMMAND),
-            options=("--ro-bind", str(state_dir), STATE_INSIDE),
+            options=("--ro-bind", str(state_dir), STATE_INSIDE, *_kdat_options()),
             closed_stdin=True,
         )
         container = await self.inner.start(spec, on_output, launch)
@@ -268,30 +268,35 @@ class MemorySnapshotRuntime:
         began = time.monotonic()
         state_dir = spec.work_dir / "restore-state"
         state_dir.mkdir(parents=True, exist_ok=True)
+        # There before the restored process looks (it polls every 10 ms): its own identity.
+        _write_state(state_dir, _own_state(spec))
         up_read, up_write = os.pipe2(os.O_CLOEXEC)
         try:
             launch = Launch(
                 command=(spec.command[0], "-I", "-S", "-c", WAITER, str(snapshot.root_pid), str(up_write)),
-                options=("--as-pid-1", "--ro-bind", str(state_dir), STATE_INSIDE),
+                options=("--as-pid-1", "--ro-bind", str(state_dir), STATE_INSIDE, *_kdat_options()),
                 top_layer=snapshot.layer,
                 extra_fds=(up_write,),
             )
             container = await self.inner.start(spec, on_output, launch)
         finally:
             os.close(up_write)
+        phases = {"container": time.monotonic()}
         try:
             if not isinstance(container, ProcessContainer):
                 raise SnapshotError("the container did not start from bubblewrap")
             await _wait_readable(up_read, UP_TIMEOUT_S)
+            phases["waiter"] = time.monotonic()
             waiter = _only_child(container.pid)
             await criu.set_last_pid(waiter, snapshot.last_pid + PID_MARGIN)
+            phases["pid"] = time.monotonic()
             outputs = {fd: os.open(f"/proc/{waiter}/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC) for fd in (1, 2)}
             try:
                 pipes = {resource: outputs[fd] for resource, fd in snapshot.pipes.items()}
                 cgroup = container.holdings.cgroup
                 log_path = spec.work_dir / "criu-restore.log"
-                join = cgroup.join if cgroup is not None else None
-                await criu.restore(waiter, snapshot.images, log_path, pipes, join)
+                procs = tuple(path / "cgroup.procs" for path in cgroup.paths.values()) if cgroup else ()
+                await criu.restore(waiter, snapshot.images, log_path, pipes, procs)
             finally:
                 for fd in outputs.values():
                     os.close(fd)
@@ -301,14 +306,24 @@ class MemorySnapshotRuntime:
             raise SnapshotError(str(error) or type(error).__name__) from None
         finally:
             os.close(up_read)
-        _write_state(state_dir, _own_state(spec))
+        phases["criu"] = time.monotonic()
         container.kind = "restored"  # type: ignore[attr-defined]
-        took_ms = (time.monotonic() - began) * 1000
+        took_ms = (phases["criu"] - began) * 1000
+        spent, last = [], began
+        for phase, at in phases.items():
+            spent.append(f"{phase} {(at - last) * 1000:.0f}")
+            last = at
         log.info(
-            "container %s restored from memory snapshot %s (%.0f ms)", spec.task_id, snapshot.key, took_ms
-        )
+            "container %s restored from memory snapshot %s (%.0f ms: %s)",
+            spec.task_id, snapshot.key, took_ms, ", ".join(spent),
+        )  # fmt: skip
         on_output(2, f"[homeport] restored from a memory snapshot in {took_ms:.0f} ms\n")
         return container
+
+
+def _kdat_options() -> tuple[str, ...]:
+    cache = criu.kdat_cache()
+    return ("--ro-bind", str(cache), criu.KDAT_INSIDE) if cache is not None else ()
 
 
 async def _wait_readable(fd: int, timeout: float) -> None:

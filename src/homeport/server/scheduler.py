@@ -97,6 +97,8 @@ class Scheduler:
         self.volumes = volumes
         self.usage = usage
         self.containers: dict[str, RunningContainer] = {}
+        # Containers being started: set once recorded in `containers` (or failed).
+        self._launching: dict[str, asyncio.Event] = {}
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
         self.start_backoff = StartBackoff()
         self.scaler = Scaler(self)
@@ -237,6 +239,7 @@ class Scheduler:
     ) -> None:
         """Start a container in the room reserved for `task_id`; whatever goes wrong, the
         reservation is given back and the failure recorded (never left held)."""
+        launched = self._launching[task_id] = asyncio.Event()
         try:
             await self._launch(function, definition, params, app, task_id, node, gpu_indices, reason)
         except Exception as error:
@@ -244,6 +247,18 @@ class Scheduler:
                 raise  # started: its watcher owns the reservation now
             log.exception("container %s for %s could not be started", task_id, function.id)
             self._fail_start(function, task_id, f"could not start a container: {error}", node)
+        finally:
+            self._launching.pop(task_id, None)
+            launched.set()
+
+    async def started(self, task_id: str) -> RunningContainer | None:
+        """The container, once its start is recorded. A container can call in before its
+        node has answered the start: one restored from a memory snapshot asks for inputs
+        within milliseconds of its restore."""
+        launching = self._launching.get(task_id)
+        if launching is not None:
+            await launching.wait()
+        return self.containers.get(task_id)
 
     async def _launch(
         self,

@@ -4,6 +4,7 @@ only the function that container serves."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from google.protobuf import empty_pb2
@@ -15,6 +16,8 @@ from homeport.server.rpc import handler
 from homeport.server.running import stop_key
 from homeport.server.services.calls import queue_key
 
+log = logging.getLogger("homeport.scheduler")
+
 # A container's FunctionGetInputs is answered (maybe empty) within this; it asks again at once.
 GET_INPUTS_POLL_S = 20.0
 
@@ -22,6 +25,7 @@ GET_INPUTS_POLL_S = 20.0
 @handler("ContainerHello")
 async def container_hello(context: RequestContext, request: empty_pb2.Empty) -> empty_pb2.Empty:
     task = context.require_task()
+    await context.state.scheduler.started(task.task_id)
     context.state.scheduler.on_hello(task.task_id)
     return empty_pb2.Empty()
 
@@ -34,6 +38,7 @@ async def container_checkpoint(
     snap=True hooks. It closes its connections once this is answered, then waits for its
     restore state; the snapshot is taken in between (agent/memory_snapshots.py)."""
     task = context.require_task()
+    await context.state.scheduler.started(task.task_id)
     context.state.scheduler.on_checkpoint(task.task_id)
     return empty_pb2.Empty()
 
@@ -60,6 +65,7 @@ async def function_get_inputs(
             f"container {task.task_id} serves {task.function_id}, not {request.function_id}"
         )
     scheduler = context.state.scheduler
+    await scheduler.started(task.task_id)
     scheduler.on_ready(task.task_id)
     # Client 1.6.4 asserts that a response carries at most max(1, batch_max_size) inputs.
     limit = max(1, request.batch_max_size)
@@ -68,6 +74,10 @@ async def function_get_inputs(
         running = scheduler.container(task.task_id)
         with context.state.notifier.listen(queue_key(task.function_id), stop_key(task.task_id)) as listener:
             if running is None or running.stop_reason:
+                log.info(
+                    "container %s asked for inputs %s: told to stop",
+                    task.task_id, "after it ended" if running is None else f"while stopping ({running.stop_reason})",
+                )  # fmt: skip
                 return api_pb2.FunctionGetInputsResponse(
                     inputs=[api_pb2.FunctionGetInputsItem(kill_switch=True)]
                 )
