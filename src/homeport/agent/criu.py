@@ -22,11 +22,13 @@ How it is run, and why:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 DEFAULT_DIRECTORY = Path("/var/cache/homeport/criu")
@@ -49,41 +51,39 @@ def directory() -> Path:
 
 
 def installed() -> Path | None:
-    """Where CRIU is unpacked, or None (then no container is snapshotted; the README says
-    how to install it)."""
+    """Where CRIU is unpacked (by this version of scripts/install-criu: its loader patched
+    to read no files of the container's, an empty plugin directory), or None: then no
+    container is snapshotted (the README says how to install it)."""
     root = directory()
-    return root if all((root / part).exists() for part in (LOADER, LIBRARIES, BINARY)) else None
+    parts = (LOADER, LIBRARIES, BINARY, "empty")
+    return root if all((root / part).exists() for part in parts) else None
 
 
 # sh -c: join the cgroups named before "--" (their cgroup.procs files), then exec the rest.
 JOIN_THEN_EXEC = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 KDAT_INSIDE = "/run/criu.kdat"  # where CRIU looks for its cache of the kernel's features
-KDAT_CACHE = Path("/dev/shm/homeport-criu/criu.kdat")
-_kdat: list[Path | None] = []
 
 
-def kdat_cache() -> Path | None:
-    """CRIU's cache of what this kernel supports, made once per boot: CRIU keeps it only on
-    a tmpfs, and probing the kernel without it costs about 70 ms of every dump and restore.
-    Made by `criu check` in a mount namespace of its own with a tmpfs at /run, copied to
-    /dev/shm; containers to be snapshotted or restored get it read-only at /run/criu.kdat
-    (what the kernel supports is no secret, and they cannot change it)."""
-    if _kdat:
-        return _kdat[0]
+def make_kdat_cache() -> Path | None:
+    """CRIU's cache of what this kernel supports: CRIU keeps it only on a tmpfs, and probing
+    the kernel without it costs about 70 ms of every dump and restore. Made at start by
+    `criu check` in a mount namespace of its own with a tmpfs at /run, then copied into a
+    directory of this process's own under /dev/shm; the containers CRIU works in get it
+    read-only at /run/criu.kdat (what the kernel supports is no secret, and they cannot
+    change it). None if it could not be made (CRIU then probes every time)."""
     root = installed()
-    if root is not None and not KDAT_CACHE.exists():
-        KDAT_CACHE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        criu = " ".join([str(root / LOADER), "--library-path", str(root / LIBRARIES), str(root / BINARY)])
-        script = (
-            f"mount -t tmpfs tmpfs /run && {criu} check >/dev/null 2>&1; cp {KDAT_INSIDE} {KDAT_CACHE}.new"
-        )
-        made = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True
-        )
-        if made.returncode == 0:
-            os.replace(f"{KDAT_CACHE}.new", KDAT_CACHE)
-    _kdat.append(KDAT_CACHE if KDAT_CACHE.exists() else None)
-    return _kdat[0]
+    if root is None:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="homeport-criu-", dir="/dev/shm"))
+    atexit.register(shutil.rmtree, directory, True)
+    cache = directory / "criu.kdat"
+    criu = " ".join([str(root / LOADER), "--library-path", str(root / LIBRARIES), str(root / BINARY)])
+    script = f"mount -t tmpfs tmpfs /run && {criu} check >/dev/null 2>&1 && cp {KDAT_INSIDE} {cache}"
+    made = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True
+    )
+    return cache if made.returncode == 0 and cache.is_file() else None
 
 
 def _command(root_fd: int, arguments: list[str]) -> list[str]:
@@ -126,15 +126,25 @@ async def _run(
         opened.append(root_fd)
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         opened.append(log_fd)
+        work_fd = os.open(log.parent, os.O_RDONLY | os.O_DIRECTORY)
+        opened.append(work_fd)
+        host = f"/proc/self/fd/{root_fd}"
+        # Nothing of the container's is read as configuration: no configuration files, no
+        # plugins, no network locking tools; its statistics go with the log, never into
+        # the images (which restores only read).
+        arguments = [
+            *arguments, "--no-default-config", "-L", f"{host}/empty", "--network-lock", "skip",
+            "-D", f"/proc/self/fd/{images_fd}", "-W", f"/proc/self/fd/{work_fd}", "-o", f"/proc/self/fd/{log_fd}",
+        ]  # fmt: skip
         # CRIU sees these descriptors at the same numbers (pass_fds), through nsenter's exec.
         # The cgroups are joined by a shell, not in a preexec_fn: that would make Python
         # fork() the whole server (tens of ms) where it otherwise uses vfork().
         process = await asyncio.create_subprocess_exec(
             "sh", "-c", JOIN_THEN_EXEC, "sh", *map(str, cgroup_procs), "--",
             NSENTER, "-t", str(anchor_pid), *namespaces, "--",
-            *_command(root_fd, [*arguments, "-D", f"/proc/self/fd/{images_fd}", "-o", f"/proc/self/fd/{log_fd}"]),
-            stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-            pass_fds=(images_fd, root_fd, log_fd, *inherited), start_new_session=True,
+            *_command(root_fd, arguments),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, env=ENVIRONMENT,
+            pass_fds=(images_fd, root_fd, log_fd, work_fd, *inherited), start_new_session=True,
         )  # fmt: skip
         try:
             await asyncio.wait_for(process.wait(), timeout_s)
@@ -155,9 +165,10 @@ async def _run(
 
 async def dump(anchor_pid: int, pid_inside: int, images: Path, log: Path) -> None:
     """Dump the process tree rooted at `pid_inside` (its PID in its own namespace) of the
-    container `anchor_pid` (any process of it, as the host numbers it) into `images`; the
-    tree goes on running."""
-    arguments = ["dump", "-t", str(pid_inside), "--leave-running"]
+    container `anchor_pid` (any process of it, as the host numbers it) into `images`. The
+    tree is left stopped (SIGCONT goes on), so that what it has on disk can be copied as
+    it was."""
+    arguments = ["dump", "-t", str(pid_inside), "--leave-stopped"]
     await _run(anchor_pid, images, arguments, log, DUMP_TIMEOUT_S)
 
 

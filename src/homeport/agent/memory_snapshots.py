@@ -34,16 +34,18 @@ through the object store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
-from homeport.agent import criu
+from homeport.agent import criu, layer_copy
 from homeport.agent.runtime import Container, ContainerSpec, OutputCallback
 from homeport.agent.sandbox import Launch, ProcessContainer, SandboxRuntime, _descendants, _is_entrypoint
 from homeport.agent.snapshot_store import Snapshot, SnapshotError, SnapshotStore, size_of
@@ -89,6 +91,7 @@ DUMP_RETRY_S = 0.025
 DUMP_PATIENCE_S = 5.0
 UP_TIMEOUT_S = 10.0
 PID_MARGIN = 64  # PIDs left free above the restored tree's highest
+MAX_RESTORE_FAILURES = 3
 
 
 def _nspid(pid: int) -> int:
@@ -126,7 +129,12 @@ class MemorySnapshotRuntime:
         self.name = inner.name
         self.store = store
         self.enabled = criu.installed() is not None and os.geteuid() == 0
+        self._kdat = criu.make_kdat_cache() if self.enabled else None
         self._taking: dict[str, _Taking] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Restores that failed, by key: past MAX_RESTORE_FAILURES this node stops taking
+        # snapshots of that version (each would cost a dump and fail again).
+        self._failures: collections.Counter[str] = collections.Counter()
         if not self.enabled:
             log.warning(
                 "CRIU is not installed in %s (scripts/install-criu): functions with enable_memory_snapshot=True "
@@ -135,6 +143,9 @@ class MemorySnapshotRuntime:
 
     def prewarm(self, zygote: object) -> None:
         self.inner.prewarm(zygote)
+
+    def _kdat_options(self) -> tuple[str, ...]:
+        return ("--ro-bind", str(self._kdat), criu.KDAT_INSIDE) if self._kdat is not None else ()
 
     def sweep(self) -> None:
         self.inner.sweep()
@@ -156,6 +167,7 @@ class MemorySnapshotRuntime:
                     2,
                     f"[homeport] not restored from the memory snapshot ({error}); starting the ordinary way\n",
                 )
+                self._failures[key] += 1
                 self.store.discard(key)
         return await self._take(spec, key, on_output)
 
@@ -166,7 +178,7 @@ class MemorySnapshotRuntime:
         state_dir.mkdir(parents=True, exist_ok=True)
         launch = Launch(
             command=(spec.command[0], "-c", TAKE_COMMAND),
-            options=("--ro-bind", str(state_dir), STATE_INSIDE, *_kdat_options()),
+            options=("--ro-bind", str(state_dir), STATE_INSIDE, *self._kdat_options()),
             closed_stdin=True,
         )
         container = await self.inner.start(spec, on_output, launch)
@@ -178,20 +190,28 @@ class MemorySnapshotRuntime:
 
     def checkpoint(self, task_id: str, container: object) -> None:
         """ContainerCheckpoint from a container: dump it once it has closed its connections
-        (after this call is answered), then tell it to go on. Never raises."""
+        (after this call is answered), then tell it to go on, snapshot or not. Never raises."""
         taking = self._taking.get(task_id)
-        if taking is None or taking.done or not isinstance(container, ProcessContainer):
-            # Not a container this node snapshots: it only needs to be told to go on.
-            if taking is not None:
-                _write_state(taking.state_dir, _own_state(taking.spec))
+        if taking is None or taking.done:
+            # Not a container started to be snapshotted, or the client's retry of a call
+            # whose dump is under way (that one tells the container to go on when done:
+            # telling it now would let it reconnect in the middle of its dump).
             return
         taking.done = True
-        asyncio.get_running_loop().create_task(self._checkpoint(taking, container))
+        task = asyncio.get_running_loop().create_task(self._checkpoint(taking, container))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _checkpoint(self, taking: _Taking, container: ProcessContainer) -> None:
+    async def _checkpoint(self, taking: _Taking, container: object) -> None:
         began = time.monotonic()
         snapshot = None
         try:
+            if not isinstance(container, ProcessContainer):
+                raise SnapshotError("the container did not start from bubblewrap")
+            if self._failures[taking.key] >= MAX_RESTORE_FAILURES:
+                raise SnapshotError(
+                    f"restores of this function's snapshots failed {MAX_RESTORE_FAILURES} times here"
+                )
             snapshot = await self._dump(taking, container, began)
             taking.on_output(
                 2,
@@ -206,7 +226,10 @@ class MemorySnapshotRuntime:
             log.warning("memory snapshot of %s not taken: %s", taking.spec.task_id, error)
             taking.on_output(2, f"[homeport] memory snapshot not taken: {error}\n")
         finally:
-            _write_state(taking.state_dir, _own_state(taking.spec))
+            try:
+                _write_state(taking.state_dir, _own_state(taking.spec))
+            except OSError:  # it has ended meanwhile (its work directory is gone)
+                pass
         if snapshot is not None:
             try:
                 await self.store.share(snapshot)
@@ -237,17 +260,21 @@ class MemorySnapshotRuntime:
                 try:
                     await criu.dump(root, root_inside, staging / "images", staging / "dump.log")
                     break
-                except criu.CriuError as error:
+                except BaseException as error:
+                    _continue(root)  # a failed dump may have left it stopped
+                    if not isinstance(error, criu.CriuError):
+                        raise
                     # Only a connection not yet closed is worth waiting for.
                     if time.monotonic() > deadline or "sock" not in str(error).lower():
                         raise SnapshotError(str(error)) from None
-            upper = container.holdings.work_dir / "writable" / "fs"
-            copy = await asyncio.create_subprocess_exec(
-                "cp", "-a", f"{upper}/.", str(staging / "fs"), stderr=asyncio.subprocess.PIPE
-            )
-            _, error_text = await copy.communicate()
-            if copy.returncode != 0:
-                raise SnapshotError(f"copying its writable layer failed: {error_text.decode().strip()}")
+            try:
+                # While the dumped tree is stopped: the files it holds stay as dumped.
+                upper = container.holdings.work_dir / "writable" / "fs"
+                await asyncio.to_thread(layer_copy.copy_tree, upper, staging / "fs")
+            except OSError as error:
+                raise SnapshotError(f"copying its writable layer failed: {error}") from None
+            finally:
+                _continue(root)
             took_ms = (time.monotonic() - began) * 1000
             meta = {
                 "root_pid": root_inside,
@@ -266,23 +293,29 @@ class MemorySnapshotRuntime:
 
     async def _restore(self, spec: ContainerSpec, snapshot: Snapshot, on_output: OutputCallback) -> Container:
         began = time.monotonic()
-        state_dir = spec.work_dir / "restore-state"
+        # The attempt lays out its files in a directory of its own: if it fails, only that
+        # goes, and the container starts the ordinary way from the task's work directory
+        # as the node prepared it (its volumes' working copies are there).
+        attempt = dataclasses.replace(spec, work_dir=spec.work_dir / "restore")
+        state_dir = attempt.work_dir / "restore-state"
         state_dir.mkdir(parents=True, exist_ok=True)
         # There before the restored process looks (it polls every 10 ms): its own identity.
         _write_state(state_dir, _own_state(spec))
         up_read, up_write = os.pipe2(os.O_CLOEXEC)
+        self.store.acquire(snapshot.key)  # its layer is this container's lower layer
+        container = None
         try:
             launch = Launch(
                 command=(spec.command[0], "-I", "-S", "-c", WAITER, str(snapshot.root_pid), str(up_write)),
-                options=("--as-pid-1", "--ro-bind", str(state_dir), STATE_INSIDE, *_kdat_options()),
+                options=("--as-pid-1", "--ro-bind", str(state_dir), STATE_INSIDE, *self._kdat_options()),
                 top_layer=snapshot.layer,
                 extra_fds=(up_write,),
             )
-            container = await self.inner.start(spec, on_output, launch)
-        finally:
-            os.close(up_write)
-        phases = {"container": time.monotonic()}
-        try:
+            try:
+                container = await self.inner.start(attempt, on_output, launch)
+            finally:
+                os.close(up_write)
+            phases = {"container": time.monotonic()}
             if not isinstance(container, ProcessContainer):
                 raise SnapshotError("the container did not start from bubblewrap")
             await _wait_readable(up_read, UP_TIMEOUT_S)
@@ -294,20 +327,28 @@ class MemorySnapshotRuntime:
             try:
                 pipes = {resource: outputs[fd] for resource, fd in snapshot.pipes.items()}
                 cgroup = container.holdings.cgroup
-                log_path = spec.work_dir / "criu-restore.log"
                 procs = tuple(path / "cgroup.procs" for path in cgroup.paths.values()) if cgroup else ()
-                await criu.restore(waiter, snapshot.images, log_path, pipes, procs)
+                await criu.restore(
+                    waiter, snapshot.images, attempt.work_dir / "criu-restore.log", pipes, procs
+                )
             finally:
                 for fd in outputs.values():
                     os.close(fd)
-        except (TimeoutError, SnapshotError, criu.CriuError, OSError) as error:
-            container.kill()  # type: ignore[attr-defined]
-            await container.wait()  # type: ignore[attr-defined]
-            raise SnapshotError(str(error) or type(error).__name__) from None
+            phases["criu"] = time.monotonic()
+        except BaseException as error:
+            self.store.release(snapshot.key)
+            if container is not None:
+                container.kill()
+                await asyncio.shield(container.wait())
+            if isinstance(error, (TimeoutError, SnapshotError, criu.CriuError, OSError)):
+                raise SnapshotError(str(error) or type(error).__name__) from None
+            raise
         finally:
             os.close(up_read)
-        phases["criu"] = time.monotonic()
-        container.kind = "restored"  # type: ignore[attr-defined]
+        holdings = container.holdings
+        holdings.work_dir = spec.work_dir  # all of the task's directory goes when it ends
+        holdings.on_exit.append(lambda: self.store.release(snapshot.key))
+        container.kind = "restored"
         took_ms = (phases["criu"] - began) * 1000
         spent, last = [], began
         for phase, at in phases.items():
@@ -321,9 +362,11 @@ class MemorySnapshotRuntime:
         return container
 
 
-def _kdat_options() -> tuple[str, ...]:
-    cache = criu.kdat_cache()
-    return ("--ro-bind", str(cache), criu.KDAT_INSIDE) if cache is not None else ()
+def _continue(root: int) -> None:
+    """SIGCONT to a tree CRIU left stopped."""
+    for pid in [root, *_descendants(root)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 async def _wait_readable(fd: int, timeout: float) -> None:

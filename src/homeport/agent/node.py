@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from homeport import ids
-from homeport.agent import rootfs, volume_copy
+from homeport.agent import layer_copy, rootfs, volume_copy
 from homeport.agent.assets import Assets
 from homeport.agent.cpu import CpuMeter
 from homeport.agent.gpus import GpuPool, GpuRequest
@@ -442,17 +442,10 @@ class NodeAgent:
         upper = held.container.holdings.work_dir / "writable" / "fs" if held and held.container else None
         if upper is None or not upper.is_dir():
             raise LookupError(f"container {task_id} is not running on node {self.node_id}")
-        copy = await asyncio.create_subprocess_exec(
-            "cp", "-a", f"{upper}/.", str(destination), stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            _, error = await copy.communicate()
-        except asyncio.CancelledError:  # the caller gave up: no copy goes on writing behind it
-            copy.kill()
-            await copy.wait()
-            raise
-        if copy.returncode != 0:
-            raise RuntimeError(f"copying the writable layer of {task_id} failed: {error.decode().strip()}")
+        try:  # never following a link the sandbox may swap in meanwhile (agent/layer_copy.py)
+            await asyncio.to_thread(layer_copy.copy_tree, upper, destination)
+        except OSError as error:
+            raise RuntimeError(f"copying the writable layer of {task_id} failed: {error}") from None
 
     def checkpoint(self, task_id: str) -> None:
         """ContainerCheckpoint from one of its containers (enable_memory_snapshot=True): its

@@ -1,13 +1,16 @@
 """A node's memory snapshots on disk (agent/memory_snapshots.py takes and restores them):
 one directory per function version's key, written whole and then renamed into place, the
 most recently used kept. In cluster mode they are shared through the object store, so a
-node restores a snapshot another node took (nodes alike enough: CRIU checks the CPU's
-features itself, and a restore it refuses ends in the ordinary start)."""
+node restores a snapshot another node of its kind took (the same processor model and
+features: see `node_kind`)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +18,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from homeport.objectstore import ObjectStore
@@ -51,6 +56,23 @@ class Snapshot:
         return self.directory / "fs"
 
 
+@functools.cache
+def node_kind() -> str:
+    """Nodes whose snapshots restore on each other: the same processor model and features
+    (a restored process keeps the instructions its libraries chose at import) and kernel
+    architecture. CRIU compares only the FPU's state itself."""
+    first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    described = "|".join(
+        [os.uname().machine, fields.get("model name", "").strip(), fields.get("flags", "").strip()]
+    )
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def shared_key(key: str) -> str:
+    return f"{SHARED_PREFIX}{node_kind()}/{key}.tar"
+
+
 def size_of(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.is_symlink())
 
@@ -63,8 +85,27 @@ class SnapshotStore:
         self.directory = directory
         self.keep = keep or int(os.environ.get("HOMEPORT_MEMORY_SNAPSHOTS_KEPT", "32"))
         self.shared = shared  # cluster mode: the object store every node shares
+        # Snapshots restored containers run on (their copied layer is those containers'
+        # lower layer): one dropped meanwhile is moved aside, removed when none uses it.
+        self._guard = threading.Lock()
+        self._in_use: collections.Counter[str] = collections.Counter()
+        self._dropped: dict[str, list[Path]] = {}
         for unfinished in directory.glob(".*-*"):  # work the node did not live to finish
             shutil.rmtree(unfinished, ignore_errors=True)
+
+    def acquire(self, key: str) -> None:
+        with self._guard:
+            self._in_use[key] += 1
+
+    def release(self, key: str) -> None:
+        with self._guard:
+            self._in_use[key] -= 1
+            if self._in_use[key] > 0:
+                return
+            del self._in_use[key]
+            dropped = self._dropped.pop(key, [])
+        for directory in dropped:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def find(self, key: str) -> Snapshot | None:
         if not KEY.match(key):
@@ -87,7 +128,20 @@ class SnapshotStore:
 
     def discard(self, key: str) -> None:
         if KEY.match(key):
-            shutil.rmtree(self.directory / key, ignore_errors=True)
+            self._drop(self.directory / key)
+
+    def _drop(self, directory: Path) -> None:
+        """Remove a snapshot's directory now, or once no container runs on it."""
+        aside = self.directory / f".dropped-{directory.name}-{time.monotonic_ns()}"
+        with self._guard:
+            try:
+                directory.rename(aside)
+            except OSError:
+                return  # gone already
+            if self._in_use[directory.name] > 0:
+                self._dropped.setdefault(directory.name, []).append(aside)
+                return
+        shutil.rmtree(aside, ignore_errors=True)
 
     def staging(self, task_id: str) -> Path:
         # Only root reads them: a snapshot holds a process's memory, its secrets included.
@@ -129,7 +183,7 @@ class SnapshotStore:
         staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=self.directory))
         archive = staging / "snapshot.tar"
         try:
-            if not self.shared.download(f"{SHARED_PREFIX}{key}.tar", archive):
+            if not self.shared.download(shared_key(key), archive):
                 return None
             (staging / "snapshot").mkdir()
             subprocess.run(
@@ -155,7 +209,7 @@ class SnapshotStore:
                 ["tar", *TAR_OPTIONS, "-cf", str(archive), "-C", str(snapshot.directory), "."],
                 check=True, capture_output=True,
             )  # fmt: skip
-            self.shared.upload(f"{SHARED_PREFIX}{snapshot.key}.tar", archive)
+            self.shared.upload(shared_key(snapshot.key), archive)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -164,4 +218,4 @@ class SnapshotStore:
         kept = [d for d in self.directory.iterdir() if KEY.match(d.name) and (d / "meta.json").exists()]
         kept.sort(key=lambda d: (d / "meta.json").stat().st_mtime, reverse=True)
         for directory in kept[self.keep :]:
-            shutil.rmtree(directory, ignore_errors=True)
+            self._drop(directory)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import modal
 from grpclib import GRPCError
 from modal_proto import api_pb2
 
@@ -19,6 +20,10 @@ from homeport.server.running import FIXED_ENVIRONMENT
 from homeport.server.services import functions as catalog
 from homeport.server.services.mounts import CLIENT_MOUNT_NAME
 from homeport.server.services.volumes import volume_metadata
+
+# Bumped when what a restored container finds around it changes (paths, binds, client
+# package): snapshots of an older layout are then never restored.
+SNAPSHOT_LAYOUT = "1"
 
 
 class StartRefused(Exception):
@@ -129,7 +134,14 @@ class OrderBuilder:
             "MODAL_OVERRIDE_HEADERS": f"x-homeport-task-id:{task_id},x-homeport-task-secret:{secret}",
         }
         snapshot = ""
-        if memory_snapshots and definition.checkpointing_enabled and not gpu_indices:
+        # Not with GPUs (no hardware checkpoint path here) nor ephemeral_disk= (its writable
+        # layer is a tmpfs the node cannot copy): those start the ordinary way.
+        if (
+            memory_snapshots
+            and definition.checkpointing_enabled
+            and not gpu_indices
+            and not definition.resources.ephemeral_disk_mb
+        ):
             snapshot = snapshot_key(
                 workspace_id, function, definition, params, environment_name, chain, files, secret_values
             )
@@ -201,7 +213,10 @@ def snapshot_key(  # type: ignore[no-untyped-def]
     code = api_pb2.Function()
     code.CopyFrom(definition)
     code.ClearField("mount_ids")
-    for part in (workspace_id, function.app_id, function.id, environment_name, *chain):
+    # The client's version and the layout of a restored container too: a snapshot outlives
+    # the server, and its process holds the client's modules as they were.
+    versions = (modal.__version__, SNAPSHOT_LAYOUT)
+    for part in (*versions, workspace_id, function.app_id, function.id, environment_name, *chain):
         digest.update(part.encode() + b"\0")
     digest.update(code.SerializeToString(deterministic=True) + b"\0" + params + b"\0")
     for ref in sorted(files, key=lambda f: f.container_path):
