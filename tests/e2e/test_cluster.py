@@ -229,7 +229,8 @@ def test_memory_snapshot_taken_on_one_node_is_restored_on_others(cluster: Path) 
     """enable_memory_snapshot=True: the node that took the snapshot shares it through the
     object store; containers on the other nodes are restored from it (the snap=True hook's
     token is the first container's), each with its own identity and node."""
-    server = replica(cluster, 0)
+    server = live_replica(cluster)  # an earlier test kills a replica
+    wait_for_nodes(server, 3)
     assert_ok(run_modal(server, "deploy", "snapshot_app.py", timeout=600))
     script = """
 import json, concurrent.futures, modal
