@@ -124,4 +124,5 @@ def test_a_function_that_cannot_be_snapshotted_runs_the_ordinary_way(server: Ser
     task = text.split("RESULT ran in ", 1)[1].split()[0]
     # The user sees why in the app's logs; the call never fails because of it.
     assert "[homeport] memory snapshot not taken" in text, text[-3000:]
+    assert "open connections in a @modal.enter(snap=False) hook" in text, text[-3000:]
     _wait_for_log(server, f"memory snapshot of {task} not taken")

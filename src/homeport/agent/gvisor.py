@@ -58,6 +58,7 @@ class GvisorContainer(ProcessContainer):
 
 class GvisorRuntime:
     name = "gvisor"
+    memory_snapshots = False  # its containers are never asked to checkpoint
 
     def __init__(self) -> None:
         if shutil.which("runsc") is None:
@@ -67,6 +68,9 @@ class GvisorRuntime:
     # No zygotes under gVisor: each container is its own sandboxed kernel.
     def prewarm(self, zygote: object) -> None:
         pass
+
+    def checkpoint(self, task_id: str) -> None:
+        pass  # memory_snapshots is False: never asked
 
     def sweep(self) -> None:
         pass

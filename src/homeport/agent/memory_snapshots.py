@@ -90,6 +90,10 @@ while True:
 DUMP_RETRY_S = 0.025
 DUMP_PATIENCE_S = 5.0
 UP_TIMEOUT_S = 10.0
+CONNECTION_HINT = (
+    " (it holds a connection to outside its container, made before the snapshot: open "
+    "connections in a @modal.enter(snap=False) hook, which runs in every container after it)"
+)
 PID_MARGIN = 64  # PIDs left free above the restored tree's highest
 MAX_RESTORE_FAILURES = 3
 
@@ -117,6 +121,7 @@ class _Taking:
     state_dir: Path
     spec: ContainerSpec
     on_output: OutputCallback
+    container: ProcessContainer
     done: bool = False
 
 
@@ -128,14 +133,14 @@ class MemorySnapshotRuntime:
         self.inner = inner
         self.name = inner.name
         self.store = store
-        self.enabled = criu.installed() is not None and os.geteuid() == 0
-        self._kdat = criu.make_kdat_cache() if self.enabled else None
+        self.memory_snapshots = criu.installed() is not None and os.geteuid() == 0
+        self._kdat = criu.make_kdat_cache() if self.memory_snapshots else None
         self._taking: dict[str, _Taking] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Restores that failed, by key: past MAX_RESTORE_FAILURES this node stops taking
         # snapshots of that version (each would cost a dump and fail again).
         self._failures: collections.Counter[str] = collections.Counter()
-        if not self.enabled:
+        if not self.memory_snapshots:
             log.warning(
                 "CRIU is not installed in %s (scripts/install-criu): functions with enable_memory_snapshot=True "
                 "start the ordinary way", criu.directory(),
@@ -155,7 +160,7 @@ class MemorySnapshotRuntime:
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> Container:
         key = spec.memory_snapshot
-        if not key or not self.enabled:
+        if not key or not self.memory_snapshots:
             return await self.inner.start(spec, on_output)
         snapshot = await self.store.fetch(key)
         if snapshot is not None:
@@ -182,13 +187,15 @@ class MemorySnapshotRuntime:
             closed_stdin=True,
         )
         container = await self.inner.start(spec, on_output, launch)
-        self._taking[spec.task_id] = _Taking(key, state_dir, spec, on_output)
-        holdings = getattr(container, "holdings", None)
-        if holdings is not None:
-            holdings.on_exit.append(lambda: self._taking.pop(spec.task_id, None))
+        assert isinstance(container, ProcessContainer)  # a Launch never forks from a zygote
+        self._taking[spec.task_id] = _Taking(key, state_dir, spec, on_output, container)
+        container.holdings.on_exit.append(lambda: self._forget(spec.task_id))
         return container
 
-    def checkpoint(self, task_id: str, container: object) -> None:
+    def _forget(self, task_id: str) -> None:
+        self._taking.pop(task_id, None)
+
+    def checkpoint(self, task_id: str) -> None:
         """ContainerCheckpoint from a container: dump it once it has closed its connections
         (after this call is answered), then tell it to go on, snapshot or not. Never raises."""
         taking = self._taking.get(task_id)
@@ -198,21 +205,19 @@ class MemorySnapshotRuntime:
             # telling it now would let it reconnect in the middle of its dump).
             return
         taking.done = True
-        task = asyncio.get_running_loop().create_task(self._checkpoint(taking, container))
+        task = asyncio.get_running_loop().create_task(self._checkpoint(taking))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _checkpoint(self, taking: _Taking, container: object) -> None:
+    async def _checkpoint(self, taking: _Taking) -> None:
         began = time.monotonic()
         snapshot = None
         try:
-            if not isinstance(container, ProcessContainer):
-                raise SnapshotError("the container did not start from bubblewrap")
             if self._failures[taking.key] >= MAX_RESTORE_FAILURES:
                 raise SnapshotError(
                     f"restores of this function's snapshots failed {MAX_RESTORE_FAILURES} times here"
                 )
-            snapshot = await self._dump(taking, container, began)
+            snapshot = await self._dump(taking, began)
             taking.on_output(
                 2,
                 f"[homeport] memory snapshot taken in {snapshot.took_ms:.0f} ms "
@@ -236,7 +241,8 @@ class MemorySnapshotRuntime:
             except Exception as error:  # this node still has it
                 log.warning("memory snapshot %s not shared through the object store: %s", snapshot.key, error)
 
-    async def _dump(self, taking: _Taking, container: ProcessContainer, began: float) -> Snapshot:
+    async def _dump(self, taking: _Taking, began: float) -> Snapshot:
+        container = taking.container
         if taking.spec.disk_mib:
             # Its writable layer is a tmpfs only its own mount namespace sees.
             raise SnapshotError("containers with ephemeral_disk= are not snapshotted yet")
@@ -265,8 +271,10 @@ class MemorySnapshotRuntime:
                     if not isinstance(error, criu.CriuError):
                         raise
                     # Only a connection not yet closed is worth waiting for.
-                    if time.monotonic() > deadline or "sock" not in str(error).lower():
-                        raise SnapshotError(str(error)) from None
+                    connection = "sock" in str(error).lower()
+                    if time.monotonic() > deadline or not connection:
+                        hint = CONNECTION_HINT if connection else ""
+                        raise SnapshotError(f"{error}{hint}") from None
             try:
                 # While the dumped tree is stopped: the files it holds stay as dumped.
                 upper = container.holdings.work_dir / "writable" / "fs"
@@ -316,8 +324,7 @@ class MemorySnapshotRuntime:
             finally:
                 os.close(up_write)
             phases = {"container": time.monotonic()}
-            if not isinstance(container, ProcessContainer):
-                raise SnapshotError("the container did not start from bubblewrap")
+            assert isinstance(container, ProcessContainer)  # a Launch never forks from a zygote
             await _wait_readable(up_read, UP_TIMEOUT_S)
             phases["waiter"] = time.monotonic()
             waiter = _only_child(container.pid)

@@ -243,7 +243,7 @@ class NodeAgent:
             gpus=tuple(self.gpus.models),
             gpus_busy=len(self.gpus.holders),
             containers=self.running(),
-            memory_snapshots=bool(getattr(self.runtime, "enabled", False)),
+            memory_snapshots=self.runtime.memory_snapshots,
         )
 
     # --- containers -----------------------------------------------------------------------
@@ -450,10 +450,7 @@ class NodeAgent:
     def checkpoint(self, task_id: str) -> None:
         """ContainerCheckpoint from one of its containers (enable_memory_snapshot=True): its
         memory snapshot is taken once the call is answered (agent/memory_snapshots.py)."""
-        held = self._held.get(task_id)
-        checkpoint = getattr(self.runtime, "checkpoint", None)
-        if held is not None and held.container is not None and checkpoint is not None:
-            checkpoint(task_id, held.container)
+        self.runtime.checkpoint(task_id)
 
     # --- volumes ------------------------------------------------------------------------------
 

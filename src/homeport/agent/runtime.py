@@ -139,8 +139,14 @@ class Container(Protocol):
 
 class Runtime(Protocol):
     name: str
+    # It takes and restores memory snapshots (agent/memory_snapshots.py): only then does the
+    # control plane ask a container of it to checkpoint.
+    memory_snapshots: bool
 
     async def start(self, spec: ContainerSpec, on_output: OutputCallback) -> Container: ...
+
+    def checkpoint(self, task_id: str) -> None:
+        """ContainerCheckpoint from one of its containers."""
 
     def prewarm(self, zygote: object) -> None:
         """Get ready to start containers of this kind quickly (a zygote.ZygoteImage)."""

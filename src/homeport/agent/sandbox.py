@@ -305,6 +305,7 @@ async def prepare(
 
 class SandboxRuntime:
     name = "sandbox"
+    memory_snapshots = False  # unless wrapped (agent/memory_snapshots.py)
 
     def __init__(self, network: BridgeNetwork | None = None, zygotes: ZygotePool | None = None) -> None:
         self.limits_enabled = cgroups.available()
@@ -318,6 +319,9 @@ class SandboxRuntime:
     def prewarm(self, zygote: object) -> None:
         if self.zygotes is not None and isinstance(zygote, ZygoteImage):
             self.zygotes.prewarm(zygote)
+
+    def checkpoint(self, task_id: str) -> None:
+        pass  # memory_snapshots is False: never asked
 
     def sweep(self) -> None:
         if self.zygotes is not None:

@@ -16,21 +16,18 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from homeport.agent.assets import pack, unpack
 from homeport.objectstore import ObjectStore
 
 log = logging.getLogger("homeport.snapshots")
 
 KEY = re.compile(r"^[0-9a-f]{16,64}$")
 SHARED_PREFIX = "memory-snapshots/"
-# The copied writable layer has overlayfs whiteouts (device nodes) and opaque directories
-# (trusted.* xattrs): kept as they are, owners by number.
-TAR_OPTIONS = ("--xattrs", "--xattrs-include=*", "--numeric-owner", "--same-permissions")
 
 
 class SnapshotError(Exception):
@@ -185,11 +182,7 @@ class SnapshotStore:
         try:
             if not self.shared.download(shared_key(key), archive):
                 return None
-            (staging / "snapshot").mkdir()
-            subprocess.run(
-                ["tar", *TAR_OPTIONS, "-xf", str(archive), "-C", str(staging / "snapshot")],
-                check=True, capture_output=True,
-            )  # fmt: skip
+            unpack(archive, staging / "snapshot")  # as layers are (whiteouts, xattrs kept)
             meta = json.loads((staging / "snapshot" / "meta.json").read_text())
             snapshot = self.publish(staging / "snapshot", key, meta)
             log.info("memory snapshot %s fetched from the object store", key)
@@ -205,10 +198,7 @@ class SnapshotStore:
         staging = Path(tempfile.mkdtemp(prefix=".sharing-", dir=self.directory))
         try:
             archive = staging / "snapshot.tar"
-            subprocess.run(
-                ["tar", *TAR_OPTIONS, "-cf", str(archive), "-C", str(snapshot.directory), "."],
-                check=True, capture_output=True,
-            )  # fmt: skip
+            pack(snapshot.directory, archive)
             self.shared.upload(shared_key(snapshot.key), archive)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -307,7 +307,11 @@ class Scheduler:
                 gpu_indices,
                 build_step.upper_dir if build_step is not None else None,
                 disk_limit_mib,
-                memory_snapshots=build_step is None and node.inventory().memory_snapshots,
+                memory_snapshots=(
+                    definition.checkpointing_enabled
+                    and build_step is None
+                    and node.inventory().memory_snapshots
+                ),
             )
         except StartRefused as error:
             self._fail_start(function, task_id, str(error), node)

@@ -74,7 +74,7 @@ async def function_get_inputs(
         running = scheduler.container(task.task_id)
         with context.state.notifier.listen(queue_key(task.function_id), stop_key(task.task_id)) as listener:
             if running is None or running.stop_reason:
-                log.info(
+                (log.info if running is None else log.debug)(
                     "container %s asked for inputs %s: told to stop",
                     task.task_id, "after it ended" if running is None else f"while stopping ({running.stop_reason})",
                 )  # fmt: skip
