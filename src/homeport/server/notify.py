@@ -30,8 +30,12 @@ class Listener:
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a notification (or one that already came); clears it. True if notified."""
+        # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its own, so a
+        # notification would reach the waiter one turn of the event loop later, and turns
+        # are long on a busy server.
         try:
-            await asyncio.wait_for(self._event.wait(), timeout=max(timeout, 0))
+            async with asyncio.timeout(max(timeout, 0)):
+                await self._event.wait()
         except TimeoutError:
             return False
         self._event.clear()

@@ -41,9 +41,12 @@ GPU_IDLE_GRACE_S = 2.0
 class Scaler:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        self.count_s = 0.0  # how long the last pass took to count the queue
 
     async def place(self) -> None:
+        started = time.perf_counter()
         pending = self.scheduler.calls.pending_counts()
+        self.count_s = time.perf_counter() - started
         for function_id, count in pending.items():
             if function_id not in self.scheduler.builds and not self.scheduler.is_home(function_id):
                 continue  # another replica places this function's containers

@@ -53,7 +53,7 @@ def _check_inputs(items: list[api_pb2.FunctionPutInputsItem]) -> None:
 
 def _callable_function(context: RequestContext, function_id: str):  # type: ignore[no-untyped-def]
     function = context.state.apps.function(function_id)
-    app = context.state.apps.get(context.workspace_id, function.app_id)
+    app = context.state.apps.get_recent(context.workspace_id, function.app_id)
     if not app.live:
         raise errors.failed_precondition(
             f"app {app.name or app.id} is stopped; its functions take no new inputs (redeploy or re-run it)"
@@ -143,10 +143,12 @@ async def function_get_outputs(
         ),
         min(request.timeout, MAX_POLL_S),
     )
-    if found and request.clear_on_success:
-        calls.delete_outputs(
-            [o.seq for o in found if o.result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS]
-        )
+    cleared = (
+        [o.seq for o in found if o.result.status == api_pb2.GenericResult.GENERIC_STATUS_SUCCESS]
+        if request.clear_on_success
+        else []
+    )
+    unfinished = calls.delivered(request.function_call_id, cleared)
     last_seq = max([o.seq for o in found], default=cursor)
     return api_pb2.FunctionGetOutputsResponse(
         outputs=[
@@ -162,7 +164,7 @@ async def function_get_outputs(
             for o in found
         ],
         last_entry_id=f"{last_seq}-0",
-        num_unfinished_inputs=calls.unfinished_count(request.function_call_id),
+        num_unfinished_inputs=unfinished,
     )
 
 

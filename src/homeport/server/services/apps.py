@@ -89,6 +89,20 @@ def _function_row(row: sa.Row) -> FunctionRow:
     )
 
 
+APP_CACHE_TTL_S = 1.0
+# Read on every call of a function (is its app still live?): built once.
+_APP_BY_ID = sa.select(
+    schema.apps.c.id,
+    schema.apps.c.workspace_id,
+    schema.apps.c.environment_name,
+    schema.apps.c.description,
+    schema.apps.c.name,
+    schema.apps.c.state,
+    schema.apps.c.created_at,
+    schema.apps.c.stopped_at,
+).where(schema.apps.c.id == sa.bindparam("b_app_id"))
+
+
 class AppService:
     def __init__(self, engine: sa.Engine, notifier: Notifier) -> None:
         self.engine = engine
@@ -96,6 +110,7 @@ class AppService:
         # Created functions never change their definition (a redeploy makes new ids), so
         # the hot path (every input and output) reads them from here.
         self._functions: dict[str, FunctionRow] = {}
+        self._recent: dict[str, tuple[float, AppRow]] = {}  # get_recent's: (read at, app)
 
     # --- apps ------------------------------------------------------------------------
 
@@ -126,21 +141,24 @@ class AppService:
             )
         return app_id
 
+    def get_recent(self, workspace_id: str, app_id: str) -> AppRow:
+        """The app as read at most APP_CACHE_TTL_S ago: for the per-call check that it still
+        takes inputs. This server's own stops and redeploys take effect at once; another
+        replica's within the TTL."""
+        cached = self._recent.get(app_id)
+        if cached is not None and time.monotonic() - cached[0] < APP_CACHE_TTL_S:
+            if workspace_id and cached[1].workspace_id != workspace_id:
+                raise errors.not_found(f"app {app_id} not found")
+            return cached[1]
+        app = self.get(workspace_id, app_id)
+        if len(self._recent) > 10_000:
+            self._recent.clear()
+        self._recent[app_id] = (time.monotonic(), app)
+        return app
+
     def get(self, workspace_id: str, app_id: str) -> AppRow:
-        a = schema.apps
         with self.engine.connect() as connection:
-            row = connection.execute(
-                sa.select(
-                    a.c.id,
-                    a.c.workspace_id,
-                    a.c.environment_name,
-                    a.c.description,
-                    a.c.name,
-                    a.c.state,
-                    a.c.created_at,
-                    a.c.stopped_at,
-                ).where(a.c.id == app_id)
-            ).first()
+            row = connection.execute(_APP_BY_ID, {"b_app_id": app_id}).first()
         if row is None or (workspace_id and row.workspace_id != workspace_id):
             raise errors.not_found(f"app {app_id} not found")
         return AppRow(*row)
@@ -260,13 +278,16 @@ class AppService:
                     .where(schema.apps.c.id == previous_app_id)
                     .values(state=api_pb2.APP_STATE_STOPPED, stopped_at=now)
                 )
+        self._recent.pop(app_id, None)
         if previous_app_id:
+            self._recent.pop(previous_app_id, None)
             self.notifier.notify(app_done_key(previous_app_id))
         return now if state == api_pb2.APP_STATE_DEPLOYED else 0.0
 
     def stop(self, app_id: str) -> bool:
         """Stop an app (idempotent). Returns True if it was live."""
         now = time.time()
+        self._recent.pop(app_id, None)
         with self.engine.begin() as connection:
             result = connection.execute(
                 schema.apps.update()

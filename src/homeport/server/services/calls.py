@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from modal_proto import api_pb2
@@ -39,6 +40,16 @@ def outputs_key(function_call_id: str) -> str:
 
 def data_key(function_call_id: str, direction: str) -> str:
     return f"data-{direction}:{function_call_id}"
+
+
+class CallIdentity(NamedTuple):
+    """What never changes about a call once it is made (cached: read on every RPC about it)."""
+
+    id: str
+    workspace_id: str
+    function_id: str
+    app_id: str
+    invocation_type: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +100,16 @@ _CLAIM_CANDIDATES = (
     .limit(sa.bindparam("b_limit"))
     .with_for_update(skip_locked=True)
 )
+# The same on SQLite, which keeps no statistics: left to itself it picks ix_inputs_runnable
+# and sorts every pending input of every function at each claim (measured: 5 ms a claim
+# with 6,000 queued). Walking the claim-order index finds the first runnable one at once.
+# (SQLAlchemy renders no index hints for SQLite, hence the text.)
+_CLAIM_CANDIDATES_SQLITE = sa.text(
+    "SELECT id, function_call_id, idx, attempt, payload, created_at"
+    " FROM inputs INDEXED BY ix_inputs_claim_order"
+    f" WHERE function_id = :b_function_id AND state = '{PENDING}' AND not_before <= :b_now"
+    " ORDER BY created_at LIMIT :b_limit"
+)
 _TAKE = (
     _inputs.update()
     .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == PENDING)
@@ -107,12 +128,52 @@ _RUNNING_INPUT = (
     .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == CLAIMED)
 )
 _RUNNING_INPUT_OF_TASK = _RUNNING_INPUT.where(_inputs.c.task_id == sa.bindparam("b_task_id"))
-_MARK_DONE = (
+_FINISH = (
     _inputs.update()
-    .where(_inputs.c.id == sa.bindparam("b_input_id"))
+    .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == CLAIMED)
     .values(state=DONE, finished_at=sa.bindparam("b_now"), status=sa.bindparam("b_status"))
+    .returning(
+        _inputs.c.function_call_id,
+        _inputs.c.function_id,
+        _inputs.c.idx,
+        _inputs.c.attempt,
+        _inputs.c.claimed_at,
+    )
 )
+_FINISH_OF_TASK = _FINISH.where(_inputs.c.task_id == sa.bindparam("b_task_id"))
 _INSERT_OUTPUT = schema.outputs.insert()
+_INSERT_CALL = schema.function_calls.insert()
+_INSERT_INPUTS = schema.inputs.insert()
+_calls_table = schema.function_calls
+_CALL_IDENTITY = sa.select(
+    _calls_table.c.id,
+    _calls_table.c.workspace_id,
+    _calls_table.c.function_id,
+    _calls_table.c.app_id,
+    _calls_table.c.invocation_type,
+).where(_calls_table.c.id == sa.bindparam("b_call_id"))
+_outputs = schema.outputs
+_OUTPUTS_AFTER = (
+    sa.select(
+        _outputs.c.seq,
+        _outputs.c.input_id,
+        _outputs.c.idx,
+        _outputs.c.result,
+        _outputs.c.data_format,
+        _outputs.c.retry_count,
+    )
+    .where(_outputs.c.function_call_id == sa.bindparam("b_call_id"), _outputs.c.seq > sa.bindparam("b_after"))
+    .order_by(_outputs.c.seq)
+    .limit(sa.bindparam("b_limit"))
+)
+_OUTPUTS_IN_RANGE = _OUTPUTS_AFTER.where(
+    _outputs.c.idx.between(sa.bindparam("b_first_idx"), sa.bindparam("b_last_idx"))
+)
+_DELETE_OUTPUTS = _outputs.delete().where(_outputs.c.seq.in_(sa.bindparam("b_seqs", expanding=True)))
+_UNFINISHED = sa.select(sa.func.count()).where(
+    _inputs.c.function_call_id == sa.bindparam("b_call_id"), _inputs.c.state != DONE
+)
+_INPUT_COUNT = sa.select(sa.func.count()).where(_inputs.c.function_call_id == sa.bindparam("b_call_id"))
 
 
 class CallService:
@@ -122,7 +183,10 @@ class CallService:
         self.metrics = metrics or Metrics()
         # Told of each call and input made, with its workspace (the ownership check's cache).
         self.created: Callable[[str, str], None] = lambda object_id, workspace_id: None
-        self._calls: dict[str, sa.Row] = {}  # a call's identity never changes once made
+        self._claim_candidates = (
+            _CLAIM_CANDIDATES_SQLITE if engine.dialect.name == "sqlite" else _CLAIM_CANDIDATES
+        )
+        self._calls: dict[str, CallIdentity] = {}  # a call's identity never changes once made
 
     # --- calls and inputs ----------------------------------------------------------
 
@@ -139,41 +203,42 @@ class CallService:
         function_call_id = ids.new_id("function_call")
         with self.engine.begin() as connection:
             connection.execute(
-                schema.function_calls.insert().values(
-                    id=function_call_id,
-                    workspace_id=workspace_id,
-                    function_id=function_id,
-                    app_id=app_id,
-                    invocation_type=invocation_type,
-                    call_type=call_type,
-                    created_at=time.time(),
-                )
+                _INSERT_CALL,
+                {
+                    "id": function_call_id,
+                    "workspace_id": workspace_id,
+                    "function_id": function_id,
+                    "app_id": app_id,
+                    "invocation_type": invocation_type,
+                    "call_type": call_type,
+                    "created_at": time.time(),
+                },
             )
             input_ids = self._insert_inputs(connection, function_call_id, function_id, items)
+        self._remember(CallIdentity(function_call_id, workspace_id, function_id, app_id, invocation_type))
         for object_id in (function_call_id, *input_ids):
             self.created(object_id, workspace_id)
         if items:
             self.notifier.notify(queue_key(function_id), limit=len(items))
         return function_call_id, input_ids
 
-    def call(self, workspace_id: str, function_call_id: str) -> sa.Row:
+    def call(self, workspace_id: str, function_call_id: str) -> CallIdentity:
         """The call's identity (id, workspace, function, app, invocation type)."""
-        row = self._calls.get(function_call_id)
-        if row is None:
-            c = schema.function_calls
+        identity = self._calls.get(function_call_id)
+        if identity is None:
             with self.engine.connect() as connection:
-                row = connection.execute(
-                    sa.select(
-                        c.c.id, c.c.workspace_id, c.c.function_id, c.c.app_id, c.c.invocation_type
-                    ).where(c.c.id == function_call_id)
-                ).first()
+                row = connection.execute(_CALL_IDENTITY, {"b_call_id": function_call_id}).first()
             if row is not None:
-                if len(self._calls) > 100_000:
-                    self._calls.clear()
-                self._calls[function_call_id] = row
-        if row is None or row.workspace_id != workspace_id:
+                identity = CallIdentity(*row)
+                self._remember(identity)
+        if identity is None or identity.workspace_id != workspace_id:
             raise errors.not_found(f"function call {function_call_id} not found")
-        return row
+        return identity
+
+    def _remember(self, identity: CallIdentity) -> None:
+        if len(self._calls) > 100_000:
+            self._calls.clear()
+        self._calls[identity.id] = identity
 
     def enqueue(
         self, function_call_id: str, function_id: str, items: list[tuple[int, api_pb2.FunctionInput]]
@@ -209,7 +274,7 @@ class CallService:
             for idx, function_input in items
         ]
         if rows:
-            connection.execute(schema.inputs.insert(), rows)
+            connection.execute(_INSERT_INPUTS, rows)
         return [str(row["id"]) for row in rows]
 
     def pending_counts(self) -> dict[str, int]:
@@ -239,7 +304,7 @@ class CallService:
         waited: list[float] = []
         with self.engine.begin() as connection:
             candidates = connection.execute(
-                _CLAIM_CANDIDATES, {"b_function_id": function_id, "b_now": now, "b_limit": limit}
+                self._claim_candidates, {"b_function_id": function_id, "b_now": now, "b_limit": limit}
             ).all()
             for row in candidates:
                 taken = connection.execute(_TAKE, {"b_input_id": row.id, "b_task_id": task_id, "b_now": now})
@@ -290,7 +355,6 @@ class CallService:
         """Record an attempt's result. A failure with retries left re-queues the input.
 
         Returns False if the input was not running here (already finished or re-queued)."""
-        i = schema.inputs
         now = time.time()
         retryable = result.status in (
             api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
@@ -298,65 +362,106 @@ class CallService:
             api_pb2.GenericResult.GENERIC_STATUS_TERMINATED,
             api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
         )
+        requeued: str | None = None
         with self.engine.begin() as connection:
-            row = connection.execute(
-                _RUNNING_INPUT if task_id is None else _RUNNING_INPUT_OF_TASK,
-                {"b_input_id": input_id, "b_task_id": task_id},
-            ).first()
-            if row is None:
-                return False
-            retries = retry_policy.retries if retry_policy is not None else 0
-            if retry_policy is not None and retryable and row.attempt < retries and not row.cancelled:
-                attempt = row.attempt + 1
-                connection.execute(
-                    i.update()
-                    .where(i.c.id == input_id)
-                    .values(
-                        state=PENDING,
-                        task_id=None,
-                        attempt=attempt,
-                        not_before=now + retry_delay_s(retry_policy, attempt),
-                    )
-                )
-                requeued = True
-            else:
-                connection.execute(
-                    _MARK_DONE, {"b_input_id": input_id, "b_now": now, "b_status": result.status}
-                )
-                connection.execute(
-                    _INSERT_OUTPUT,
-                    {
-                        "function_call_id": row.function_call_id,
-                        "input_id": input_id,
-                        "idx": row.idx,
-                        "result": result.SerializeToString(),
-                        "data_format": data_format,
-                        "retry_count": row.attempt,
-                        "created_at": now,
-                        "blob_id": result.data_blob_id or None,
-                    },
-                )
-                requeued = False
-        if requeued:
-            self.notifier.notify(queue_key(row.function_id), limit=1)
-        else:
-            self.notifier.notify(outputs_key(row.function_call_id))
-            running_s = now - row.claimed_at if row.claimed_at else None
-            self.metrics.input_finished(row.function_id, result.status, running_s)
+            if retryable and retry_policy is not None and retry_policy.retries > 0:
+                running, requeued = self._retry_if_due(connection, input_id, task_id, retry_policy, now)
+                if not running:
+                    return False
+            row = (
+                None
+                if requeued
+                else self._record_output(connection, input_id, task_id, result, data_format, now)
+            )
+        if requeued is not None:
+            self.notifier.notify(queue_key(requeued), limit=1)  # after the commit: waiters re-read
+            return True
+        if row is None:
+            return False
+        self.notifier.notify(outputs_key(row.function_call_id))
+        running_s = now - row.claimed_at if row.claimed_at else None
+        self.metrics.input_finished(row.function_id, result.status, running_s)
         return True
+
+    @staticmethod
+    def _record_output(
+        connection: sa.Connection,
+        input_id: str,
+        task_id: str | None,
+        result: api_pb2.GenericResult,
+        data_format: int,
+        now: float,
+    ) -> sa.Row | None:  # type: ignore[type-arg]
+        """End the input with its output; None if it was not running here. One statement
+        both checks that the input is running here and ends it, so two finishers (a
+        container's output, a timeout) never both succeed."""
+        row = connection.execute(
+            _FINISH if task_id is None else _FINISH_OF_TASK,
+            {"b_input_id": input_id, "b_task_id": task_id, "b_now": now, "b_status": result.status},
+        ).first()
+        if row is not None:
+            connection.execute(
+                _INSERT_OUTPUT,
+                {
+                    "function_call_id": row.function_call_id,
+                    "input_id": input_id,
+                    "idx": row.idx,
+                    "result": result.SerializeToString(),
+                    "data_format": data_format,
+                    "retry_count": row.attempt,
+                    "created_at": now,
+                    "blob_id": result.data_blob_id or None,
+                },
+            )
+        return row
+
+    @staticmethod
+    def _retry_if_due(
+        connection: sa.Connection,
+        input_id: str,
+        task_id: str | None,
+        policy: api_pb2.FunctionRetryPolicy,
+        now: float,
+    ) -> tuple[bool, str | None]:
+        """A failed attempt with retries left goes back to the queue after its backoff.
+        Returns (whether the input was running here, its function if it was re-queued)."""
+        i = schema.inputs
+        row = connection.execute(
+            _RUNNING_INPUT if task_id is None else _RUNNING_INPUT_OF_TASK,
+            {"b_input_id": input_id, "b_task_id": task_id},
+        ).first()
+        if row is None:
+            return False, None
+        if row.attempt >= policy.retries or row.cancelled:
+            return True, None
+        attempt = row.attempt + 1
+        connection.execute(
+            i.update()
+            .where(i.c.id == input_id, i.c.state == CLAIMED)
+            .values(
+                state=PENDING,
+                task_id=None,
+                attempt=attempt,
+                not_before=now + retry_delay_s(policy, attempt),
+            )
+        )
+        return True, str(row.function_id)
 
     def outputs_after(
         self, function_call_id: str, after_seq: int, limit: int, index_range: tuple[int, int] | None = None
     ) -> list[StoredOutput]:
         """Outputs stored after `after_seq`, optionally only those whose input index is in range."""
-        o = schema.outputs
-        query = sa.select(o.c.seq, o.c.input_id, o.c.idx, o.c.result, o.c.data_format, o.c.retry_count).where(
-            o.c.function_call_id == function_call_id, o.c.seq > after_seq
-        )
+        parameters: dict[str, object] = {
+            "b_call_id": function_call_id,
+            "b_after": after_seq,
+            "b_limit": limit,
+        }
         if index_range is not None:
-            query = query.where(o.c.idx.between(*index_range))
+            parameters["b_first_idx"], parameters["b_last_idx"] = index_range
         with self.engine.connect() as connection:
-            rows = connection.execute(query.order_by(o.c.seq).limit(limit)).all()
+            rows = connection.execute(
+                _OUTPUTS_AFTER if index_range is None else _OUTPUTS_IN_RANGE, parameters
+            ).all()
         outputs = []
         for row in rows:
             result = api_pb2.GenericResult()
@@ -366,29 +471,21 @@ class CallService:
             )
         return outputs
 
-    def delete_outputs(self, seqs: list[int]) -> None:
+    def delivered(self, function_call_id: str, cleared_seqs: list[int]) -> int:
+        """Outputs handed to the caller: delete those it cleared, in the same transaction
+        as counting the call's unfinished inputs (which its answer carries)."""
         with self.engine.begin() as connection:
-            connection.execute(schema.outputs.delete().where(schema.outputs.c.seq.in_(seqs)))
+            if cleared_seqs:
+                connection.execute(_DELETE_OUTPUTS, {"b_seqs": cleared_seqs})
+            return int(connection.execute(_UNFINISHED, {"b_call_id": function_call_id}).scalar_one())
 
     def unfinished_count(self, function_call_id: str) -> int:
-        i = schema.inputs
         with self.engine.connect() as connection:
-            return int(
-                connection.execute(
-                    sa.select(sa.func.count()).where(
-                        i.c.function_call_id == function_call_id, i.c.state != DONE
-                    )
-                ).scalar_one()
-            )
+            return int(connection.execute(_UNFINISHED, {"b_call_id": function_call_id}).scalar_one())
 
     def input_count(self, function_call_id: str) -> int:
-        i = schema.inputs
         with self.engine.connect() as connection:
-            return int(
-                connection.execute(
-                    sa.select(sa.func.count()).where(i.c.function_call_id == function_call_id)
-                ).scalar_one()
-            )
+            return int(connection.execute(_INPUT_COUNT, {"b_call_id": function_call_id}).scalar_one())
 
     def cancel(self, function_call_id: str) -> list[str]:
         """Cancel a call: pending inputs end as TERMINATED; returns the tasks running its inputs."""

@@ -188,6 +188,9 @@ inputs = sa.Table(
     sa.Index("ix_inputs_claim_order", "function_id", "state", "created_at"),
     sa.Index("ix_inputs_task", "task_id"),
     sa.Index("ix_inputs_function_created", "function_id", "created_at"),  # call listings, stats
+    # The scheduler's passes: the queue's counts per function, the next retry's time; only
+    # pending inputs are read, however many finished ones the table holds.
+    sa.Index("ix_inputs_runnable", "state", "not_before", "function_id"),
 )
 
 outputs = sa.Table(
