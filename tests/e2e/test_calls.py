@@ -191,3 +191,37 @@ def test_function_call_from_id_in_another_process(server: Server) -> None:
         )
     )
     assert "got 144" in text
+
+
+def test_cancelling_a_running_call_ends_it_and_frees_its_container(server: Server) -> None:
+    assert_ok(run_modal(server, "deploy", "durable.py"))
+    text = assert_ok(
+        run_python(
+            server,
+            textwrap.dedent(
+                """
+                import time, modal
+                markers = modal.Dict.from_name("cancel-marker", create_if_missing=True)
+                call = modal.Function.from_name("durable", "first_attempt_hangs").spawn("cancel-marker")
+                deadline = time.monotonic() + 60
+                while not markers.get("started"):  # the input is running (it sleeps 600 s)
+                    assert time.monotonic() < deadline, "the input never started"
+                    time.sleep(0.1)
+                started = time.monotonic()
+                call.cancel()
+                try:
+                    call.get(timeout=60)
+                    print("returned")
+                except Exception as error:
+                    print("raised", type(error).__name__, error)
+                print("ended within", round(time.monotonic() - started))
+                # The container that ran it takes the next input (its second attempt).
+                print("next", modal.Function.from_name("durable", "first_attempt_hangs").remote("cancel-marker"))
+                """
+            ),
+            timeout=180,
+        )
+    )
+    assert "raised" in text and "cancelled" in text, text
+    assert int(text.split("ended within ")[1].split()[0]) < 30, text
+    assert "next second attempt" in text, text

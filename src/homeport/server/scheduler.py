@@ -617,6 +617,7 @@ class Scheduler:
 
     async def _enforce_deadlines(self) -> None:
         now = time.monotonic()
+        cancelled = self.calls.cancelled_claims() if self.containers else {}
         for running in list(self.containers.values()):
             timeout = running.definition.timeout_secs
             for input_id, claimed_at in list(running.inputs.items()):
@@ -651,7 +652,7 @@ class Scheduler:
                     running.node.kill(running.task_id)
                 elif waited > STOP_GRACE_S:
                     running.node.interrupt(running.task_id)
-            for input_id in self.calls.cancelled_inputs_of(running.task_id):
+            for input_id in cancelled.get(running.task_id, ()):
                 running.inputs.pop(input_id, None)
                 self._finish_cancelled(input_id, running)
 

@@ -173,6 +173,11 @@ _DELETE_OUTPUTS = _outputs.delete().where(_outputs.c.seq.in_(sa.bindparam("b_seq
 _UNFINISHED = sa.select(sa.func.count()).where(
     _inputs.c.function_call_id == sa.bindparam("b_call_id"), _inputs.c.state != DONE
 )
+_CANCELLED_CLAIMS = (
+    sa.select(_inputs.c.id, _inputs.c.task_id)
+    .join(_calls_table, _calls_table.c.id == _inputs.c.function_call_id)
+    .where(_inputs.c.state == CLAIMED, _calls_table.c.cancelled.is_(True))
+)
 _INPUT_COUNT = sa.select(sa.func.count()).where(_inputs.c.function_call_id == sa.bindparam("b_call_id"))
 
 
@@ -247,6 +252,10 @@ class CallService:
             return []
         with self.engine.begin() as connection:
             input_ids = self._insert_inputs(connection, function_call_id, function_id, items)
+        identity = self._calls.get(function_call_id)
+        if identity is not None:  # the ownership check of each output then reads no database
+            for input_id in input_ids:
+                self.created(input_id, identity.workspace_id)
         self.notifier.notify(queue_key(function_id), limit=len(items))
         return input_ids
 
@@ -511,6 +520,16 @@ class CallService:
                     connection.execute(i.update().where(i.c.id == row.id).values(state=CLAIMED, task_id=None))
                 self.finish(row.id, result, api_pb2.DATA_FORMAT_PICKLE, None)
         return sorted({row.task_id for row in rows if row.state == CLAIMED and row.task_id})
+
+    def cancelled_claims(self) -> dict[str, list[str]]:
+        """Inputs of cancelled calls still held by a container: {task id: input ids}. One
+        read for every container (few inputs are claimed at any time)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(_CANCELLED_CLAIMS).all()
+        held: dict[str, list[str]] = {}
+        for row in rows:
+            held.setdefault(row.task_id, []).append(row.id)
+        return held
 
     def cancelled_inputs_of(self, task_id: str) -> list[str]:
         i, c = schema.inputs, schema.function_calls
