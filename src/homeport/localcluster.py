@@ -29,7 +29,12 @@ from pathlib import Path
 VENV_BIN = Path(sys.executable).parent
 # Ray marks a node dead after this many missed 1 s health checks: a dead node's inputs run
 # elsewhere about 3-5 s after its death.
-RAY_HEALTH = {
+RAY_ENVIRONMENT = {
+    # Ray 2.60 turns token authentication on for a `ray start --head` (and a driver) that
+    # finds ~/.ray/auth_token, which any local `ray.init()` on this machine leaves behind,
+    # but not for the nodes joining it: they are then refused. Every process of this
+    # one-machine cluster (nodes, control-plane replicas) says the same thing explicitly.
+    "RAY_AUTH_MODE": "disabled",
     "RAY_health_check_initial_delay_ms": "1000",
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_timeout_ms": "1000",
@@ -152,7 +157,7 @@ def ray_start(arguments: list[str], environment: dict[str, str], log: Path) -> N
         ["unshare", "--mount", "--propagation", "slave",
          str(VENV_BIN / "ray"), "start", *arguments, "--node-ip-address=127.0.0.1", "--disable-usage-stats",
          "--num-cpus=2", "--object-store-memory=80000000"],
-        env={**os.environ, **RAY_HEALTH, **environment}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+        env={**os.environ, **RAY_ENVIRONMENT, **environment}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
         timeout=120,
     )  # fmt: skip
     if result.returncode != 0:
@@ -179,7 +184,7 @@ def start_replica(directory: Path, index: int, state: dict) -> dict:  # type: ig
     port = free_port()
     blob_port = free_port()
     log = directory / f"control-{index}.log"
-    environment = {**os.environ, **S3_ENVIRONMENT, "AWS_ENDPOINT_URL": state["s3"], **RAY_HEALTH,
+    environment = {**os.environ, **S3_ENVIRONMENT, "AWS_ENDPOINT_URL": state["s3"], **RAY_ENVIRONMENT,
                    "HOMEPORT_CONTAINER_SUBNET": f"10.{120 + index}.0.0/24", "HOMEPORT_BRIDGE": f"hpctl{index}",
                    "RAY_ADDRESS": ""}  # fmt: skip
     process = subprocess.Popen(
