@@ -437,9 +437,12 @@ class Scheduler:
         """Wait for a container's end, then settle its books and inputs; while the database
         is unreachable (a PostgreSQL restart), settling waits for it rather than being lost."""
         ended = await running.node.wait(running.task_id)
-        await db.once_the_database_answers(
-            lambda: self._settle(running, ended), f"the end of container {running.task_id}"
-        )
+        try:
+            await db.once_the_database_answers(
+                lambda: self._settle(running, ended), f"the end of container {running.task_id}"
+            )
+        except Exception:  # one container's books must not take the scheduler down with them
+            log.exception("settling the end of container %s failed", running.task_id)
 
     def _settle(self, running: RunningContainer, ended: ContainerExit) -> None:
         code = ended.code

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from homeport.server.store import schema
 
@@ -35,8 +36,16 @@ class UsageService:
         self.engine = engine
 
     def record(self, usage: ContainerUsage) -> None:
+        """Record a container's usage once: recording it again is a no-op (a container's end
+        is settled again after a database failure, and the first attempt may have
+        committed this row before the connection broke)."""
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         with self.engine.begin() as connection:
-            connection.execute(schema.usage.insert().values(**dataclasses.asdict(usage)))
+            connection.execute(
+                insert(schema.usage)
+                .values(**dataclasses.asdict(usage))
+                .on_conflict_do_nothing(index_elements=[schema.usage.c.task_id])
+            )
 
     def between(self, workspace_id: str, start: float, end: float) -> list[ContainerUsage]:
         """Containers of a workspace that ran at some time in [start, end)."""
