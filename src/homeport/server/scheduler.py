@@ -29,6 +29,7 @@ from homeport.agent.runtime import ContainerStartError, describe_exit
 from homeport.config import Limits
 from homeport.server import schedules
 from homeport.server.auth import hash_secret
+from homeport.server.deadlines import Deadlines
 from homeport.server.nodes import Node, NodeLost, Placement
 from homeport.server.notify import poll
 from homeport.server.orders import OrderBuilder, StartRefused
@@ -54,12 +55,10 @@ log = logging.getLogger("homeport.scheduler")
 
 FAILURE = api_pb2.GenericResult.GENERIC_STATUS_FAILURE
 TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
-TIMEOUT = api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT
 INIT_FAILURE = api_pb2.GenericResult.GENERIC_STATUS_INIT_FAILURE
 
 DEFAULT_TIMEOUT_S = 300
 # After asking a container to stop (kill switch, then SIGINT), how long before SIGKILL.
-STOP_GRACE_S = 10.0
 # Passes start at least this far apart: wake-ups closer together are served by one pass: a client spawning
 # thousands of calls wakes placement at each, and a pass reads the whole queue's counts.
 # A wake after a quiet spell is served at once (a cold call waits for no gap). Counting
@@ -109,6 +108,7 @@ class Scheduler:
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
         self.start_backoff = StartBackoff()
         self.scaler = Scaler(self)
+        self.deadlines = Deadlines(self)
         self.server_id: str | None = None  # this replica, in cluster mode
         # Whether this replica places a function's containers (cluster mode: replicas.py).
         self.is_home: Callable[[str], bool] = lambda function_id: True
@@ -145,7 +145,7 @@ class Scheduler:
             group.create_task(
                 self._loop("warm containers", self.scaler.keep_warm, lambda: asyncio.sleep(1.0))
             )
-            group.create_task(self._loop("timeouts", self._enforce_deadlines, lambda: asyncio.sleep(0.5)))
+            group.create_task(self._loop("timeouts", self.deadlines.enforce, lambda: asyncio.sleep(0.5)))
             group.create_task(self._loop("schedules", self._run_schedules, lambda: asyncio.sleep(1.0)))
             group.create_task(self._loop("housekeeping", self._housekeeping, lambda: asyncio.sleep(10.0)))
 
@@ -491,7 +491,7 @@ class Scheduler:
             )
             if orphans:
                 for row in orphans:
-                    self._finish_input(row.id, running.function_id, result, running.task_id)
+                    self.finish_input(row.id, running.function_id, result, running.task_id)
             elif not running.hello or not running.inputs:
                 # It died before taking any input: starting another would crash the same way.
                 result.status = INIT_FAILURE
@@ -508,7 +508,7 @@ class Scheduler:
         definition, _ = catalog.effective_definition(self.apps, self.apps.function(function_id))
         return definition.retry_policy if definition.HasField("retry_policy") else None
 
-    def _finish_input(
+    def finish_input(
         self, input_id: str, function_id: str, result: api_pb2.GenericResult, task_id: str | None = None
     ) -> None:
         policy = self.retry_policy(function_id)
@@ -616,50 +616,8 @@ class Scheduler:
         if interrupt:
             running.node.interrupt(running.task_id)
 
-    # --- deadlines, scale-down, stops -----------------------------------------------------
-
-    async def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        cancelled = self.calls.cancelled_claims() if self.containers else {}
-        for running in list(self.containers.values()):
-            timeout = running.definition.timeout_secs
-            for input_id, claimed_at in list(running.inputs.items()):
-                if now - claimed_at > timeout:
-                    running.inputs.pop(input_id, None)
-                    message = f"{running.definition.function_name} timed out after {timeout} s"
-                    self.logs.append(
-                        running.app_id, running.task_id, running.function_id, FD_INFO, message + "\n"
-                    )
-                    self._finish_input(
-                        input_id,
-                        running.function_id,
-                        api_pb2.GenericResult(
-                            status=TIMEOUT, exception=f"Function timed out after {timeout} seconds"
-                        ),
-                        running.task_id,
-                    )
-                    # The client cannot interrupt one input reliably: replace the container.
-                    self.request_stop(running, f"input {input_id} timed out")
-                    running.node.kill(running.task_id)
-            idle = (
-                running.ready
-                and not running.stop_reason
-                and not running.inputs
-                and now - running.last_active > running.idle_timeout_s
-            )
-            if idle and self.scaler.may_scale_down(running):
-                self.request_stop(running, "idle")
-            if running.stop_requested_at is not None:
-                waited = now - running.stop_requested_at
-                if waited > STOP_GRACE_S * 2:
-                    running.node.kill(running.task_id)
-                elif waited > STOP_GRACE_S:
-                    running.node.interrupt(running.task_id)
-            for input_id in cancelled.get(running.task_id, ()):
-                running.inputs.pop(input_id, None)
-                self._finish_cancelled(input_id, running)
-
-    def _finish_cancelled(self, input_id: str, running: RunningContainer) -> None:
+    def finish_cancelled(self, input_id: str, running: RunningContainer) -> None:
+        """End a cancelled input as TERMINATED and interrupt the container running it."""
         self.calls.finish(
             input_id,
             api_pb2.GenericResult(status=TERMINATED, exception="the function call was cancelled"),
@@ -689,7 +647,7 @@ class Scheduler:
             if running is not None:
                 for input_id in self.calls.cancelled_inputs_of(task_id):
                     running.inputs.pop(input_id, None)
-                    self._finish_cancelled(input_id, running)
+                    self.finish_cancelled(input_id, running)
 
     def running_task_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
