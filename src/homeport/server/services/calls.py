@@ -483,9 +483,10 @@ class CallService:
     def delivered(self, function_call_id: str, cleared_seqs: list[int]) -> int:
         """Outputs handed to the caller: delete those it cleared, in the same transaction
         as counting the call's unfinished inputs (which its answer carries)."""
+        if not cleared_seqs:  # nothing to delete: a read, no write transaction
+            return self.unfinished_count(function_call_id)
         with self.engine.begin() as connection:
-            if cleared_seqs:
-                connection.execute(_DELETE_OUTPUTS, {"b_seqs": cleared_seqs})
+            connection.execute(_DELETE_OUTPUTS, {"b_seqs": cleared_seqs})
             return int(connection.execute(_UNFINISHED, {"b_call_id": function_call_id}).scalar_one())
 
     def unfinished_count(self, function_call_id: str) -> int:
