@@ -15,9 +15,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import json
 import os
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -33,8 +35,11 @@ RENEW_BEFORE = datetime.timedelta(days=30)
 
 
 class CertificateAuthority:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, shared: Callable[[str], str] | None = None) -> None:
+        """`shared` (cluster mode): offered a CA as JSON, answers the one all replicas use."""
         self.directory = directory
+        self._shared = shared
+        self._adopted = False
         self._lock = threading.Lock()
         self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
 
@@ -68,47 +73,53 @@ class CertificateAuthority:
             return context
 
     def _authority(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key_path = self.directory / "ca.key"
-        if self.ca_path.exists() and key_path.exists():
-            certificate = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            assert isinstance(key, ec.EllipticCurvePrivateKey)
-            return certificate, key
-        self.directory.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Homeport CA ({os.uname().nodename})")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )  # fmt: skip
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        _write_private(key_path, _key_pem(key))
-        self.ca_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        system = SYSTEM_BUNDLE.read_bytes() if SYSTEM_BUNDLE.exists() else b""
-        self.bundle_path.write_bytes(system + b"\n" + self.ca_path.read_bytes())
+        if self._shared is not None and not self._adopted:
+            self._adopt_shared(self._shared)
+        local = self._read_local()
+        if local is not None:
+            return local
+        certificate, key = _new_authority()
+        self._write_authority(certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key))
         return certificate, key
+
+    def _read_local(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+        key_path = self.directory / "ca.key"
+        if not (self.ca_path.exists() and key_path.exists()):
+            return None
+        certificate = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return certificate, key
+
+    def _adopt_shared(self, shared: Callable[[str], str]) -> None:
+        """Replicas of one cluster share one CA (a user trusts it once): the first one's,
+        kept in the database; this directory's copy follows it."""
+        local = self._read_local()
+        certificate, key = local or _new_authority()
+        offered = {
+            "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            "key": _key_pem(key).decode(),
+        }
+        stored = json.loads(shared(json.dumps(offered)))
+        if local is None or stored != offered:
+            self._write_authority(stored["certificate"].encode(), stored["key"].encode())
+            self._contexts.clear()
+        self._adopted = True
+
+    def _write_authority(self, certificate_pem: bytes, key_pem: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _write_private(self.directory / "ca.key", key_pem)
+        self.ca_path.write_bytes(certificate_pem)
+        system = SYSTEM_BUNDLE.read_bytes() if SYSTEM_BUNDLE.exists() else b""
+        self.bundle_path.write_bytes(system + b"\n" + certificate_pem)
+
+    def server_pems(self, hosts: list[str]) -> tuple[bytes, bytes]:
+        """A certificate naming `hosts` (and localhost) and its key, as PEM: for a cluster
+        node's router and tunnels."""
+        names = tuple(sorted({*hosts, "localhost", "127.0.0.1", "::1"}))
+        with self._lock:
+            certificate, key = self._server_files(names)
+        return certificate.read_bytes(), key.read_bytes()
 
     def _server_files(self, names: tuple[str, ...]) -> tuple[Path, Path]:
         authority, authority_key = self._authority()
@@ -146,6 +157,39 @@ class CertificateAuthority:
         _write_private(key_path, _key_pem(key))
         certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         return certificate_path, key_path
+
+
+def _new_authority() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Homeport CA ({os.uname().nodename})")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
 
 
 def _signed_by(certificate: x509.Certificate, authority_key: ec.EllipticCurvePrivateKey) -> bool:

@@ -163,6 +163,70 @@ def test_spawn_through_one_replica_get_through_the_other(cluster: Path) -> None:
     assert any(f"GOT {node}" in got for node in NODES), got
 
 
+SANDBOXES_ON_NODES = """
+import socket, time, modal
+app = modal.App.lookup("cluster-sandboxes", create_if_missing=True)
+echo = "import socket; s = socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen()\\nwhile True:\\n c, _ = s.accept(); c.sendall(c.recv(100).upper()); c.close()"
+# More memory than node-0 has for containers: a worker node runs it.
+sb = modal.Sandbox.create(
+    "sh", "-c", 'echo "started on $HOMEPORT_NODE_ID"; python3 -c "$ECHO" & cat', app=app, memory=1500,
+    env={"ECHO": echo}, unencrypted_ports=[9000], readiness_probe=modal.Probe.with_tcp(9000),
+)
+print("FIRST", next(iter(sb.stdout)).strip())
+sb.wait_until_ready(timeout=60)
+with socket.create_connection(sb.tunnels()[9000].tcp_socket, timeout=30) as raw:
+    raw.sendall(b"ping")
+    print("TCP ECHO", raw.recv(100))
+secret = modal.Secret.from_dict({"GREETING": "hello from a secret"})
+p = sb.exec("sh", "-c", 'echo "$GREETING, $WHO"; cat', secrets=[secret], env={"WHO": "exec"})
+p.stdin.write(b"echoed back\\n"); p.stdin.write_eof(); p.stdin.drain()
+print("EXEC", repr(p.stdout.read()), p.wait())
+sb.filesystem.write_text("written through the node", "/tmp/note.txt")
+print("FS", sb.filesystem.read_text("/tmp/note.txt"))
+image = sb.snapshot_filesystem()
+again = modal.Sandbox.create("cat", "/tmp/note.txt", app=app, image=image)
+print("FROM SNAPSHOT", repr(again.stdout.read()))
+idle = modal.Sandbox.create("sleep", "infinity", app=app, idle_timeout=2)
+began = time.monotonic()
+idle.wait(raise_on_termination=False)
+print("IDLE ENDED", idle.returncode, time.monotonic() - began < 30)
+gpu = modal.Sandbox.create("sh", "-c", 'echo "gpu on $HOMEPORT_NODE_ID devices=$CUDA_VISIBLE_DEVICES"', app=app, gpu="A10G")
+print("GPU", gpu.stdout.read().strip())
+gpu.wait(raise_on_termination=False)
+print("KEEP", sb.object_id)
+"""
+
+
+def test_sandboxes_run_on_nodes_through_their_own_router_and_any_replica(cluster: Path) -> None:
+    """Sandboxes in cluster mode: each node serves its sandboxes' stdio and execs itself
+    (its own command router), its tunnels, snapshots and V1 stdio (gpu=) through the
+    node; another replica reaches the same sandbox and terminates it."""
+    first, second = replica(cluster, 0), replica(cluster, 1)
+    wait_for_nodes(first, 3)
+    wait_for_nodes(second, 3)
+    text = assert_ok(run_python(first, SANDBOXES_ON_NODES, timeout=600))
+    started_on = text.split("FIRST started on ")[1].split()[0]
+    assert started_on in ("node-1", "node-2"), text[-3000:]
+    assert "TCP ECHO b'PING'" in text
+    assert "EXEC 'hello from a secret, exec\\nechoed back\\n' 0" in text
+    assert "FS written through the node" in text
+    assert "FROM SNAPSHOT 'written through the node'" in text
+    assert "IDLE ENDED 137 True" in text, text[-3000:]
+    assert "GPU gpu on node-1 devices=0" in text, text[-3000:]
+    sandbox_id = text.split("KEEP ")[1].split()[0]
+    other = f"""
+import modal
+sb = modal.Sandbox.from_id({sandbox_id!r})
+print("OTHER EXEC", sb.exec("sh", "-c", "echo $HOMEPORT_NODE_ID").stdout.read().strip())
+sb.terminate()
+sb.wait(raise_on_termination=False)
+print("CODE", sb.returncode)
+"""
+    text = assert_ok(run_python(second, other, timeout=300))
+    assert f"OTHER EXEC {started_on}" in text, text
+    assert "CODE 137" in text
+
+
 def test_killed_replica_others_keep_serving_and_its_input_is_not_lost(cluster: Path) -> None:
     """A call is spawned; the replica whose container runs its input is then killed
     (SIGKILL). The other replica takes over (the dead one's containers stopped, the input

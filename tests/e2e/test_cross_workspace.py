@@ -150,6 +150,7 @@ def victims(server: Server) -> dict[str, str]:
         "volume": "SELECT id FROM storage_objects WHERE kind = 'volume' AND workspace_id = ?",
         "environment": "SELECT id FROM environments WHERE workspace_id = ?",
         "sandbox": "SELECT id FROM sandboxes WHERE workspace_id = ?",
+        "sandbox_task": "SELECT task_id FROM sandboxes WHERE workspace_id = ? AND result IS NULL",
     }
     found = {kind: database.execute(query, (workspace,)).fetchone() for kind, query in queries.items()}
     database.close()
@@ -188,6 +189,19 @@ def test_another_workspaces_id_is_not_found(
         call_raw(server, rpc, request, intruder)
     assert raised.value.status == Status.NOT_FOUND, raised.value.message
     assert victims[kind] in str(raised.value.message)
+
+
+@pytest.mark.parametrize(
+    ("rpc", "path"), [case for case in CASES if FIELD_KINDS.get(case[1].rsplit(".", 1)[-1]) == "task"]
+)
+def test_another_workspaces_sandbox_task_is_not_found(
+    server: Server, victims: dict[str, str], intruder: dict[str, str], rpc: str, path: str
+) -> None:
+    """A sandbox's task id is a task id too (`modal container stop/exec/logs`)."""
+    request = _with_id(_request_types()[rpc], path, victims["sandbox_task"])
+    with pytest.raises(GRPCError) as raised:
+        call_raw(server, rpc, request, intruder)
+    assert raised.value.status == Status.NOT_FOUND, raised.value.message
 
 
 def test_a_function_naming_another_workspaces_secret_never_runs(

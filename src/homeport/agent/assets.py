@@ -79,7 +79,7 @@ def pack(directory: Path, archive: Path) -> None:
 
 
 def unpack(archive: Path, directory: Path) -> None:
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             "tar",

@@ -41,6 +41,7 @@ from homeport.agent.runtime import (
     Runtime,
     shell_exit_code,
 )
+from homeport.agent.sandbox_io import SandboxActivity
 from homeport.agent.sandbox_pool import OutputRelay, SandboxPool, Waiting, sandbox_spec
 from homeport.agent.sandbox_processes import SandboxProcesses
 from homeport.agent.tunnels import OpenTunnels, Tunnel, TunnelGate
@@ -165,7 +166,7 @@ class NodeAgent:
         self.assets = assets
         self._report = report
         self._started = started
-        self._tunnel_gate = tunnel_gate
+        self.tunnel_gate = tunnel_gate
         self._work_dirs = work_dirs
         self.gpus = GpuPool(detect_gpus())
         self.memory_budget_mib = node_memory_budget_mib()
@@ -173,6 +174,7 @@ class NodeAgent:
         self._held: dict[str, _Held] = {}
         self._ended_sandboxes: collections.OrderedDict[str, SandboxProcesses] = collections.OrderedDict()
         self._pool = SandboxPool(self._launch_waiting)
+        self.sandbox_activity = SandboxActivity()  # router calls, for idle_timeout
 
     # --- room -----------------------------------------------------------------------------
 
@@ -213,6 +215,7 @@ class NodeAgent:
         """Give back a reservation whose container never started (or has ended)."""
         held = self._held.pop(task_id, None)
         self.gpus.release(task_id)
+        self.sandbox_activity.forget(task_id)
         if held is not None and held.sandbox is not None:
             # Its output stays readable after it ended (the client reads stderr after wait()).
             self._ended_sandboxes[task_id] = held.sandbox
@@ -343,7 +346,7 @@ class NodeAgent:
         return Waiting(task_id, container, processes, relay)
 
     async def _open_tunnels(self, order: ContainerOrder, container: Container) -> OpenTunnels:
-        if self._tunnel_gate is None:
+        if self.tunnel_gate is None:
             raise ContainerStartError(
                 f"node {self.node_id} does not publish sandbox ports; create the sandbox without "
                 "encrypted_ports/unencrypted_ports"
@@ -353,7 +356,7 @@ class NodeAgent:
             if not order.network:  # block_network: nothing to reach (and never the host's loopback)
                 raise ContainerStartError("a sandbox with block_network=True has no ports to open")
             address = "127.0.0.1"  # the node has no container network: it shares the host's
-        return await self._tunnel_gate.open(address, order.open_ports, order.inbound_cidrs)
+        return await self.tunnel_gate.open(address, order.open_ports, order.inbound_cidrs)
 
     def tunnels(self, task_id: str) -> list[Tunnel]:
         """A running sandbox's open ports, as published."""

@@ -22,14 +22,20 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
-from homeport.agent.assets import ClusterAssets
+from homeport.agent.assets import ClusterAssets, pack
 from homeport.agent.forward import PortForwarder
 from homeport.agent.node import ContainerExit, NodeAgent, NodeInventory, ZygoteOrder
+from homeport.agent.node_router import NodeRouter, tls_context
 from homeport.agent.order import ContainerOrder
+from homeport.agent.router import RouterCredentials
 from homeport.agent.runtime import ContainerStartError
+from homeport.agent.sandbox_io import OutputChunks, read_output, write_v1_stdin
+from homeport.agent.tunnels import Tunnel, TunnelGate
 from homeport.agent.volume_copy import Entry
 
 log = logging.getLogger("homeport.agent")
@@ -42,6 +48,18 @@ MAX_BUFFERED_EVENTS = 20000  # per replica: output beyond this (a replica gone q
 class NodeInfo:
     node_id: str
     bridge_gateway: str | None  # where containers reach this node's forwarded ports
+    host: str  # where clients reach this node: its sandboxes' router and tunnels
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterSetup:
+    """What a replica tells a node so it can serve sandboxes (serve_sandboxes)."""
+
+    owner: str  # the replica
+    callback_url: str  # its HTTP base, for what the router asks of the control plane
+    signing_key: bytes  # router credentials (the same for every replica)
+    certificate: tuple[bytes, bytes]  # PEM certificate and key for the node's host, from Homeport's CA
+    router_tls: bool  # False: the router speaks plain HTTP/2 (the control plane is on localhost)
 
 
 @dataclasses.dataclass
@@ -90,6 +108,7 @@ class AgentService:
             (self.root / "zygotes").mkdir(exist_ok=True)
             zygotes = ZygotePool(self.root / "zygotes")
         store = ObjectStore(blob_url)
+        self.store = store
         assets = ClusterAssets(self.root, LocalCopies(store), ClientPackages(self.root / "client-packages"))
         (self.root / "tasks").mkdir(exist_ok=True)
         self.agent = NodeAgent(
@@ -105,6 +124,8 @@ class AgentService:
         self.mailboxes: dict[str, _Mailbox] = {}
         self.blob_forwarders: dict[int, PortForwarder] = {}
         self._background: asyncio.Task[None] | None = None
+        self.host = os.environ.get("HOMEPORT_NODE_HOST") or _node_ip()
+        self.router: NodeRouter | None = None
         log.info("homeport node agent %s ready in %s", node_id, self.root)
 
     def _mailbox(self, owner: str) -> _Mailbox:
@@ -122,7 +143,25 @@ class AgentService:
             self.blob_forwarders[blob_port] = forwarder
             assert self.network is not None
             await asyncio.to_thread(self.network.setup, [blob_port])
-        return NodeInfo(self.agent.node_id, gateway)
+        return NodeInfo(self.agent.node_id, gateway, self.host)
+
+    async def serve_sandboxes(self, setup: RouterSetup) -> str:
+        """The node's task command router (started by the first replica to ask; later ones
+        only leave their callback address) and its tunnels' TLS; returns the router's URL."""
+        if self.router is None:
+            certificate, key = setup.certificate
+            # Client 1.6.4 makes every tunnel URL https://, and dials the router with TLS
+            # unless its server URL is on localhost.
+            tunnels = tls_context(self.root / "tls", certificate, key, ())
+            self.agent.tunnel_gate = TunnelGate(self.host, lambda: tunnels)
+            tls = tls_context(self.root / "tls", certificate, key, ("h2",)) if setup.router_tls else None
+            router = NodeRouter(
+                RouterCredentials(setup.signing_key), self.agent, self.agent.sandbox_activity, self.owners.get
+            )
+            await router.start(self.host, int(os.environ.get("HOMEPORT_ROUTER_PORT", "0")), tls)
+            self.router = router
+        self.router.replicas[setup.owner] = setup.callback_url
+        return self.router.url
 
     async def reserve(
         self, task_id: str, memory_mib: int, gpu_options: list[tuple[str, int]]
@@ -186,6 +225,34 @@ class AgentService:
     async def prewarm(self, order: ZygoteOrder) -> None:
         await self.agent.prewarm(order)
 
+    async def tunnels(self, task_id: str) -> list[Tunnel]:
+        return self.agent.tunnels(task_id)
+
+    async def sandbox_idle_s(self, task_id: str) -> float | None:
+        return self.agent.sandbox_activity.idle_s(task_id)
+
+    async def sandbox_output(self, task_id: str, fd: int, offset: int, wait_s: float) -> OutputChunks | None:
+        return await read_output(self.agent.sandbox(task_id), fd, offset, wait_s)
+
+    async def sandbox_stdin(self, task_id: str, index: int, data: bytes, eof: bool) -> str | None:
+        return write_v1_stdin(self.agent.sandbox(task_id), index, data, eof)
+
+    async def upload_writable_layer(self, task_id: str, key: str) -> str | None:
+        """A running container's writable layer, packed into the object store at `key`
+        (Sandbox.snapshot_filesystem); None when uploaded, else why not."""
+        staging = Path(tempfile.mkdtemp(prefix="snapshot-", dir=self.root / "tasks"))
+        try:
+            (staging / "fs").mkdir()
+            await self.agent.copy_writable_layer(task_id, staging / "fs")
+            archive = staging / "layer.tar"
+            await asyncio.to_thread(pack, staging / "fs", archive)
+            await asyncio.to_thread(self.store.upload, key, archive)
+        except (LookupError, RuntimeError) as error:
+            return str(error)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        return None
+
     async def commit_volume(self, task_id: str, volume_id: str) -> tuple[list[Entry], list[str]] | None:
         return await self.agent.commit_volume(task_id, volume_id)
 
@@ -205,6 +272,12 @@ class AgentService:
                     self.agent.kill(task_id)
                 break
             await asyncio.sleep(0.1)
+
+
+def _node_ip() -> str:
+    import ray
+
+    return str(ray.util.get_node_ip_address())
 
 
 def _shares_init_mount_namespace() -> bool:

@@ -71,8 +71,15 @@ class _RouteNames:
         return name
 
 
-# The task a request's credential opens (set per request, before its handler runs).
+# The task a request's credential opens, and the credential (set per request, before its
+# handler runs): a router on a cluster node shows it to the control plane (node_router.py).
 _caller_task: contextvars.ContextVar[str] = contextvars.ContextVar("caller_task")
+_caller_credential: contextvars.ContextVar[str] = contextvars.ContextVar("caller_credential")
+
+
+def caller_credential() -> str:
+    """The credential the current router request came with (already checked)."""
+    return _caller_credential.get()
 
 
 class CommandRouter:
@@ -115,6 +122,7 @@ class CommandRouter:
             )
             task_id = self.credentials.task_id(token)
             _caller_task.set(task_id)
+            _caller_credential.set(token)
             if method is None:
                 raise GRPCError(Status.UNIMPLEMENTED, f"{name} is not supported by this Homeport server yet")
             self.activity(task_id, 1)

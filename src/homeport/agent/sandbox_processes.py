@@ -16,7 +16,7 @@ import codecs
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,7 +57,7 @@ class OutputStream:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def read(self, offset: int) -> AsyncIterator[tuple[int, bytes]]:
+    async def read(self, offset: int) -> AsyncGenerator[tuple[int, bytes]]:
         """(starting offset, bytes) chunks from `offset` (or the oldest byte kept) until the
         stream is closed and read to its end. Never yields an empty chunk."""
         while True:

@@ -13,16 +13,18 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from homeport.agent.assets import layer_key, pack
+from homeport.agent.assets import layer_key, pack, unpack
 from homeport.agent.gpus import GpuPool, GpuRequest
 from homeport.agent.node import REPORT_INTERVAL_S, SATURATED_CPU, ContainerExit, NodeInventory, ZygoteOrder
 from homeport.agent.order import ContainerOrder
 from homeport.agent.runtime import ContainerStartError, OutputCallback
+from homeport.agent.sandbox_io import OutputChunks
 from homeport.agent.tunnels import Tunnel
 from homeport.agent.volume_copy import Entry
 from homeport.server.nodes import NodeLost, Placement
@@ -92,6 +94,7 @@ class RayNode:
         self.node_id = node_id
         self.owner = owner
         self.blob_base: str | None = None
+        self.router_url = ""  # the node's own task command router (agent/node_router.py)
         self._inventory = inventory
         self._gpu_holders: set[str] = set()
         self._outputs: dict[str, OutputCallback] = {}
@@ -191,12 +194,34 @@ class RayNode:
         return await self._call("commit_volume", task_id, volume_id)  # type: ignore[no-any-return]
 
     async def tunnels(self, task_id: str) -> list[Tunnel]:
-        return []  # sandboxes do not run in cluster mode yet
+        return await self._call("tunnels", task_id)  # type: ignore[no-any-return]
 
     async def copy_writable_layer(self, task_id: str, destination: Path) -> None:
-        # Sandboxes do not run in cluster mode yet (SandboxCreateV2 says so), and function
-        # containers are not snapshotted: nothing asks a cluster node for this.
-        raise NotImplementedError("filesystem snapshots of containers on cluster nodes are not supported yet")
+        """The node packs the layer into the object store; it is unpacked here."""
+        key = f"sandbox-snapshots/{task_id}-{uuid.uuid4().hex}.tar"
+        refusal = await asyncio.wait_for(self.actor.upload_writable_layer.remote(task_id, key), 600)
+        if refusal is not None:
+            raise RuntimeError(refusal)
+        store = self.publisher.store
+        archive = destination.parent / f"{destination.name}.tar"
+        try:
+            if not await asyncio.to_thread(store.download, key, archive):
+                raise RuntimeError(f"the snapshot of {task_id} did not reach the object store")
+            await asyncio.to_thread(unpack, archive, destination)
+        finally:
+            archive.unlink(missing_ok=True)
+            await asyncio.to_thread(store.delete, key)
+
+    async def sandbox_idle_s(self, task_id: str) -> float | None:
+        return await self._call("sandbox_idle_s", task_id)  # type: ignore[no-any-return]
+
+    async def sandbox_output(self, task_id: str, fd: int, offset: int, wait_s: float) -> OutputChunks | None:
+        return await asyncio.wait_for(  # type: ignore[no-any-return]
+            self.actor.sandbox_output.remote(task_id, fd, offset, wait_s), wait_s + CALL_TIMEOUT_S
+        )
+
+    async def sandbox_stdin(self, task_id: str, index: int, data: bytes, eof: bool) -> str | None:
+        return await self._call("sandbox_stdin", task_id, index, data, eof)  # type: ignore[no-any-return]
 
     async def refresh_volume(self, task_id: str, volume_id: str, committed: list[Entry]) -> None:
         await self._call("refresh_volume", task_id, volume_id, committed)
@@ -276,6 +301,7 @@ class RayCluster:
         blob_target: str,
         object_store_environment: dict[str, str],
         report,  # type: ignore[no-untyped-def]
+        router_setup,  # type: ignore[no-untyped-def]
     ) -> None:
         self.address = address
         self.placement = placement
@@ -286,6 +312,7 @@ class RayCluster:
         self.blob_target = blob_target
         self.environment = object_store_environment
         self.report = report  # NodeRegistry.report: `homeport nodes` reads it
+        self.router_setup = router_setup  # node host -> ray_agent.RouterSetup, for its sandboxes
         self.nodes: dict[str, RayNode] = {}  # by Ray node id
         self._joining: set[str] = set()
         self._reported_at = 0.0
@@ -354,12 +381,15 @@ class RayCluster:
                 .remote(self.blob_url, self.environment, ray_node_id)
             )
             info = await asyncio.wait_for(actor.hello.remote(self.blob_port, self.blob_target), 120)
+            setup = self.router_setup(info.host)  # the database (a shared CA): on the loop
+            router_url = await asyncio.wait_for(actor.serve_sandboxes.remote(setup), CALL_TIMEOUT_S)
             _, inventory, _ = await asyncio.wait_for(actor.events.remote(self.owner, 0.0), CALL_TIMEOUT_S)
         except Exception as error:
             log.warning("no agent on Ray node %s yet: %s", ray_node_id[:12], error)
             self._joining.discard(ray_node_id)
             return
         node = RayNode(actor, ray_node_id, info.node_id, inventory, self.owner, self.publisher)
+        node.router_url = router_url
         if info.bridge_gateway is not None:
             node.blob_base = f"http://{info.bridge_gateway}:{self.blob_port}"
         node.run_pump()

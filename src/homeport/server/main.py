@@ -20,8 +20,9 @@ from homeport.server.gateway import Gateway, gateway_middleware
 from homeport.server.metrics import serve_metrics
 from homeport.server.notify import PostgresRelay
 from homeport.server.retention import RetentionService
+from homeport.server.router_callbacks import router_callback_routes
 from homeport.server.servicer import HomeportServicer
-from homeport.server.state import ServerState, build_state
+from homeport.server.state import LOCALHOST_NAMES, ServerState, build_state
 
 log = logging.getLogger("homeport.server")
 
@@ -61,25 +62,19 @@ def postgres_dsn(engine) -> str:  # type: ignore[no-untyped-def]
     return str(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
 
 
-# Client 1.6.4 (`Client._is_localhost`) dials the router over plain HTTP/2 only when its
-# server URL names one of these; otherwise it wants `https` with a certificate the system's
-# CA store trusts (SSL_CERT_FILE pointing at Homeport's bundle does: see tls.py).
-LOCALHOST_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
 async def start_router(state: ServerState) -> Server:
-    """The task command router for this machine's sandboxes, on a port of its own (the
-    client dials it at the URL SandboxCreateV2 hands out): plain HTTP/2 when the server is
-    on localhost, TLS with a certificate from Homeport's CA otherwise."""
+    """The task command router for this machine's sandboxes (one machine; in a cluster each
+    node runs its own, agent/node_router.py), on a port of its own (the client dials it at
+    the URL SandboxCreateV2 hands out): plain HTTP/2 when the server is on localhost, TLS
+    with a certificate from Homeport's CA otherwise."""
     sandboxes = state.sandboxes
-    assert sandboxes is not None
     router = Server(
         [
             CommandRouter(
                 state.router_credentials,
                 state.agent.sandbox,
                 sandboxes.exec_environment,
-                sandboxes.touch,
+                state.agent.sandbox_activity.touch,
                 sandboxes.snapshot_filesystem,
             )
         ]
@@ -87,12 +82,13 @@ async def start_router(state: ServerState) -> Server:
     host = state.settings.host
     tls = None
     if host not in LOCALHOST_NAMES:
-        assert state.authority is not None
         tls = state.authority.server_context([host], alpn=("h2",))
     await router.start(host, 0, ssl=tls)
     port = router._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.router_url = f"{'https' if tls else 'http'}://{_url_host(host)}:{port}"
-    log.info("sandbox command router at %s", state.router_url)
+    local = state.placement.builds
+    assert local is not None
+    local.router_url = f"{'https' if tls else 'http'}://{_url_host(host)}:{port}"
+    log.info("sandbox command router at %s", local.router_url)
     return router
 
 
@@ -102,6 +98,9 @@ def _url_host(host: str) -> str:
 
 async def serve(settings: Settings) -> None:
     state = build_state(settings)
+    # On the loop, before anything issues a certificate: in a cluster it reads the
+    # replicas' shared CA from the database (the engine's calls are hosted on this loop).
+    state.authority.ensure()
     relay = None
     if state.cluster is not None and state.replicas is not None:
         # Other replicas may be running: only what a gone replica owned is recovered (replicas.py).
@@ -111,9 +110,8 @@ async def serve(settings: Settings) -> None:
         relay.start()
     else:
         state.scheduler.recover()
-    if state.sandboxes is not None:
         state.sandboxes.recover()
-    router = await start_router(state) if state.sandboxes is not None else None
+    router = await start_router(state) if state.cluster is None else None
     servicer = HomeportServicer(state)
     grpc_server = GuardedServer([servicer])
     await grpc_server.start(settings.host, settings.port)
@@ -130,6 +128,7 @@ async def serve(settings: Settings) -> None:
     http_app.add_routes(blob_routes(state.blobs))
     http_app.add_routes(volume_routes(state.blobs, state.volumes))
     http_app.add_routes(Dashboard(state, state.dashboard_signer).routes())
+    http_app.add_routes(router_callback_routes(state.router_credentials, state.sandboxes))
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.effective_blob_port)
@@ -147,13 +146,11 @@ async def serve(settings: Settings) -> None:
         )
         log.info("metrics at http://%s:%d/metrics", settings.host, settings.metrics_port)
     write_client_env(state)
-    if state.authority is not None and state.sandboxes is not None:
-        await asyncio.to_thread(state.authority.ensure)
-        log.info(
-            "sandbox tunnels (and the router off localhost) use TLS from Homeport's CA: trust it with "
-            "SSL_CERT_FILE=%s",
-            state.authority.bundle_path,
-        )
+    log.info(
+        "sandbox tunnels (and the router off localhost) use TLS from Homeport's CA: trust it with "
+        "SSL_CERT_FILE=%s",
+        state.authority.bundle_path,
+    )
     log.info(
         "homeport serving gRPC on %s, blobs on %s, data in %s",
         settings.server_url,
@@ -181,8 +178,7 @@ async def serve(settings: Settings) -> None:
             for task in tasks:
                 task.cancel()
     finally:
-        if state.sandboxes is not None:
-            state.sandboxes.stop_all()
+        state.sandboxes.stop_all()
         if router is not None:
             router.close()
         await state.scheduler.shutdown()

@@ -18,6 +18,7 @@ from homeport.agent.gpus import GpuRequest
 from homeport.agent.node import SATURATED_CPU, ContainerExit, NodeAgent, NodeInventory, ZygoteOrder
 from homeport.agent.order import ContainerOrder
 from homeport.agent.runtime import OutputCallback
+from homeport.agent.sandbox_io import OutputChunks, read_output, write_v1_stdin
 from homeport.agent.tunnels import Tunnel
 from homeport.agent.volume_copy import Entry
 
@@ -30,6 +31,7 @@ class NodeLost(Exception):
 
 class Node(Protocol):
     node_id: str
+    router_url: str  # where clients reach this node's task command router ("" before it listens)
 
     def inventory(self) -> NodeInventory: ...
 
@@ -69,6 +71,20 @@ class Node(Protocol):
         on this machine): Sandbox.snapshot_filesystem."""
         ...
 
+    async def sandbox_idle_s(self, task_id: str) -> float | None:
+        """Seconds since the last router call on a sandbox ended (0 while one is open;
+        None: it has had none)."""
+        ...
+
+    async def sandbox_output(self, task_id: str, fd: int, offset: int, wait_s: float) -> OutputChunks | None:
+        """A sandbox entrypoint's output from `offset` (agent/sandbox_io.py); None once the
+        node no longer knows the sandbox."""
+        ...
+
+    async def sandbox_stdin(self, task_id: str, index: int, data: bytes, eof: bool) -> str | None:
+        """The V1 SandboxStdinWrite numbered `index`: None once delivered, else why not."""
+        ...
+
     def container_blob_base(self) -> str | None:
         """Where this node's containers reach blob URLs (None: the server's own address)."""
         ...
@@ -82,6 +98,7 @@ class LocalNode:
     def __init__(self, agent: NodeAgent, blob_base: Callable[[], str | None]) -> None:
         self.agent = agent
         self.node_id = agent.node_id
+        self.router_url = ""  # set once the server's router listens (main.py)
         self._blob_base = blob_base
 
     def inventory(self) -> NodeInventory:
@@ -130,6 +147,15 @@ class LocalNode:
 
     async def tunnels(self, task_id: str) -> list[Tunnel]:
         return self.agent.tunnels(task_id)
+
+    async def sandbox_idle_s(self, task_id: str) -> float | None:
+        return self.agent.sandbox_activity.idle_s(task_id)
+
+    async def sandbox_output(self, task_id: str, fd: int, offset: int, wait_s: float) -> OutputChunks | None:
+        return await read_output(self.agent.sandbox(task_id), fd, offset, wait_s)
+
+    async def sandbox_stdin(self, task_id: str, index: int, data: bytes, eof: bool) -> str | None:
+        return write_v1_stdin(self.agent.sandbox(task_id), index, data, eof)
 
     def container_blob_base(self) -> str | None:
         return self._blob_base()

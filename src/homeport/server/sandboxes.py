@@ -97,6 +97,7 @@ class Sandboxes:
         volumes: VolumeService,
         logs: LogService,
         log_limit_bytes: int,
+        server_id: str = "",
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -107,9 +108,9 @@ class Sandboxes:
         self.volumes = volumes
         self.logs = logs  # the entrypoint's output, for `modal container logs`
         self.log_limit_bytes = log_limit_bytes
-        self.running: dict[str, _Running] = {}  # by sandbox id
+        self.server_id = server_id  # this replica (cluster mode): it watches what it started
+        self.running: dict[str, _Running] = {}  # by sandbox id: those this replica started
         self._ending: dict[str, int] = {}  # sandbox id -> the status it is being ended with
-        self._activity: dict[str, list[float]] = {}  # task id -> [router calls open, last call's end]
         self.created: Callable[[str, str], None] = lambda sandbox_id, workspace_id: None
 
     # --- create -------------------------------------------------------------------------------
@@ -147,6 +148,12 @@ class Sandboxes:
         self._insert(workspace_id, app_id, environment_name, name, tags, idempotency_key, sandbox_id, task_id)
         self.created(sandbox_id, workspace_id)
         node, devices = await self._reserve(sandbox_id, task_id, plan)
+        with self.engine.begin() as connection:
+            connection.execute(
+                s.update()
+                .where(s.c.id == sandbox_id)
+                .values(node_id=node.node_id, image_id=definition.image_id)
+            )
         order = ContainerOrder(
             task_id=task_id,
             app_id=app_id,
@@ -294,6 +301,7 @@ class Sandboxes:
                         task_id=task_id,
                         idempotency_key=idempotency_key or None,
                         created_at=time.time(),
+                        server_id=self.server_id or None,
                     )
                 )
         except sa.exc.IntegrityError:
@@ -315,30 +323,29 @@ class Sandboxes:
 
     # --- the end ------------------------------------------------------------------------------
 
-    def touch(self, task_id: str, change: int) -> None:
-        """A router call on this sandbox began (+1) or ended (-1)."""
-        activity = self._activity.get(task_id)
-        if activity is not None:
-            activity[0] += change
-            activity[1] = time.monotonic()
-
-    async def _end_when_idle(self, sandbox_id: str, task_id: str, idle_s: int) -> None:
-        """idle_timeout: no exec, no stdin, no open stream for `idle_s` seconds."""
+    async def _end_when_idle(self, sandbox_id: str, task_id: str, node: Node, idle_s: int) -> None:
+        """idle_timeout: no exec, no stdin, no open stream for `idle_s` seconds (the node's
+        router counts its calls; before the first, the sandbox's start counts)."""
+        started = time.monotonic()
         while True:
-            open_calls, last = self._activity[task_id]
-            quiet = time.monotonic() - last
-            if open_calls <= 0 and quiet >= idle_s:
+            try:
+                quiet = await node.sandbox_idle_s(task_id)
+            except Exception as error:  # the node is busy or going: ask again
+                log.debug("sandbox %s: idle time unknown: %r", sandbox_id, error)
+                quiet = 0.0
+            if quiet is None:
+                quiet = time.monotonic() - started
+            if quiet >= idle_s:
                 self._end(sandbox_id, GENERIC.GENERIC_STATUS_IDLE_TIMEOUT)
                 return
-            await asyncio.sleep(max(0.2, idle_s - quiet if open_calls <= 0 else 1.0))
+            await asyncio.sleep(max(0.2, min(idle_s - quiet, 1.0)))
 
     async def _watch(self, sandbox_id: str, task_id: str, node: Node, timeout_s: int, idle_s: int) -> None:
         deadline = asyncio.get_running_loop().call_later(
             max(timeout_s, 1), self._end, sandbox_id, GENERIC.GENERIC_STATUS_TIMEOUT
         )
-        self._activity[task_id] = [0, time.monotonic()]
         idle = (
-            asyncio.get_running_loop().create_task(self._end_when_idle(sandbox_id, task_id, idle_s))
+            asyncio.get_running_loop().create_task(self._end_when_idle(sandbox_id, task_id, node, idle_s))
             if idle_s
             else None
         )
@@ -348,7 +355,6 @@ class Sandboxes:
             deadline.cancel()
             if idle is not None:
                 idle.cancel()
-            self._activity.pop(task_id, None)
             self.running.pop(sandbox_id, None)
         for volume_id, changed, removed in ended.volume_changes:
             try:
@@ -384,11 +390,29 @@ class Sandboxes:
             self._ending[sandbox_id] = status
             running.node.kill(running.task_id)
 
+    def node_of(self, row: sa.Row) -> Node | None:  # type: ignore[type-arg]
+        """The node a running sandbox is on, whichever replica started it; None once it
+        has finished or its node is gone."""
+        if row.result is not None:
+            return None
+        running = self.running.get(row.id)
+        if running is not None:
+            return running.node
+        return self.placement.nodes.get(row.node_id) if row.node_id else None
+
+    def router_url(self, row: sa.Row) -> str:  # type: ignore[type-arg]
+        """Where the client dials the sandbox's task command router: beside it, on its node."""
+        node = self.node_of(row)
+        if node is None or not node.router_url:
+            raise errors.failed_precondition(f"sandbox {row.id} has finished")
+        return node.router_url
+
     async def tunnels(self, sandbox_id: str) -> list[api_pb2.TunnelData]:
         """A running sandbox's open ports as the client sees them (Tunnel.url, tcp_socket);
         none once it has finished."""
-        running = self.running.get(sandbox_id)
-        if running is None:
+        row = self._by_id(sandbox_id)
+        node = self.node_of(row) if row is not None else None
+        if row is None or node is None:
             return []
         return [
             api_pb2.TunnelData(
@@ -398,24 +422,37 @@ class Sandboxes:
                 unencrypted_host=tunnel.unencrypted_host or None,
                 unencrypted_port=tunnel.unencrypted_port or None,
             )
-            for tunnel in await running.node.tunnels(running.task_id)
+            for tunnel in await node.tunnels(row.task_id)
         ]
 
     async def snapshot_filesystem(self, task_id: str, snapshot_id: str) -> str:
         """A new image: the running sandbox's image plus what it changed (image_snapshots.py)."""
         row = self.by_task(task_id)
-        running = self.running.get(row.id) if row is not None else None
-        if row is None or running is None:
+        node = self.node_of(row) if row is not None else None
+        if row is None or node is None:
             raise errors.failed_precondition(
                 f"sandbox task {task_id} has finished; only a running one can be snapshotted"
             )
-        return await self.snapshots.take(
-            row.workspace_id, running.node, task_id, running.chain, running.config, snapshot_id
-        )
+        running = self.running.get(row.id)
+        if running is not None:
+            chain, config = running.chain, running.config
+        else:  # started by another replica
+            chain, config = self.images.runtime_chain(row.image_id)
+        return await self.snapshots.take(row.workspace_id, node, task_id, chain, config, snapshot_id)
 
     def terminate(self, sandbox_id: str) -> None:
-        """Stop it now (its result: TERMINATED, return code 137); a no-op once finished."""
-        self._end(sandbox_id, GENERIC.GENERIC_STATUS_TERMINATED)
+        """Stop it now (its result: TERMINATED, return code 137); a no-op once finished.
+        Another replica's sandbox is ended here and killed on its node; the replica that
+        started it sees it exit (and commits its volumes) as usual."""
+        if sandbox_id in self.running:
+            self._end(sandbox_id, GENERIC.GENERIC_STATUS_TERMINATED)
+            return
+        row = self._by_id(sandbox_id)
+        node = self.node_of(row) if row is not None else None
+        if row is not None and node is not None:
+            status = GENERIC.GENERIC_STATUS_TERMINATED
+            self._finish(sandbox_id, GENERIC(status=status, exception=_why(status)))
+            node.kill(row.task_id)
 
     def _finish(self, sandbox_id: str, result: api_pb2.GenericResult) -> None:
         self._record_result(result, s.c.id == sandbox_id)
@@ -431,11 +468,29 @@ class Sandboxes:
             )
 
     def recover(self) -> None:
-        """At start-up: sandboxes of a previous run went with it (their containers die
-        with the server); they end as failed, saying so."""
+        """At start-up on one machine: sandboxes of a previous run went with it (their
+        containers die with the server); they end as failed, saying so."""
         self._record_result(
             GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="the server restarted")
         )
+
+    def recover_replica(self, server_id: str) -> None:
+        """Cluster mode: a replica is gone, and the sandboxes it started were stopped on
+        their nodes with its other containers (replicas.py); they end as failed."""
+        failed = GENERIC(
+            status=GENERIC.GENERIC_STATUS_FAILURE,
+            exitcode=1,
+            exception="the control-plane replica that started it stopped",
+        )
+        with self.engine.connect() as connection:
+            ended = (
+                connection.execute(sa.select(s.c.id).where(s.c.server_id == server_id, s.c.result.is_(None)))
+                .scalars()
+                .all()
+            )
+        self._record_result(failed, s.c.server_id == server_id)
+        for sandbox_id in ended:
+            self.notifier.notify(sandbox_key(sandbox_id))
 
     async def exec_environment(self, task_id: str, sources: list[api_pb2.SecretSource]) -> dict[str, str]:
         """An exec's secrets and env= (for the router), read in its sandbox's workspace:
@@ -516,6 +571,10 @@ class Sandboxes:
     @staticmethod
     def _running(workspace_id: str) -> sa.Select:  # type: ignore[type-arg]
         return sa.select(s).where(s.c.workspace_id == workspace_id, s.c.result.is_(None))
+
+    def _by_id(self, sandbox_id: str) -> sa.Row | None:  # type: ignore[type-arg]
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(s).where(s.c.id == sandbox_id)).first()
 
     def by_task(self, task_id: str) -> sa.Row | None:  # type: ignore[type-arg]
         with self.engine.connect() as connection:

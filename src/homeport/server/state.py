@@ -15,6 +15,7 @@ from homeport.agent.memory_snapshots import MemorySnapshotRuntime
 from homeport.agent.network import BridgeNetwork
 from homeport.agent.network import available as network_available
 from homeport.agent.node import NodeAgent
+from homeport.agent.ray_agent import RouterSetup
 from homeport.agent.router import RouterCredentials
 from homeport.agent.runtime import Runtime
 from homeport.agent.sandbox import SandboxRuntime
@@ -65,6 +66,11 @@ from homeport.tls import CertificateAuthority
 BLOB_SIGNING_KEY = "blob_signing_key"
 DASHBOARD_SIGNING_KEY = "dashboard_signing_key"
 ROUTER_SIGNING_KEY = "router_signing_key"  # sandbox credentials (agent/router.py)
+TLS_AUTHORITY = "tls_authority"  # cluster mode: the CA every replica issues certificates from
+# Client 1.6.4 (`Client._is_localhost`) dials the router over plain HTTP/2 only when its
+# server URL names one of these; otherwise it wants `https` with a certificate the system's
+# CA store trusts (SSL_CERT_FILE pointing at Homeport's bundle does: see tls.py).
+LOCALHOST_NAMES = {"localhost", "127.0.0.1", "::1"}
 log = logging.getLogger("homeport.server")
 
 
@@ -108,15 +114,14 @@ class ServerState:
     secrets: SecretService
     volumes: VolumeService
     web: WebEndpointService
+    # modal.Sandbox; the task command router beside each node's sandboxes (this machine's:
+    # main.py; a cluster node's: agent/node_router.py) takes credentials signed with this.
+    sandboxes: Sandboxes
+    router_credentials: RouterCredentials
+    # Homeport's CA: TLS for sandbox tunnels and a router clients reach off localhost (tls.py).
+    authority: CertificateAuthority
 
     network: BridgeNetwork | None = None
-    # modal.Sandbox (one machine only, for now) and the task command router's address and
-    # credentials (agent/router.py; the address is known once it listens, see main.py).
-    sandboxes: Sandboxes | None = None
-    router_credentials: RouterCredentials = dataclasses.field(default_factory=lambda: RouterCredentials(b""))
-    router_url: str = ""
-    # Homeport's CA: TLS for sandbox tunnels and a router clients reach off localhost (tls.py).
-    authority: CertificateAuthority | None = None
     cluster: RayCluster | None = None  # cluster mode: the Ray nodes
     replicas: Replicas | None = None  # cluster mode: the other control-plane replicas
 
@@ -207,7 +212,14 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         else MemorySnapshotRuntime(SandboxRuntime(network, zygotes), SnapshotStore(layout.memory_snapshots))
     )
     nodes = NodeRegistry(engine)
-    authority = CertificateAuthority(settings.data_dir / "tls")
+    # Replicas of a cluster share one CA and one router signing key (the database's).
+    authority = CertificateAuthority(
+        settings.data_dir / "tls",
+        (lambda offered: shared_setting(engine, TLS_AUTHORITY, offered)) if settings.ray_address else None,
+    )
+    router_credentials = RouterCredentials(
+        shared_setting(engine, ROUTER_SIGNING_KEY, random_secrets.token_hex(32)).encode()
+    )
     agent = NodeAgent(
         runtime,
         layout.task_dir,
@@ -263,6 +275,13 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             f"{settings.host}:{settings.effective_blob_port}",
             {k: v for k, v in os.environ.items() if k.startswith("AWS_")},
             nodes.report,
+            lambda host: RouterSetup(
+                server_id,
+                f"http://{settings.host}:{settings.effective_blob_port}",
+                router_credentials.key,
+                authority.server_pems([host]),
+                router_tls=settings.host not in LOCALHOST_NAMES,
+            ),
         )
     else:
         placement.add(local)  # one machine: it runs everything
@@ -284,34 +303,32 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
     )
     scheduler.forget_credential = auth.forget_task
     scheduler.server_id = server_id
+    sandboxes = Sandboxes(
+        engine,
+        notifier,
+        images,
+        secret_service,
+        placement,
+        FilesystemSnapshots(engine, images.layers, notifier),
+        volumes,
+        logs,
+        settings.limits.container_log_bytes,
+        server_id,
+    )
+    sandboxes.created = ownership.remember
     replicas = None
     if cluster is not None:
         cluster_nodes = cluster
-        replicas = Replicas(
-            engine,
-            server_id,
-            control_address,
-            calls.requeue_claimed,
-            lambda gone: cluster_nodes.stop_everywhere(gone),
-        )
+
+        async def settle_gone(gone: str) -> None:
+            await cluster_nodes.stop_everywhere(gone)
+            sandboxes.recover_replica(gone)
+
+        replicas = Replicas(engine, server_id, control_address, calls.requeue_claimed, settle_gone)
         scheduler.is_home = replicas.is_home
     metrics.resolve_names = lambda function_id: _function_names(apps, auth, function_id)
     metrics.watch(StateCollector(calls.pending_counts, nodes.list, metrics.names))
     images.run_build_function = scheduler.run_build_function
-    sandboxes = None
-    if cluster is None:
-        sandboxes = Sandboxes(
-            engine,
-            notifier,
-            images,
-            secret_service,
-            placement,
-            FilesystemSnapshots(engine, images.layers, notifier),
-            volumes,
-            logs,
-            settings.limits.container_log_bytes,
-        )
-        sandboxes.created = ownership.remember
     return ServerState(
         settings=settings,
         engine=engine,
@@ -343,9 +360,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         network=network,
         sandboxes=sandboxes,
         authority=authority,
-        router_credentials=RouterCredentials(
-            shared_setting(engine, ROUTER_SIGNING_KEY, random_secrets.token_hex(32)).encode()
-        ),
+        router_credentials=router_credentials,
         cluster=cluster,
         replicas=replicas,
     )

@@ -166,9 +166,14 @@ async def container_stop(
 ) -> api_pb2.ContainerStopResponse:
     scheduler = context.state.scheduler
     running = scheduler.container(request.task_id)
-    sandbox = context.state.sandboxes.by_task(request.task_id) if context.state.sandboxes else None
-    if running is None and sandbox is not None and sandbox.result is None:
-        context.state.sandboxes.terminate(sandbox.id)  # type: ignore[union-attr]
+    sandbox = context.state.sandboxes.by_task(request.task_id)
+    if (
+        running is None
+        and sandbox is not None
+        and sandbox.result is None
+        and sandbox.workspace_id == context.workspace_id  # another workspace's: NOT_FOUND below
+    ):
+        context.state.sandboxes.terminate(sandbox.id)
         return api_pb2.ContainerStopResponse()
     if running is None:
         raise errors.not_found(f"container {request.task_id} is not running")
@@ -184,7 +189,7 @@ async def task_get_info(
     """What `modal container logs ID` and `modal container stop ID` look up first: the
     container's app and when it started and stopped."""
     task = context.state.scheduler.task_record(request.task_id)
-    sandbox = context.state.sandboxes.by_task(request.task_id) if context.state.sandboxes else None
+    sandbox = context.state.sandboxes.by_task(request.task_id)
     if task is None and sandbox is not None and sandbox.workspace_id == context.workspace_id:
         info = api_pb2.TaskInfo(
             id=sandbox.task_id, enqueued_at=sandbox.created_at, started_at=sandbox.created_at
@@ -227,15 +232,14 @@ async def task_list(context: RequestContext, request: api_pb2.TaskListRequest) -
                 started_at=time.time() - (time.monotonic() - running.started_at),
             )
         )
-    if context.state.sandboxes is not None:
-        for row in context.state.sandboxes.running_rows(context.workspace_id, request.app_id):
-            app = context.state.apps.get("", row.app_id)
-            tasks.append(
-                api_pb2.TaskStats(
-                    task_id=row.task_id,
-                    app_id=row.app_id,
-                    app_description=f"{app.name or app.description} (sandbox {row.id})",
-                    started_at=row.created_at,
-                )
+    for row in context.state.sandboxes.running_rows(context.workspace_id, request.app_id):
+        app = context.state.apps.get("", row.app_id)
+        tasks.append(
+            api_pb2.TaskStats(
+                task_id=row.task_id,
+                app_id=row.app_id,
+                app_description=f"{app.name or app.description} (sandbox {row.id})",
+                started_at=row.created_at,
             )
+        )
     return api_pb2.TaskListResponse(tasks=tasks)

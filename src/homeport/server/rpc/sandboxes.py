@@ -27,11 +27,6 @@ AUTH_TOKEN_LIFETIME_S = 3600
 
 
 def sandbox_service(context: RequestContext) -> Sandboxes:
-    if context.state.sandboxes is None:
-        raise errors.failed_precondition(
-            "sandboxes are not supported in cluster mode by this server yet: run them against a "
-            "single-machine server (homeport serve without --ray-address)"
-        )
     return context.state.sandboxes
 
 
@@ -54,9 +49,11 @@ def _tags(row) -> list[api_pb2.SandboxTag]:  # type: ignore[no-untyped-def]
     ]
 
 
-def _access(context: RequestContext, task_id: str) -> api_pb2.TaskGetCommandRouterAccessResponse:
+def _access(context: RequestContext, row) -> api_pb2.TaskGetCommandRouterAccessResponse:  # type: ignore[no-untyped-def]
+    """The router beside the sandbox, on its node, and a credential for its task only."""
     return api_pb2.TaskGetCommandRouterAccessResponse(
-        url=context.state.router_url, jwt=context.state.router_credentials.issue(task_id)
+        url=sandbox_service(context).router_url(row),
+        jwt=context.state.router_credentials.issue(row.task_id),
     )
 
 
@@ -84,7 +81,7 @@ async def sandbox_create_v2(
         list(request.tags),
         context.idempotency_key,
     )
-    access = _access(context, task_id)
+    access = _access(context, sandbox_service(context).by_task(task_id))
     return api_pb2.SandboxCreateV2Response(
         sandbox_id=sandbox_id,
         task_id=task_id,
@@ -156,7 +153,7 @@ async def sandbox_get_command_router_access(
         row = owned_sandbox(context, request.sandbox_id)
         if row.result is not None:
             raise errors.failed_precondition(f"sandbox {row.id} has finished")
-    access = _access(context, row.task_id)
+    access = _access(context, row)
     return api_pb2.SandboxGetCommandRouterAccessResponse(url=access.url, jwt=access.jwt)
 
 
@@ -166,7 +163,7 @@ async def task_get_command_router_access(
 ) -> api_pb2.TaskGetCommandRouterAccessResponse:
     """What `modal container exec TASK_ID` asks for a V1 sandbox's task, and the V1
     sandbox handle for its execs."""
-    return _access(context, _running_by_task(context, request.task_id).task_id)
+    return _access(context, _running_by_task(context, request.task_id))
 
 
 @handler("SandboxTagsGet")

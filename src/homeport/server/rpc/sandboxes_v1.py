@@ -11,15 +11,13 @@ SandboxStdinWrite numbers its writes from 1 (`index`), so a retried write is rec
 
 from __future__ import annotations
 
-import asyncio
 import codecs
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from grpclib import GRPCError, Status
 from modal_proto import api_pb2
 
-from homeport.agent.sandbox_processes import MAIN, SandboxProcesses
 from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
@@ -27,6 +25,7 @@ from homeport.server.rpc.images import image_metadata
 from homeport.server.rpc.sandboxes import owned_sandbox, sandbox_service
 
 LOGS_TIMEOUT_S = 55.0
+READ_SLICE_S = 10.0  # one wait for output on the sandbox's node (it may be another machine)
 
 
 @handler("SandboxCreate")
@@ -51,9 +50,10 @@ async def sandbox_create(
     )
 
 
-def _processes(context: RequestContext, sandbox_id: str) -> SandboxProcesses | None:
-    """The sandbox's processes on this machine's node (sandboxes run on one machine)."""
-    return context.state.agent.sandbox(owned_sandbox(context, sandbox_id).task_id)
+def _on_node(context: RequestContext, sandbox_id: str):  # type: ignore[no-untyped-def]
+    """The workspace's sandbox (its row) and the node it runs on (None once finished)."""
+    row = owned_sandbox(context, sandbox_id)
+    return row, sandbox_service(context).node_of(row)
 
 
 @handler("SandboxGetLogs")
@@ -64,23 +64,25 @@ async def sandbox_get_logs(
 ) -> None:
     fd = 2 if request.file_descriptor == api_pb2.FILE_DESCRIPTOR_STDERR else 1
     offset = int(request.last_entry_id) if request.last_entry_id.isdigit() else 0
-    processes = _processes(context, request.sandbox_id)
-    if processes is None:  # long gone: nothing more to read
-        await send(api_pb2.TaskLogsBatch(entry_id=str(offset), eof=True))
-        return
-    stream = processes.processes[MAIN].stream(fd)
+    row, node = _on_node(context, request.sandbox_id)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    try:
-        async with asyncio.timeout(min(request.timeout or LOGS_TIMEOUT_S, LOGS_TIMEOUT_S)):
-            async for start, data in stream.read(offset):
-                text = decoder.decode(data)
-                # A character cut at the chunk's end is sent with the next chunk.
-                offset = start + len(data) - len(decoder.getstate()[0])
-                if text:
-                    item = api_pb2.TaskLogs(data=text, file_descriptor=request.file_descriptor)
-                    await send(api_pb2.TaskLogsBatch(entry_id=str(offset), items=[item]))
-    except TimeoutError:
-        return
+    deadline = time.monotonic() + min(request.timeout or LOGS_TIMEOUT_S, LOGS_TIMEOUT_S)
+    ended = node is None  # long gone: nothing more to read
+    while not ended:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return  # the client asks again
+        read = await node.sandbox_output(row.task_id, fd, offset, min(remaining, READ_SLICE_S))
+        if read is None:
+            break
+        chunks, ended = read
+        for start, data in chunks:
+            text = decoder.decode(data)
+            # A character cut at the chunk's end is sent with the next chunk.
+            offset = start + len(data) - len(decoder.getstate()[0])
+            if text:
+                item = api_pb2.TaskLogs(data=text, file_descriptor=request.file_descriptor)
+                await send(api_pb2.TaskLogsBatch(entry_id=str(offset), items=[item]))
     await send(api_pb2.TaskLogsBatch(entry_id=str(offset), eof=True))
 
 
@@ -88,17 +90,14 @@ async def sandbox_get_logs(
 async def sandbox_stdin_write(
     context: RequestContext, request: api_pb2.SandboxStdinWriteRequest
 ) -> api_pb2.SandboxStdinWriteResponse:
-    processes = _processes(context, request.sandbox_id)
-    main = processes.processes[MAIN] if processes is not None else None
-    if processes is None or main is None or main.exit_status is not None:
-        raise errors.failed_precondition("the sandbox has finished; its stdin is closed")
-    if request.index <= processes.v1_stdin_index:
-        return api_pb2.SandboxStdinWriteResponse()  # a retried write, already delivered
-    try:
-        processes.write_stdin(MAIN, main.stdin_offset, request.input, request.eof)
-    except ConnectionError as error:
-        raise GRPCError(Status.FAILED_PRECONDITION, str(error)) from None
-    processes.v1_stdin_index = request.index
+    row, node = _on_node(context, request.sandbox_id)
+    refusal = (
+        "the sandbox has finished; its stdin is closed"
+        if node is None
+        else await node.sandbox_stdin(row.task_id, request.index, request.input, request.eof)
+    )
+    if refusal is not None:
+        raise errors.failed_precondition(refusal)
     return api_pb2.SandboxStdinWriteResponse()
 
 

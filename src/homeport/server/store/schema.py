@@ -409,5 +409,10 @@ sandboxes = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False, index=True),
     sa.Column("result", sa.LargeBinary, nullable=True),  # api_pb2.GenericResult once finished
     sa.Column("finished_at", sa.Float, nullable=True),
+    # Where it runs: any replica reaches it through its node (cluster mode); the replica
+    # that started it watches its end, and a replica that is gone has its sandboxes ended.
+    sa.Column("image_id", sa.String(40), nullable=True),
+    sa.Column("node_id", sa.String(200), nullable=True),
+    sa.Column("server_id", sa.String(40), nullable=True),
     sa.UniqueConstraint("app_id", "name", name="uq_sandboxes_app_name"),
 )
