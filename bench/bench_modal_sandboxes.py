@@ -5,7 +5,7 @@ One `homeport serve` on this machine, one client process, all in one run:
    back to back and half a second apart, with sandboxes started ahead (the default) against
    the same server without (HOMEPORT_SANDBOX_POOL=0), both in this run; and against the
    same client's warm `.remote()` of a trivial function.
-2. Sandboxes created per second, one after another, each then terminated.
+2. Sandboxes created per second, one after another, then from 4 threads at once.
 3. `sb.exec("true")` start to exit code on a running sandbox: p50/p99. Baseline:
    fork + exec of `/bin/true` on the host (`subprocess.run`).
 4. Memory per idle sandbox (`sleep infinity`): the drop of MemAvailable over 50 of them.
@@ -69,6 +69,15 @@ creates_per_s = len(made) / (time.perf_counter() - t)
 for sb in made:
     sb.terminate()
 
+# Several creators at once (agents serving many users): 60 creates from 4 threads.
+import concurrent.futures
+t = time.perf_counter()
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    made = list(pool.map(lambda _: modal.Sandbox.create("sleep", "infinity", app=app), range(60)))
+concurrent_creates_per_s = len(made) / (time.perf_counter() - t)
+for sb in made:
+    sb.terminate()
+
 sb = modal.Sandbox.create("sleep", "infinity", app=app)
 sb.exec("true").wait()
 execs = []
@@ -94,6 +103,7 @@ print("RESULT", json.dumps({
     "create_spaced_p99_ms": percentile(spaced, 0.99) * 1000,
     "warm_remote_p50_ms": statistics.median(remote) * 1000,
     "creates_per_s": creates_per_s,
+    "concurrent_creates_per_s": concurrent_creates_per_s,
     "exec_p50_ms": statistics.median(execs) * 1000,
     "exec_p99_ms": percentile(execs, 0.99) * 1000,
     "host_fork_exec_p50_ms": statistics.median(host) * 1000,
@@ -128,6 +138,8 @@ def main() -> None:
               f"({figures['warm_remote_p50_ms']:.1f} ms)")  # fmt: skip
     print(f"creates afresh: {afresh['creates_per_s']:.1f}/s sustained")
     print(f"creates with 2 started ahead: {figures['creates_per_s']:.1f}/s sustained")
+    print(f"creates from 4 threads at once: {figures['concurrent_creates_per_s']:.1f}/s "
+          f"(afresh: {afresh['concurrent_creates_per_s']:.1f}/s)")  # fmt: skip
     print(f"exec round trip p50 {figures['exec_p50_ms']:.1f} ms (p99 {figures['exec_p99_ms']:.1f}); "
           f"{figures['exec_p50_ms'] / figures['host_fork_exec_p50_ms']:.1f}x a host fork+exec "
           f"({figures['host_fork_exec_p50_ms']:.2f} ms)")  # fmt: skip

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_LAYER_DIR, Server, assert_ok, output, run_modal, run_python
+from tests.e2e.test_sandboxes import SANDBOX_FROM_A_FUNCTION
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,6 +226,11 @@ print("CODE", sb.returncode)
     text = assert_ok(run_python(second, other, timeout=300))
     assert f"OTHER EXEC {started_on}" in text, text
     assert "CODE 137" in text
+    # From inside a function: the sandbox is placed on the function's node, whose router
+    # its containers reach on the node's bridge address.
+    text = assert_ok(run_python(first, SANDBOX_FROM_A_FUNCTION, timeout=600))
+    node = text.split("RESULT entry exec-out 3 137 ")[1].split()[0]
+    assert node in NODES, text[-3000:]
 
 
 def test_killed_replica_others_keep_serving_and_its_input_is_not_lost(cluster: Path) -> None:

@@ -731,3 +731,34 @@ except modal.exception.Error as error:
     assert "HOG 137 ''" in text  # the memory limit holds: the process that outgrew it was killed
     assert "STILL RUNNING None" in text
     assert "TOO BIG ResourceExhaustedError" in text and "50000000" in text.split("TOO BIG")[1]
+
+
+SANDBOX_FROM_A_FUNCTION = """
+import modal
+
+app = modal.App("sandbox-from-a-function")
+
+
+@app.function(serialized=True)
+def make() -> str:
+    import os
+    sb = modal.Sandbox.create("sh", "-c", "echo entry; cat", app=modal.App.lookup("inner-sandboxes", create_if_missing=True))
+    first = next(iter(sb.stdout)).strip()
+    p = sb.exec("sh", "-c", "echo exec-out; exit 3")
+    out, code = p.stdout.read().strip(), p.wait()
+    sb.terminate()
+    sb.wait(raise_on_termination=False)
+    return f"{first} {out} {code} {sb.returncode} {os.environ['HOMEPORT_NODE_ID']}"
+
+
+with app.run():
+    print("RESULT", make.remote())
+"""
+
+
+def test_sandboxes_from_inside_a_function(server: Server) -> None:
+    """The client in a container reaches the control plane by its Unix socket, which it
+    does not count as localhost: it dials the router over TLS, trusting Homeport's CA
+    through the bundle bound into the container."""
+    text = assert_ok(run_python(server, SANDBOX_FROM_A_FUNCTION, timeout=300))
+    assert "RESULT entry exec-out 3 137 " in text, text[-3000:]

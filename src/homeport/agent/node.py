@@ -44,6 +44,7 @@ from homeport.agent.runtime import (
 from homeport.agent.sandbox_io import SandboxActivity
 from homeport.agent.sandbox_pool import OutputRelay, SandboxPool, Waiting, sandbox_spec
 from homeport.agent.sandbox_processes import SandboxProcesses
+from homeport.agent.trust import trust_binding
 from homeport.agent.tunnels import OpenTunnels, Tunnel, TunnelGate
 from homeport.agent.volume_copy import Entry, Snapshot
 from homeport.agent.zygote import ZygoteImage
@@ -175,6 +176,7 @@ class NodeAgent:
         self._ended_sandboxes: collections.OrderedDict[str, SandboxProcesses] = collections.OrderedDict()
         self._pool = SandboxPool(self._launch_waiting)
         self.sandbox_activity = SandboxActivity()  # router calls, for idle_timeout
+        self.trust_bundle: Path | None = None  # Homeport's CA for function containers (agent/trust.py)
 
     # --- room -----------------------------------------------------------------------------
 
@@ -381,17 +383,19 @@ class NodeAgent:
             for f in order.files
         ]
         control_socket = await self.assets.control_socket(order.control_address)
+        environment = {**order.started_environment, **order.environment, "HOMEPORT_NODE_ID": self.node_id}
+        trust, trusting = trust_binding(self.trust_bundle, work_dir, environment)
         return ContainerSpec(
             task_id=order.task_id,
             app_id=order.app_id,
             function_id=order.function_id,
             container_arguments=order.container_arguments,
-            environment={**order.started_environment, **order.environment, "HOMEPORT_NODE_ID": self.node_id},
+            environment={**environment, **trusting},
             files=files,
             client_package_dir=package,
             image_layers=layers,
             working_dir=order.working_dir,
-            directories=directories,
+            directories=[*directories, *trust],
             control_socket=control_socket,
             network=order.network,
             memory_mib=order.memory_mib,

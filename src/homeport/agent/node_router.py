@@ -21,7 +21,7 @@ from grpclib import GRPCError, Status
 from grpclib.server import Server
 from modal_proto import api_pb2
 
-from homeport.agent.router import CommandRouter, RouterCredentials, caller_credential
+from homeport.agent.router import CommandRouter, RouterCredentials, caller_credential, listen
 from homeport.agent.sandbox_io import SandboxActivity
 
 log = logging.getLogger("homeport.agent")
@@ -61,20 +61,25 @@ class NodeRouter:
         self._owner_of = owner_of
         self.replicas: dict[str, str] = {}  # replica id -> its HTTP base URL
         self.url = ""
+        self.container_url = ""
         self._router = CommandRouter(
             credentials, sandboxes.sandbox, self._secrets, activity.touch, self._snapshot
         )
-        self._server: Server | None = None
+        self._servers: list[Server] = []
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None) -> str:
-        self._server = Server([self._router])
-        await self._server.start(host, port, ssl=tls)
-        bound = self._server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"{'https' if tls else 'http'}://{shown}:{bound}"
+        server, self.url = await listen(self._router, host, port, tls)
+        self._servers.append(server)
         log.info("sandbox command router at %s", self.url)
         return self.url
+
+    async def start_for_containers(self, gateway: str, tls: ssl.SSLContext) -> int:
+        """The same router on the node's bridge address, for the client inside its
+        containers (always TLS: agent/trust.py); returns its port."""
+        server, self.container_url = await listen(self._router, gateway, 0, tls)
+        self._servers.append(server)
+        return int(self.container_url.rsplit(":", 1)[1])
 
     def _replica(self, task_id: str) -> str:
         """The HTTP base of the replica that started the sandbox, else any replica (they
@@ -124,8 +129,8 @@ class NodeRouter:
         return str(answer["image_id"])
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self._session is not None:
             await self._session.close()
         await asyncio.sleep(0)

@@ -35,6 +35,7 @@ from homeport.agent.order import ContainerOrder
 from homeport.agent.router import RouterCredentials
 from homeport.agent.runtime import ContainerStartError
 from homeport.agent.sandbox_io import OutputChunks, read_output, write_v1_stdin
+from homeport.agent.trust import write_bundle
 from homeport.agent.tunnels import Tunnel, TunnelGate
 from homeport.agent.volume_copy import Entry
 
@@ -58,7 +59,8 @@ class RouterSetup:
     owner: str  # the replica
     callback_url: str  # its HTTP base, for what the router asks of the control plane
     signing_key: bytes  # router credentials (the same for every replica)
-    certificate: tuple[bytes, bytes]  # PEM certificate and key for the node's host, from Homeport's CA
+    certificate: tuple[bytes, bytes]  # PEM certificate and key for the node's addresses, from Homeport's CA
+    ca: bytes  # Homeport's CA certificate (PEM), which the node's containers trust
     router_tls: bool  # False: the router speaks plain HTTP/2 (the control plane is on localhost)
 
 
@@ -145,9 +147,10 @@ class AgentService:
             await asyncio.to_thread(self.network.setup, [blob_port])
         return NodeInfo(self.agent.node_id, gateway, self.host)
 
-    async def serve_sandboxes(self, setup: RouterSetup) -> str:
+    async def serve_sandboxes(self, setup: RouterSetup) -> tuple[str, str]:
         """The node's task command router (started by the first replica to ask; later ones
-        only leave their callback address) and its tunnels' TLS; returns the router's URL."""
+        only leave their callback address) and its tunnels' TLS; returns the router's URLs
+        for clients and for the node's own containers."""
         if self.router is None:
             certificate, key = setup.certificate
             # Client 1.6.4 makes every tunnel URL https://, and dials the router with TLS
@@ -159,9 +162,14 @@ class AgentService:
                 RouterCredentials(setup.signing_key), self.agent, self.agent.sandbox_activity, self.owners.get
             )
             await router.start(self.host, int(os.environ.get("HOMEPORT_ROUTER_PORT", "0")), tls)
+            if self.network is not None:  # the modal client in this node's containers
+                inside = tls_context(self.root / "tls", certificate, key, ("h2",))
+                port = await router.start_for_containers(self.network.gateway, inside)
+                await asyncio.to_thread(self.network.setup, [port])
+                self.agent.trust_bundle = write_bundle(setup.ca, self.root / "tls" / "ca-bundle.pem")
             self.router = router
         self.router.replicas[setup.owner] = setup.callback_url
-        return self.router.url
+        return self.router.url, self.router.container_url
 
     async def reserve(
         self, task_id: str, memory_mib: int, gpu_options: list[tuple[str, int]]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import grpclib.const
 import jwt
 from grpclib import GRPCError, Status
-from grpclib.server import Stream
+from grpclib.server import Server, Stream
 from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as tcr
 from modal_proto.task_command_router_grpc import TaskCommandRouterBase
@@ -35,6 +36,7 @@ from homeport.agent.sandbox_processes import MAIN, Process, SandboxProcesses
 CREDENTIAL_LIFETIME_S = 3600.0
 # TaskExecWait: the client's attempts carry a 60 s deadline; answer before it, and it asks again.
 WAIT_SLICE_S = 50.0
+OUTPUT_BEFORE_EXIT_S = 2.0  # how long an exit waits for open output streams to reach their end
 
 SecretResolver = Callable[[str, list[api_pb2.SecretSource]], Awaitable[dict[str, str]]]
 
@@ -261,8 +263,12 @@ class CommandRouter:
         request = await _request(stream)
         process = self._process(request.task_id, request.exec_id)
         fd = 2 if request.file_descriptor == tcr.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR else 1
-        async for _, data in process.stream(fd).read(request.offset):
-            await stream.send_message(tcr.TaskExecStdioReadResponse(data=data))
+        process.reading(1)
+        try:
+            async for _, data in process.stream(fd).read(request.offset):
+                await stream.send_message(tcr.TaskExecStdioReadResponse(data=data))
+        finally:
+            process.reading(-1)
 
     async def TaskExecStdinWrite(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
@@ -306,7 +312,25 @@ class CommandRouter:
             await asyncio.wait_for(process.exited.wait(), WAIT_SLICE_S)
         except TimeoutError:
             raise GRPCError(Status.DEADLINE_EXCEEDED, "still running; wait again") from None
+        # Client 1.6.4's wait() does not wait for the output it is streaming (`modal
+        # container exec` prints it as it comes, then exits once wait() returns): output
+        # streams already open are sent to their end first, so the exit follows the output.
+        try:
+            await asyncio.wait_for(process.read_out.wait(), OUTPUT_BEFORE_EXIT_S)
+        except TimeoutError:
+            pass  # a reader that stopped reading: the exit does not wait for it
         await stream.send_message(_exit_status(process, tcr.TaskExecWaitResponse))
+
+
+async def listen(
+    router: CommandRouter, host: str, port: int, tls: ssl.SSLContext | None
+) -> tuple[Server, str]:
+    """A gRPC server for `router` on host:port (0: any free port) and the URL clients dial."""
+    server = Server([router])
+    await server.start(host, port, ssl=tls)
+    bound = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    shown = f"[{host}]" if ":" in host else host
+    return server, f"{'https' if tls else 'http'}://{shown}:{bound}"
 
 
 def terminal_settings(info: api_pb2.PTYInfo) -> dict[str, object]:

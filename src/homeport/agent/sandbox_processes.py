@@ -81,6 +81,17 @@ class Process:
         self.exited = asyncio.Event()
         self.stdin_offset = 0  # bytes of stdin accepted so far
         self.stdin_closed = False
+        self.readers = 0  # router streams sending its output now
+        self.read_out = asyncio.Event()  # set whenever none are
+        self.read_out.set()
+
+    def reading(self, change: int) -> None:
+        """A stream of its output began (+1) or ended (-1)."""
+        self.readers += change
+        if self.readers > 0:
+            self.read_out.clear()
+        else:
+            self.read_out.set()
 
     def stream(self, fd: int) -> OutputStream:
         return self.stdout if fd == 1 else self.stderr

@@ -94,7 +94,10 @@ class RayNode:
         self.node_id = node_id
         self.owner = owner
         self.blob_base: str | None = None
-        self.router_url = ""  # the node's own task command router (agent/node_router.py)
+        # The node's own task command router (agent/node_router.py), as clients and as
+        # the node's own containers reach it.
+        self.router_url = ""
+        self.container_router_url = ""
         self._inventory = inventory
         self._gpu_holders: set[str] = set()
         self._outputs: dict[str, OutputCallback] = {}
@@ -312,7 +315,7 @@ class RayCluster:
         self.blob_target = blob_target
         self.environment = object_store_environment
         self.report = report  # NodeRegistry.report: `homeport nodes` reads it
-        self.router_setup = router_setup  # node host -> ray_agent.RouterSetup, for its sandboxes
+        self.router_setup = router_setup  # node addresses -> ray_agent.RouterSetup, for its sandboxes
         self.nodes: dict[str, RayNode] = {}  # by Ray node id
         self._joining: set[str] = set()
         self._reported_at = 0.0
@@ -381,15 +384,16 @@ class RayCluster:
                 .remote(self.blob_url, self.environment, ray_node_id)
             )
             info = await asyncio.wait_for(actor.hello.remote(self.blob_port, self.blob_target), 120)
-            setup = self.router_setup(info.host)  # the database (a shared CA): on the loop
-            router_url = await asyncio.wait_for(actor.serve_sandboxes.remote(setup), CALL_TIMEOUT_S)
+            # The database (a shared CA): on the loop.
+            setup = self.router_setup([info.host, *([info.bridge_gateway] if info.bridge_gateway else [])])
+            router_urls = await asyncio.wait_for(actor.serve_sandboxes.remote(setup), CALL_TIMEOUT_S)
             _, inventory, _ = await asyncio.wait_for(actor.events.remote(self.owner, 0.0), CALL_TIMEOUT_S)
         except Exception as error:
             log.warning("no agent on Ray node %s yet: %s", ray_node_id[:12], error)
             self._joining.discard(ray_node_id)
             return
         node = RayNode(actor, ray_node_id, info.node_id, inventory, self.owner, self.publisher)
-        node.router_url = router_url
+        node.router_url, node.container_router_url = router_urls
         if info.bridge_gateway is not None:
             node.blob_base = f"http://{info.bridge_gateway}:{self.blob_port}"
         node.run_pump()

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from grpclib.server import Server
 
-from homeport.agent.router import CommandRouter
+from homeport.agent.router import CommandRouter, listen
 from homeport.config import Settings
 from homeport.server.blobstore import blob_routes, volume_routes
 from homeport.server.connections import CONTAINER_SOCKET_LIMITS, GuardedServer
@@ -62,38 +62,36 @@ def postgres_dsn(engine) -> str:  # type: ignore[no-untyped-def]
     return str(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
 
 
-async def start_router(state: ServerState) -> Server:
+async def start_router(state: ServerState) -> list[Server]:
     """The task command router for this machine's sandboxes (one machine; in a cluster each
     node runs its own, agent/node_router.py), on a port of its own (the client dials it at
     the URL SandboxCreateV2 hands out): plain HTTP/2 when the server is on localhost, TLS
-    with a certificate from Homeport's CA otherwise."""
+    with a certificate from Homeport's CA otherwise. A second listener, always TLS, serves
+    the modal client inside function containers (agent/trust.py) on the bridge address."""
     sandboxes = state.sandboxes
-    router = Server(
-        [
-            CommandRouter(
-                state.router_credentials,
-                state.agent.sandbox,
-                sandboxes.exec_environment,
-                state.agent.sandbox_activity.touch,
-                sandboxes.snapshot_filesystem,
-            )
-        ]
+    router = CommandRouter(
+        state.router_credentials,
+        state.agent.sandbox,
+        sandboxes.exec_environment,
+        state.agent.sandbox_activity.touch,
+        sandboxes.snapshot_filesystem,
     )
     host = state.settings.host
-    tls = None
-    if host not in LOCALHOST_NAMES:
-        tls = state.authority.server_context([host], alpn=("h2",))
-    await router.start(host, 0, ssl=tls)
-    port = router._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    tls = state.authority.server_context([host], alpn=("h2",)) if host not in LOCALHOST_NAMES else None
+    server, url = await listen(router, host, 0, tls)
+    inside = state.network.gateway if state.network is not None else host
+    for_containers, container_url = await listen(
+        router, inside, 0, state.authority.server_context([inside], alpn=("h2",))
+    )
+    if state.network is not None:
+        port = int(container_url.rsplit(":", 1)[1])
+        await asyncio.to_thread(state.network.setup, [state.settings.effective_blob_port, port])
     local = state.placement.builds
     assert local is not None
-    local.router_url = f"{'https' if tls else 'http'}://{_url_host(host)}:{port}"
-    log.info("sandbox command router at %s", local.router_url)
-    return router
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+    local.router_url, local.container_router_url = url, container_url
+    state.agent.trust_bundle = state.authority.bundle_path
+    log.info("sandbox command router at %s (for containers: %s)", url, container_url)
+    return [server, for_containers]
 
 
 async def serve(settings: Settings) -> None:
@@ -111,7 +109,7 @@ async def serve(settings: Settings) -> None:
     else:
         state.scheduler.recover()
         state.sandboxes.recover()
-    router = await start_router(state) if state.cluster is None else None
+    routers = await start_router(state) if state.cluster is None else []
     servicer = HomeportServicer(state)
     grpc_server = GuardedServer([servicer])
     await grpc_server.start(settings.host, settings.port)
@@ -179,7 +177,7 @@ async def serve(settings: Settings) -> None:
                 task.cancel()
     finally:
         state.sandboxes.stop_all()
-        if router is not None:
+        for router in routers:
             router.close()
         await state.scheduler.shutdown()
         if state.replicas is not None:

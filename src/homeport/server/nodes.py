@@ -32,6 +32,7 @@ class NodeLost(Exception):
 class Node(Protocol):
     node_id: str
     router_url: str  # where clients reach this node's task command router ("" before it listens)
+    container_router_url: str  # the same router, for the client inside this node's containers
 
     def inventory(self) -> NodeInventory: ...
 
@@ -99,6 +100,7 @@ class LocalNode:
         self.agent = agent
         self.node_id = agent.node_id
         self.router_url = ""  # set once the server's router listens (main.py)
+        self.container_router_url = ""
         self._blob_base = blob_base
 
     def inventory(self) -> NodeInventory:
@@ -217,8 +219,10 @@ class Placement:
         starting: dict[str, int],
         max_starting: int,
         avoid_saturated: bool,
+        prefer: str | None = None,
     ) -> tuple[Node, list[int]] | None:
-        """Room on some node: (the node, its GPU devices), or None while no node has room."""
+        """Room on some node: (the node, its GPU devices), or None while no node has room;
+        the node `prefer` names first when it can hold it."""
 
         def load(node: Node) -> tuple[float, int]:
             inventory = node.inventory()
@@ -234,7 +238,7 @@ class Placement:
             and node.refusal(memory_mib, gpu_options) is None
             and not (avoid_saturated and node.inventory().cpu_busy > SATURATED_CPU)
         ]
-        for node in sorted(candidates, key=load):
+        for node in sorted(candidates, key=lambda node: (node.node_id != prefer, load(node))):
             try:
                 devices = await node.reserve(task_id, memory_mib, gpu_options)
             except Exception as error:  # a node going away: another may have room

@@ -125,10 +125,12 @@ class Sandboxes:
         tags: list[api_pb2.SandboxTag],
         idempotency_key: str,
         v1: bool = False,
+        near_node: str | None = None,
     ) -> tuple[str, str]:
         """(sandbox id, task id) of a started sandbox; the same for a retried request. `v1`:
         made through the V1 RPCs (client 1.6.4 uses them for gpu= and pty=True), so its ids
-        have the V1 shapes."""
+        have the V1 shapes. `near_node`: made from a container there, so placed there when
+        it has room (that container reaches its own node's sandboxes)."""
         if idempotency_key:
             with self.engine.connect() as connection:
                 row = connection.execute(
@@ -147,7 +149,7 @@ class Sandboxes:
         name = definition.name if definition.HasField("name") and definition.name else None
         self._insert(workspace_id, app_id, environment_name, name, tags, idempotency_key, sandbox_id, task_id)
         self.created(sandbox_id, workspace_id)
-        node, devices = await self._reserve(sandbox_id, task_id, plan)
+        node, devices = await self._reserve(sandbox_id, task_id, plan, near_node)
         with self.engine.begin() as connection:
             connection.execute(
                 s.update()
@@ -225,9 +227,11 @@ class Sandboxes:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"this sandbox cannot start: {refusal}")
         return plan
 
-    async def _reserve(self, sandbox_id: str, task_id: str, plan: _Plan) -> tuple[Node, list[int]]:
+    async def _reserve(
+        self, sandbox_id: str, task_id: str, plan: _Plan, near_node: str | None
+    ) -> tuple[Node, list[int]]:
         placed = await self.placement.reserve(
-            task_id, plan.memory_mib, plan.gpu_options, {}, 1_000_000, False
+            task_id, plan.memory_mib, plan.gpu_options, {}, 1_000_000, False, prefer=near_node
         )
         if placed is None:
             self._finish(
@@ -400,12 +404,26 @@ class Sandboxes:
             return running.node
         return self.placement.nodes.get(row.node_id) if row.node_id else None
 
-    def router_url(self, row: sa.Row) -> str:  # type: ignore[type-arg]
-        """Where the client dials the sandbox's task command router: beside it, on its node."""
+    def router_url(self, row: sa.Row, caller_node: str | None = None) -> str:  # type: ignore[type-arg]
+        """Where the client dials the sandbox's task command router: beside it, on its node.
+        `caller_node`: the client runs in a container on that node, and dials the router on
+        the node's bridge address (agent/trust.py)."""
         node = self.node_of(row)
         if node is None or not node.router_url:
             raise errors.failed_precondition(f"sandbox {row.id} has finished")
-        return node.router_url
+        if caller_node is None:
+            return node.router_url
+        if caller_node != node.node_id:
+            raise errors.failed_precondition(
+                f"sandbox {row.id} runs on node {node.node_id}, and a container reaches only the "
+                f"sandboxes of its own node ({caller_node}) for now: create it from this container "
+                "(it is placed beside it), or use it from outside the cluster"
+            )
+        if not node.container_router_url:
+            raise errors.failed_precondition(
+                f"the containers of node {node.node_id} cannot reach its sandboxes: it has no container network"
+            )
+        return node.container_router_url
 
     async def tunnels(self, sandbox_id: str) -> list[api_pb2.TunnelData]:
         """A running sandbox's open ports as the client sees them (Tunnel.url, tcp_socket);

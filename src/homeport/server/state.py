@@ -275,11 +275,12 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             f"{settings.host}:{settings.effective_blob_port}",
             {k: v for k, v in os.environ.items() if k.startswith("AWS_")},
             nodes.report,
-            lambda host: RouterSetup(
+            lambda hosts: RouterSetup(
                 server_id,
                 f"http://{settings.host}:{settings.effective_blob_port}",
                 router_credentials.key,
-                authority.server_pems([host]),
+                authority.server_pems(hosts),
+                authority.ca_path.read_bytes(),
                 router_tls=settings.host not in LOCALHOST_NAMES,
             ),
         )

@@ -47,7 +47,7 @@ def read(name: str, seconds: float) -> tuple[str, str | None]:
     return os.environ["HOMEPORT_NODE_ID"], open(path).read() if os.path.exists(path) else None
 
 
-@app.function(gpu="A10G")
+@app.function(gpu="A10G", scaledown_window=2)  # node-1's one GPU is free again for the sandbox test
 def gpu_node() -> tuple[str, str]:
     return os.environ["HOMEPORT_NODE_ID"], os.environ.get("CUDA_VISIBLE_DEVICES", "")
 

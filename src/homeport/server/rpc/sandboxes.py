@@ -49,10 +49,18 @@ def _tags(row) -> list[api_pb2.SandboxTag]:  # type: ignore[no-untyped-def]
     ]
 
 
+def caller_node(context: RequestContext) -> str | None:
+    """The node of the container making this request (None: not a container)."""
+    if context.task is None:
+        return None
+    running = context.state.scheduler.container(context.task.task_id)
+    return running.node.node_id if running is not None and running.node is not None else None
+
+
 def _access(context: RequestContext, row) -> api_pb2.TaskGetCommandRouterAccessResponse:  # type: ignore[no-untyped-def]
     """The router beside the sandbox, on its node, and a credential for its task only."""
     return api_pb2.TaskGetCommandRouterAccessResponse(
-        url=sandbox_service(context).router_url(row),
+        url=sandbox_service(context).router_url(row, caller_node(context)),
         jwt=context.state.router_credentials.issue(row.task_id),
     )
 
@@ -80,6 +88,7 @@ async def sandbox_create_v2(
         list(request.secret_sources),
         list(request.tags),
         context.idempotency_key,
+        near_node=caller_node(context),
     )
     access = _access(context, sandbox_service(context).by_task(task_id))
     return api_pb2.SandboxCreateV2Response(

@@ -22,7 +22,7 @@ from homeport.server import errors
 from homeport.server.context import RequestContext
 from homeport.server.rpc import handler
 from homeport.server.rpc.images import image_metadata
-from homeport.server.rpc.sandboxes import owned_sandbox, sandbox_service
+from homeport.server.rpc.sandboxes import caller_node, owned_sandbox, sandbox_service
 
 LOGS_TIMEOUT_S = 55.0
 READ_SLICE_S = 10.0  # one wait for output on the sandbox's node (it may be another machine)
@@ -44,6 +44,7 @@ async def sandbox_create(
         list(request.tags),
         context.idempotency_key,
         v1=True,
+        near_node=caller_node(context),
     )
     return api_pb2.SandboxCreateResponse(
         sandbox_id=sandbox_id, metadata=api_pb2.SandboxHandleMetadata(app_id=app.id)
