@@ -263,12 +263,13 @@ class CommandRouter:
         request = await _request(stream)
         process = self._process(request.task_id, request.exec_id)
         fd = 2 if request.file_descriptor == tcr.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR else 1
-        process.reading(1)
+        process.reader_at(stream, fd, request.offset)
         try:
-            async for _, data in process.stream(fd).read(request.offset):
+            async for start, data in process.stream(fd).read(request.offset):
                 await stream.send_message(tcr.TaskExecStdioReadResponse(data=data))
+                process.reader_at(stream, fd, start + len(data))
         finally:
-            process.reading(-1)
+            process.reader_at(stream, fd, None)
 
     async def TaskExecStdinWrite(self, stream: Stream[Any, Any]) -> None:
         request = await _request(stream)
@@ -314,11 +315,14 @@ class CommandRouter:
             raise GRPCError(Status.DEADLINE_EXCEEDED, "still running; wait again") from None
         # Client 1.6.4's wait() does not wait for the output it is streaming (`modal
         # container exec` prints it as it comes, then exits once wait() returns): output
-        # streams already open are sent to their end first, so the exit follows the output.
-        try:
-            await asyncio.wait_for(process.read_out.wait(), OUTPUT_BEFORE_EXIT_S)
-        except TimeoutError:
-            pass  # a reader that stopped reading: the exit does not wait for it
+        # streams already open send what there is first, so the exit follows the output.
+        process.check_caught_up()
+        if not process.caught_up.is_set():
+            try:
+                async with asyncio.timeout(OUTPUT_BEFORE_EXIT_S):
+                    await process.caught_up.wait()
+            except TimeoutError:
+                pass  # a reader that stopped reading: the exit does not wait for it
         await stream.send_message(_exit_status(process, tcr.TaskExecWaitResponse))
 
 

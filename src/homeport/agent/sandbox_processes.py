@@ -81,17 +81,24 @@ class Process:
         self.exited = asyncio.Event()
         self.stdin_offset = 0  # bytes of stdin accepted so far
         self.stdin_closed = False
-        self.readers = 0  # router streams sending its output now
-        self.read_out = asyncio.Event()  # set whenever none are
-        self.read_out.set()
+        # Router streams sending its output now: (fd, offset sent up to) by stream.
+        self._readers: dict[object, tuple[int, int]] = {}
+        self.caught_up = asyncio.Event()  # set while every such stream has sent all there is
+        self.caught_up.set()
 
-    def reading(self, change: int) -> None:
-        """A stream of its output began (+1) or ended (-1)."""
-        self.readers += change
-        if self.readers > 0:
-            self.read_out.clear()
+    def reader_at(self, reader: object, fd: int, offset: int | None) -> None:
+        """A stream of its output has sent up to `offset` of `fd` (None: it ended)."""
+        if offset is None:
+            self._readers.pop(reader, None)
         else:
-            self.read_out.set()
+            self._readers[reader] = (fd, offset)
+        self.check_caught_up()
+
+    def check_caught_up(self) -> None:
+        if all(offset >= self.stream(fd).end for fd, offset in self._readers.values()):
+            self.caught_up.set()
+        else:
+            self.caught_up.clear()
 
     def stream(self, fd: int) -> OutputStream:
         return self.stdout if fd == 1 else self.stderr

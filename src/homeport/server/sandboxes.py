@@ -147,16 +147,36 @@ class Sandboxes:
             else (ids.new_id("sandbox"), ids.new_sandbox_task_id())
         )
         name = definition.name if definition.HasField("name") and definition.name else None
-        self._insert(workspace_id, app_id, environment_name, name, tags, idempotency_key, sandbox_id, task_id)
+        node, devices = await self._reserve(task_id, plan, near_node)
+        try:
+            self._insert(
+                workspace_id, app_id, environment_name, name, tags, idempotency_key, sandbox_id, task_id,
+                definition.image_id, node.node_id,
+            )  # fmt: skip
+        except BaseException:
+            node.release(task_id)
+            raise
         self.created(sandbox_id, workspace_id)
-        node, devices = await self._reserve(sandbox_id, task_id, plan, near_node)
-        with self.engine.begin() as connection:
-            connection.execute(
-                s.update()
-                .where(s.c.id == sandbox_id)
-                .values(node_id=node.node_id, image_id=definition.image_id)
-            )
-        order = ContainerOrder(
+        order = self._order(task_id, app_id, workspace_id, definition, plan, devices)
+        await self._start(sandbox_id, node, order, plan.secrets)
+        self.running[sandbox_id] = _Running(task_id, node, plan.chain, plan.config)
+        idle_s = definition.idle_timeout_secs if definition.HasField("idle_timeout_secs") else 0
+        asyncio.get_running_loop().create_task(
+            self._watch(sandbox_id, task_id, node, definition.timeout_secs, idle_s)
+        )
+        return sandbox_id, task_id
+
+    @staticmethod
+    def _order(
+        task_id: str,
+        app_id: str,
+        workspace_id: str,
+        definition: api_pb2.Sandbox,
+        plan: _Plan,
+        devices: list[int],
+    ) -> ContainerOrder:
+        """What the node runs for this sandbox."""
+        return ContainerOrder(
             task_id=task_id,
             app_id=app_id,
             function_id="",
@@ -180,13 +200,6 @@ class Sandboxes:
             volumes=plan.volumes,
             commit_volumes_at_exit=True,
         )
-        await self._start(sandbox_id, node, order, plan.secrets)
-        self.running[sandbox_id] = _Running(task_id, node, plan.chain, plan.config)
-        idle_s = definition.idle_timeout_secs if definition.HasField("idle_timeout_secs") else 0
-        asyncio.get_running_loop().create_task(
-            self._watch(sandbox_id, task_id, node, definition.timeout_secs, idle_s)
-        )
-        return sandbox_id, task_id
 
     async def _plan(
         self,
@@ -227,16 +240,13 @@ class Sandboxes:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, f"this sandbox cannot start: {refusal}")
         return plan
 
-    async def _reserve(
-        self, sandbox_id: str, task_id: str, plan: _Plan, near_node: str | None
-    ) -> tuple[Node, list[int]]:
+    async def _reserve(self, task_id: str, plan: _Plan, near_node: str | None) -> tuple[Node, list[int]]:
+        """Room on a node, before anything is recorded: a sandbox no node has room for now
+        leaves no trace."""
         placed = await self.placement.reserve(
             task_id, plan.memory_mib, plan.gpu_options, {}, 1_000_000, False, prefer=near_node
         )
         if placed is None:
-            self._finish(
-                sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="no room")
-            )
             wanted = f"{plan.memory_mib} MiB" + "".join(
                 f" and {count} {model} GPU(s)" for model, count in plan.gpu_options
             )
@@ -291,6 +301,8 @@ class Sandboxes:
         idempotency_key: str,
         sandbox_id: str,
         task_id: str,
+        image_id: str,
+        node_id: str,
     ) -> None:
         try:
             with self.engine.begin() as connection:
@@ -305,6 +317,8 @@ class Sandboxes:
                         task_id=task_id,
                         idempotency_key=idempotency_key or None,
                         created_at=time.time(),
+                        image_id=image_id,
+                        node_id=node_id,
                         server_id=self.server_id or None,
                     )
                 )
@@ -408,14 +422,27 @@ class Sandboxes:
         """Where the client dials the sandbox's task command router: beside it, on its node.
         `caller_node`: the client runs in a container on that node, and dials the router on
         the node's bridge address (agent/trust.py)."""
-        node = self.node_of(row)
+        return self._router_url(row.id, self.node_of(row), caller_node)
+
+    def started_router_url(self, sandbox_id: str, caller_node: str | None = None) -> str:
+        """router_url of a sandbox this replica has just started (no database read)."""
+        running = self.running.get(sandbox_id)
+        if running is None:  # a retried create, answered by another replica, say
+            row = self._by_id(sandbox_id)
+            if row is None:
+                raise errors.not_found(f"sandbox {sandbox_id} not found")
+            return self.router_url(row, caller_node)
+        return self._router_url(sandbox_id, running.node, caller_node)
+
+    @staticmethod
+    def _router_url(sandbox_id: str, node: Node | None, caller_node: str | None) -> str:
         if node is None or not node.router_url:
-            raise errors.failed_precondition(f"sandbox {row.id} has finished")
+            raise errors.failed_precondition(f"sandbox {sandbox_id} has finished")
         if caller_node is None:
             return node.router_url
         if caller_node != node.node_id:
             raise errors.failed_precondition(
-                f"sandbox {row.id} runs on node {node.node_id}, and a container reaches only the "
+                f"sandbox {sandbox_id} runs on node {node.node_id}, and a container reaches only the "
                 f"sandboxes of its own node ({caller_node}) for now: create it from this container "
                 "(it is placed beside it), or use it from outside the cluster"
             )
@@ -428,9 +455,11 @@ class Sandboxes:
     async def tunnels(self, sandbox_id: str) -> list[api_pb2.TunnelData]:
         """A running sandbox's open ports as the client sees them (Tunnel.url, tcp_socket);
         none once it has finished."""
-        row = self._by_id(sandbox_id)
-        node = self.node_of(row) if row is not None else None
-        if row is None or node is None:
+        running = self.running.get(sandbox_id)
+        row = self._by_id(sandbox_id) if running is None else None
+        node = running.node if running is not None else self.node_of(row) if row is not None else None
+        task_id = running.task_id if running is not None else row.task_id if row is not None else ""
+        if node is None:
             return []
         return [
             api_pb2.TunnelData(
@@ -440,7 +469,7 @@ class Sandboxes:
                 unencrypted_host=tunnel.unencrypted_host or None,
                 unencrypted_port=tunnel.unencrypted_port or None,
             )
-            for tunnel in await node.tunnels(row.task_id)
+            for tunnel in await node.tunnels(task_id)
         ]
 
     async def snapshot_filesystem(self, task_id: str, snapshot_id: str) -> str:

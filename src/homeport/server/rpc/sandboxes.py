@@ -90,13 +90,16 @@ async def sandbox_create_v2(
         context.idempotency_key,
         near_node=caller_node(context),
     )
-    access = _access(context, sandbox_service(context).by_task(task_id))
+    access = api_pb2.CommandRouterAccess(
+        url=sandbox_service(context).started_router_url(sandbox_id, caller_node(context)),
+        jwt=context.state.router_credentials.issue(task_id),
+    )
     return api_pb2.SandboxCreateV2Response(
         sandbox_id=sandbox_id,
         task_id=task_id,
         # All of them, so the client need not ask SandboxGetTunnelsV2 (it does when fewer).
         tunnels=await sandbox_service(context).tunnels(sandbox_id),
-        command_router_access=api_pb2.CommandRouterAccess(url=access.url, jwt=access.jwt),
+        command_router_access=access,
         metadata=api_pb2.SandboxHandleMetadata(app_id=app.id),
     )
 
