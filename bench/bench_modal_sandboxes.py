@@ -5,7 +5,8 @@ One `homeport serve` on this machine, one client process, all in one run:
    back to back and half a second apart, with sandboxes started ahead (the default) against
    the same server without (HOMEPORT_SANDBOX_POOL=0), both in this run; and against the
    same client's warm `.remote()` of a trivial function.
-2. Sandboxes created per second, one after another, then from 4 threads at once.
+2. Sandboxes created per second, one after another, then from 4 threads at once, with the
+   machine's, the server's and the client's CPU per create and terminate.
 3. `sb.exec("true")` start to exit code on a running sandbox: p50/p99. Baseline:
    fork + exec of `/bin/true` on the host (`subprocess.run`).
 4. Memory per idle sandbox (`sleep infinity`): the drop of MemAvailable over 50 of them.
@@ -69,14 +70,31 @@ creates_per_s = len(made) / (time.perf_counter() - t)
 for sb in made:
     sb.terminate()
 
-# Several creators at once (agents serving many users): 60 creates from 4 threads.
-import concurrent.futures
+# Several creators at once (agents serving many users): 60 creates from 4 threads, each
+# sandbox terminated at once; where the machine's CPU went, per create and terminate.
+import concurrent.futures, os, resource
+
+def machine_cpu_s():
+    fields = open("/proc/stat").readline().split()[1:]
+    return sum(int(fields[i]) for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
+
+def server_cpu_s():
+    fields = open(f"/proc/{os.environ['SERVER_PID']}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+def client_cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+cpu0 = (machine_cpu_s(), server_cpu_s(), client_cpu_s())
 t = time.perf_counter()
 with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    made = list(pool.map(lambda _: modal.Sandbox.create("sleep", "infinity", app=app), range(60)))
-concurrent_creates_per_s = len(made) / (time.perf_counter() - t)
-for sb in made:
-    sb.terminate()
+    list(pool.map(lambda _: modal.Sandbox.create("sleep", "infinity", app=app).terminate(), range(60)))
+concurrent_creates_per_s = 60 / (time.perf_counter() - t)
+time.sleep(1)  # the last ones' ends
+machine, server, client = (
+    (after - before) / 60 * 1000 for after, before in zip((machine_cpu_s(), server_cpu_s(), client_cpu_s()), cpu0)
+)
 
 sb = modal.Sandbox.create("sleep", "infinity", app=app)
 sb.exec("true").wait()
@@ -104,6 +122,7 @@ print("RESULT", json.dumps({
     "warm_remote_p50_ms": statistics.median(remote) * 1000,
     "creates_per_s": creates_per_s,
     "concurrent_creates_per_s": concurrent_creates_per_s,
+    "cpu_ms_per_create": {"machine": machine, "server": server, "client": client},
     "exec_p50_ms": statistics.median(execs) * 1000,
     "exec_p99_ms": percentile(execs, 0.99) * 1000,
     "host_fork_exec_p50_ms": statistics.median(host) * 1000,
@@ -117,7 +136,8 @@ def measure(pool: int) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(prefix="homeport-bench-modal-sandboxes-"))
     server = start_server(directory, server_env={"HOMEPORT_SANDBOX_POOL": str(pool)})
     try:
-        done = run_python(server, CLIENT, timeout=1800)
+        assert server.process is not None
+        done = run_python(server, CLIENT, timeout=1800, SERVER_PID=str(server.process.pid))
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         return dict(json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0]))
     finally:
@@ -140,6 +160,9 @@ def main() -> None:
     print(f"creates with 2 started ahead: {figures['creates_per_s']:.1f}/s sustained")
     print(f"creates from 4 threads at once: {figures['concurrent_creates_per_s']:.1f}/s "
           f"(afresh: {afresh['concurrent_creates_per_s']:.1f}/s)")  # fmt: skip
+    cpu = figures["cpu_ms_per_create"]
+    print(f"CPU per create and terminate: the machine {cpu['machine']:.0f} ms, of which the server "
+          f"{cpu['server']:.0f} ms, the client {cpu['client']:.0f} ms, the containers and the kernel the rest")  # fmt: skip
     print(f"exec round trip p50 {figures['exec_p50_ms']:.1f} ms (p99 {figures['exec_p99_ms']:.1f}); "
           f"{figures['exec_p50_ms'] / figures['host_fork_exec_p50_ms']:.1f}x a host fork+exec "
           f"({figures['host_fork_exec_p50_ms']:.2f} ms)")  # fmt: skip
