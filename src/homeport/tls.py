@@ -28,7 +28,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Where distributions keep the system's CA bundle (OpenSSL's own default first).
+SYSTEM_BUNDLES = (
+    ssl.get_default_verify_paths().openssl_cafile,
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+)
+
+
+def system_bundle() -> Path | None:
+    """This machine's CA bundle, if it has one."""
+    return next((Path(path) for path in SYSTEM_BUNDLES if path and os.path.isfile(path)), None)
+
+
 CA_LIFETIME = datetime.timedelta(days=3650)
 SERVER_LIFETIME = datetime.timedelta(days=365)
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -110,7 +122,8 @@ class CertificateAuthority:
         self.directory.mkdir(parents=True, exist_ok=True)
         _write_private(self.directory / "ca.key", key_pem)
         self.ca_path.write_bytes(certificate_pem)
-        system = SYSTEM_BUNDLE.read_bytes() if SYSTEM_BUNDLE.exists() else b""
+        found = system_bundle()
+        system = found.read_bytes() if found is not None else b""
         self.bundle_path.write_bytes(system + b"\n" + certificate_pem)
 
     def server_pems(self, hosts: list[str]) -> tuple[bytes, bytes]:

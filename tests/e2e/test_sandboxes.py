@@ -646,9 +646,13 @@ sb.stdin.drain()
 print("V1 OUT", repr(sb.stdout.read()))
 sb.wait(raise_on_termination=False)
 print("CODE", sb.returncode, modal.Sandbox.from_id(sb.object_id).returncode)
+late = modal.Sandbox.create("sh", "-c", "echo read after the end", pty_info=get_pty_info(shell=True), app=app)
+late.wait(raise_on_termination=False)
+print("AFTER WAIT", repr(late.stdout.read()))
 """,
     )
     assert "/dev/pts/" in text.split("V2 OUT")[1] and "got on v2" in text
+    assert "read after the end" in text.split("AFTER WAIT ")[1]  # kept on its node once it ended
     assert "V1 ID True" in text
     assert "EXEC beside" in text
     assert "LISTED True" in text

@@ -65,6 +65,10 @@ def test_activity_counts_open_calls_and_time_since_the_last() -> None:
     assert idle is not None and 0.04 <= idle < 5
     activity.forget("ta-1")
     assert activity.idle_s("ta-1") is None
+    held = SandboxActivity(lambda task_id: task_id == "ta-held")
+    held.touch("ta-gone", 1)  # a read after the sandbox ended: not counted, nothing kept
+    held.touch("ta-held", -1)  # the end of a call it forgot: ignored
+    assert held.idle_s("ta-gone") is None and held.idle_s("ta-held") is None
 
 
 class _Sandboxes:

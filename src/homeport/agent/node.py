@@ -46,7 +46,7 @@ from homeport.agent.sandbox_pool import OutputRelay, SandboxPool, Waiting, sandb
 from homeport.agent.sandbox_processes import SandboxProcesses
 from homeport.agent.trust import trust_binding
 from homeport.agent.tunnels import OpenTunnels, Tunnel, TunnelGate
-from homeport.agent.volume_copy import Entry, Snapshot
+from homeport.agent.volume_copy import Entry, VolumeView
 from homeport.agent.zygote import ZygoteImage
 
 log = logging.getLogger("homeport.agent")
@@ -109,16 +109,6 @@ def default_node_id() -> str:
     return os.environ.get("HOMEPORT_NODE_ID") or socket.gethostname()
 
 
-@dataclasses.dataclass
-class VolumeView:
-    """A container's working copy of a volume, and what it looked like when last synced."""
-
-    directory: Path
-    read_only: bool
-    base: Snapshot
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-
-
 @dataclasses.dataclass(frozen=True)
 class ZygoteOrder:
     """Get a zygote ready for containers of this workspace, image and start-up environment."""
@@ -175,7 +165,7 @@ class NodeAgent:
         self._held: dict[str, _Held] = {}
         self._ended_sandboxes: collections.OrderedDict[str, SandboxProcesses] = collections.OrderedDict()
         self._pool = SandboxPool(self._launch_waiting)
-        self.sandbox_activity = SandboxActivity()  # router calls, for idle_timeout
+        self.sandbox_activity = SandboxActivity(self._held.__contains__)  # router calls, for idle_timeout
         self.trust_bundle: Path | None = None  # Homeport's CA for function containers (agent/trust.py)
 
     # --- room -----------------------------------------------------------------------------

@@ -106,7 +106,12 @@ class NodeRouter:
                 Status.UNAVAILABLE, f"the control plane did not answer ({error!r}); retry"
             ) from None
         if response.status != 200:
-            status = {401: Status.UNAUTHENTICATED, 404: Status.NOT_FOUND, 409: Status.FAILED_PRECONDITION}
+            status = {
+                400: Status.INVALID_ARGUMENT,
+                401: Status.UNAUTHENTICATED,
+                404: Status.NOT_FOUND,
+                409: Status.FAILED_PRECONDITION,
+            }
             raise GRPCError(status.get(response.status, Status.INTERNAL), str(answer.get("error", answer)))
         return answer  # type: ignore[no-any-return]
 

@@ -12,8 +12,11 @@ HOMEPORT_NODE_ID (default: host name and Ray node id), HOMEPORT_NODE_DIR (its da
 default /var/lib/homeport-node), HOMEPORT_BRIDGE and HOMEPORT_CONTAINER_SUBNET (its
 container network), HOMEPORT_GPUS and HOMEPORT_NODE_MEMORY_MIB (as for `homeport serve`).
 
-Each replica pulls its own containers' events (output, exits) with `events`, a long poll:
-the agent never calls back into a control plane.
+Each replica pulls its own containers' events (output, exits) with `events`, a long poll.
+The node also serves its sandboxes' command router (agent/node_router.py) on
+HOMEPORT_NODE_HOST (default: Ray's address for the node), port HOMEPORT_ROUTER_PORT
+(default: any free one); that router is the one part that calls a control plane, over
+HTTP, for exec secrets and filesystem snapshots.
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ class AgentService:
         self._background: asyncio.Task[None] | None = None
         self.host = os.environ.get("HOMEPORT_NODE_HOST") or _node_ip()
         self.router: NodeRouter | None = None
+        self._router_lock = asyncio.Lock()  # replicas may say hello at once
         log.info("homeport node agent %s ready in %s", node_id, self.root)
 
     def _mailbox(self, owner: str) -> _Mailbox:
@@ -151,25 +155,34 @@ class AgentService:
         """The node's task command router (started by the first replica to ask; later ones
         only leave their callback address) and its tunnels' TLS; returns the router's URLs
         for clients and for the node's own containers."""
-        if self.router is None:
-            certificate, key = setup.certificate
-            # Client 1.6.4 makes every tunnel URL https://, and dials the router with TLS
-            # unless its server URL is on localhost.
-            tunnels = tls_context(self.root / "tls", certificate, key, ())
-            self.agent.tunnel_gate = TunnelGate(self.host, lambda: tunnels)
-            tls = tls_context(self.root / "tls", certificate, key, ("h2",)) if setup.router_tls else None
-            router = NodeRouter(
-                RouterCredentials(setup.signing_key), self.agent, self.agent.sandbox_activity, self.owners.get
-            )
+        async with self._router_lock:
+            if self.router is None:
+                self.router = await self._start_router(setup)
+        self.router.replicas[setup.owner] = setup.callback_url
+        return self.router.url, self.router.container_url
+
+    async def _start_router(self, setup: RouterSetup) -> NodeRouter:
+        """The router and tunnels' TLS, once per node (a failure leaves nothing bound)."""
+        certificate, key = setup.certificate
+        # Client 1.6.4 makes every tunnel URL https://, and dials the router with TLS
+        # unless its server URL is on localhost.
+        tunnels = tls_context(self.root / "tls", certificate, key, ())
+        self.agent.tunnel_gate = TunnelGate(self.host, lambda: tunnels)
+        tls = tls_context(self.root / "tls", certificate, key, ("h2",)) if setup.router_tls else None
+        router = NodeRouter(
+            RouterCredentials(setup.signing_key), self.agent, self.agent.sandbox_activity, self.owners.get
+        )
+        try:
             await router.start(self.host, int(os.environ.get("HOMEPORT_ROUTER_PORT", "0")), tls)
             if self.network is not None:  # the modal client in this node's containers
                 inside = tls_context(self.root / "tls", certificate, key, ("h2",))
                 port = await router.start_for_containers(self.network.gateway, inside)
                 await asyncio.to_thread(self.network.setup, [port])
                 self.agent.trust_bundle = write_bundle(setup.ca, self.root / "tls" / "ca-bundle.pem")
-            self.router = router
-        self.router.replicas[setup.owner] = setup.callback_url
-        return self.router.url, self.router.container_url
+        except BaseException:
+            await router.close()
+            raise
+        return router
 
     async def reserve(
         self, task_id: str, memory_mib: int, gpu_options: list[tuple[str, int]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from homeport.agent.sandbox_processes import MAIN, SandboxProcesses
 
@@ -20,13 +21,18 @@ class SandboxActivity:
     """Router calls on each sandbox: how many are open and when the last one ended. A
     sandbox with calls open or recent is not idle (idle_timeout counts from the last)."""
 
-    def __init__(self) -> None:
+    def __init__(self, holds: Callable[[str], bool] = lambda task_id: True) -> None:
+        self._holds = holds  # whether the node runs this task now: only those are counted
         self._calls: dict[str, list[float]] = {}  # task id -> [open calls, last change]
 
     def touch(self, task_id: str, change: int) -> None:
         """A router call on this sandbox began (+1) or ended (-1)."""
-        calls = self._calls.setdefault(task_id, [0, time.monotonic()])
-        calls[0] += change
+        calls = self._calls.get(task_id)
+        if calls is None:
+            if change < 0 or not self._holds(task_id):
+                return  # a read after its end, or the end of a call it forgot
+            calls = self._calls[task_id] = [0, time.monotonic()]
+        calls[0] = max(0, calls[0] + change)
         calls[1] = time.monotonic()
 
     def idle_s(self, task_id: str) -> float | None:

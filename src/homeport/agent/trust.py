@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from homeport.agent.runtime import CONTROL_DIR, BoundDirectory
+from homeport.tls import system_bundle
 
 TRUST_DIR = f"{CONTROL_DIR}/tls"
 BUNDLE_NAME = "ca-bundle.pem"
@@ -39,13 +40,14 @@ def trust_binding(
     }
 
 
-def write_bundle(
-    ca_pem: bytes, path: Path, system_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")
-) -> Path:
-    """A node's bundle (its system CAs plus Homeport's), for a cluster node."""
+def write_bundle(ca_pem: bytes, path: Path) -> Path | None:
+    """A cluster node's bundle: its system CAs plus Homeport's. None on a node with no
+    system bundle: a bundle of Homeport's CA alone would break containers' other HTTPS."""
+    system = system_bundle()
+    if system is None:
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    system = system_bundle.read_bytes() if system_bundle.is_file() else b""
     temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(system + b"\n" + ca_pem)
+    temporary.write_bytes(system.read_bytes() + b"\n" + ca_pem)
     os.replace(temporary, path)
     return path

@@ -8,6 +8,7 @@ for the control plane to record; `refresh` brings the copy up to a committed sta
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import os
@@ -150,3 +151,13 @@ def scan(directory: Path, known: Snapshot | None = None) -> Snapshot:
             sha = previous[3] if previous and previous[:3] == (is_dir, size, info.st_mtime_ns) else None
             snapshot[relative] = (is_dir, size, info.st_mtime_ns, sha)
     return snapshot
+
+
+@dataclasses.dataclass
+class VolumeView:
+    """A container's working copy of a volume, and what it looked like when last synced."""
+
+    directory: Path
+    read_only: bool
+    base: Snapshot
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)

@@ -384,9 +384,7 @@ class RayCluster:
                 .remote(self.blob_url, self.environment, ray_node_id)
             )
             info = await asyncio.wait_for(actor.hello.remote(self.blob_port, self.blob_target), 120)
-            # The database (a shared CA): on the loop.
-            setup = self.router_setup([info.host, *([info.bridge_gateway] if info.bridge_gateway else [])])
-            router_urls = await asyncio.wait_for(actor.serve_sandboxes.remote(setup), CALL_TIMEOUT_S)
+            router_urls = await self._serve_sandboxes(actor, info)
             _, inventory, _ = await asyncio.wait_for(actor.events.remote(self.owner, 0.0), CALL_TIMEOUT_S)
         except Exception as error:
             log.warning("no agent on Ray node %s yet: %s", ray_node_id[:12], error)
@@ -408,6 +406,17 @@ class RayCluster:
             ", ".join(inventory.gpus) or "none",
             time.monotonic() - began,
         )
+
+    async def _serve_sandboxes(self, actor: Any, info: Any) -> tuple[str, str]:
+        """The node's sandbox router (its URLs); a node whose router fails still runs
+        functions, and says why it holds no sandboxes."""
+        try:
+            # The database (a shared CA): on the loop.
+            setup = self.router_setup([info.host, *([info.bridge_gateway] if info.bridge_gateway else [])])
+            return await asyncio.wait_for(actor.serve_sandboxes.remote(setup), CALL_TIMEOUT_S)  # type: ignore[no-any-return]
+        except Exception as error:
+            log.warning("node %s serves no sandboxes: its router did not start: %s", info.node_id, error)
+            return "", ""
 
     async def stop_everywhere(self, owner: str) -> None:
         """Stop the containers a replica that is gone left on every node."""

@@ -23,6 +23,7 @@ from homeport.server.retention import RetentionService
 from homeport.server.router_callbacks import router_callback_routes
 from homeport.server.servicer import HomeportServicer
 from homeport.server.state import LOCALHOST_NAMES, ServerState, build_state
+from homeport.tls import system_bundle
 
 log = logging.getLogger("homeport.server")
 
@@ -79,17 +80,21 @@ async def start_router(state: ServerState) -> list[Server]:
     host = state.settings.host
     tls = state.authority.server_context([host], alpn=("h2",)) if host not in LOCALHOST_NAMES else None
     server, url = await listen(router, host, 0, tls)
+    blob_port = state.settings.effective_blob_port
+    if state.network is not None:  # the bridge (and its address) before listening there
+        await asyncio.to_thread(state.network.setup, [blob_port])
     inside = state.network.gateway if state.network is not None else host
     for_containers, container_url = await listen(
         router, inside, 0, state.authority.server_context([inside], alpn=("h2",))
     )
     if state.network is not None:
         port = int(container_url.rsplit(":", 1)[1])
-        await asyncio.to_thread(state.network.setup, [state.settings.effective_blob_port, port])
+        await asyncio.to_thread(state.network.setup, [blob_port, port])
     local = state.placement.builds
     assert local is not None
     local.router_url, local.container_router_url = url, container_url
-    state.agent.trust_bundle = state.authority.bundle_path
+    if system_bundle() is not None:  # else a bundle of Homeport's CA alone: see agent/trust.py
+        state.agent.trust_bundle = state.authority.bundle_path
     log.info("sandbox command router at %s (for containers: %s)", url, container_url)
     return [server, for_containers]
 
@@ -126,7 +131,8 @@ async def serve(settings: Settings) -> None:
     http_app.add_routes(blob_routes(state.blobs))
     http_app.add_routes(volume_routes(state.blobs, state.volumes))
     http_app.add_routes(Dashboard(state, state.dashboard_signer).routes())
-    http_app.add_routes(router_callback_routes(state.router_credentials, state.sandboxes))
+    if state.cluster is not None:  # what nodes' routers ask (one machine's router is in-process)
+        http_app.add_routes(router_callback_routes(state.router_credentials, state.sandboxes))
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.effective_blob_port)

@@ -13,7 +13,6 @@ in `sandboxes`, the reservation and start, the deadline (`timeout` -> 124), `ter
 from __future__ import annotations
 
 import asyncio
-import builtins
 import dataclasses
 import json
 import logging
@@ -30,7 +29,7 @@ from homeport.agent.router import terminal_settings
 from homeport.agent.runtime import ContainerStartError
 from homeport.images.config import ImageConfig
 from homeport.server import errors
-from homeport.server.nodes import Node, Placement
+from homeport.server.nodes import Node, NodeLost, Placement
 from homeport.server.notify import Notifier
 from homeport.server.orders import gpu_environment, image_environment
 from homeport.server.running import container_log_writer, redactor
@@ -40,6 +39,7 @@ from homeport.server.sandbox_definition import (
     readiness_probe,
     refuse_unsupported,
 )
+from homeport.server.sandbox_records import SandboxRecords
 from homeport.server.services.functions import gpu_request
 from homeport.server.services.image_snapshots import FilesystemSnapshots
 from homeport.server.services.images import ImageService
@@ -53,11 +53,6 @@ log = logging.getLogger("homeport.sandboxes")
 s = schema.sandboxes
 GENERIC = api_pb2.GenericResult
 DEFAULT_MEMORY_MIB = 128
-LIST_PAGE = 100
-
-
-def sandbox_key(sandbox_id: str) -> str:
-    return f"sandbox:{sandbox_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +80,7 @@ class _Running:
     config: ImageConfig
 
 
-class Sandboxes:
+class Sandboxes(SandboxRecords):
     def __init__(
         self,
         engine: sa.Engine,
@@ -99,8 +94,7 @@ class Sandboxes:
         log_limit_bytes: int,
         server_id: str = "",
     ) -> None:
-        self.engine = engine
-        self.notifier = notifier
+        super().__init__(engine, notifier)
         self.images = images
         self.secrets = secrets
         self.placement = placement
@@ -260,19 +254,23 @@ class Sandboxes:
     async def _start(
         self, sandbox_id: str, node: Node, order: ContainerOrder, secrets: dict[str, str]
     ) -> None:
-        """Start it on its node; a failure (or a cancelled request) records its result."""
+        """Start it on its node; a failure (or a cancelled request) records its result and
+        gives back its room (the node does too; a remote one may not have got the order)."""
         try:
             write_log = container_log_writer(
                 self.logs, order.app_id, order.task_id, None, self.log_limit_bytes
             )
             redact = redactor(secrets.values())
             await node.start(order, lambda fd, text: write_log(fd, redact(text)))
-        except (ContainerStartError, TimeoutError) as error:
+        except (ContainerStartError, TimeoutError, NodeLost) as error:
+            node.release(order.task_id)
             self._finish(
                 sandbox_id, GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception=str(error))
             )
             raise errors.failed_precondition(f"the sandbox could not start: {error}") from None
         except BaseException as error:  # cancelled meanwhile, or a fault: the row must not stay running
+            node.kill(order.task_id)  # a remote node may have started it all the same
+            node.release(order.task_id)
             failed = GENERIC(
                 status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception=f"not started: {error!r}"
             )
@@ -418,6 +416,13 @@ class Sandboxes:
             return running.node
         return self.placement.nodes.get(row.node_id) if row.node_id else None
 
+    def node_it_ran_on(self, row: sa.Row) -> Node | None:  # type: ignore[type-arg]
+        """Its node, running or finished (None once the node is gone)."""
+        running = self.running.get(row.id)
+        if running is not None:
+            return running.node
+        return self.placement.nodes.get(row.node_id) if row.node_id else None
+
     def router_url(self, row: sa.Row, caller_node: str | None = None) -> str:  # type: ignore[type-arg]
         """Where the client dials the sandbox's task command router: beside it, on its node.
         `caller_node`: the client runs in a container on that node, and dials the router on
@@ -427,17 +432,22 @@ class Sandboxes:
     def started_router_url(self, sandbox_id: str, caller_node: str | None = None) -> str:
         """router_url of a sandbox this replica has just started (no database read)."""
         running = self.running.get(sandbox_id)
-        if running is None:  # a retried create, answered by another replica, say
+        if running is None:  # a retried create, of one that finished meanwhile, say
             row = self._by_id(sandbox_id)
             if row is None:
                 raise errors.not_found(f"sandbox {sandbox_id} not found")
-            return self.router_url(row, caller_node)
+            return self._router_url(sandbox_id, self.node_it_ran_on(row), caller_node)
         return self._router_url(sandbox_id, running.node, caller_node)
 
     @staticmethod
     def _router_url(sandbox_id: str, node: Node | None, caller_node: str | None) -> str:
-        if node is None or not node.router_url:
+        if node is None:
             raise errors.failed_precondition(f"sandbox {sandbox_id} has finished")
+        if not node.router_url:
+            raise errors.failed_precondition(
+                f"node {node.node_id}, where sandbox {sandbox_id} runs, has no command router: "
+                "its start failed (the server log says why)"
+            )
         if caller_node is None:
             return node.router_url
         if caller_node != node.node_id:
@@ -501,44 +511,6 @@ class Sandboxes:
             self._finish(sandbox_id, GENERIC(status=status, exception=_why(status)))
             node.kill(row.task_id)
 
-    def _finish(self, sandbox_id: str, result: api_pb2.GenericResult) -> None:
-        self._record_result(result, s.c.id == sandbox_id)
-        self.notifier.notify(sandbox_key(sandbox_id))
-
-    def _record_result(self, result: api_pb2.GenericResult, *which: sa.ColumnElement[bool]) -> None:
-        """The result of the running sandboxes `which` selects; its name is free again."""
-        with self.engine.begin() as connection:
-            connection.execute(
-                s.update()
-                .where(s.c.result.is_(None), *which)
-                .values(result=result.SerializeToString(), finished_at=time.time(), name=None)
-            )
-
-    def recover(self) -> None:
-        """At start-up on one machine: sandboxes of a previous run went with it (their
-        containers die with the server); they end as failed, saying so."""
-        self._record_result(
-            GENERIC(status=GENERIC.GENERIC_STATUS_FAILURE, exitcode=1, exception="the server restarted")
-        )
-
-    def recover_replica(self, server_id: str) -> None:
-        """Cluster mode: a replica is gone, and the sandboxes it started were stopped on
-        their nodes with its other containers (replicas.py); they end as failed."""
-        failed = GENERIC(
-            status=GENERIC.GENERIC_STATUS_FAILURE,
-            exitcode=1,
-            exception="the control-plane replica that started it stopped",
-        )
-        with self.engine.connect() as connection:
-            ended = (
-                connection.execute(sa.select(s.c.id).where(s.c.server_id == server_id, s.c.result.is_(None)))
-                .scalars()
-                .all()
-            )
-        self._record_result(failed, s.c.server_id == server_id)
-        for sandbox_id in ended:
-            self.notifier.notify(sandbox_key(sandbox_id))
-
     async def exec_environment(self, task_id: str, sources: list[api_pb2.SecretSource]) -> dict[str, str]:
         """An exec's secrets and env= (for the router), read in its sandbox's workspace:
         only looked up when a named Secret needs it (most execs carry env= at most)."""
@@ -546,97 +518,15 @@ class Sandboxes:
             return await self.secret_environment("", sources)
         with self.engine.connect() as connection:
             workspace_id = connection.execute(
-                sa.select(s.c.workspace_id).where(s.c.task_id == task_id)
+                sa.select(s.c.workspace_id).where(s.c.task_id == task_id, s.c.result.is_(None))
             ).scalar()
-        if workspace_id is None:
-            raise errors.not_found(f"sandbox task {task_id} not found")
+        if workspace_id is None:  # a credential outlives its sandbox: it reads no secrets then
+            raise errors.not_found(f"sandbox task {task_id} is not running")
         return await self.secret_environment(workspace_id, sources)
 
     def stop_all(self) -> None:
         for sandbox_id in list(self.running):
             self.terminate(sandbox_id)
-
-    # --- reading ------------------------------------------------------------------------------
-
-    def row(self, sandbox_id: str, workspace_id: str) -> sa.Row:  # type: ignore[type-arg]
-        """A sandbox of this workspace; NOT_FOUND for any other."""
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                sa.select(s).where(s.c.id == sandbox_id, s.c.workspace_id == workspace_id)
-            ).first()
-        if row is None:
-            raise errors.not_found(f"sandbox {sandbox_id} not found")
-        return row
-
-    async def wait(
-        self, workspace_id: str, sandbox_id: str, timeout_s: float
-    ) -> tuple[sa.Row, api_pb2.GenericResult | None]:  # type: ignore[type-arg]
-        """The workspace's sandbox and its result, waiting up to `timeout_s` for one."""
-        deadline = time.monotonic() + max(0.0, min(timeout_s, 50.0))
-        with self.notifier.listen(sandbox_key(sandbox_id)) as listener:
-            while True:
-                row = self.row(sandbox_id, workspace_id)
-                if row.result is not None:
-                    return row, GENERIC.FromString(row.result)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return row, None
-                await listener.wait(remaining)
-
-    def by_name(self, app_id: str, name: str) -> sa.Row | None:  # type: ignore[type-arg]
-        with self.engine.connect() as connection:
-            return connection.execute(sa.select(s).where(s.c.app_id == app_id, s.c.name == name)).first()
-
-    def list(
-        self,
-        workspace_id: str,
-        app_ids: list[str] | None,
-        environment_name: str,
-        before: float,
-        tags: dict[str, str],
-    ) -> list[sa.Row]:  # type: ignore[type-arg]
-        """A page of running sandboxes with these tags, newest first, created before
-        `before` (0: no bound). Tags are matched here, not in SQL, so rows are read in
-        batches until the page is full or none are left: an empty page ends the client's
-        listing, so it must mean "no more"."""
-        query = self._running(workspace_id)
-        if app_ids is not None:
-            query = query.where(s.c.app_id.in_(app_ids))
-        elif environment_name:
-            query = query.where(s.c.environment_name == environment_name)
-        matching: builtins.list[sa.Row] = []  # type: ignore[type-arg]
-        while len(matching) < LIST_PAGE:
-            batch = query.where(s.c.created_at < before) if before else query
-            with self.engine.connect() as connection:
-                rows = connection.execute(batch.order_by(s.c.created_at.desc()).limit(LIST_PAGE)).all()
-            matching += [row for row in rows if tags.items() <= json.loads(row.tags).items()]
-            if len(rows) < LIST_PAGE:
-                break
-            before = rows[-1].created_at
-        return matching[:LIST_PAGE]
-
-    @staticmethod
-    def _running(workspace_id: str) -> sa.Select:  # type: ignore[type-arg]
-        return sa.select(s).where(s.c.workspace_id == workspace_id, s.c.result.is_(None))
-
-    def _by_id(self, sandbox_id: str) -> sa.Row | None:  # type: ignore[type-arg]
-        with self.engine.connect() as connection:
-            return connection.execute(sa.select(s).where(s.c.id == sandbox_id)).first()
-
-    def by_task(self, task_id: str) -> sa.Row | None:  # type: ignore[type-arg]
-        with self.engine.connect() as connection:
-            return connection.execute(sa.select(s).where(s.c.task_id == task_id)).first()
-
-    def running_rows(self, workspace_id: str, app_id: str = "") -> builtins.list[sa.Row]:  # type: ignore[type-arg]
-        query = self._running(workspace_id)
-        if app_id:
-            query = query.where(s.c.app_id == app_id)
-        with self.engine.connect() as connection:
-            return list(connection.execute(query.order_by(s.c.created_at)).all())
-
-    def set_tags(self, sandbox_id: str, tags: dict[str, str]) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(s.update().where(s.c.id == sandbox_id).values(tags=json.dumps(tags)))
 
 
 def _why(status: int) -> str:

@@ -52,9 +52,10 @@ async def sandbox_create(
 
 
 def _on_node(context: RequestContext, sandbox_id: str):  # type: ignore[no-untyped-def]
-    """The workspace's sandbox (its row) and the node it runs on (None once finished)."""
+    """The workspace's sandbox (its row) and the node it ran on, also once it finished: the
+    node keeps an ended sandbox's output readable (the client reads it after wait())."""
     row = owned_sandbox(context, sandbox_id)
-    return row, sandbox_service(context).node_of(row)
+    return row, sandbox_service(context).node_it_ran_on(row)
 
 
 @handler("SandboxGetLogs")
@@ -109,9 +110,12 @@ async def sandbox_snapshot_fs(
     row = owned_sandbox(context, request.sandbox_id)
     # Client 1.6.4 sends one idempotency key for all attempts of one call: a retry finds
     # the image its first attempt made; without one, every call is a snapshot of its own.
-    image_id = await sandbox_service(context).snapshot_filesystem(
-        row.task_id, context.idempotency_key or uuid.uuid4().hex
-    )
+    try:
+        image_id = await sandbox_service(context).snapshot_filesystem(
+            row.task_id, context.idempotency_key or uuid.uuid4().hex
+        )
+    except (LookupError, RuntimeError) as error:  # it ended meanwhile; copying failed
+        raise errors.failed_precondition(f"the filesystem snapshot failed: {error}") from None
     _, _, config = context.state.images.status(context.workspace_id, image_id)
     return api_pb2.SandboxSnapshotFsResponse(
         image_id=image_id,
