@@ -168,15 +168,15 @@ class AgentService:
         # unless its server URL is on localhost.
         tunnels = tls_context(self.root / "tls", certificate, key, ())
         self.agent.tunnel_gate = TunnelGate(self.host, lambda: tunnels)
-        tls = tls_context(self.root / "tls", certificate, key, ("h2",)) if setup.router_tls else None
+        grpc_tls = tls_context(self.root / "tls", certificate, key, ("h2",))
+        tls = grpc_tls if setup.router_tls else None
         router = NodeRouter(
             RouterCredentials(setup.signing_key), self.agent, self.agent.sandbox_activity, self.owners.get
         )
         try:
             await router.start(self.host, int(os.environ.get("HOMEPORT_ROUTER_PORT", "0")), tls)
             if self.network is not None:  # the modal client in this node's containers
-                inside = tls_context(self.root / "tls", certificate, key, ("h2",))
-                port = await router.start_for_containers(self.network.gateway, inside)
+                port = await router.start_for_containers(self.network.gateway, grpc_tls)
                 await asyncio.to_thread(self.network.setup, [port])
                 self.agent.trust_bundle = write_bundle(setup.ca, self.root / "tls" / "ca-bundle.pem")
         except BaseException:

@@ -56,19 +56,13 @@ async def read_output(
     if processes is None:
         return None
     stream = processes.processes[MAIN].stream(fd)
-    chunks: list[tuple[int, bytes]] = []
-    size = 0
-    reader = stream.read(offset)
+    reader = stream.read(offset)  # one chunk holds all there is from `offset`
     try:
-        while size < MAX_CHUNK_BYTES:
-            try:
-                # The first chunk may be waited for; later ones only if already there.
-                async with asyncio.timeout(wait_s if not chunks else 0.0):
-                    start, data = await anext(reader)
-            except (TimeoutError, StopAsyncIteration):
-                break
-            chunks.append((start, data))
-            size += len(data)
+        async with asyncio.timeout(wait_s):
+            start, data = await anext(reader)
+        chunks = [(start, data[:MAX_CHUNK_BYTES])]
+    except (TimeoutError, StopAsyncIteration):
+        chunks = []
     finally:
         await reader.aclose()
     position = chunks[-1][0] + len(chunks[-1][1]) if chunks else max(offset, stream.start)

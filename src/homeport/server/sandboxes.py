@@ -409,12 +409,7 @@ class Sandboxes(SandboxRecords):
     def node_of(self, row: sa.Row) -> Node | None:  # type: ignore[type-arg]
         """The node a running sandbox is on, whichever replica started it; None once it
         has finished or its node is gone."""
-        if row.result is not None:
-            return None
-        running = self.running.get(row.id)
-        if running is not None:
-            return running.node
-        return self.placement.nodes.get(row.node_id) if row.node_id else None
+        return None if row.result is not None else self.node_it_ran_on(row)
 
     def node_it_ran_on(self, row: sa.Row) -> Node | None:  # type: ignore[type-arg]
         """Its node, running or finished (None once the node is gone)."""
@@ -466,9 +461,11 @@ class Sandboxes(SandboxRecords):
         """A running sandbox's open ports as the client sees them (Tunnel.url, tcp_socket);
         none once it has finished."""
         running = self.running.get(sandbox_id)
-        row = self._by_id(sandbox_id) if running is None else None
-        node = running.node if running is not None else self.node_of(row) if row is not None else None
-        task_id = running.task_id if running is not None else row.task_id if row is not None else ""
+        node: Node | None = None
+        if running is not None:
+            node, task_id = running.node, running.task_id
+        elif (row := self._by_id(sandbox_id)) is not None:  # started by another replica
+            node, task_id = self.node_of(row), row.task_id
         if node is None:
             return []
         return [
