@@ -116,3 +116,42 @@ with app.run():
     assert lost, "no container was lost with the zygote"
     # The spawned input ran in a lost container and was answered by another, without a retry.
     assert hosts[0] not in lost, (hosts, lost)
+
+
+def _host_interfaces() -> set[str]:
+    """The host ends of container networks on this machine."""
+    return {name for name in os.listdir("/sys/class/net") if name.startswith("hv")}
+
+
+def test_cold_starts_become_exactly_their_own_container(own_server: Server) -> None:
+    """A zygote keeps a child forked and networked ahead (its spare): each cold start takes
+    it, and is still only itself: its own hostname, cgroups (with its limits) and address.
+    Nothing of the spares stays on the host once the server stops."""
+    before = _host_interfaces()
+    script = """
+import time
+from identity_app import app, identity
+with app.run():
+    for _ in range(3):
+        print("IDENTITY", identity.remote())
+        time.sleep(4.5)  # past scaledown_window=2: the next call starts a container afresh
+"""
+    text = assert_ok(run_python(own_server, script))
+    found = [
+        ast.literal_eval(line.split("IDENTITY ", 1)[1]) for line in text.splitlines() if "IDENTITY " in line
+    ]
+    assert len({one["task"] for one in found}) == 3, found  # three containers, one after the other
+    log = own_server.log_path.read_text()
+    for one in found:
+        task = one["task"]
+        assert one["host"] == task
+        assert f"container {task} forked from zygote" in log, task
+        for controller in ("memory", "cpu", "pids"):
+            assert any(
+                line.split(":", 2)[1] == controller and line.endswith(f"/homeport/{task}")
+                for line in one["cgroups"].splitlines()
+            ), (controller, one["cgroups"])
+        assert one["memory_limit"] == 300 * 1024 * 1024, one
+        assert one["address"].startswith("10.89."), one
+    own_server.stop()
+    assert _host_interfaces() <= before, _host_interfaces() - before

@@ -89,7 +89,7 @@ class AgentService:
         from homeport.agent.network import available as network_available
         from homeport.agent.sandbox import SandboxRuntime
         from homeport.agent.snapshot_store import SnapshotStore
-        from homeport.agent.zygote import ZygotePool
+        from homeport.agent.zygote_pool import ZygotePool
         from homeport.images.client_package import ClientPackages
         from homeport.objectstore import LocalCopies, ObjectStore
 
@@ -111,7 +111,7 @@ class AgentService:
         zygotes = None
         if os.environ.get("HOMEPORT_ZYGOTES", "1") != "0":
             (self.root / "zygotes").mkdir(exist_ok=True)
-            zygotes = ZygotePool(self.root / "zygotes")
+            zygotes = ZygotePool(self.root / "zygotes", self.network)
         store = ObjectStore(blob_url)
         self.store = store
         assets = ClusterAssets(self.root, LocalCopies(store), ClientPackages(self.root / "client-packages"))

@@ -30,7 +30,9 @@ from homeport.agent.runtime import (
     Holdings,
     OutputCallback,
 )
-from homeport.agent.zygote import ForkedContainer, ZygoteImage, ZygotePool, ZygoteUnavailable
+from homeport.agent.zygote import ZygoteImage
+from homeport.agent.zygote_child import ForkedContainer, ZygoteUnavailable
+from homeport.agent.zygote_pool import ZygotePool
 
 log = logging.getLogger("homeport.runtime")
 
@@ -346,7 +348,7 @@ class SandboxRuntime:
             zygote = await self.zygotes.get(image)
         if zygote is not None:
             try:
-                return await zygote.fork(spec, prepared, self.network, on_output)
+                return await zygote.fork(spec, prepared, on_output)
             except ZygoteUnavailable as error:
                 log.warning("container %s starts the ordinary way: %s", spec.task_id, error)
             except BaseException:

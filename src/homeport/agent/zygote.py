@@ -17,6 +17,12 @@ the same binds a bubblewrap container gets, pivots into it, drops every capabili
 good, installs the container seccomp filter and forks the entrypoint. What a forked
 container shares with its zygote, and why that is safe, is in the README ("Cold starts").
 
+The child is forked blank: it learns which container it is only at "go". So each zygote
+keeps one spare child forked, in a cgroup of its own and on the bridge ahead of need, and
+a cold start that takes it skips the fork, the network and the move between cgroups (the
+container's cgroup takes over the spare's by renaming it): about 30 ms of a 90 ms cold
+start on this project's 2-core machine (docs/benchmarks.md).
+
 The container's work directory reaches the zygote through its stage: a directory bound
 into the zygote read-only with slave propagation, into which the server mounts each
 container's work directory (read-only but for its writable layer and writable volumes;
@@ -31,6 +37,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,35 +47,30 @@ from pathlib import Path
 from homeport.agent import cgroups, rootfs, seccomp
 from homeport.agent.network import Attachment, BridgeNetwork, NetworkError, bring_up_loopback
 from homeport.agent.runtime import (
-    ARGUMENTS_PATH,
-    CONTROL_SOCKET,
     ContainerSpec,
     ContainerStartError,
-    Holdings,
     OutputCallback,
 )
-from homeport.agent.zygote_child import ForkedChild, ZygoteUnavailable, children
+from homeport.agent.zygote_child import LOST, Blank, ForkedChild, ForkedContainer, ZygoteUnavailable, children
+from homeport.agent.zygote_stage import (
+    IMAGE_INSIDE,
+    INSIDE,
+    STAGE_INSIDE,
+    container_layout,
+    release_stage,
+    stage_task,
+)
 
 log = logging.getLogger("homeport.zygote")
 
 ZYGOTE_SCRIPT = Path(__file__).with_name("zygote_main.py")
-INSIDE = "/.homeport"  # where the zygote finds its script, filter, stage and sockets
-STAGE_INSIDE = f"{INSIDE}/t"
-# The image's root filesystem again, as a mount with nothing mounted under it: overlayfs
-# refuses a lower layer with locked mounts inside (the zygote's own root has several).
-IMAGE_INSIDE = f"{INSIDE}/image"
 # How long a zygote may take to import the client, and a container to be forked.
 READY_TIMEOUT_S = 60.0
 FORK_TIMEOUT_S = 10.0
-# A zygote no container has used for this long is stopped (it holds ~40 MiB).
-IDLE_S = 600.0
-MAX_ZYGOTES = 16
-# What containers whose zygote died are reported to have exited with (PDEATHSIG took
-# them): no real exit status looks like it.
-LOST = -1000
+# After a container takes the spare, the next one is made this much later.
+SPARE_AFTER_S = 0.3
 SYSFS_FLAGS = rootfs.MS_RDONLY | rootfs.MS_NOSUID | rootfs.MS_NODEV | rootfs.MS_NOEXEC
 ZYGOTE_LIMITS = cgroups.Limits(memory_mib=2048, pids=cgroups.DEFAULT_PIDS)
-RETRY_S = 60.0  # after a zygote failed or died, before another is tried for that image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,13 +114,7 @@ def _read_at_start(name: str) -> bool:
     return name.startswith(("PYTHON", "MODAL_", "LC_")) or name in ("TZ", "LANG", "LANGUAGE", "HOME", "PATH")
 
 
-def _release_stage(stage: Path) -> None:
-    rootfs.unmount(stage)
-    with contextlib.suppress(OSError):
-        stage.rmdir()
-
-
-def _remove(directory: Path) -> None:
+def remove_zygote_directory(directory: Path) -> None:
     """A zygote's directory, its stage and prep mounts detached first (they hold other
     paths' contents: never delete through them)."""
     for point in (directory / "stage", directory / "prep"):
@@ -146,49 +142,11 @@ def _zygote_pid(launcher: int) -> int | None:
     return None
 
 
-class ForkedContainer:
-    """A container forked from a zygote (the runtime.Container interface)."""
-
-    kind = "forked"
-
-    def __init__(self, task_id: str, child: ForkedChild, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
-                 work_dir: Path, cgroup: cgroups.Cgroup | None, stage: Path) -> None:  # fmt: skip
-        self.task_id = task_id
-        self._child = child  # PID 1 of its namespace
-        self._exited = exited
-        self.holdings = Holdings(readers, work_dir, cgroup)
-        self.holdings.on_exit += [lambda: _release_stage(stage), child.close]
-
-    async def wait(self) -> int:
-        code = await self._exited
-        await self.holdings.release()
-        return code
-
-    def exit_reason(self) -> str | None:
-        if self.lost:
-            return "its zygote exited (the container went with it)"
-        return self.holdings.exit_reason()
-
-    @property
-    def lost(self) -> bool:
-        """Ended by the platform, not by itself: its inputs are not its fault."""
-        return self._exited.done() and self._exited.result() == LOST
-
-    def interrupt(self) -> None:
-        # PID 1 passes it on to the entrypoint: @exit handlers run and volumes commit.
-        if not self._exited.done():
-            self._child.signal(signal.SIGINT)
-
-    def kill(self) -> None:
-        # PID 1 of the namespace: the kernel takes every other process in it along.
-        if not self._exited.done():
-            self._child.signal(signal.SIGKILL)
-
-
 class Zygote:
-    def __init__(self, image: ZygoteImage, directory: Path) -> None:
+    def __init__(self, image: ZygoteImage, directory: Path, network: BridgeNetwork | None = None) -> None:
         self.image = image
         self.directory = directory
+        self.network = network
         self.stage = directory / "stage"
         self.process: asyncio.subprocess.Process | None = None
         self.host_pid = 0
@@ -198,6 +156,12 @@ class Zygote:
         self._forked: dict[str, asyncio.Future[int]] = {}
         self._exited: dict[str, asyncio.Future[int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # One child forked and networked ahead, for the next container that wants a
+        # network: its start then skips the fork and the network (most of a cold start's
+        # own time). Made when the zygote is ready and again each time one is used.
+        self._spare: asyncio.Task[Blank] | None = None
+        self._next_spare: asyncio.TimerHandle | None = None
+        self._unclaimed: set[str] = set()  # blanks not yet told which container to be
         self.import_ms = 0.0
         self.dead = False
         self.cgroup: cgroups.Cgroup | None = None
@@ -213,7 +177,7 @@ class Zygote:
 
     @property
     def containers(self) -> int:
-        return len(self._exited)
+        return len(self._exited) - len(self._unclaimed)
 
     async def start(self) -> None:
         for name in ("upper", "work", "root", "stage", "prep"):
@@ -326,6 +290,7 @@ class Zygote:
             asyncio.create_task(self._read_log()),
         ]
         await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT_S)
+        self._replenish()
 
     async def _read_log(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -379,6 +344,7 @@ class Zygote:
                 forked.set_exception(
                     ZygoteUnavailable(message.get("error", "the container exited while being forked"))
                 )
+            self._unclaimed.discard(task)
             exited = self._exited.pop(task, None)
             if exited is not None and not exited.done():
                 exited.set_result(int(message["code"]))
@@ -387,7 +353,7 @@ class Zygote:
         if not self.dead and self.ready.done() and self.ready.exception() is None:
             log.warning("zygote %s is gone (%s); its containers with it", self.directory.name, reason)
         self.dead = True
-        self.last_used = time.monotonic()  # the next one is tried RETRY_S from now
+        self.last_used = time.monotonic()  # the next one is tried a while from now (zygote_pool.RETRY_S)
         if not self.ready.done():
             self.ready.set_exception(ZygoteUnavailable(reason))
         for future in [*self._forked.values()]:
@@ -398,6 +364,7 @@ class Zygote:
                 future.set_result(LOST)  # PDEATHSIG took them
         self._forked.clear()
         self._exited.clear()
+        self._unclaimed.clear()
 
     def _send(self, message: dict, fds: tuple[int, ...] = ()) -> None:  # type: ignore[type-arg]
         if self._control is None:
@@ -411,155 +378,190 @@ class Zygote:
         except OSError as error:
             raise ZygoteUnavailable(f"the zygote does not answer: {error}") from None
 
-    def _stage_task(self, spec: ContainerSpec, writable: list[Path], cgroups: dict[str, Path]) -> Path:
-        """Show the zygote this container's work directory (and nothing else): read-only,
-        with only the writable layer and writable volumes read-write on top, and the
-        container's own cgroups (read-only, for its /sys/fs/cgroup) under `cgroup/`. Made on
-        the host, so inside the zygote these mounts are locked: it can neither remount them
-        writable (the mounts layer holds hard links to blobs other workspaces share) nor
-        take them away."""
-        # Built in a private place, then moved under the (shared) stage in one piece: a
-        # remount after the fact would not reach the zygote's copy.
-        tree = self.directory / "prep" / spec.task_id
-        tree.mkdir()
-        for controller in cgroups:
-            (spec.work_dir / "cgroup" / controller).mkdir(parents=True, exist_ok=True)
-        try:
-            rootfs.bind(spec.work_dir, tree, read_only=True, flags=rootfs.MS_REC)
-            for path in writable:
-                path.mkdir(parents=True, exist_ok=True)
-                rootfs.bind(path, tree / path.relative_to(spec.work_dir))
-            for controller, directory in cgroups.items():
-                rootfs.bind(directory, tree / "cgroup" / controller, read_only=True)
-            stage = self.stage / spec.task_id
-            stage.mkdir()
-            rootfs.mount(tree, stage, rootfs.MS_MOVE)
-        except OSError:
-            _release_stage(tree)
-            raise
-        tree.rmdir()
-        return stage
-
-    async def fork(
-        self, spec: ContainerSpec, prepared, network: BridgeNetwork | None, on_output: OutputCallback
-    ) -> ForkedContainer:  # type: ignore[no-untyped-def]
-        """Fork a container for `spec` (already laid out by sandbox.prepare)."""
-        from homeport.agent.sandbox import pump_output
-
+    async def fork(self, spec: ContainerSpec, prepared, on_output: OutputCallback) -> ForkedContainer:  # type: ignore[no-untyped-def]
+        """A container for `spec` (already laid out by sandbox.prepare): the spare when it
+        suits, else a child forked now."""
         self.last_used = began = time.monotonic()
-        overlay = prepared.overlay
-        writable = [overlay.upper.parent] + [d.host_path for d in spec.directories if not d.read_only]
-        cgroup_dirs = prepared.cgroup.paths if prepared.cgroup is not None else {}
-        stage = self._stage_task(spec, writable, cgroup_dirs)
-        inside = f"{STAGE_INSIDE}/{spec.task_id}"
-
-        def translate(path: Path) -> str:
-            return f"{inside}/{path.relative_to(spec.work_dir)}"
-
-        lower = [translate(layer) for layer in overlay.lower if layer.is_relative_to(spec.work_dir)] + [
-            IMAGE_INSIDE
-        ]
-        binds = [
-            [translate(prepared.hosts), "/etc/hosts", True],
-            [translate(prepared.arguments_path), ARGUMENTS_PATH, True],
-            ["/pkg", "/pkg", True],
-        ]
-        if spec.network and Path("/etc/resolv.conf").is_file():
-            binds.append([f"{INSIDE}/resolv.conf", "/etc/resolv.conf", True])
-        if spec.control_socket is not None:
-            binds.append([f"{INSIDE}/grpc.sock", CONTROL_SOCKET, False])
-        binds += [[translate(d.host_path), d.container_path, d.read_only] for d in spec.directories]
-        request = {
-            "lower": lower,
-            "upper": translate(overlay.upper),
-            "work": translate(overlay.work),
-            "merged": translate(overlay.merged),
-            "disk_mib": overlay.size_mib,
-            "binds": binds,
-            "cgroups": {controller: f"{inside}/cgroup/{controller}" for controller in cgroup_dirs},
-            "working_dir": spec.working_dir,
-        }
-        # The environment (secrets, the container's credential) travels in a memory file
-        # the zygote hands to the child unread: nothing of it stays in the zygote's memory,
-        # which every later container is forked from.
-        environment = os.memfd_create("homeport-environment", os.MFD_CLOEXEC)
-        os.write(environment, json.dumps(prepared.environment).encode())
-        os.lseek(environment, 0, os.SEEK_SET)
-        loop = asyncio.get_running_loop()
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        forked: asyncio.Future[int] = loop.create_future()
-        exited: asyncio.Future[int] = loop.create_future()
-        self._forked[spec.task_id] = forked
-        self._exited[spec.task_id] = exited
-        attachment: Attachment | None = None
-        readers: list[asyncio.Task[None]] = []
-        child: ForkedChild | None = None
-        try:
-            try:
-                self._send(
-                    {"op": "fork", "task": spec.task_id, "spec": request}, (stdout_w, stderr_w, environment)
-                )
-            finally:
-                for fd in (stdout_w, stderr_w, environment):
-                    os.close(fd)
-            readers = [
-                asyncio.create_task(pump_output(await _reader(stdout_r), 1, on_output)),
-                asyncio.create_task(pump_output(await _reader(stderr_r), 2, on_output)),
-            ]
-            stdout_r = stderr_r = -1
-            try:
-                inner_pid = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
-            except TimeoutError:
-                self._gone("it did not fork a container in time")
-                raise ZygoteUnavailable(
-                    f"the zygote did not fork {spec.task_id} within {FORK_TIMEOUT_S:.0f} s"
-                ) from None
-            child = ForkedChild.verify(self.host_pid, inner_pid)
-            if prepared.cgroup is not None:
-                prepared.cgroup.add(child.pid)
-            if network is not None and spec.network:
-                try:
-                    attachment = await network.attach_in_thread(spec.task_id, child.netns)
-                except NetworkError as error:
-                    raise ContainerStartError(str(error)) from None
-            else:
-                await asyncio.to_thread(bring_up_loopback, child.netns)
-            child.check_alive()
-            self._send({"op": "go", "task": spec.task_id})
-        except BaseException:
-            self._forked.pop(spec.task_id, None)
-            self._exited.pop(spec.task_id, None)
-            with contextlib.suppress(ZygoteUnavailable):
-                self._send({"op": "abort", "task": spec.task_id})
-            for fd in (stdout_r, stderr_r):
-                if fd >= 0:
-                    os.close(fd)
-            for reader in readers:
-                reader.cancel()
-            if attachment is not None and network is not None:
-                network.detach(attachment)
-            _release_stage(stage)
-            raise
-        finally:
-            if child is not None:
-                child.close_netns()
-        container = ForkedContainer(
-            spec.task_id, child, exited, readers, spec.work_dir, prepared.cgroup, stage
-        )
+        networked = spec.network and self.network is not None
+        blank = await self._take_spare() if networked else None
+        if blank is None:
+            blank = await self._fork_blank(networked)
+        # Not at once: forking and networking the next spare would take CPU from this
+        # container's own start (two cores here).
+        self._next_spare = asyncio.get_running_loop().call_later(SPARE_AFTER_S, self._replenish)
+        container = await self._claim(blank, spec, prepared, on_output)
         log.info(
             "container %s forked from zygote %s in %.1f ms",
             spec.task_id,
             self.directory.name,
             (time.monotonic() - began) * 1000,
         )
-        if attachment is not None and network is not None:
-            network_, attached = network, attachment
-            container.holdings.on_exit.insert(0, lambda: network_.detach(attached))
-            container.holdings.address = attachment.address
         return container
 
+    async def _fork_blank(self, networked: bool) -> Blank:
+        """A child of no container yet, in its namespaces, on the bridge (or with only
+        loopback), checked: its pid and namespaces are not taken on the zygote's word."""
+        name = "b" + secrets.token_hex(6)
+        loop = asyncio.get_running_loop()
+        forked: asyncio.Future[int] = loop.create_future()
+        exited: asyncio.Future[int] = loop.create_future()
+        self._forked[name], self._exited[name] = forked, exited
+        self._unclaimed.add(name)
+        child: ForkedChild | None = None
+        attachment: Attachment | None = None
+        cgroup = cgroups.Cgroup(name, cgroups.Limits()) if self.cgroup is not None else None
+        if cgroup is not None:
+            # Gone with the child (renamed away first if it became a container).
+            exited.add_done_callback(lambda _: cgroup.remove())
+        try:
+            self._send({"op": "fork", "task": name})
+            try:
+                inner_pid = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
+            except TimeoutError:
+                self._gone("it did not fork a container in time")
+                raise ZygoteUnavailable(f"the zygote did not fork within {FORK_TIMEOUT_S:.0f} s") from None
+            child = ForkedChild.verify(self.host_pid, inner_pid)
+            if cgroup is not None:
+                cgroup.create()
+                await asyncio.to_thread(cgroup.add, child.pid)
+            if networked:
+                assert self.network is not None
+                try:
+                    attachment = await self.network.attach_in_thread(name, child.netns)
+                except NetworkError as error:
+                    raise ContainerStartError(str(error)) from None
+            else:
+                await asyncio.to_thread(bring_up_loopback, child.netns)
+            child.close_netns()
+            child.check_alive()
+        except BaseException:
+            self._discard(name, child, attachment)
+            raise
+        return Blank(name, child, exited, attachment, cgroup)
+
+    def _replenish(self) -> None:
+        """Fork the next spare in the background, if there is none and a network to put
+        it on (a container without one gets a fresh child: it is rare). Whoever ends the
+        spare's task takes its result: the next fork, or stop()."""
+        if self._spare is None and self.network is not None and self.alive:
+            self._spare = asyncio.create_task(self._fork_blank(True))
+
+    async def _take_spare(self) -> Blank | None:
+        """The spare (waited for if it is still being made: that is no slower than a fresh
+        fork), or None if there is none or it failed or died meanwhile."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        try:
+            blank = await spare
+        except Exception as error:
+            log.info("zygote %s: no spare (%s); forking afresh", self.directory.name, error)
+            return None
+        if blank.exited.done():
+            self._discard(blank.name, blank.child, blank.attachment)
+            return None
+        return blank
+
+    def _discard(self, name: str, child: ForkedChild | None, attachment: Attachment | None) -> None:
+        """A blank that will never be a container: told to exit, its network released
+        (its cgroup goes once the zygote reports it exited)."""
+        self._forked.pop(name, None)
+        with contextlib.suppress(ZygoteUnavailable):
+            self._send({"op": "abort", "task": name})
+        if child is not None:
+            child.signal(signal.SIGKILL)
+            child.close()
+        if attachment is not None and self.network is not None:
+            self.network.detach(attachment)
+
+    async def _claim(
+        self, blank: Blank, spec: ContainerSpec, prepared, on_output: OutputCallback
+    ) -> ForkedContainer:  # type: ignore[no-untyped-def]
+        """Make `blank` the container for `spec`: show the zygote its work directory, put
+        it in its cgroup, hand it its layout, output and environment, and say go."""
+        from homeport.agent.sandbox import pump_output
+
+        overlay = prepared.overlay
+        writable = [overlay.upper.parent] + [d.host_path for d in spec.directories if not d.read_only]
+        cgroup_dirs = prepared.cgroup.paths if prepared.cgroup is not None else {}
+        stage: Path | None = None
+        readers: list[asyncio.Task[None]] = []
+        stdout_r = stderr_r = -1
+        try:
+            blank.child.check_alive()
+            if prepared.cgroup is not None:  # first: the stage shows its directories
+                self._place(blank, prepared.cgroup)
+            stage = stage_task(self.directory, spec, writable, cgroup_dirs)
+            # The environment (secrets, the container's credential) travels in a memory file
+            # the zygote hands to the child unread: nothing of it stays in the zygote's
+            # memory, which every later container is forked from.
+            environment = os.memfd_create("homeport-environment", os.MFD_CLOEXEC)
+            os.write(environment, json.dumps(prepared.environment).encode())
+            os.lseek(environment, 0, os.SEEK_SET)
+            stdout_r, stdout_w = os.pipe()
+            stderr_r, stderr_w = os.pipe()
+            try:
+                self._send(
+                    {
+                        "op": "go",
+                        "task": blank.name,
+                        "as": spec.task_id,
+                        "spec": container_layout(spec, prepared),
+                    },
+                    (stdout_w, stderr_w, environment),
+                )
+            finally:
+                for fd in (stdout_w, stderr_w, environment):
+                    os.close(fd)
+            self._unclaimed.discard(blank.name)
+            readers = [
+                asyncio.create_task(pump_output(await _reader(stdout_r), 1, on_output)),
+                asyncio.create_task(pump_output(await _reader(stderr_r), 2, on_output)),
+            ]
+            stdout_r = stderr_r = -1
+        except BaseException:
+            for fd in (stdout_r, stderr_r):
+                if fd >= 0:
+                    os.close(fd)
+            for reader in readers:
+                reader.cancel()
+            self._discard(blank.name, blank.child, blank.attachment)
+            if stage is not None:
+                release_stage(stage)
+            raise
+        container = ForkedContainer(
+            spec.task_id, blank.child, blank.exited, readers, spec.work_dir, prepared.cgroup, stage
+        )
+        if blank.attachment is not None and self.network is not None:
+            network_, attached = self.network, blank.attachment
+            container.holdings.on_exit.insert(0, lambda: network_.detach(attached))
+            container.holdings.address = attached.address
+        return container
+
+    def _place(self, blank: Blank, cgroup: cgroups.Cgroup) -> None:
+        """Put the child in the container's cgroup: by taking over the one it joined
+        ahead, or (none, or that failed) by moving it."""
+        if blank.cgroup is not None:
+            try:
+                cgroup.take_over(blank.cgroup)
+                return
+            except OSError as error:
+                log.warning(
+                    "zygote %s: cgroup not taken over (%s); moving the child", self.directory.name, error
+                )
+                cgroup.create()
+        cgroup.add(blank.child.pid)
+
     async def stop(self) -> None:
+        if self._next_spare is not None:
+            self._next_spare.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.cancel()
+            await asyncio.wait([spare])
+            if not spare.cancelled() and spare.exception() is None:
+                blank = spare.result()
+                self._discard(blank.name, blank.child, blank.attachment)
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -570,7 +572,7 @@ class Zygote:
             self._control.close()
             self._control = None
         self._gone("its zygote was stopped")
-        _remove(self.directory)
+        remove_zygote_directory(self.directory)
         if self.cgroup is not None:
             self.cgroup.remove()
 
@@ -582,97 +584,3 @@ async def _reader(fd: int) -> asyncio.StreamReader:
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
     )
     return reader
-
-
-class ZygotePool:
-    """The zygotes of this node: started ahead of need (prewarm) or on first use (the
-    container waits for it), stopped when idle. A container whose image's zygote failed
-    lately starts the ordinary way."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.zygotes: dict[ZygoteImage, Zygote] = {}
-        self._starting: dict[ZygoteImage, asyncio.Task[None]] = {}
-        self._stopping: set[asyncio.Task[None]] = set()
-        self._counter = 0
-        self._sweep_leftovers()
-        os.chmod(self.root, 0o700)  # zygote roots hold image files (setuid binaries included)
-
-    def _sweep_leftovers(self) -> None:
-        """Directories (and, from a server that ran without a mount namespace of its own,
-        mounts) of zygotes from a previous run of this server."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for directory in self.root.iterdir():
-            _remove(directory)
-
-    async def get(self, image: ZygoteImage) -> Zygote | None:
-        """The zygote for this image, started (and waited for) if need be; None when one
-        failed lately (containers then start the ordinary way for RETRY_S)."""
-        zygote = self.zygotes.get(image)
-        if zygote is not None and image not in self._starting and not zygote.alive:
-            if time.monotonic() - zygote.last_used < RETRY_S:
-                return None
-            self._forget(image)
-            zygote = None
-        if zygote is None:
-            self.prewarm(image)
-            zygote = self.zygotes.get(image)
-            if zygote is None:
-                return None  # no room for another zygote
-        try:
-            await asyncio.shield(zygote.ready)
-        except Exception:
-            return None
-        return zygote if zygote.alive else None
-
-    def prewarm(self, image: ZygoteImage) -> None:
-        if image in self.zygotes or image in self._starting:
-            return
-        running = sum(1 for known, z in self.zygotes.items() if z.alive or known in self._starting)
-        if running >= MAX_ZYGOTES and not self._evict_one():
-            return
-        self._counter += 1
-        zygote = Zygote(image, self.root / f"z{os.getpid()}-{self._counter}")
-        self.zygotes[image] = zygote
-        self._starting[image] = asyncio.create_task(self._start(image, zygote))
-
-    async def _start(self, image: ZygoteImage, zygote: Zygote) -> None:
-        try:
-            await zygote.start()
-        except Exception as error:
-            log.warning("zygote for %s not started: %s", image.layers[:1], error or type(error).__name__)
-            await zygote.stop()  # kept, not alive: the image is not tried again for RETRY_S
-        finally:
-            self._starting.pop(image, None)
-
-    def _forget(self, image: ZygoteImage) -> None:
-        zygote = self.zygotes.pop(image, None)
-        if zygote is not None:
-            stopping = asyncio.get_running_loop().create_task(zygote.stop())
-            self._stopping.add(stopping)
-            stopping.add_done_callback(self._stopping.discard)
-
-    def _evict_one(self) -> bool:
-        # Dead ones are not evicted: their entry keeps their back-off (see get).
-        idle = [
-            (z.last_used, image)
-            for image, z in self.zygotes.items()
-            if z.alive and z.containers == 0 and image not in self._starting
-        ]
-        if not idle:
-            return False
-        self._forget(min(idle)[1])
-        return True
-
-    def sweep(self) -> None:
-        """Stop zygotes nobody used for IDLE_S."""
-        now = time.monotonic()
-        for image, zygote in list(self.zygotes.items()):
-            if image not in self._starting and zygote.containers == 0 and now - zygote.last_used > IDLE_S:
-                self._forget(image)
-
-    async def shutdown(self) -> None:
-        for task in list(self._starting.values()):
-            task.cancel()
-        await asyncio.gather(*(z.stop() for z in self.zygotes.values()), return_exceptions=True)
-        self.zygotes.clear()

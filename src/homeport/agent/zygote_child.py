@@ -1,15 +1,26 @@
-"""A container a zygote says it forked, checked before the node acts on it: the zygote
-runs image code, so neither the pid it reports nor its namespaces are taken on trust."""
+"""The children a zygote forks: each checked before the node acts on it (the zygote runs
+image code, so neither the pid it reports nor its namespaces are taken on trust), a
+blank one waiting for its container, and the container it becomes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
 from pathlib import Path
 
+from homeport.agent import cgroups
+from homeport.agent.network import Attachment
+from homeport.agent.runtime import Holdings
+from homeport.agent.zygote_stage import release_stage
+
 NS_GET_USERNS = 0xB701
+# What containers whose zygote died are reported to have exited with (PDEATHSIG took
+# them): no real exit status looks like it.
+LOST = -1000
 
 
 class ZygoteUnavailable(Exception):
@@ -112,3 +123,54 @@ def _parent(pid: int) -> int | None:
     except OSError:
         pass
     return None
+
+
+@dataclasses.dataclass
+class Blank:
+    """A child forked and networked before it knows which container it will be (see
+    agent/zygote_main.py): PID 1 of fresh namespaces, waiting for "go"."""
+
+    name: str
+    child: ForkedChild
+    exited: asyncio.Future[int]
+    attachment: Attachment | None
+    cgroup: cgroups.Cgroup | None  # joined ahead; the container's cgroup takes it over
+
+
+class ForkedContainer:
+    """A container forked from a zygote (the runtime.Container interface)."""
+
+    kind = "forked"
+
+    def __init__(self, task_id: str, child: ForkedChild, exited: asyncio.Future[int], readers: list[asyncio.Task[None]],
+                 work_dir: Path, cgroup: cgroups.Cgroup | None, stage: Path) -> None:  # fmt: skip
+        self.task_id = task_id
+        self._child = child  # PID 1 of its namespace
+        self._exited = exited
+        self.holdings = Holdings(readers, work_dir, cgroup)
+        self.holdings.on_exit += [lambda: release_stage(stage), child.close]
+
+    async def wait(self) -> int:
+        code = await self._exited
+        await self.holdings.release()
+        return code
+
+    def exit_reason(self) -> str | None:
+        if self.lost:
+            return "its zygote exited (the container went with it)"
+        return self.holdings.exit_reason()
+
+    @property
+    def lost(self) -> bool:
+        """Ended by the platform, not by itself: its inputs are not its fault."""
+        return self._exited.done() and self._exited.result() == LOST
+
+    def interrupt(self) -> None:
+        # PID 1 passes it on to the entrypoint: @exit handlers run and volumes commit.
+        if not self._exited.done():
+            self._child.signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        # PID 1 of the namespace: the kernel takes every other process in it along.
+        if not self._exited.done():
+            self._child.signal(signal.SIGKILL)

@@ -14,11 +14,17 @@ Never the user's module: that is imported by the entrypoint, in the container, a
 fork. This file uses the standard library only (it runs on whatever Python the image has)
 and never imports Homeport.
 
+A child is forked blank: it knows nothing of the container it will be until "go", so the
+server may fork one ahead of need (a spare, networked while no call waits for it) and
+hand it a container later. `task` below names the child, not the container.
+
 Protocol (SOCK_SEQPACKET, one JSON object per message, fds with SCM_RIGHTS):
-  server -> zygote  {"op": "fork", "task": ..., "spec": {...}}  fds: [stdout, stderr, environment]
-                    (the environment, secrets included, is a memory file only the child reads)
-                    {"op": "go", "task": ...}     the server has placed the child in its
-                                                  cgroup and network: set it up and run
+  server -> zygote  {"op": "fork", "task": ...}   fork a blank child
+                    {"op": "go", "task": ..., "as": <task id>, "spec": {...}}
+                                  fds: [stdout, stderr, environment]
+                                  the server has placed the child in its cgroup and network:
+                                  become this container, set it up and run (the environment,
+                                  secrets included, is a memory file only the child reads)
                     {"op": "abort", "task": ...}
   zygote -> server  {"op": "ready", "import_ms": ...} | {"op": "failed", "error": ...}
                     {"op": "forked", "task": ..., "pid": <pid in the zygote's namespace>}
@@ -144,8 +150,8 @@ def send(control, message, fds=()):
 class Zygote:
     def __init__(self, control):
         self.control = control
-        self.children = {}  # pid -> task id
-        self.go = {}  # task id -> write end of the child's go pipe
+        self.children = {}  # pid -> child's name
+        self.go = {}  # child's name -> our end of its socket, for "go" (or closed: abort)
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         with open("/.homeport/seccomp.bpf", "rb") as program:
             self.seccomp = program.read()
@@ -173,20 +179,24 @@ class Zygote:
                     sys.exit(0)  # the server is gone: so are we (and, by PDEATHSIG, every container)
                 message = json.loads(data)
                 if message["op"] == "fork":
-                    child = self.fork(message["task"], message["spec"], fds)
+                    child = self.fork(message["task"])
                     if child is not None:
                         selector.close()
                         for fd in (wake_r, wake_w):
                             os.close(fd)
                         return child
                 elif message["op"] in ("go", "abort"):
-                    pipe = self.go.pop(message["task"], None)
-                    if pipe is not None:
-                        try:
-                            os.write(pipe, b"g" if message["op"] == "go" else b"a")
-                        except OSError:
-                            pass
-                        os.close(pipe)
+                    channel = self.go.pop(message["task"], None)
+                    if channel is not None:
+                        if message["op"] == "go":
+                            order = json.dumps({"task": message["as"], "spec": message["spec"]}).encode()
+                            try:
+                                socket.send_fds(channel, [order], fds)
+                            except OSError:
+                                pass
+                        channel.close()  # closed unsent: abort
+                for fd in fds:
+                    os.close(fd)
 
     def reap(self):
         while True:
@@ -198,14 +208,14 @@ class Zygote:
                 return
             task = self.children.pop(pid, None)
             if task is not None:
-                pipe = self.go.pop(task, None)
-                if pipe is not None:
-                    os.close(pipe)
+                channel = self.go.pop(task, None)
+                if channel is not None:
+                    channel.close()
                 send(self.control, {"op": "exited", "task": task, "code": os.waitstatus_to_exitcode(status)})
 
-    def fork(self, task, spec, fds):
+    def fork(self, task):
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        go_ours, go_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
         sys.stderr.flush()
         # The next child is PID 1 of a namespace of its own; the zygote's own children
@@ -215,25 +225,28 @@ class Zygote:
             pid = os.fork()
         except OSError as error:
             check(libc.setns(self.own_pid_namespace, CLONE_NEWPID), "setns back")
-            for fd in (ready_r, ready_w, go_r, go_w, *fds):
+            for fd in (ready_r, ready_w):
                 os.close(fd)
+            go_ours.close()
+            go_theirs.close()
             send(self.control, {"op": "exited", "task": task, "code": 255, "error": str(error)})
             return None
         if pid == 0:
-            for fd in (ready_r, go_w, self.own_pid_namespace, *self.go.values()):
+            for fd in (ready_r, self.own_pid_namespace):
                 os.close(fd)
-            self.control.close()
-            return Container(task, spec, fds, ready_w, go_r, self.seccomp)
+            for channel in (go_ours, self.control, *self.go.values()):
+                channel.close()
+            return Container(ready_w, go_theirs, self.seccomp)
         check(libc.setns(self.own_pid_namespace, CLONE_NEWPID), "setns back")
-        for fd in (ready_w, go_r, *fds):
-            os.close(fd)
+        os.close(ready_w)
+        go_theirs.close()
         ready = os.read(ready_r, 1)  # the child's namespaces exist (or it failed)
         os.close(ready_r)
         self.children[pid] = task
         if ready != b"r":
-            os.close(go_w)
+            go_ours.close()
             return None  # it exits; reap() reports it
-        self.go[task] = go_w
+        self.go[task] = go_ours
         send(self.control, {"op": "forked", "task": task, "pid": pid})
         return None
 
@@ -241,12 +254,9 @@ class Zygote:
 class Container:
     """The forked child: PID 1 of the container."""
 
-    def __init__(self, task, spec, fds, ready_w, go_r, seccomp):
-        self.task = task
-        self.spec = spec
-        self.stdout, self.stderr, self.environment_fd = fds
+    def __init__(self, ready_w, go, seccomp):
         self.ready_w = ready_w
-        self.go_r = go_r
+        self.go = go
         self.seccomp = seccomp
 
     def run(self):
@@ -268,9 +278,7 @@ class Container:
         check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
         os.write(self.ready_w, b"r")
         os.close(self.ready_w)
-        if os.read(self.go_r, 1) != b"g":  # aborted, or the zygote died
-            os._exit(253)
-        os.close(self.go_r)
+        self.become(*socket.recv_fds(self.go, 1 << 20, 8)[:2])
         os.dup2(self.stderr, 2)  # setup errors reach the container's log
         with os.fdopen(self.environment_fd, "rb") as environment:
             self.environment = json.loads(environment.read())
@@ -287,6 +295,16 @@ class Container:
             self.become_entrypoint()
             return True
         return False
+
+    def become(self, data, fds):
+        """The container this child is to be (its task id, layout and output), or exit:
+        an empty message is an abort, or the zygote dying."""
+        if not data or len(fds) != 3:
+            os._exit(253)
+        self.go.close()
+        order = json.loads(data)
+        self.task, self.spec = order["task"], order["spec"]
+        self.stdout, self.stderr, self.environment_fd = fds
 
     def enter_root(self):
         spec = self.spec

@@ -106,6 +106,7 @@ class Scheduler:
         # Containers being started: set once recorded in `containers` (or failed).
         self._launching: dict[str, asyncio.Event] = {}
         self.builds: dict[str, BuildStep] = {}  # function id -> the run_function step it is running
+        self._nodes_used: set[str] = set()  # nodes this server has started a container on
         self.start_backoff = StartBackoff()
         self.scaler = Scaler(self)
         self.deadlines = Deadlines(self)
@@ -347,7 +348,8 @@ class Scheduler:
                 running.stderr_tail.append(text)
             write_log(fd, text)
 
-        if not self.containers and function.id not in self.builds:
+        if node.node_id not in self._nodes_used and function.id not in self.builds:
+            self._nodes_used.add(node.node_id)
             log.info(
                 "starting the first container on %s (image files and client package are made once per node)",
                 node.node_id,

@@ -21,7 +21,7 @@ from homeport.agent.runtime import Runtime
 from homeport.agent.sandbox import SandboxRuntime
 from homeport.agent.snapshot_store import SnapshotStore
 from homeport.agent.tunnels import TunnelGate
-from homeport.agent.zygote import ZygotePool
+from homeport.agent.zygote_pool import ZygotePool
 from homeport.config import Settings
 from homeport.images.bases import BaseCache
 from homeport.images.client_package import ClientPackages
@@ -205,7 +205,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             log.warning("containers share the host's network: %s", unavailable)
     # gVisor containers use runsc's own networking (host or none); build steps and sandbox
     # containers get namespaces on the bridge.
-    zygotes = ZygotePool(layout.zygotes) if settings.zygotes else None
+    zygotes = ZygotePool(layout.zygotes, network) if settings.zygotes else None
     runtime: Runtime = (
         GvisorRuntime()
         if settings.runtime == "gvisor"
