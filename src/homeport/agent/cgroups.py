@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
+from collections.abc import Container
 from pathlib import Path
 
 log = logging.getLogger("homeport.cgroups")
@@ -18,6 +20,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 CPU_PERIOD_US = 100_000
 DEFAULT_PIDS = 4096  # a fork bomb stops here, not at the node's limit
+# A cgroup no process is in, this old, is a leftover (see sweep_stale).
+STALE_AGE_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,3 +105,31 @@ class Cgroup:
                 path.rmdir()
             except OSError as error:
                 log.debug("could not remove %s: %s", path, error)
+
+
+def sweep_stale(keep: Container[str], min_age_s: float = STALE_AGE_S) -> int:
+    """Remove the cgroups under `homeport/` that no process is in, left by servers that
+    were killed (a server removes its own as each container ends; thousands piled up on
+    a test machine). Spared: `keep` (this node's containers), and young ones: a cgroup
+    is made shortly before its first process joins it, possibly by another server on this
+    machine. Blocking: run it off the event loop."""
+    removed = 0
+    now = time.time()
+    for controller in CONTROLLERS:
+        try:
+            entries = list(os.scandir(CGROUP_ROOT / controller / "homeport"))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name in keep or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if now - entry.stat().st_mtime < min_age_s:
+                    continue
+                if Path(entry.path, "cgroup.procs").read_text().strip():
+                    continue
+                os.rmdir(entry.path)
+                removed += 1
+            except OSError:
+                continue  # in use after all, or gone meanwhile
+    return removed

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from homeport import ids
-from homeport.agent import layer_copy, rootfs, volume_copy
+from homeport.agent import cgroups, layer_copy, rootfs, volume_copy
 from homeport.agent.assets import Assets
 from homeport.agent.cpu import CpuMeter
 from homeport.agent.gpus import GpuPool, GpuRequest
@@ -58,6 +58,7 @@ SHUTDOWN_GRACE_S = 10.0
 SHUTDOWN_WAIT_S = 10.0
 DISK_CHECK_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 10.0
+STALE_CGROUPS_INTERVAL_S = 60.0
 REPORT_INTERVAL_S = 5.0
 # Busier than this, the node takes no more containers for a function that has some already.
 SATURATED_CPU = 0.85
@@ -539,6 +540,8 @@ class NodeAgent:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._every(DISK_CHECK_INTERVAL_S, self._enforce_disk_limits))
             group.create_task(self._every(SWEEP_INTERVAL_S, self._sweep))
+            if cgroups.available():
+                group.create_task(self._every(STALE_CGROUPS_INTERVAL_S, self._sweep_stale_cgroups))
             if self._report is not None:
                 group.create_task(self._every(REPORT_INTERVAL_S, self._report_inventory))
 
@@ -561,6 +564,15 @@ class NodeAgent:
     async def _sweep(self) -> None:
         self.runtime.sweep()
         self._pool.sweep()
+
+    async def _sweep_stale_cgroups(self) -> None:
+        removed = await asyncio.to_thread(cgroups.sweep_stale, set(self._held))
+        if removed:
+            log.info(
+                "node %s: removed %d empty cgroup(s) left by servers that stopped uncleanly",
+                self.node_id,
+                removed,
+            )
 
     async def _enforce_disk_limits(self) -> None:
         """A container's writable layer lives on the host's disk; one that outgrows its limit
