@@ -11,6 +11,23 @@ from homeport.server.store import schema
 
 d = schema.dict_entries
 
+# Built once: building a statement costs more than running it (a Dict get or put is one
+# or two of them).
+_VALUE = sa.select(d.c.value).where(
+    d.c.dict_id == sa.bindparam("b_dict_id"), d.c.key_hash == sa.bindparam("b_key_hash")
+)
+_ANY_OF = (
+    sa.select(d.c.key_hash)
+    .where(
+        d.c.dict_id == sa.bindparam("b_dict_id"), d.c.key_hash.in_(sa.bindparam("b_hashes", expanding=True))
+    )
+    .limit(1)
+)
+_DELETE_ALL_OF = d.delete().where(
+    d.c.dict_id == sa.bindparam("b_dict_id"), d.c.key_hash.in_(sa.bindparam("b_hashes", expanding=True))
+)
+_INSERT = d.insert()
+
 
 def key_hash(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()
@@ -26,9 +43,7 @@ class DictService:
 
     def get(self, dict_id: str, key: bytes) -> bytes | None:
         with self.engine.connect() as connection:
-            row = connection.execute(
-                sa.select(d.c.value).where(d.c.dict_id == dict_id, d.c.key_hash == key_hash(key))
-            ).first()
+            row = connection.execute(_VALUE, {"b_dict_id": dict_id, "b_key_hash": key_hash(key)}).first()
         return row.value if row else None
 
     def update(self, dict_id: str, entries: list[tuple[bytes, bytes]], if_not_exists: bool) -> bool:
@@ -38,16 +53,14 @@ class DictService:
         with self.engine.begin() as connection:
             hashes = [key_hash(key) for key, _ in entries]
             if if_not_exists:
-                exists = connection.execute(
-                    sa.select(d.c.key_hash).where(d.c.dict_id == dict_id, d.c.key_hash.in_(hashes)).limit(1)
-                ).first()
+                exists = connection.execute(_ANY_OF, {"b_dict_id": dict_id, "b_hashes": hashes}).first()
                 if exists is not None:
                     return False
             latest = dict(zip(hashes, entries))  # the last value for a repeated key wins
-            connection.execute(d.delete().where(d.c.dict_id == dict_id, d.c.key_hash.in_(list(latest))))
+            connection.execute(_DELETE_ALL_OF, {"b_dict_id": dict_id, "b_hashes": list(latest)})
             if latest:
                 connection.execute(
-                    d.insert(),
+                    _INSERT,
                     [
                         {"dict_id": dict_id, "key_hash": h, "key": key, "value": value, "updated_at": now}
                         for h, (key, value) in latest.items()
@@ -56,13 +69,12 @@ class DictService:
         return True
 
     def pop(self, dict_id: str, key: bytes) -> bytes | None:
+        hashed = key_hash(key)
         with self.engine.begin() as connection:
-            row = connection.execute(
-                sa.select(d.c.value).where(d.c.dict_id == dict_id, d.c.key_hash == key_hash(key))
-            ).first()
+            row = connection.execute(_VALUE, {"b_dict_id": dict_id, "b_key_hash": hashed}).first()
             if row is None:
                 return None
-            connection.execute(d.delete().where(d.c.dict_id == dict_id, d.c.key_hash == key_hash(key)))
+            connection.execute(_DELETE_ALL_OF, {"b_dict_id": dict_id, "b_hashes": [hashed]})
             return row.value
 
     def length(self, dict_id: str) -> int:

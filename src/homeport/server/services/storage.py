@@ -24,6 +24,12 @@ KIND_LABEL = {"dict": "Dict", "queue": "Queue", "secret": "Secret", "volume": "V
 # Ephemeral objects are kept while their creator heartbeats (client 1.6.4 sends one every 300 s).
 EPHEMERAL_TIMEOUT_S = 900.0
 
+_o = schema.storage_objects
+# Built once: every Dict, Queue and Volume call looks its object up with it.
+_OBJECT = sa.select(
+    _o.c.id, _o.c.kind, _o.c.workspace_id, _o.c.environment_name, _o.c.name, _o.c.created_at
+).where(_o.c.id == sa.bindparam("b_id"), _o.c.kind == sa.bindparam("b_kind"))
+
 
 @dataclasses.dataclass(frozen=True)
 class StorageObject:
@@ -136,13 +142,8 @@ class StorageObjectService:
 
     def get(self, kind: str, workspace_id: str, object_id: str) -> StorageObject:
         """The object, if it exists and belongs to the caller's workspace; else NOT_FOUND."""
-        o = schema.storage_objects
         with self.engine.connect() as connection:
-            row = connection.execute(
-                sa.select(
-                    o.c.id, o.c.kind, o.c.workspace_id, o.c.environment_name, o.c.name, o.c.created_at
-                ).where(o.c.id == object_id, o.c.kind == kind)
-            ).first()
+            row = connection.execute(_OBJECT, {"b_id": object_id, "b_kind": kind}).first()
         if row is None or row.workspace_id != workspace_id:
             raise errors.not_found(f"{KIND_LABEL[kind]} {object_id} not found (it may have been deleted)")
         return StorageObject(*row)
