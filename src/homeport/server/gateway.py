@@ -110,7 +110,7 @@ class Gateway:
                 )
             ],
         )
-        state.scheduler.wake()
+        state.scheduler.inputs_queued(function_id, 1)
         async with asyncio.TaskGroup() as group:
             uploader = group.create_task(self._upload_rest(request, call_id, more))
             try:
@@ -200,7 +200,7 @@ class Gateway:
                 )
             ],
         )
-        state.scheduler.wake()
+        state.scheduler.inputs_queued(function_id, 1)
         messages = self._messages_out(call_id)
         first = await anext(messages, None)
         if first is None or first.WhichOneof("type") != "websocket_accept":

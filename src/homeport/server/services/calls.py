@@ -25,9 +25,31 @@ from homeport import ids
 from homeport.server import errors
 from homeport.server.metrics import Metrics
 from homeport.server.notify import Notifier
+from homeport.server.services.call_statements import (
+    CALL_IDENTITY,
+    CANCELLED_CLAIMS,
+    CLAIM_CANDIDATES,
+    CLAIM_CANDIDATES_SQLITE,
+    CLAIMED,
+    DATA_AFTER,
+    DELETE_OUTPUTS,
+    DONE,
+    DROP_DATA,
+    FINISH,
+    FINISH_OF_TASK,
+    INPUT_COUNT,
+    INSERT_CALL,
+    INSERT_INPUTS,
+    INSERT_OUTPUT,
+    OUTPUTS_AFTER,
+    OUTPUTS_IN_RANGE,
+    PENDING,
+    RUNNING_INPUT,
+    RUNNING_INPUT_OF_TASK,
+    TAKE,
+    UNFINISHED,
+)
 from homeport.server.store import schema
-
-PENDING, CLAIMED, DONE = "pending", "claimed", "done"
 
 
 def queue_key(function_id: str) -> str:
@@ -80,105 +102,7 @@ def retry_delay_s(policy: api_pb2.FunctionRetryPolicy, attempt: int) -> float:
     return float(min(initial * coefficient ** (attempt - 1), maximum))
 
 
-# Statements on the per-input hot path, built once (building them costs more than running them).
 _inputs = schema.inputs
-_CLAIM_CANDIDATES = (
-    sa.select(
-        _inputs.c.id,
-        _inputs.c.function_call_id,
-        _inputs.c.idx,
-        _inputs.c.attempt,
-        _inputs.c.payload,
-        _inputs.c.created_at,
-    )
-    .where(
-        _inputs.c.function_id == sa.bindparam("b_function_id"),
-        _inputs.c.state == PENDING,
-        _inputs.c.not_before <= sa.bindparam("b_now"),
-    )
-    .order_by(_inputs.c.created_at)
-    .limit(sa.bindparam("b_limit"))
-    .with_for_update(skip_locked=True)
-)
-# The same on SQLite, which keeps no statistics: left to itself it picks ix_inputs_runnable
-# and sorts every pending input of every function at each claim (measured: 5 ms a claim
-# with 6,000 queued). Walking the claim-order index finds the first runnable one at once.
-# (SQLAlchemy renders no index hints for SQLite, hence the text.)
-_CLAIM_CANDIDATES_SQLITE = sa.text(
-    "SELECT id, function_call_id, idx, attempt, payload, created_at"
-    " FROM inputs INDEXED BY ix_inputs_claim_order"
-    f" WHERE function_id = :b_function_id AND state = '{PENDING}' AND not_before <= :b_now"
-    " ORDER BY created_at LIMIT :b_limit"
-)
-_TAKE = (
-    _inputs.update()
-    .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == PENDING)
-    .values(state=CLAIMED, task_id=sa.bindparam("b_task_id"), claimed_at=sa.bindparam("b_now"))
-)
-_RUNNING_INPUT = (
-    sa.select(
-        _inputs.c.function_call_id,
-        _inputs.c.function_id,
-        _inputs.c.idx,
-        _inputs.c.attempt,
-        _inputs.c.claimed_at,
-        schema.function_calls.c.cancelled,
-    )
-    .join(schema.function_calls, schema.function_calls.c.id == _inputs.c.function_call_id)
-    .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == CLAIMED)
-)
-_RUNNING_INPUT_OF_TASK = _RUNNING_INPUT.where(_inputs.c.task_id == sa.bindparam("b_task_id"))
-_FINISH = (
-    _inputs.update()
-    .where(_inputs.c.id == sa.bindparam("b_input_id"), _inputs.c.state == CLAIMED)
-    .values(state=DONE, finished_at=sa.bindparam("b_now"), status=sa.bindparam("b_status"))
-    .returning(
-        _inputs.c.function_call_id,
-        _inputs.c.function_id,
-        _inputs.c.idx,
-        _inputs.c.attempt,
-        _inputs.c.claimed_at,
-    )
-)
-_FINISH_OF_TASK = _FINISH.where(_inputs.c.task_id == sa.bindparam("b_task_id"))
-_INSERT_OUTPUT = schema.outputs.insert()
-_INSERT_CALL = schema.function_calls.insert()
-_INSERT_INPUTS = schema.inputs.insert()
-_calls_table = schema.function_calls
-_CALL_IDENTITY = sa.select(
-    _calls_table.c.id,
-    _calls_table.c.workspace_id,
-    _calls_table.c.function_id,
-    _calls_table.c.app_id,
-    _calls_table.c.invocation_type,
-).where(_calls_table.c.id == sa.bindparam("b_call_id"))
-_outputs = schema.outputs
-_OUTPUTS_AFTER = (
-    sa.select(
-        _outputs.c.seq,
-        _outputs.c.input_id,
-        _outputs.c.idx,
-        _outputs.c.result,
-        _outputs.c.data_format,
-        _outputs.c.retry_count,
-    )
-    .where(_outputs.c.function_call_id == sa.bindparam("b_call_id"), _outputs.c.seq > sa.bindparam("b_after"))
-    .order_by(_outputs.c.seq)
-    .limit(sa.bindparam("b_limit"))
-)
-_OUTPUTS_IN_RANGE = _OUTPUTS_AFTER.where(
-    _outputs.c.idx.between(sa.bindparam("b_first_idx"), sa.bindparam("b_last_idx"))
-)
-_DELETE_OUTPUTS = _outputs.delete().where(_outputs.c.seq.in_(sa.bindparam("b_seqs", expanding=True)))
-_UNFINISHED = sa.select(sa.func.count()).where(
-    _inputs.c.function_call_id == sa.bindparam("b_call_id"), _inputs.c.state != DONE
-)
-_CANCELLED_CLAIMS = (
-    sa.select(_inputs.c.id, _inputs.c.task_id)
-    .join(_calls_table, _calls_table.c.id == _inputs.c.function_call_id)
-    .where(_inputs.c.state == CLAIMED, _calls_table.c.cancelled.is_(True))
-)
-_INPUT_COUNT = sa.select(sa.func.count()).where(_inputs.c.function_call_id == sa.bindparam("b_call_id"))
 
 
 class CallService:
@@ -189,7 +113,7 @@ class CallService:
         # Told of each call and input made, with its workspace (the ownership check's cache).
         self.created: Callable[[str, str], None] = lambda object_id, workspace_id: None
         self._claim_candidates = (
-            _CLAIM_CANDIDATES_SQLITE if engine.dialect.name == "sqlite" else _CLAIM_CANDIDATES
+            CLAIM_CANDIDATES_SQLITE if engine.dialect.name == "sqlite" else CLAIM_CANDIDATES
         )
         self._calls: dict[str, CallIdentity] = {}  # a call's identity never changes once made
 
@@ -208,7 +132,7 @@ class CallService:
         function_call_id = ids.new_id("function_call")
         with self.engine.begin() as connection:
             connection.execute(
-                _INSERT_CALL,
+                INSERT_CALL,
                 {
                     "id": function_call_id,
                     "workspace_id": workspace_id,
@@ -232,7 +156,7 @@ class CallService:
         identity = self._calls.get(function_call_id)
         if identity is None:
             with self.engine.connect() as connection:
-                row = connection.execute(_CALL_IDENTITY, {"b_call_id": function_call_id}).first()
+                row = connection.execute(CALL_IDENTITY, {"b_call_id": function_call_id}).first()
             if row is not None:
                 identity = CallIdentity(*row)
                 self._remember(identity)
@@ -283,7 +207,7 @@ class CallService:
             for idx, function_input in items
         ]
         if rows:
-            connection.execute(_INSERT_INPUTS, rows)
+            connection.execute(INSERT_INPUTS, rows)
         return [str(row["id"]) for row in rows]
 
     def pending_counts(self) -> dict[str, int]:
@@ -316,7 +240,7 @@ class CallService:
                 self._claim_candidates, {"b_function_id": function_id, "b_now": now, "b_limit": limit}
             ).all()
             for row in candidates:
-                taken = connection.execute(_TAKE, {"b_input_id": row.id, "b_task_id": task_id, "b_now": now})
+                taken = connection.execute(TAKE, {"b_input_id": row.id, "b_task_id": task_id, "b_now": now})
                 if taken.rowcount:
                     waited.append(now - row.created_at)
                     payload = api_pb2.FunctionInput()
@@ -405,12 +329,12 @@ class CallService:
         both checks that the input is running here and ends it, so two finishers (a
         container's output, a timeout) never both succeed."""
         row = connection.execute(
-            _FINISH if task_id is None else _FINISH_OF_TASK,
+            FINISH if task_id is None else FINISH_OF_TASK,
             {"b_input_id": input_id, "b_task_id": task_id, "b_now": now, "b_status": result.status},
         ).first()
         if row is not None:
             connection.execute(
-                _INSERT_OUTPUT,
+                INSERT_OUTPUT,
                 {
                     "function_call_id": row.function_call_id,
                     "input_id": input_id,
@@ -436,7 +360,7 @@ class CallService:
         Returns (whether the input was running here, its function if it was re-queued)."""
         i = schema.inputs
         row = connection.execute(
-            _RUNNING_INPUT if task_id is None else _RUNNING_INPUT_OF_TASK,
+            RUNNING_INPUT if task_id is None else RUNNING_INPUT_OF_TASK,
             {"b_input_id": input_id, "b_task_id": task_id},
         ).first()
         if row is None:
@@ -469,7 +393,7 @@ class CallService:
             parameters["b_first_idx"], parameters["b_last_idx"] = index_range
         with self.engine.connect() as connection:
             rows = connection.execute(
-                _OUTPUTS_AFTER if index_range is None else _OUTPUTS_IN_RANGE, parameters
+                OUTPUTS_AFTER if index_range is None else OUTPUTS_IN_RANGE, parameters
             ).all()
         outputs = []
         for row in rows:
@@ -486,16 +410,16 @@ class CallService:
         if not cleared_seqs:  # nothing to delete: a read, no write transaction
             return self.unfinished_count(function_call_id)
         with self.engine.begin() as connection:
-            connection.execute(_DELETE_OUTPUTS, {"b_seqs": cleared_seqs})
-            return int(connection.execute(_UNFINISHED, {"b_call_id": function_call_id}).scalar_one())
+            connection.execute(DELETE_OUTPUTS, {"b_seqs": cleared_seqs})
+            return int(connection.execute(UNFINISHED, {"b_call_id": function_call_id}).scalar_one())
 
     def unfinished_count(self, function_call_id: str) -> int:
         with self.engine.connect() as connection:
-            return int(connection.execute(_UNFINISHED, {"b_call_id": function_call_id}).scalar_one())
+            return int(connection.execute(UNFINISHED, {"b_call_id": function_call_id}).scalar_one())
 
     def input_count(self, function_call_id: str) -> int:
         with self.engine.connect() as connection:
-            return int(connection.execute(_INPUT_COUNT, {"b_call_id": function_call_id}).scalar_one())
+            return int(connection.execute(INPUT_COUNT, {"b_call_id": function_call_id}).scalar_one())
 
     def cancel(self, function_call_id: str) -> list[str]:
         """Cancel a call: pending inputs end as TERMINATED; returns the tasks running its inputs."""
@@ -526,7 +450,7 @@ class CallService:
         """Inputs of cancelled calls still held by a container: {task id: input ids}. One
         read for every container (few inputs are claimed at any time)."""
         with self.engine.connect() as connection:
-            rows = connection.execute(_CANCELLED_CLAIMS).all()
+            rows = connection.execute(CANCELLED_CLAIMS).all()
         held: dict[str, list[str]] = {}
         for row in rows:
             held.setdefault(row.task_id, []).append(row.id)
@@ -578,24 +502,20 @@ class CallService:
     def drop_data(self, function_call_id: str) -> None:
         """Forget a call's data channels (a finished web request's bodies)."""
         with self.engine.begin() as connection:
-            connection.execute(
-                schema.call_data.delete().where(schema.call_data.c.function_call_id == function_call_id)
-            )
+            connection.execute(DROP_DATA, {"b_call_id": function_call_id})
 
     def data_after(
         self, function_call_id: str, direction: str, last_index: int, limit: int = 64
     ) -> list[api_pb2.DataChunk]:
-        d = schema.call_data
         with self.engine.connect() as connection:
             rows = connection.execute(
-                sa.select(d.c.chunk)
-                .where(
-                    d.c.function_call_id == function_call_id,
-                    d.c.direction == direction,
-                    d.c.chunk_index > last_index,
-                )
-                .order_by(d.c.chunk_index, d.c.seq)
-                .limit(limit)
+                DATA_AFTER,
+                {
+                    "b_call_id": function_call_id,
+                    "b_direction": direction,
+                    "b_after": last_index,
+                    "b_limit": limit,
+                },
             ).all()
         chunks = []
         seen: set[int] = set()

@@ -17,6 +17,10 @@ from homeport.server import errors
 from homeport.server.store import db, schema
 
 w = schema.web_endpoints
+# Built once: every request through the gateway resolves its host with it.
+_ENDPOINT = sa.select(
+    w.c.host_label, w.c.workspace_id, w.c.app_id, w.c.function_id, w.c.method_name, w.c.requires_proxy_auth
+).where(w.c.host_label == sa.bindparam("b_label"))
 MAX_LABEL = 63  # one DNS label
 
 
@@ -66,16 +70,7 @@ class WebEndpointService:
 
     def resolve(self, label: str) -> Endpoint | None:
         with self.engine.connect() as connection:
-            row = connection.execute(
-                sa.select(
-                    w.c.host_label,
-                    w.c.workspace_id,
-                    w.c.app_id,
-                    w.c.function_id,
-                    w.c.method_name,
-                    w.c.requires_proxy_auth,
-                ).where(w.c.host_label == label)
-            ).first()
+            row = connection.execute(_ENDPOINT, {"b_label": label}).first()
         return Endpoint(*row) if row else None
 
     def release_app(self, app_id: str) -> None:
