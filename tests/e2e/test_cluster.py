@@ -76,6 +76,28 @@ def wait_for_nodes(server: Server, count: int, timeout: float = 120) -> None:
     raise AssertionError(f"fewer than {count} nodes joined:\n{server.log_text()[-3000:]}")
 
 
+def wait_until_no_containers(cluster: Path, timeout: float = 120) -> None:
+    """Until every live replica's containers (an earlier test's, stopping) have exited and
+    given their room back: placement spreads containers by the memory nodes have reserved,
+    so a node still holding them would be passed over by a short map."""
+    deadline = time.monotonic() + timeout
+    for state in json.loads((cluster / "cluster.json").read_text())["replicas"]:
+        try:
+            os.kill(state["pid"], 0)
+        except ProcessLookupError:
+            continue
+        server = Server(Path(state["data"]), state["port"], None, Path(state["log"]))
+        while True:
+            listed = run_modal(server, "container", "list", "--json", timeout=60)
+            if listed.returncode == 0 and json.loads(listed.stdout) == []:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"containers still running: {listed.stdout[-2000:]}{listed.stderr[-2000:]}"
+                )
+            time.sleep(1)
+
+
 def test_map_runs_on_every_node(cluster: Path) -> None:
     server = replica(cluster, 0)
     wait_for_nodes(server, 3)
@@ -86,6 +108,7 @@ def test_map_runs_on_every_node(cluster: Path) -> None:
 
 def test_image_built_once_runs_on_every_node(cluster: Path) -> None:
     server = replica(cluster, 0)
+    wait_until_no_containers(cluster)
     script = """
 import cluster_app
 with cluster_app.app.run():
@@ -100,6 +123,7 @@ print("RESULTS", sorted(set(results)))
 
 def test_volume_committed_on_one_node_is_read_on_every_node(cluster: Path) -> None:
     server = replica(cluster, 0)
+    wait_until_no_containers(cluster)
     script = """
 import cluster_app
 with cluster_app.app.run():
