@@ -45,6 +45,9 @@ class Cgroup:
     def create(self) -> None:
         for path in self.paths.values():
             path.mkdir(parents=True, exist_ok=True)
+        self._write_limits()
+
+    def _write_limits(self) -> None:
         if self.limits.memory_mib:
             limit = str(self.limits.memory_mib * 1024 * 1024)
             (self.paths["memory"] / "memory.limit_in_bytes").write_text(limit)
@@ -70,13 +73,13 @@ class Cgroup:
 
     def take_over(self, joined: Cgroup) -> None:
         """Become `joined`, a cgroup a process joined ahead (a zygote's spare child): its
-        directories renamed to ours (made empty by create()), then our limits written.
+        directories renamed to ours (made, empty, by create()), then our limits written to them.
         Moving a process between cgroups waits out an RCU grace period (6-16 ms measured
         here, on the path of a cold start); a rename does not."""
         for controller, path in self.paths.items():
             path.rmdir()
             os.rename(joined.paths[controller], path)
-        self.create()
+        self._write_limits()
 
     def usage(self) -> tuple[float, int]:
         """(CPU seconds used, peak memory in bytes) so far; zeros where not readable."""
