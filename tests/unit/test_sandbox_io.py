@@ -14,7 +14,7 @@ from modal_proto import api_pb2
 
 from homeport.agent.router import RouterCredentials
 from homeport.agent.sandbox_io import SandboxActivity, read_output, write_v1_stdin
-from homeport.agent.sandbox_processes import MAIN, SandboxProcesses
+from homeport.agent.sandbox_processes import MAIN, Process, SandboxProcesses
 from homeport.server.router_callbacks import router_callback_routes
 
 
@@ -43,6 +43,38 @@ def test_output_is_read_from_an_offset_waits_for_more_and_says_when_it_ended() -
         ([], True),
         None,
     ]
+
+
+def test_an_exit_is_reported_after_its_output_reached_the_streams_reading_it() -> None:
+    """`modal container exec` (client 1.6.4) prints what its streams read and exits once
+    wait() returns; its streams can open just after the wait (agent/router.py)."""
+
+    async def waited(process: Process, then: Any = None) -> float:
+        if then is not None:
+            asyncio.get_running_loop().call_later(0.05, then)
+        began = time.monotonic()
+        await process.output_delivered(open_within_s=0.3, send_within_s=1.0)
+        return time.monotonic() - began
+
+    def with_output(name: str, reader_at: int | None = None) -> Process:
+        process = Process(name)
+        process.stdout.append(b"inside\n")
+        if reader_at is not None:
+            process.reader_at("stream", 1, reader_at)
+        return process
+
+    async def scenario() -> list[bool]:
+        late, behind = with_output("late"), with_output("behind", reader_at=0)
+        return [
+            await waited(Process("silent")) < 0.05,  # no output: nothing to wait for
+            0.29 < await waited(with_output("unread")) < 0.6,  # nobody asks: a moment, then on
+            # a stream opens just after the wait and sends it all: the exit follows at once
+            await waited(late, lambda: late.reader_at("stream", 1, 7)) < 0.25,
+            await waited(behind, lambda: behind.reader_at("stream", 1, 7)) < 0.25,
+            0.99 < await waited(with_output("stalled", reader_at=0)) < 1.4,  # stopped reading
+        ]
+
+    assert asyncio.run(scenario()) == [True] * 5
 
 
 def test_v1_stdin_writes_are_numbered_and_refused_once_the_sandbox_ended() -> None:

@@ -37,6 +37,7 @@ CREDENTIAL_LIFETIME_S = 3600.0
 # TaskExecWait: the client's attempts carry a 60 s deadline; answer before it, and it asks again.
 WAIT_SLICE_S = 50.0
 OUTPUT_BEFORE_EXIT_S = 2.0  # how long an exit waits for open output streams to reach their end
+READER_OPENS_WITHIN_S = 0.25  # ... and for a stream to be opened on output nobody has asked for
 
 SecretResolver = Callable[[str, list[api_pb2.SecretSource]], Awaitable[dict[str, str]]]
 
@@ -313,16 +314,13 @@ class CommandRouter:
             await asyncio.wait_for(process.exited.wait(), WAIT_SLICE_S)
         except TimeoutError:
             raise GRPCError(Status.DEADLINE_EXCEEDED, "still running; wait again") from None
-        # Client 1.6.4's wait() does not wait for the output it is streaming (`modal
-        # container exec` prints it as it comes, then exits once wait() returns): output
-        # streams already open send what there is first, so the exit follows the output.
-        process.check_caught_up()
-        if not process.caught_up.is_set():
-            try:
-                async with asyncio.timeout(OUTPUT_BEFORE_EXIT_S):
-                    await process.caught_up.wait()
-            except TimeoutError:
-                pass  # a reader that stopped reading: the exit does not wait for it
+        # Client 1.6.4's wait() does not wait for the output it is streaming: `modal
+        # container exec` starts printing tasks that open their streams, then calls wait()
+        # and exits once it returns. Its streams can reach the router after the wait (seen:
+        # 2-4 ms later, in about one exec of ten). So the exit follows the output: streams
+        # already open send what there is first, and output no stream has been opened on
+        # yet gets a moment for one (the cost of `p.wait()` before `p.stdout.read()`).
+        await process.output_delivered(READER_OPENS_WITHIN_S, OUTPUT_BEFORE_EXIT_S)
         await stream.send_message(_exit_status(process, tcr.TaskExecWaitResponse))
 
 

@@ -83,8 +83,8 @@ class Process:
         self.stdin_closed = False
         # Router streams sending its output now: (fd, offset sent up to) by stream.
         self._readers: dict[object, tuple[int, int]] = {}
-        self.caught_up = asyncio.Event()  # set while every such stream has sent all there is
-        self.caught_up.set()
+        self._asked_for: set[int] = set()  # the fds some stream has ever been opened on
+        self._readers_changed = asyncio.Event()
 
     def reader_at(self, reader: object, fd: int, offset: int | None) -> None:
         """A stream of its output has sent up to `offset` of `fd` (None: it ended)."""
@@ -92,13 +92,28 @@ class Process:
             self._readers.pop(reader, None)
         else:
             self._readers[reader] = (fd, offset)
-        self.check_caught_up()
+            self._asked_for.add(fd)
+        self._readers_changed.set()
+        self._readers_changed = asyncio.Event()
 
-    def check_caught_up(self) -> None:
-        if all(offset >= self.stream(fd).end for fd, offset in self._readers.values()):
-            self.caught_up.set()
-        else:
-            self.caught_up.clear()
+    async def output_delivered(self, open_within_s: float, send_within_s: float) -> None:
+        """Returns once every open stream of its output has sent all there is, and output no
+        stream has asked for yet has waited `open_within_s` for one; never after
+        `send_within_s` (a reader that stopped reading does not hold the exit back)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            now = loop.time()
+            behind = any(offset < self.stream(fd).end for fd, offset in self._readers.values())
+            unasked = any(self.stream(fd).end > 0 and fd not in self._asked_for for fd in (1, 2))
+            waiting_for = send_within_s if behind else open_within_s if unasked else 0.0
+            if now - started >= waiting_for:
+                return
+            try:
+                async with asyncio.timeout(started + waiting_for - now):
+                    await self._readers_changed.wait()
+            except TimeoutError:
+                return
 
     def stream(self, fd: int) -> OutputStream:
         return self.stdout if fd == 1 else self.stderr
