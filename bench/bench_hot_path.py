@@ -259,7 +259,18 @@ held = modal.Function.from_name("bench-hot-path", "held")
 TOTAL = int(os.environ["BENCH_MILLION"])
 STEP = max(TOTAL // 10, 1)
 
+async def other_p50(label):
+    other = modal.Function.from_name("bench-hot-path", "other")
+    await other.remote.aio(0)  # its container started
+    took = []
+    for i in range(50):
+        began = time.perf_counter()
+        await other.remote.aio(i)
+        took.append(time.perf_counter() - began)
+    print(label, sorted(took)[len(took) // 2], flush=True)
+
 async def main():
+    await other_p50("OTHER_IDLE")
     sem = asyncio.Semaphore(64)
     async def one(i):
         async with sem:
@@ -268,6 +279,7 @@ async def main():
     for first in range(0, TOTAL, STEP):
         await asyncio.gather(*(one(i) for i in range(first, min(first + STEP, TOTAL))))
         print("PROGRESS", min(first + STEP, TOTAL), time.perf_counter() - started, flush=True)
+    await other_p50("OTHER_HELD")
 
 asyncio.run(main())
 """
@@ -356,6 +368,10 @@ def million(server, tmp: Path, total: int) -> None:  # type: ignore[no-untyped-d
                  f"{database_mib(server.data_dir):.0f} MiB")
             )  # fmt: skip
             print("  ", *rows[-1], flush=True)
+        elif line.startswith("OTHER"):
+            label, p50 = line.split()
+            when = "idle" if label == "OTHER_IDLE" else "with them held"
+            print(f"   another function's warm .remote() p50, {when}: {float(p50) * 1000:.1f} ms", flush=True)
         elif "Error" in line or "Traceback" in line:
             print(line, end="")
     if process.wait() != 0:
@@ -369,6 +385,11 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=20_000)
     parser.add_argument("--million", type=int, default=0, help="also hold this many spawned calls")
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument(
+        "--million-only",
+        action="store_true",
+        help="with --million: measure only that",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="homeport-bench-hot-") as temporary:
         tmp = Path(temporary)
@@ -376,6 +397,9 @@ def main() -> None:
         server = start_server(tmp, metrics=True)
         try:
             assert_ok(run_modal(server, "deploy", "bench_hot_path_app.py", cwd=tmp, timeout=900))
+            if args.million and args.million_only:
+                million(server, tmp, args.million)
+                return
             result = run_python(
                 server, MEASURE, cwd=tmp, timeout=3600,
                 BENCH_SERVER_PID=str(server.process.pid),  # type: ignore[union-attr]
