@@ -3,12 +3,15 @@
 A trivial JSON endpoint (`fastapi_endpoint`) served through Homeport's gateway, against
 the same FastAPI app served directly by uvicorn, measured in the same run by the same
 aiohttp load generator (16 concurrent connections, 10 s each). Also: time to first byte
-on a cold endpoint (no container running).
+on a cold endpoint (no container running), and CPU per request: the server process, the
+containers (their cgroups' `cpuacct.usage`) and uvicorn's process, each read around its
+load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import statistics
 import subprocess
@@ -45,8 +48,13 @@ def ping():
 """
 
 
+LOAD_S = 10.0  # each load, 16 connections
+CPUACCT = Path("/sys/fs/cgroup/cpuacct/homeport")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
 async def load(
-    url: str, host: str | None, seconds: float = 10.0, concurrency: int = 16
+    url: str, host: str | None, seconds: float = LOAD_S, concurrency: int = 16
 ) -> tuple[float, float, float]:
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
@@ -64,6 +72,21 @@ async def load(
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     latencies.sort()
     return len(latencies) / seconds, statistics.median(latencies), latencies[int(0.99 * len(latencies))]
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def containers_cpu() -> float:
+    total = 0
+    for path in CPUACCT.glob("*/cpuacct.usage"):
+        try:
+            total += int(path.read_text())
+        except (OSError, ValueError):
+            pass
+    return total / 1e9
 
 
 def free_port() -> int:
@@ -86,7 +109,13 @@ def main() -> None:
             started = time.perf_counter()
             asyncio.run(load(f"http://127.0.0.1:{port}/", host, seconds=0.001, concurrency=1))
             cold_ttfb = time.perf_counter() - started
+            before = process_cpu(server.process.pid), containers_cpu()  # type: ignore[union-attr]
             gateway = asyncio.run(load(f"http://127.0.0.1:{port}/", host))
+            requests = gateway[0] * LOAD_S
+            gateway_cpu = (
+                (process_cpu(server.process.pid) - before[0]) / requests,  # type: ignore[union-attr]
+                (containers_cpu() - before[1]) / requests,
+            )
         finally:
             server.stop()
         direct_port = free_port()
@@ -103,7 +132,9 @@ def main() -> None:
         )
         try:
             time.sleep(2)
+            before_direct = process_cpu(uvicorn.pid)
             direct = asyncio.run(load(f"http://127.0.0.1:{direct_port}/", None))
+            direct_cpu = (process_cpu(uvicorn.pid) - before_direct) / (direct[0] * LOAD_S)
         finally:
             uvicorn.terminate()
             uvicorn.wait()
@@ -119,6 +150,10 @@ def main() -> None:
         f"{'p99 latency':<40}{gateway[2] * ms:>10.1f}ms{direct[2] * ms:>10.1f}ms{gateway[2] / direct[2]:>8.1f}"
     )
     print(f"{'time to first byte, cold endpoint':<40}{cold_ttfb * ms:>10.0f}ms")
+    print(
+        f"CPU per request: server {gateway_cpu[0] * ms:.2f} ms + containers {gateway_cpu[1] * ms:.2f} ms "
+        f"through the gateway; uvicorn's process {direct_cpu * ms:.2f} ms"
+    )
 
 
 if __name__ == "__main__":
