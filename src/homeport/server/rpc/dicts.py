@@ -42,7 +42,7 @@ register_storage_verbs("dict", "Dict", "dict_id", _metadata, _list_item, "dicts"
 
 
 def _dict_id(context: RequestContext, dict_id: str) -> str:
-    return context.state.storage.get("dict", context.workspace_id, dict_id).id
+    return context.state.storage.check("dict", context.workspace_id, dict_id)
 
 
 @handler("DictGet")

@@ -38,7 +38,7 @@ register_storage_verbs("queue", "Queue", "queue_id", _metadata, _list_item, "que
 
 
 def _queue_id(context: RequestContext, queue_id: str) -> str:
-    return context.state.storage.get("queue", context.workspace_id, queue_id).id
+    return context.state.storage.check("queue", context.workspace_id, queue_id)
 
 
 def _partition(key: bytes) -> bytes:
