@@ -71,29 +71,16 @@ from grpclib.client import Channel
 from google.protobuf.empty_pb2 import Empty
 from modal_proto import api_grpc, api_pb2
 
-SERVER_PID = int(os.environ["BENCH_SERVER_PID"])
-TICK = os.sysconf("SC_CLK_TCK")
-CPUACCT = Path("/sys/fs/cgroup/cpuacct/homeport")
+from bench.cpu import containers_cpu, process_cpu  # the repository is on PYTHONPATH
 
-def server_cpu():
-    fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+SERVER_PID = int(os.environ["BENCH_SERVER_PID"])
 
 def client_cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
-def container_cpu():
-    total = 0
-    for path in CPUACCT.glob("*/cpuacct.usage"):
-        try:
-            total += int(path.read_text())
-        except (OSError, ValueError):
-            pass
-    return total / 1e9
-
 def cpu_now():
-    return server_cpu(), client_cpu(), container_cpu()
+    return process_cpu(SERVER_PID), client_cpu(), containers_cpu()
 
 def per_item(before, after, n):
     return [(b - a) * 1000 / n for a, b in zip(before, after)]
@@ -391,6 +378,8 @@ def main() -> None:
         help="with --million: measure only that",
     )
     args = parser.parse_args()
+    if args.million_only and not args.million:
+        parser.error("--million-only measures only the held backlog: give its size, e.g. --million 1000000")
     with tempfile.TemporaryDirectory(prefix="homeport-bench-hot-") as temporary:
         tmp = Path(temporary)
         (tmp / "bench_hot_path_app.py").write_text(APP)
@@ -402,7 +391,7 @@ def main() -> None:
                 return
             result = run_python(
                 server, MEASURE, cwd=tmp, timeout=3600,
-                BENCH_SERVER_PID=str(server.process.pid),  # type: ignore[union-attr]
+                PYTHONPATH=str(REPO), BENCH_SERVER_PID=str(server.process.pid),  # type: ignore[union-attr]
                 BENCH_METRICS_URL=f"http://127.0.0.1:{server.metrics_port}/metrics",
                 BENCH_MAP_INPUTS=str(args.map_inputs), BENCH_BACKLOG=str(args.backlog), BENCH_COLD_CALLS=str(COLD_CALLS),
             )  # fmt: skip

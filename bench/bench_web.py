@@ -11,7 +11,6 @@ load.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cpu import containers_cpu, process_cpu
 from tests.conftest import VENV_BIN, run_modal, start_server
 
 APP = """
@@ -49,8 +49,6 @@ def ping():
 
 
 LOAD_S = 10.0  # each load, 16 connections
-CPUACCT = Path("/sys/fs/cgroup/cpuacct/homeport")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 async def load(
@@ -72,21 +70,6 @@ async def load(
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     latencies.sort()
     return len(latencies) / seconds, statistics.median(latencies), latencies[int(0.99 * len(latencies))]
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def containers_cpu() -> float:
-    total = 0
-    for path in CPUACCT.glob("*/cpuacct.usage"):
-        try:
-            total += int(path.read_text())
-        except (OSError, ValueError):
-            pass
-    return total / 1e9
 
 
 def free_port() -> int:

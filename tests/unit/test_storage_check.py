@@ -39,6 +39,7 @@ def test_a_deletion_elsewhere_is_seen_once_what_was_read_is_older_than_the_limit
     made, _ = here.get_or_create("queue", "ac-a", "main", "jobs", IF_MISSING)
     assert here.check("queue", "ac-a", made.id) == made.id
     elsewhere.delete("queue", "ac-a", made.id)
+    assert here.check("queue", "ac-a", made.id) == made.id  # within the limit: what it read
     monkeypatch.setattr(storage, "KNOWN_FOR_S", 0.0)
     with pytest.raises(GRPCError) as gone:
         here.check("queue", "ac-a", made.id)
