@@ -144,7 +144,8 @@ with app.run():
     log = own_server.log_path.read_text()
     for one in found:
         task = one["task"]
-        assert one["host"] == task
+        assert one["host"] == one["node"] == task
+        assert one["cwd"] == "/root"  # the image's working directory, as `python -m` would start in
         assert f"container {task} forked from zygote" in log, task
         for controller in ("memory", "cpu", "pids"):
             assert any(

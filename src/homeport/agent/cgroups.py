@@ -66,10 +66,12 @@ class Cgroup:
         for path in self.paths.values():
             (path / "cgroup.procs").write_text(str(os.getpid()))
 
-    def add(self, pid: int) -> None:
-        """Move another process in (a zygote's child, before it runs anything)."""
+    def add(self, *pids: int) -> None:
+        """Move other processes in (a zygote's child and its entrypoint, before either
+        runs anything of the container's)."""
         for path in self.paths.values():
-            (path / "cgroup.procs").write_text(str(pid))
+            for pid in pids:
+                (path / "cgroup.procs").write_text(str(pid))
 
     def take_over(self, joined: Cgroup) -> None:
         """Become `joined`, a cgroup a process joined ahead (a zygote's spare child): its

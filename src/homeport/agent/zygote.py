@@ -10,12 +10,15 @@ layer) and a seccomp filter that still refuses everything a container may not do
 making namespaces and mounts. It imports the client runtime once, never user code.
 
 Per container, the zygote forks a child that becomes PID 1 of a new PID namespace and
-enters new mount/UTS/IPC/network namespaces. The server then puts it in its cgroup and
-on the bridge network and says "go": the child mounts the container's overlay root (its
-mounts layer and a fresh writable layer over the zygote's root), a fresh /dev and /proc,
-the same binds a bubblewrap container gets, pivots into it, drops every capability for
-good, installs the container seccomp filter and forks the entrypoint. What a forked
-container shares with its zygote, and why that is safe, is in the README ("Cold starts").
+enters new mount/UTS/IPC/network namespaces, and forks the entrypoint at once: it drops
+every capability for good, installs the container seccomp filter and starts the client
+(not the user's module) while it waits. The server then puts both in the container's
+cgroup and the child on the bridge network, and says "go": the child mounts the
+container's overlay root (its mounts layer and a fresh writable layer over the zygote's
+root), a fresh /dev and /proc, the same binds a bubblewrap container gets, pivots into it
+(the entrypoint with it), hands the entrypoint its output and environment and drops its
+own privileges. What a forked container shares with its zygote, and why that is safe, is
+in the README ("Cold starts").
 
 The child is forked blank: it learns which container it is only at "go". So each zygote
 keeps one spare child forked, in a cgroup of its own and on the bridge ahead of need, and
@@ -47,6 +50,7 @@ from pathlib import Path
 from homeport.agent import cgroups, rootfs, seccomp
 from homeport.agent.network import Attachment, BridgeNetwork, NetworkError, bring_up_loopback
 from homeport.agent.runtime import (
+    CONTROL_SOCKET,
     ContainerSpec,
     ContainerStartError,
     OutputCallback,
@@ -100,7 +104,8 @@ class ZygoteImage:
         )
 
 
-# A container's own variables, which nothing reads before its entrypoint runs.
+# A container's own variables, which nothing reads before "go" but the client opened ahead,
+# whose credential (MODAL_OVERRIDE_HEADERS) is brought up to date then (zygote_main.py).
 PER_CONTAINER = {"MODAL_TASK_ID", "MODAL_OVERRIDE_HEADERS", "MODAL_CONTAINER_ARGUMENTS_PATH"}
 
 
@@ -208,6 +213,9 @@ class Zygote:
         ]
         if self.image.control_socket is not None:
             binds.append((self.image.control_socket, f"{INSIDE}/grpc.sock", False))
+            # Where the client finds it, for entrypoints that open it before "go" (the
+            # container's own root has it at the same place).
+            binds.append((self.image.control_socket, CONTROL_SOCKET, False))
         if Path("/etc/resolv.conf").is_file():
             binds.append((Path("/etc/resolv.conf"), f"{INSIDE}/resolv.conf", True))
         # Mount points, made in the zygote's own writable layer before it is mounted.
@@ -423,7 +431,7 @@ class Zygote:
             child = ForkedChild.verify(self.host_pid, inner_pid)
             if cgroup is not None:
                 cgroup.create()
-                await asyncio.to_thread(cgroup.add, child.pid)
+                await asyncio.to_thread(cgroup.add, *child.processes())
             if networked:
                 assert self.network is not None
                 try:
@@ -550,7 +558,7 @@ class Zygote:
                     "zygote %s: cgroup not taken over (%s); moving the child", self.directory.name, error
                 )
                 cgroup.create()
-        cgroup.add(blank.child.pid)
+        cgroup.add(*blank.child.processes())
 
     async def stop(self) -> None:
         if self._next_spare is not None:

@@ -93,6 +93,11 @@ class ForkedChild:
                 os.close(netns)
             raise
 
+    def processes(self) -> list[int]:
+        """Its PID 1 and the entrypoint that PID 1 forks before it reports ready (see
+        agent/zygote_main.py): what joins the container's cgroup."""
+        return [self.pid, *children(self.pid)]
+
     def check_alive(self) -> None:
         try:
             signal.pidfd_send_signal(self.pidfd, 0)

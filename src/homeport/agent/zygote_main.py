@@ -5,10 +5,12 @@ namespace of its own (root inside, mapped to root, holding capabilities only ove
 namespaces it owns), its own PID/IPC/UTS/network namespaces, the image's root filesystem
 and a seccomp filter. It imports the client runtime (`modal._container_entrypoint` and
 what that pulls in) once, then waits for requests on its control socket. For each
-container it forks a child that becomes PID 1 of a fresh PID namespace, enters fresh
-mount/UTS/IPC/network namespaces, mounts the container's own overlay root, drops every
-capability, installs the container seccomp filter and forks the entrypoint, which runs
-the client's `__main__` exactly as `python -m modal._container_entrypoint` would.
+container it forks a child that becomes PID 1 of a fresh PID namespace and enters fresh
+mount/UTS/IPC/network namespaces; the child forks the entrypoint at once, which drops
+every capability, installs the container seccomp filter and starts the client (see
+Entrypoint). At "go" the child mounts the container's own overlay root, hands the
+entrypoint its output and environment, and drops its own privileges; the entrypoint runs
+the client's `__main__` as `python -m modal._container_entrypoint` would.
 
 Never the user's module: that is imported by the entrypoint, in the container, after the
 fork. This file uses the standard library only (it runs on whatever Python the image has)
@@ -147,6 +149,24 @@ def send(control, message, fds=()):
         control.send(data)
 
 
+def drop_privileges(seccomp):
+    """Every capability gone for good (bounding set, ambient, effective/permitted), no
+    new privileges, then the container's seccomp filter (stacked on the zygote's). Per
+    process: the child and its entrypoint each drop their own, before any thread starts."""
+    with open("/proc/sys/kernel/cap_last_cap") as last:
+        last_cap = int(last.read())
+    for cap in range(last_cap + 1):
+        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "dropping the bounding set")
+    check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+    header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+    data = bytes(24)  # two {effective, permitted, inheritable} triples, all zero
+    check(libc.syscall(SYS_CAPSET, header, data), "capset")
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+    buffer = ctypes.create_string_buffer(seccomp, len(seccomp))
+    program = Fprog(len(seccomp) // 8, ctypes.addressof(buffer))
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0), "installing seccomp")
+
+
 class Zygote:
     def __init__(self, control):
         self.control = control
@@ -276,24 +296,37 @@ class Container:
             signal.signal(signum, signal.SIG_DFL)
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
         check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
+        # The entrypoint is forked now, ahead of "go", in these namespaces: it starts the
+        # client while the child waits (see Entrypoint). Before "ready": the server moves
+        # the child and its children into the container's cgroup when it is ready.
+        handoff, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.entrypoint = os.fork()
+        if self.entrypoint == 0:
+            handoff.close()
+            self.go.close()
+            os.close(self.ready_w)
+            self.entrypoint = Entrypoint(theirs, self.seccomp)
+            self.entrypoint.start_ahead()
+            return True
+        theirs.close()
         os.write(self.ready_w, b"r")
         os.close(self.ready_w)
-        self.become(*socket.recv_fds(self.go, 1 << 20, 8)[:2])
+        data, fds = socket.recv_fds(self.go, 1 << 20, 8)[:2]
+        self.become(data, fds)
         os.dup2(self.stderr, 2)  # setup errors reach the container's log
-        with os.fdopen(self.environment_fd, "rb") as environment:
-            self.environment = json.loads(environment.read())
         self.enter_root()
         check(libc.sethostname(self.task.encode(), len(self.task)), "sethostname")
-        self.drop_privileges()
+        # Its root is the container's now (pivot_root moved it there with ours): over to it.
+        try:
+            socket.send_fds(handoff, [json.dumps({"working_dir": self.spec["working_dir"]}).encode()], fds)
+        except OSError as error:
+            raise RuntimeError(f"the container's entrypoint exited before it was started ({error})") from None
+        drop_privileges(self.seccomp)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(self.stdout, 1)
         os.dup2(self.stderr, 2)
         os.closerange(3, 1 << 16)  # nothing of the zygote's stays open
-        self.entrypoint = os.fork()
-        if self.entrypoint == 0:
-            self.become_entrypoint()
-            return True
         return False
 
     def become(self, data, fds):
@@ -304,7 +337,7 @@ class Container:
         self.go.close()
         order = json.loads(data)
         self.task, self.spec = order["task"], order["spec"]
-        self.stdout, self.stderr, self.environment_fd = fds
+        self.stdout, self.stderr, _environment = fds  # the environment is the entrypoint's to read
 
     def enter_root(self):
         spec = self.spec
@@ -378,24 +411,6 @@ class Container:
                              ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):  # fmt: skip
             os.symlink(target, f"{dev}/{name}")
 
-    def drop_privileges(self):
-        """Every capability gone for good (bounding set, ambient, effective/permitted), no
-        new privileges, then the container's seccomp filter (stacked on the zygote's)."""
-        with open("/proc/sys/kernel/cap_last_cap") as last:
-            last_cap = int(last.read())
-        for cap in range(last_cap + 1):
-            check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "dropping the bounding set")
-        check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
-        header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
-        data = bytes(24)  # two {effective, permitted, inheritable} triples, all zero
-        check(libc.syscall(SYS_CAPSET, header, data), "capset")
-        check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
-        buffer = ctypes.create_string_buffer(self.seccomp, len(self.seccomp))
-        program = Fprog(len(self.seccomp) // 8, ctypes.addressof(buffer))
-        check(
-            libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0), "installing seccomp"
-        )
-
     def supervise(self):
         """PID 1: reap every orphan, pass SIGINT/SIGTERM on to the entrypoint, and exit
         with its status (which ends everything else in the namespace)."""
@@ -412,16 +427,105 @@ class Container:
                 code = os.waitstatus_to_exitcode(status)
                 return code if code >= 0 else 128 - code
 
-    def become_entrypoint(self):
-        """`python -m modal._container_entrypoint` from here on, in this process."""
-        for signum in (signal.SIGINT,):
-            signal.signal(signum, signal.default_int_handler)
-        os.environ.clear()
-        os.environ.update(self.environment)
+
+class Entrypoint:
+    """The container's entrypoint process, forked by the child before "go" and run as
+    `python -m modal._container_entrypoint` would be once the child hands it over.
+
+    While the child waits, it drops its own privileges and starts what of the client does
+    not depend on which container it is (client 1.6.4): the entrypoint module's code is
+    loaded, and `Client.from_env()` opens the client (its event loop thread, its stub of
+    every RPC, its connection to the server's socket), about 15 ms of a cold start. The
+    client is a per-process singleton, so the entrypoint's own `Client.from_env()` finds
+    it. Only the credential differs: the client reads MODAL_OVERRIDE_HEADERS when it
+    opens, into the metadata dict its channel adds to every request
+    (`_Client._connection_manager._metadata`), so that dict is brought up to date at go.
+    Nothing of the user's runs before go, and the child's environment (its secrets)
+    reaches this process only then. If anything of this fails, the entrypoint starts the
+    client at go instead, as it would otherwise."""
+
+    def __init__(self, channel, seccomp):
+        self.channel = channel
+        self.seccomp = seccomp
+        self.module = None  # (name, spec, code) of the entrypoint module, loaded ahead
+        self.ahead_error = None
+
+    def start_ahead(self):
+        try:
+            os.chdir("/")  # pivot_root moves a cwd at the old root to the new one
+            keep = self.channel.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, 1 << 16)
+            drop_privileges(self.seccomp)
+        except BaseException:
+            os.write(2, traceback.format_exc().encode(errors="replace"))
+            os._exit(254)
+        try:
+            import runpy
+
+            self.module = runpy._get_module_details(ENTRYPOINT)
+            server_url = os.environ.get("MODAL_SERVER_URL", "")
+            if server_url.startswith("unix://") and os.path.exists(server_url[len("unix://") :]):
+                import modal
+
+                modal.Client.from_env()
+        except BaseException:
+            self.ahead_error = traceback.format_exc(limit=3)
+
+    def main(self):
+        """Waits for the child's go, becomes the container's entrypoint and runs it."""
+        data, fds = socket.recv_fds(self.channel, 1 << 16, 4)[:2]
+        if not data or len(fds) != 3:
+            os._exit(253)  # the child exited: it never became a container
+        self.channel.close()
+        stdout, stderr, environment_fd = fds
+        sys.stdout.flush()
+        sys.stderr.flush()
+        null = os.open("/dev/null", os.O_RDONLY)
+        for fd, target in ((null, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        with os.fdopen(environment_fd, "rb") as environment:
+            os.environ.clear()
+            os.environ.update(json.loads(environment.read()))
+        os.chdir(json.loads(data)["working_dir"])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path[0] = os.getcwd()  # what -m puts first
         sys.argv = ["-m"]
         # A __main__ of its own (not the zygote's module, whose names would show).
         sys.modules["__main__"] = types.ModuleType("__main__")
+        import runpy
+
+        self._attune_client()
+        if self.ahead_error is not None:
+            print(
+                f"homeport: the client was not started ahead of this container:\n{self.ahead_error}",
+                file=sys.stderr,
+            )
+        if self.module is None:
+            runpy._run_module_as_main(ENTRYPOINT)
+            return
+        _name, spec, code = self.module
+        sys.argv[0] = spec.origin
+        runpy._run_code(code, sys.modules["__main__"].__dict__, None, "__main__", spec)
+
+    def _attune_client(self):
+        """The client opened ahead, given what it would have read had it opened now: the
+        container's credential (MODAL_OVERRIDE_HEADERS) and hostname in its metadata."""
+        import platform
+
+        from modal import client as client_module
+
+        if hasattr(platform, "_uname_cache"):
+            platform._uname_cache = None  # the hostname is the container's now
+        client = client_module._Client._client_from_env
+        if client is None:
+            return  # not opened ahead: the entrypoint opens it
+        client._connection_manager._metadata.update(
+            client_module._get_metadata(
+                client.client_type, client._credentials, client.version, client._oauth_credentials
+            )
+        )
 
 
 def main():
@@ -452,10 +556,8 @@ def main():
     del zygote
     if not container.run():
         return
-    # The entrypoint: out of the zygote's frames, run the client's __main__.
-    import runpy
-
-    runpy._run_module_as_main(ENTRYPOINT)
+    # The entrypoint: out of the zygote's frames, the client's __main__.
+    container.entrypoint.main()
 
 
 if __name__ == "__main__":

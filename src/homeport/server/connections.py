@@ -39,7 +39,9 @@ class ConnectionLimits:
 
 
 # The containers' Unix socket: one connection per container, and a node may hold thousands.
-CONTAINER_SOCKET_LIMITS = ConnectionLimits(max_connections=16384)
+# A zygote's spare opens its connection before it is a container (agent/zygote_main.py)
+# and sends its first request only when a cold start takes it: as long as an idle one.
+CONTAINER_SOCKET_LIMITS = ConnectionLimits(max_connections=16384, first_request_timeout_s=300.0)
 
 
 # Requests inline objects up to 2 MiB (client 1.6.4's MAX_OBJECT_SIZE_BYTES; larger ones

@@ -1,6 +1,7 @@
 """Who a container is: its hostname, task id, cgroups, memory limit and address."""
 
 import os
+import platform
 import socket
 
 import modal
@@ -24,6 +25,8 @@ def _address() -> str:
 def identity() -> dict:
     return {
         "host": socket.gethostname(),
+        "node": platform.node(),  # cached by Python once read: the client read it before "go"
+        "cwd": os.getcwd(),
         "task": os.environ["MODAL_TASK_ID"],
         "cgroups": open("/proc/self/cgroup").read(),
         "memory_limit": int(open("/sys/fs/cgroup/memory/memory.limit_in_bytes").read()),
