@@ -44,6 +44,12 @@ class Assets(Protocol):
         """The /pkg directory for this Python (made now if need be: blocking)."""
         ...
 
+    def at_hand(self, python_version: str | None) -> bool:
+        """Whether layers, blobs and the client package (None: not needed) can be had now
+        without fetching or making anything: then they are paths and a few stats, cheap
+        enough to find on the event loop."""
+        ...
+
     async def control_socket(self, address: str) -> Path | None:
         """The Unix socket containers reach this control plane through."""
         ...
@@ -121,6 +127,10 @@ class LocalAssets:
         return self._client_packages.cached(python_version) or self._client_packages.for_python(
             python_version
         )
+
+    def at_hand(self, python_version: str | None) -> bool:
+        # Layers and blobs are on this disk already; the package may still have to be made.
+        return python_version is None or self._client_packages.cached(python_version) is not None
 
     async def control_socket(self, address: str) -> Path | None:
         return self._control_socket
@@ -210,6 +220,9 @@ class ClusterAssets:
         return self._client_packages.cached(python_version) or self._client_packages.for_python(
             python_version
         )
+
+    def at_hand(self, python_version: str | None) -> bool:
+        return False  # a layer or blob may have to come from the object store
 
     async def control_socket(self, address: str) -> Path | None:
         """One Unix socket per control-plane replica, forwarded to its gRPC address."""

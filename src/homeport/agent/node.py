@@ -363,7 +363,12 @@ class NodeAgent:
 
     async def _resolve(self, order: ContainerOrder, held: _Held) -> ContainerSpec:
         """The order on this node's disk: its layers, files, client package and volume copies."""
-        layers, package, files = await asyncio.to_thread(self._on_disk, order)
+        if self.assets.at_hand(None if order.sandbox_entrypoint else order.python_version):
+            # A trip to a thread costs a cold start 1-4 ms here (the loop is busy with the
+            # caller meanwhile): not taken for a few paths and stats.
+            layers, package, files = self._on_disk(order)
+        else:
+            layers, package, files = await asyncio.to_thread(self._on_disk, order)
         work_dir = self.work_dir(order.task_id)
         directories = await self._volume_copies(order, held, work_dir)
         if order.sandbox_entrypoint:
@@ -403,8 +408,8 @@ class NodeAgent:
 
     def _on_disk(self, order: ContainerOrder) -> tuple[list[Path], Path | None, list[MountedFile]]:
         """(blocking: fetched and unpacked if need be) The order's image layers, and for a
-        function its client package and mounted files. One trip off the event loop: each
-        trip costs a cold start about a millisecond."""
+        function its client package and mounted files. One trip off the event loop when
+        something has to be fetched or made (Assets.at_hand)."""
         layers = self.assets.layer_dirs(order.layers)
         if order.sandbox_entrypoint:
             return layers, None, []
