@@ -8,7 +8,7 @@ from pathlib import Path
 
 from homeport.agent import network
 from homeport.agent.runtime import BoundDirectory, ContainerSpec
-from homeport.agent.zygote import ZygoteImage
+from homeport.agent.zygote_image import ZygoteImage
 from homeport.agent.zygote_main import in_root
 
 

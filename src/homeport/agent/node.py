@@ -47,7 +47,7 @@ from homeport.agent.sandbox_processes import SandboxProcesses
 from homeport.agent.trust import trust_binding
 from homeport.agent.tunnels import OpenTunnels, Tunnel, TunnelGate
 from homeport.agent.volume_copy import Entry, VolumeView
-from homeport.agent.zygote import ZygoteImage
+from homeport.agent.zygote_image import ZygoteImage
 
 log = logging.getLogger("homeport.agent")
 

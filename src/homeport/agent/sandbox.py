@@ -30,8 +30,8 @@ from homeport.agent.runtime import (
     Holdings,
     OutputCallback,
 )
-from homeport.agent.zygote import ZygoteImage
 from homeport.agent.zygote_child import ForkedContainer, ZygoteUnavailable
+from homeport.agent.zygote_image import ZygoteImage
 from homeport.agent.zygote_pool import ZygotePool
 
 log = logging.getLogger("homeport.runtime")

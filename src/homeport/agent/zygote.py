@@ -13,7 +13,8 @@ Per container, the zygote forks a child that becomes PID 1 of a new PID namespac
 enters new mount/UTS/IPC/network namespaces, and forks the entrypoint at once: it drops
 every capability for good, installs the container seccomp filter and starts the client
 (not the user's module) while it waits. The server then puts both in the container's
-cgroup and the child on the bridge network, and says "go": the child mounts the
+cgroup and the child on the bridge network, and says "go" (to the child itself, on a
+socket the zygote handed over when it forked it): the child mounts the
 container's overlay root (its mounts layer and a fresh writable layer over the zygote's
 root), a fresh /dev and /proc, the same binds a bubblewrap container gets, pivots into it
 (the entrypoint with it), hands the entrypoint its output and environment and drops its
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -56,6 +56,7 @@ from homeport.agent.runtime import (
     OutputCallback,
 )
 from homeport.agent.zygote_child import LOST, Blank, ForkedChild, ForkedContainer, ZygoteUnavailable, children
+from homeport.agent.zygote_image import ZygoteImage
 from homeport.agent.zygote_stage import (
     IMAGE_INSIDE,
     INSIDE,
@@ -77,46 +78,28 @@ SYSFS_FLAGS = rootfs.MS_RDONLY | rootfs.MS_NOSUID | rootfs.MS_NODEV | rootfs.MS_
 ZYGOTE_LIMITS = cgroups.Limits(memory_mib=2048, pids=cgroups.DEFAULT_PIDS)
 
 
-@dataclasses.dataclass(frozen=True)
-class ZygoteImage:
-    """What a zygote is for: containers of one workspace (never shared across workspaces),
-    on one image, with one client package and start-up environment."""
-
-    domain: str
-    layers: tuple[Path, ...]
-    environment: tuple[tuple[str, str], ...]
-    client_package_dir: Path
-    control_socket: Path | None
-
-    def accepts(self, spec: ContainerSpec) -> bool:
-        """Containers whose interpreter would start differently (a PYTHON* variable from a
-        secret), need devices, keep their writable layer or bind paths outside their work
-        directory start the ordinary way."""
-        started = dict(self.environment)
-        read_at_start = {k for k in (*started, *spec.environment) if _read_at_start(k)}
-        return (
-            not spec.gpu_devices
-            and spec.egress_cidrs is None
-            and spec.upper_dir is None
-            and spec.command == ContainerSpec.command
-            and all(started.get(k) == spec.environment.get(k) for k in read_at_start)
-            and all(d.host_path.is_relative_to(spec.work_dir) for d in spec.directories)
-        )
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
-# A container's own variables, which nothing reads before "go" but the client opened ahead,
-# whose credential (MODAL_OVERRIDE_HEADERS) is brought up to date then (zygote_main.py).
-PER_CONTAINER = {"MODAL_TASK_ID", "MODAL_OVERRIDE_HEADERS", "MODAL_CONTAINER_ARGUMENTS_PATH"}
-
-
-def _read_at_start(name: str) -> bool:
-    """Variables the interpreter or the client's modules read when they start or are
-    imported (PYTHON*, MODAL_LOGLEVEL, MODAL_CONFIG_PATH, locale, time zone, ...): in a
-    forked container they would keep the zygote's values, so a container whose values
-    differ (set by a secret) starts the ordinary way."""
-    if name in PER_CONTAINER:
-        return False
-    return name.startswith(("PYTHON", "MODAL_", "LC_")) or name in ("TZ", "LANG", "LANGUAGE", "HOME", "PATH")
+def _go_socket(fds: list[int]) -> socket.socket:
+    """The child's go socket, as the zygote hands it over with "forked": it runs image
+    code, so what it hands over is checked (one Unix SEQPACKET socket; ValueError else).
+    A zygote could hand over a socket of its own; it relays the child's output and
+    environment anyway, and sees only its own workspace's containers."""
+    if len(fds) != 1:
+        raise ValueError(f"forked with {len(fds)} descriptors, not its child's go socket")
+    try:
+        go = socket.socket(fileno=fds[0])
+    except OSError:
+        raise ValueError("forked with a descriptor that is not a socket") from None
+    fds[0] = -1
+    if go.family != socket.AF_UNIX or go.type != socket.SOCK_SEQPACKET:
+        go.close()
+        raise ValueError("forked with a descriptor that is not a Unix SEQPACKET socket")
+    go.setblocking(False)  # one small message into an empty buffer: never waits
+    return go
 
 
 def remove_zygote_directory(directory: Path) -> None:
@@ -158,7 +141,7 @@ class Zygote:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.last_used = time.monotonic()
         self._control: socket.socket | None = None
-        self._forked: dict[str, asyncio.Future[int]] = {}
+        self._forked: dict[str, asyncio.Future[tuple[int, socket.socket]]] = {}
         self._exited: dict[str, asyncio.Future[int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # One child forked and networked ahead, for the next container that wants a
@@ -310,10 +293,15 @@ class Zygote:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                data = await loop.sock_recv(self._control, 1 << 16)
+                data, fds = await self._receive(loop)
                 if not data:
                     break
-                self._on_message(json.loads(data))
+                try:
+                    self._on_message(json.loads(data), fds)
+                finally:
+                    for fd in fds:  # what a message carries is closed unless taken
+                        if fd >= 0:
+                            os.close(fd)
         except OSError as error:
             log.warning("zygote %s: control channel failed: %s", self.directory.name, error)
         except (ValueError, KeyError, TypeError) as error:  # it runs image code: its words are checked
@@ -324,7 +312,24 @@ class Zygote:
         finally:
             self._gone("its zygote exited")
 
-    def _on_message(self, message: dict) -> None:  # type: ignore[type-arg]
+    async def _receive(self, loop: asyncio.AbstractEventLoop) -> tuple[bytes, list[int]]:
+        """The zygote's next message and the descriptors it carries (at most one: the
+        kernel closes any more); loop.sock_recv cannot take descriptors."""
+        assert self._control is not None
+        while True:
+            try:
+                data, fds, _flags, _address = socket.recv_fds(self._control, 1 << 16, 1)
+                return data, fds
+            except BlockingIOError:
+                readable = loop.create_future()
+                fileno = self._control.fileno()
+                loop.add_reader(fileno, _settle, readable)
+                try:
+                    await readable
+                finally:
+                    loop.remove_reader(fileno)
+
+    def _on_message(self, message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
         op, task = str(message["op"]), str(message.get("task", ""))
         if op == "ready":
             self.import_ms = message["import_ms"]
@@ -343,9 +348,12 @@ class Zygote:
             if not self.ready.done():
                 self.ready.set_exception(ZygoteUnavailable(message["error"]))
         elif op == "forked":
+            go = _go_socket(fds)  # taken: no longer the caller's to close
             future = self._forked.pop(task, None)
             if future is not None and not future.done():
-                future.set_result(int(message["pid"]))
+                future.set_result((int(message["pid"]), go))
+            else:
+                go.close()
         elif op == "exited":
             forked = self._forked.pop(task, None)
             if forked is not None and not forked.done():
@@ -364,25 +372,21 @@ class Zygote:
         self.last_used = time.monotonic()  # the next one is tried a while from now (zygote_pool.RETRY_S)
         if not self.ready.done():
             self.ready.set_exception(ZygoteUnavailable(reason))
-        for future in [*self._forked.values()]:
-            if not future.done():
-                future.set_exception(ZygoteUnavailable(reason))
-        for future in self._exited.values():
-            if not future.done():
-                future.set_result(LOST)  # PDEATHSIG took them
+        for forked in [*self._forked.values()]:
+            if not forked.done():
+                forked.set_exception(ZygoteUnavailable(reason))
+        for exited in self._exited.values():
+            if not exited.done():
+                exited.set_result(LOST)  # PDEATHSIG took them
         self._forked.clear()
         self._exited.clear()
         self._unclaimed.clear()
 
-    def _send(self, message: dict, fds: tuple[int, ...] = ()) -> None:  # type: ignore[type-arg]
+    def _send(self, message: dict) -> None:  # type: ignore[type-arg]
         if self._control is None:
             raise ZygoteUnavailable("the zygote is not running")
-        data = json.dumps(message).encode()
         try:
-            if fds:
-                socket.send_fds(self._control, [data], list(fds))
-            else:
-                self._control.send(data)
+            self._control.send(json.dumps(message).encode())
         except OSError as error:
             raise ZygoteUnavailable(f"the zygote does not answer: {error}") from None
 
@@ -411,11 +415,12 @@ class Zygote:
         loopback), checked: its pid and namespaces are not taken on the zygote's word."""
         name = "b" + secrets.token_hex(6)
         loop = asyncio.get_running_loop()
-        forked: asyncio.Future[int] = loop.create_future()
+        forked: asyncio.Future[tuple[int, socket.socket]] = loop.create_future()
         exited: asyncio.Future[int] = loop.create_future()
         self._forked[name], self._exited[name] = forked, exited
         self._unclaimed.add(name)
         child: ForkedChild | None = None
+        go: socket.socket | None = None
         attachment: Attachment | None = None
         cgroup = cgroups.Cgroup(name, cgroups.Limits()) if self.cgroup is not None else None
         if cgroup is not None:
@@ -424,11 +429,12 @@ class Zygote:
         try:
             self._send({"op": "fork", "task": name})
             try:
-                inner_pid = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
+                inner_pid, go = await asyncio.wait_for(forked, FORK_TIMEOUT_S)
             except TimeoutError:
                 self._gone("it did not fork a container in time")
                 raise ZygoteUnavailable(f"the zygote did not fork within {FORK_TIMEOUT_S:.0f} s") from None
             child = ForkedChild.verify(self.host_pid, inner_pid)
+            assert go is not None
             if cgroup is not None:
                 cgroup.create()
                 await asyncio.to_thread(cgroup.add, *child.processes())
@@ -443,9 +449,9 @@ class Zygote:
             child.close_netns()
             child.check_alive()
         except BaseException:
-            self._discard(name, child, attachment)
+            self._discard(name, child, attachment, go)
             raise
-        return Blank(name, child, exited, attachment, cgroup)
+        return Blank(name, child, go, exited, attachment, cgroup)
 
     def _replenish(self) -> None:
         """Fork the next spare in the background, if there is none and a network to put
@@ -466,16 +472,19 @@ class Zygote:
             log.info("zygote %s: no spare (%s); forking afresh", self.directory.name, error)
             return None
         if blank.exited.done():
-            self._discard(blank.name, blank.child, blank.attachment)
+            self._discard(blank.name, blank.child, blank.attachment, blank.go)
             return None
         return blank
 
-    def _discard(self, name: str, child: ForkedChild | None, attachment: Attachment | None) -> None:
-        """A blank that will never be a container: told to exit, its network released
-        (its cgroup goes once the zygote reports it exited)."""
+    def _discard(
+        self, name: str, child: ForkedChild | None, attachment: Attachment | None, go: socket.socket | None
+    ) -> None:
+        """A blank that will never be a container: told to exit (its go socket closed
+        unsent, and killed), its network released (its cgroup goes once the zygote reports
+        it exited)."""
         self._forked.pop(name, None)
-        with contextlib.suppress(ZygoteUnavailable):
-            self._send({"op": "abort", "task": name})
+        if go is not None:
+            go.close()
         if child is not None:
             child.signal(signal.SIGKILL)
             child.close()
@@ -509,18 +518,14 @@ class Zygote:
             stdout_r, stdout_w = os.pipe()
             stderr_r, stderr_w = os.pipe()
             try:
-                self._send(
-                    {
-                        "op": "go",
-                        "task": blank.name,
-                        "as": spec.task_id,
-                        "spec": container_layout(spec, prepared),
-                    },
-                    (stdout_w, stderr_w, environment),
-                )
+                order = {"task": spec.task_id, "spec": container_layout(spec, prepared)}
+                socket.send_fds(blank.go, [json.dumps(order).encode()], [stdout_w, stderr_w, environment])
+            except OSError as error:
+                raise ZygoteUnavailable(f"the forked container does not answer: {error}") from None
             finally:
                 for fd in (stdout_w, stderr_w, environment):
                     os.close(fd)
+            blank.go.close()
             self._unclaimed.discard(blank.name)
             readers = [
                 asyncio.create_task(pump_output(await _reader(stdout_r), 1, on_output)),
@@ -533,7 +538,7 @@ class Zygote:
                     os.close(fd)
             for reader in readers:
                 reader.cancel()
-            self._discard(blank.name, blank.child, blank.attachment)
+            self._discard(blank.name, blank.child, blank.attachment, blank.go)
             if stage is not None:
                 release_stage(stage)
             raise
@@ -569,7 +574,7 @@ class Zygote:
             await asyncio.wait([spare])
             if not spare.cancelled() and spare.exception() is None:
                 blank = spare.result()
-                self._discard(blank.name, blank.child, blank.attachment)
+                self._discard(blank.name, blank.child, blank.attachment, blank.go)
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -10,6 +10,7 @@ import dataclasses
 import fcntl
 import os
 import signal
+import socket
 from pathlib import Path
 
 from homeport.agent import cgroups
@@ -137,6 +138,7 @@ class Blank:
 
     name: str
     child: ForkedChild
+    go: socket.socket  # "go" (or, closed unsent, abort) goes to the child itself
     exited: asyncio.Future[int]
     attachment: Attachment | None
     cgroup: cgroups.Cgroup | None  # joined ahead; the container's cgroup takes it over

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from homeport.agent.network import BridgeNetwork
-from homeport.agent.zygote import Zygote, ZygoteImage, remove_zygote_directory
+from homeport.agent.zygote import Zygote, remove_zygote_directory
+from homeport.agent.zygote_image import ZygoteImage
 
 log = logging.getLogger("homeport.zygote")
 
