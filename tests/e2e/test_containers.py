@@ -216,6 +216,12 @@ def escapes():
     except OSError as error:
         results["proc_sys"] = errno.errorcode[error.errno]
     results["processes"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    socket_path = "/__homeport/grpc.sock"  # every container's way to the server: its mode is not theirs
+    try:  # its own mode again: harmless if it were allowed
+        os.chmod(socket_path, os.stat(socket_path).st_mode & 0o7777)
+        results["control_socket_mode"] = "changed"
+    except OSError as error:
+        results["control_socket_mode"] = errno.errorcode[error.errno]
     return results
 
 @app.local_entrypoint()
@@ -238,6 +244,7 @@ def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:
         "proc_sys",
         "processes",
         "unlisted_kcmp",
+        "control_socket_mode",
     )
     refused = {name: value for name, value in results.items() if name not in special}
     assert all(value == "EPERM" for value in refused.values()), refused
@@ -247,6 +254,9 @@ def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:
     assert results["unlisted_kcmp"] == "ENOSYS"  # an allow-list: what is on no list is refused
     assert results["host_paths"] == []  # none of the host's files
     assert results["proc_sys"] in ("EROFS", "EPERM", "EACCES")
+    # uid 0 in a container owns the host's socket file: a chmod would cut every container
+    # on the node (of any workspace) off the server. It is bound read-only.
+    assert results["control_socket_mode"] == "EROFS"
     # A PID namespace of its own: its init and the entrypoint (no host or zygote processes).
     assert results["processes"][:2] == [1, 2] and len(results["processes"]) <= 3, results["processes"]
 

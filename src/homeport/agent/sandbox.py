@@ -419,7 +419,9 @@ class SandboxRuntime:
         else:
             command.append("--unshare-net")  # block_network=True: loopback only
         if spec.control_socket is not None:
-            command += ["--bind", str(spec.control_socket), CONTROL_SOCKET]
+            # Read-only: connecting needs no write access to the mount, and uid 0 inside
+            # owns the host's socket file (a chmod would cut every container off the server).
+            command += ["--ro-bind", str(spec.control_socket), CONTROL_SOCKET]
         for node in _gpu_device_nodes(spec.gpu_devices):
             command += ["--dev-bind", node, node]
         if spec.gpu_devices:

@@ -10,11 +10,11 @@ layer) and a seccomp filter that still refuses everything a container may not do
 making namespaces and mounts. It imports the client runtime once, never user code.
 
 Per container, the zygote forks a child that becomes PID 1 of a new PID namespace and
-enters new mount/UTS/IPC/network namespaces, and forks the entrypoint at once: it drops
-every capability for good, installs the container seccomp filter and starts the client
-(not the user's module) while it waits. The server then puts both in the container's
-cgroup and the child on the bridge network, and says "go" (to the child itself, on a
-socket the zygote handed over when it forked it): the child mounts the
+enters new mount/UTS/IPC/network namespaces. The server puts it in its cgroup and says
+"placed" (to the child itself, on a socket the zygote hands over when it forks it); the
+child forks the entrypoint, which drops every capability for good, installs the
+container seccomp filter and starts the client (not the user's module) while it waits.
+The server puts the child on the bridge network and says "go": the child mounts the
 container's overlay root (its mounts layer and a fresh writable layer over the zygote's
 root), a fresh /dev and /proc, the same binds a bubblewrap container gets, pivots into it
 (the entrypoint with it), hands the entrypoint its output and environment and drops its
@@ -69,6 +69,7 @@ from homeport.agent.zygote_stage import (
 log = logging.getLogger("homeport.zygote")
 
 ZYGOTE_SCRIPT = Path(__file__).with_name("zygote_main.py")
+PLACED = b"placed"  # to a child: it is in its cgroup (zygote_main.py's PLACED)
 # How long a zygote may take to import the client, and a container to be forked.
 READY_TIMEOUT_S = 60.0
 FORK_TIMEOUT_S = 10.0
@@ -98,7 +99,8 @@ def _go_socket(fds: list[int]) -> socket.socket:
     if go.family != socket.AF_UNIX or go.type != socket.SOCK_SEQPACKET:
         go.close()
         raise ValueError("forked with a descriptor that is not a Unix SEQPACKET socket")
-    go.setblocking(False)  # one small message into an empty buffer: never waits
+    go.setblocking(False)  # small messages into an empty buffer: never waits
+    go.set_inheritable(False)  # recv_fds does not set close-on-exec
     return go
 
 
@@ -195,10 +197,12 @@ class Zygote:
             (self.stage, STAGE_INSIDE, True),
         ]
         if self.image.control_socket is not None:
-            binds.append((self.image.control_socket, f"{INSIDE}/grpc.sock", False))
+            # Read-only (connecting needs no write access to the mount): uid 0 inside owns
+            # the host's socket file, and a chmod of it would cut the node off the server.
+            binds.append((self.image.control_socket, f"{INSIDE}/grpc.sock", True))
             # Where the client finds it, for entrypoints that open it before "go" (the
             # container's own root has it at the same place).
-            binds.append((self.image.control_socket, CONTROL_SOCKET, False))
+            binds.append((self.image.control_socket, CONTROL_SOCKET, True))
         if Path("/etc/resolv.conf").is_file():
             binds.append((Path("/etc/resolv.conf"), f"{INSIDE}/resolv.conf", True))
         # Mount points, made in the zygote's own writable layer before it is mounted.
@@ -348,10 +352,11 @@ class Zygote:
             if not self.ready.done():
                 self.ready.set_exception(ZygoteUnavailable(message["error"]))
         elif op == "forked":
+            pid = int(message["pid"])
             go = _go_socket(fds)  # taken: no longer the caller's to close
             future = self._forked.pop(task, None)
             if future is not None and not future.done():
-                future.set_result((int(message["pid"]), go))
+                future.set_result((pid, go))
             else:
                 go.close()
         elif op == "exited":
@@ -438,6 +443,10 @@ class Zygote:
             if cgroup is not None:
                 cgroup.create()
                 await asyncio.to_thread(cgroup.add, *child.processes())
+            try:  # it forks its entrypoint now, into that cgroup (agent/zygote_main.py)
+                go.send(PLACED)
+            except OSError as error:
+                raise ZygoteUnavailable(f"the forked container does not answer: {error}") from None
             if networked:
                 assert self.network is not None
                 try:

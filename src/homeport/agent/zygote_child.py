@@ -95,8 +95,9 @@ class ForkedChild:
             raise
 
     def processes(self) -> list[int]:
-        """Its PID 1 and the entrypoint that PID 1 forks before it reports ready (see
-        agent/zygote_main.py): what joins the container's cgroup."""
+        """Its PID 1 and, once it was told "placed", the entrypoint PID 1 forked (see
+        agent/zygote_main.py): what joins the container's cgroup if the spare's cgroup
+        cannot be taken over."""
         return [self.pid, *children(self.pid)]
 
     def check_alive(self) -> None:

@@ -6,7 +6,8 @@ namespaces it owns), its own PID/IPC/UTS/network namespaces, the image's root fi
 and a seccomp filter. It imports the client runtime (`modal._container_entrypoint` and
 what that pulls in) once, then waits for requests on its control socket. For each
 container it forks a child that becomes PID 1 of a fresh PID namespace and enters fresh
-mount/UTS/IPC/network namespaces; the child forks the entrypoint at once, which drops
+mount/UTS/IPC/network namespaces; once the server has put it in its cgroup ("placed"),
+the child forks the entrypoint, which drops
 every capability, installs the container seccomp filter and starts the client (see
 Entrypoint). At "go" the child mounts the container's own overlay root, hands the
 entrypoint its output and environment, and drops its own privileges; the entrypoint runs
@@ -27,6 +28,7 @@ Protocol (SOCK_SEQPACKET, one JSON object per message, fds with SCM_RIGHTS):
                                   fds: [the child's go socket]
                     {"op": "exited", "task": ..., "code": ...}
   server -> child   (on its go socket, handed over with "forked"; the zygote keeps no end)
+                    b"placed"     it is in its cgroup: fork the entrypoint (see Entrypoint)
                     {"task": <task id>, "spec": {...}}  fds: [stdout, stderr, environment]
                                   the server has placed the child in its cgroup and network:
                                   become this container, set it up and run (the environment,
@@ -37,6 +39,7 @@ Protocol (SOCK_SEQPACKET, one JSON object per message, fds with SCM_RIGHTS):
 import ctypes
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -73,6 +76,7 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # The device nodes every container gets (as bubblewrap's --dev does).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 ENTRYPOINT = "modal._container_entrypoint"
+PLACED = b"placed"  # server -> child: it is in its cgroup; fork the entrypoint
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -284,32 +288,41 @@ class Container:
             signal.signal(signum, signal.SIG_DFL)
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
         check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
-        # The entrypoint is forked now, ahead of "go", in these namespaces: it starts the
-        # client while the child waits (see Entrypoint). Before "ready": the server moves
-        # the child and its children into the container's cgroup when it is ready.
+        os.write(self.ready_w, b"r")
+        os.close(self.ready_w)
+        # The server has put this child in its cgroup when it says "placed": the entrypoint
+        # is forked then, ahead of "go", in these namespaces and that cgroup (what it
+        # allocates is charged there), and starts the client while the child waits (see
+        # Entrypoint).
+        if self.go.recv(64) != PLACED:
+            os._exit(253)  # closed: an abort, or the zygote dying
         handoff, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.entrypoint = os.fork()
         if self.entrypoint == 0:
             handoff.close()
             self.go.close()
-            os.close(self.ready_w)
             self.entrypoint = Entrypoint(theirs, self.seccomp)
             self.entrypoint.start_ahead()
             return True
         theirs.close()
-        os.write(self.ready_w, b"r")
-        os.close(self.ready_w)
+        # "go", unless the entrypoint is gone first: then this child exits, and the server
+        # learns that its spare is no good before it hands it a container.
+        waiting = select.poll()
+        waiting.register(self.go, select.POLLIN)
+        waiting.register(handoff, select.POLLIN)
+        if any(fd == handoff.fileno() for fd, _ in waiting.poll()):
+            os._exit(254)
         data, fds = socket.recv_fds(self.go, 1 << 20, 8)[:2]
         self.become(data, fds)
         os.dup2(self.stderr, 2)  # setup errors reach the container's log
         self.enter_root()
         check(libc.sethostname(self.task.encode(), len(self.task)), "sethostname")
+        drop_privileges(self.seccomp)  # before anything of the container's runs
         # Its root is the container's now (pivot_root moved it there with ours): over to it.
         try:
             socket.send_fds(handoff, [json.dumps({"working_dir": self.spec["working_dir"]}).encode()], fds)
         except OSError as error:
             raise RuntimeError(f"the container's entrypoint exited before it was started ({error})") from None
-        drop_privileges(self.seccomp)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(self.stdout, 1)
@@ -509,7 +522,9 @@ class Entrypoint:
         client = client_module._Client._client_from_env
         if client is None:
             return  # not opened ahead: the entrypoint opens it
-        client._connection_manager._metadata.update(
+        metadata = client._connection_manager._metadata  # the very dict its channel reads
+        metadata.clear()  # nothing of what it read before "go" stays
+        metadata.update(
             client_module._get_metadata(
                 client.client_type, client._credentials, client.version, client._oauth_credentials
             )

@@ -74,7 +74,7 @@ def container_layout(spec: ContainerSpec, prepared: Any) -> dict[str, Any]:
     if spec.network and Path("/etc/resolv.conf").is_file():
         binds.append([f"{INSIDE}/resolv.conf", "/etc/resolv.conf", True])
     if spec.control_socket is not None:
-        binds.append([f"{INSIDE}/grpc.sock", CONTROL_SOCKET, False])
+        binds.append([f"{INSIDE}/grpc.sock", CONTROL_SOCKET, True])  # read-only: see zygote.py
     binds += [[translate(d.host_path), d.container_path, d.read_only] for d in spec.directories]
     cgroup_dirs = prepared.cgroup.paths if prepared.cgroup is not None else {}
     return {
