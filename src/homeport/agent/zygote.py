@@ -442,7 +442,7 @@ class Zygote:
             assert go is not None
             if cgroup is not None:
                 cgroup.create()
-                await asyncio.to_thread(cgroup.add, *child.processes())
+                await asyncio.to_thread(cgroup.add, child.pid)  # its entrypoint comes after "placed"
             try:  # it forks its entrypoint now, into that cgroup (agent/zygote_main.py)
                 go.send(PLACED)
             except OSError as error:

@@ -39,6 +39,7 @@ Protocol (SOCK_SEQPACKET, one JSON object per message, fds with SCM_RIGHTS):
 import ctypes
 import json
 import os
+import runpy
 import select
 import selectors
 import signal
@@ -462,8 +463,6 @@ class Entrypoint:
             os.write(2, traceback.format_exc().encode(errors="replace"))
             os._exit(254)
         try:
-            import runpy
-
             self.module = runpy._get_module_details(ENTRYPOINT)
             server_url = os.environ.get("MODAL_SERVER_URL", "")
             if server_url.startswith("unix://") and os.path.exists(server_url[len("unix://") :]):
@@ -495,8 +494,6 @@ class Entrypoint:
         sys.argv = ["-m"]
         # A __main__ of its own (not the zygote's module, whose names would show).
         sys.modules["__main__"] = types.ModuleType("__main__")
-        import runpy
-
         self._attune_client()
         if self.ahead_error is not None:
             print(
