@@ -341,15 +341,22 @@ def test_gvisor_runtime_runs_functions_in_a_user_space_kernel(tmp_path) -> None:
     gvisor = start_server(tmp_path, server_env={"HOMEPORT_RUNTIME": "gvisor"})
     try:
         (tmp_path / "kernel.py").write_text(
-            "import os, socket, modal\napp = modal.App('kernel')\n"
-            "@app.function()\ndef kernel():\n    return os.uname().release, socket.gethostname() == os.environ['MODAL_TASK_ID']\n"
+            "import errno, os, socket, modal\napp = modal.App('kernel')\n"
+            "def chmod_control_socket():\n    path = '/__homeport/grpc.sock'\n"
+            "    try:\n        os.chmod(path, os.stat(path).st_mode & 0o7777)\n        return 'changed'\n"
+            "    except OSError as error:\n        return errno.errorcode[error.errno]\n"
+            "@app.function()\ndef kernel():\n"
+            "    return os.uname().release, socket.gethostname() == os.environ['MODAL_TASK_ID'], chmod_control_socket()\n"
             "@app.function(block_network=True)\ndef offline():\n    return sorted(name for _, name in socket.if_nameindex())\n"
             "@app.local_entrypoint()\ndef main():\n    print('KERNEL', kernel.remote())\n    print('OFFLINE', offline.remote())\n"
         )
         text = assert_ok(run_modal(gvisor, "run", "kernel.py", cwd=tmp_path))
-        release, own_hostname = eval(text.split("KERNEL ", 1)[1].splitlines()[0])
+        release, own_hostname, socket_mode = eval(text.split("KERNEL ", 1)[1].splitlines()[0])
         assert release != host_os.uname().release  # gVisor's kernel answered, not the host's
         assert own_hostname is True
+        # The server's socket is bound read-only here too (see the escapes test): its gofer
+        # would otherwise pass a chmod by the container's root on to the host's file.
+        assert socket_mode == "EROFS", socket_mode
         assert eval(text.split("OFFLINE ", 1)[1].splitlines()[0]) == ["lo"]
     finally:
         gvisor.stop()

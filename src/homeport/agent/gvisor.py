@@ -108,7 +108,10 @@ class GvisorRuntime:
         if spec.network and Path("/etc/resolv.conf").is_file():
             mounts.append(_bind(Path("/etc/resolv.conf"), "/etc/resolv.conf", read_only=True))
         if spec.control_socket is not None:
-            mounts.append(_bind(spec.control_socket, CONTROL_SOCKET, read_only=False))
+            # Read-only, as everywhere: connect() needs no write access to the mount, and
+            # the container's root owns the socket file (a chmod would cut every container
+            # on the node off the server).
+            mounts.append(_bind(spec.control_socket, CONTROL_SOCKET, read_only=True))
         for directory in spec.directories:
             mounts.append(_bind(directory.host_path, directory.container_path, read_only=directory.read_only))
         config = {
