@@ -210,6 +210,7 @@ class Zygote:
         (upper / "proc").mkdir(exist_ok=True)
         (upper / "sys").mkdir(exist_ok=True)
         (upper / IMAGE_INSIDE.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        (upper / INSIDE.lstrip("/") / "dev").mkdir(exist_ok=True)  # zygote_main.py's DEV_AHEAD
         for source, inside, _ in binds:
             point = upper / inside.lstrip("/")
             point.parent.mkdir(parents=True, exist_ok=True)

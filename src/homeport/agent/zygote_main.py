@@ -61,8 +61,10 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
+MS_MOVE = 8192
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_SECCOMP = 22
@@ -78,6 +80,9 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 ENTRYPOINT = "modal._container_entrypoint"
 PLACED = b"placed"  # server -> child: it is in its cgroup; fork the entrypoint
+# A blank child makes the container's /dev here (a mount point agent/zygote.py made),
+# ahead of "go", and moves it into the root then.
+DEV_AHEAD = "/.homeport/dev"
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -289,6 +294,10 @@ class Container:
             signal.signal(signum, signal.SIG_DFL)
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
         check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
+        # Nothing of ours propagates to the zygote, while what the server stages for this
+        # container there (zygote_stage.py) still reaches us until "go".
+        mount(None, "/", None, MS_REC | MS_SLAVE)
+        self.make_dev(DEV_AHEAD)
         os.write(self.ready_w, b"r")
         os.close(self.ready_w)
         # The server has put this child in its cgroup when it says "placed": the entrypoint
@@ -363,7 +372,8 @@ class Container:
             0,
             f"lowerdir={lower},upperdir={spec['upper']},workdir={spec['work']},userxattr",
         )
-        self.make_dev(root + "/dev")
+        os.makedirs(root + "/dev", exist_ok=True)
+        mount(DEV_AHEAD, root + "/dev", None, MS_MOVE)  # with what is mounted in it
         for source, target, read_only in spec["binds"]:
             bind(source, in_root(root, target), read_only)
         os.makedirs(in_root(root, spec["working_dir"]), exist_ok=True)
@@ -399,7 +409,6 @@ class Container:
     def make_dev(self, dev):
         """A private /dev like bubblewrap's --dev: a tmpfs with the harmless device nodes
         bound from the zygote's, its own /dev/shm and pseudo-terminals."""
-        os.makedirs(dev, exist_ok=True)
         mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755")
         for name in DEVICES:
             if os.path.exists("/dev/" + name):

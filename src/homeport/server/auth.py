@@ -218,6 +218,14 @@ class AuthService:
         self._tasks[(task_id, secret)] = (time.monotonic() + CACHE_TTL_S, verified)
         return verified
 
+    def remember_task(
+        self, task_id: str, secret: str, workspace_id: str, app_id: str, function_id: str
+    ) -> None:
+        """A credential this server has just made (its task row committed): the container's
+        first request finds it here, not in the database (a cold start's first RPC)."""
+        verified = VerifiedTask(workspace_id, TaskIdentity(task_id, app_id, function_id))
+        self._tasks[(task_id, secret)] = (time.monotonic() + CACHE_TTL_S, verified)
+
     def forget_task(self, task_id: str) -> None:
         """A stopped container's credential stops working at once on this node."""
         for key in [key for key in self._tasks if key[0] == task_id]:

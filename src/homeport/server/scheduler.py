@@ -97,6 +97,8 @@ class Scheduler:
         self.images = images
         self.max_containers = max_containers
         self.forget_credential: Callable[[str], None] = lambda task_id: None
+        # (task id, secret, workspace, app, function) of a credential just made
+        self.remember_credential: Callable[[str, str, str, str, str], None] = lambda *credential: None
         self.limits = limits
         self.storage = storage
         self.queues = queues
@@ -306,6 +308,7 @@ class Scheduler:
                     server_id=self.server_id,
                 )
             )
+        self.remember_credential(task_id, secret, workspace_id, function.app_id, function.id)
         build_step = self.builds.get(function.id)
         # ephemeral_disk= is a size-limited file system already; a build step's layer is the image's
         disk_limit_mib = (
@@ -404,6 +407,7 @@ class Scheduler:
                 .where(schema.tasks.c.id == task_id)
                 .values(state="stopped", stop_reason=message, stopped_at=time.time())
             )
+        self.forget_credential(task_id)
 
     def _fail_start(self, function, task_id: str, message: str, node: Node) -> None:  # type: ignore[no-untyped-def]
         node.release(task_id)

@@ -303,6 +303,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
         usage=usage,
     )
     scheduler.forget_credential = auth.forget_task
+    scheduler.remember_credential = auth.remember_task
     scheduler.server_id = server_id
     sandboxes = Sandboxes(
         engine,
@@ -326,6 +327,7 @@ def build_state(settings: Settings, engine: sa.Engine | None = None) -> ServerSt
             sandboxes.recover_replica(gone)
 
         replicas = Replicas(engine, server_id, control_address, calls.requeue_claimed, settle_gone)
+        apps.replicated = True
         scheduler.is_home = replicas.is_home
     metrics.resolve_names = lambda function_id: _function_names(apps, auth, function_id)
     metrics.watch(StateCollector(calls.pending_counts, nodes.list, metrics.names))

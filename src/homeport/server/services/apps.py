@@ -90,6 +90,7 @@ def _function_row(row: sa.Row) -> FunctionRow:
 
 
 APP_CACHE_TTL_S = 1.0
+LAYOUTS_KEPT = 1024
 # Read on every call of a function (is its app still live?): built once.
 _APP_BY_ID = sa.select(
     schema.apps.c.id,
@@ -111,6 +112,14 @@ class AppService:
         # the hot path (every input and output) reads them from here.
         self._functions: dict[str, FunctionRow] = {}
         self._recent: dict[str, tuple[float, AppRow]] = {}  # get_recent's: (read at, app)
+        # layout's: (read at, the serialized AppLayout). Every container start reads its
+        # app's layout; this replica's own writes drop it once committed (_changed), and a
+        # read that a write overlapped is not kept (on PostgreSQL a read yields to the loop).
+        self._layouts: dict[str, tuple[float, bytes]] = {}
+        self._layout_changes = 0
+        # Whether other replicas may change apps too: then a layout is kept only as long as
+        # an app's liveness is (APP_CACHE_TTL_S).
+        self.replicated = False
 
     # --- apps ------------------------------------------------------------------------
 
@@ -279,15 +288,47 @@ class AppService:
                     .values(state=api_pb2.APP_STATE_STOPPED, stopped_at=now)
                 )
         self._recent.pop(app_id, None)
+        self._changed(app_id)
         if previous_app_id:
             self._recent.pop(previous_app_id, None)
             self.notifier.notify(app_done_key(previous_app_id))
         return now if state == api_pb2.APP_STATE_DEPLOYED else 0.0
 
+    def layout(self, app_id: str) -> api_pb2.AppLayout:
+        """The app's functions and classes, with their handle metadata (a copy: the caller's
+        to change)."""
+        cached = self._layouts.get(app_id)
+        now = time.monotonic()
+        if cached is not None and (not self.replicated or now - cached[0] < APP_CACHE_TTL_S):
+            return api_pb2.AppLayout.FromString(cached[1])
+        changes = self._layout_changes
+        layout = api_pb2.AppLayout()
+        for function in self.app_functions(app_id):
+            layout.objects.add(object_id=function.id, function_handle_metadata=function.handle_metadata)
+            layout.function_ids[function.tag] = function.id
+        for tag, class_id in self.app_classes(app_id).items():
+            found = self.class_by_tag(app_id, tag)
+            metadata = api_pb2.ClassHandleMetadata()
+            if found is not None and found[1]:
+                metadata.ParseFromString(found[1])
+            layout.objects.add(object_id=class_id, class_handle_metadata=metadata)
+            layout.class_ids[tag] = class_id
+        if changes == self._layout_changes:
+            if len(self._layouts) >= LAYOUTS_KEPT:
+                self._layouts.pop(next(iter(self._layouts)))  # the oldest read
+            self._layouts[app_id] = (now, layout.SerializeToString())
+        return layout
+
+    def _changed(self, app_id: str) -> None:
+        """Its functions or classes changed here (committed): its layout is read afresh."""
+        self._layout_changes += 1
+        self._layouts.pop(app_id, None)
+
     def stop(self, app_id: str) -> bool:
         """Stop an app (idempotent). Returns True if it was live."""
         now = time.time()
         self._recent.pop(app_id, None)
+        self._layouts.pop(app_id, None)
         with self.engine.begin() as connection:
             result = connection.execute(
                 schema.apps.update()
@@ -345,6 +386,7 @@ class AppService:
                         id=function_id, app_id=app_id, tag=tag, created_at=time.time()
                     )
                 )
+        self._changed(app_id)
         return function_id
 
     def save_function(
@@ -377,6 +419,7 @@ class AppService:
                 connection.execute(
                     schema.functions.insert().values(id=function_id, created_at=time.time(), **values)
                 )
+        self._changed(app_id)
 
     def function(self, function_id: str) -> FunctionRow:
         cached = self._functions.get(function_id)
@@ -444,6 +487,7 @@ class AppService:
                     created_at=time.time(),
                 )
             )
+        self._changed(app_id)
         return class_id
 
     def class_by_tag(self, app_id: str, tag: str) -> tuple[str, bytes] | None:

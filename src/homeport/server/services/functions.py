@@ -156,17 +156,7 @@ def gpu_request(resources: api_pb2.Resources) -> tuple[str, int] | None:
 
 
 def app_layout(apps: AppService, app_id: str, dependencies: list[str] | None = None) -> api_pb2.AppLayout:
-    layout = api_pb2.AppLayout()
-    for function in apps.app_functions(app_id):
-        layout.objects.add(object_id=function.id, function_handle_metadata=function.handle_metadata)
-        layout.function_ids[function.tag] = function.id
-    for tag, class_id in apps.app_classes(app_id).items():
-        found = apps.class_by_tag(app_id, tag)
-        metadata = api_pb2.ClassHandleMetadata()
-        if found is not None and found[1]:
-            metadata.ParseFromString(found[1])
-        layout.objects.add(object_id=class_id, class_handle_metadata=metadata)
-        layout.class_ids[tag] = class_id
+    layout = apps.layout(app_id)
     present = {obj.object_id for obj in layout.objects}
     for object_id in dependencies or []:
         if object_id not in present:

@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,7 @@ class ImageService:
                 for base in definition.base_images
             }
             mount_files = (
-                self.mounts.files(definition.context_mount_id)[1] if definition.context_mount_id else []
+                self.mounts.files(definition.context_mount_id)[1] if definition.context_mount_id else ()
             )
             context_dir, context_hash = await asyncio.to_thread(
                 self._context, image_id, definition, mount_files
@@ -425,7 +425,7 @@ class ImageService:
                 await listener.wait(5.0)
 
     def _context(
-        self, image_id: str, definition: api_pb2.Image, mount_files: list[dict[str, Any]]
+        self, image_id: str, definition: api_pb2.Image, mount_files: Sequence[dict[str, Any]]
     ) -> tuple[Path | None, str]:
         """Lay out the files COPY may read: context files and the context mount's files (looked
         up by the caller: this runs on a thread, away from the database), at their paths."""

@@ -7,6 +7,7 @@ the client installed beside the server rather than from uploaded files.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import time
@@ -19,12 +20,19 @@ from homeport.server.blobstore import LocalBlobStore
 from homeport.server.store import db, schema
 
 CLIENT_MOUNT_NAME = f"modal-client-mount-{SUPPORTED_CLIENT_VERSION}"
+# Mounts whose files are kept in memory: every container start reads its function's
+# mounts, and a mount never changes (rows are only inserted, and a file's content id with
+# them), so what was read once holds on every replica.
+FILES_CACHED = 512
 
 
 class MountService:
     def __init__(self, engine: sa.Engine, blobs: LocalBlobStore) -> None:
         self.engine = engine
         self.blobs = blobs
+        self._files: collections.OrderedDict[str, tuple[str | None, tuple[dict[str, object], ...]]] = (
+            collections.OrderedDict()
+        )
 
     def missing(self, hashes: list[str]) -> list[str]:
         c = schema.mount_contents
@@ -108,8 +116,13 @@ class MountService:
         if row is None or row.workspace_id not in (None, workspace_id):
             raise errors.not_found(f"mount {mount_id} not found")
 
-    def files(self, mount_id: str) -> tuple[str | None, list[dict[str, object]]]:
-        """(name, files) of a mount; each file is {path, sha256, mode, blob_id}."""
+    def files(self, mount_id: str) -> tuple[str | None, tuple[dict[str, object], ...]]:
+        """(name, files) of a mount; each file is {path, sha256, mode, blob_id}. Shared:
+        not to be changed by the caller."""
+        cached = self._files.get(mount_id)
+        if cached is not None:
+            self._files.move_to_end(mount_id)
+            return cached
         m, c = schema.mounts, schema.mount_contents
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(m.c.name, m.c.files).where(m.c.id == mount_id)).first()
@@ -125,4 +138,7 @@ class MountService:
             }
         for f in files:
             f["blob_id"] = blob_ids[f["sha256"]]
-        return row.name, files
+        found = self._files[mount_id] = (row.name, tuple(files))
+        if len(self._files) > FILES_CACHED:
+            self._files.popitem(last=False)
+        return found
