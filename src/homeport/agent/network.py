@@ -336,14 +336,17 @@ def _ensure_rule(
     )
     if exists and not append_last:
         return
-    if exists:  # keep the catch-all last: take it out and put it back at the end
-        subprocess.run(["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True, check=False)
     position = ["-A", chain] if append_last or chain == "POSTROUTING" else ["-I", chain, "1"]
     result = subprocess.run(
         ["iptables", "-w", "-t", table, *position, *rule], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise NetworkError(f"iptables {' '.join(rule)}: {result.stderr.strip()}")
+    if exists:
+        # The catch-all kept last: the copy at the end is in place before the earlier one
+        # goes (-D takes the first match). Taken out first, every server and node sharing
+        # this bridge would accept what it drops until it was back.
+        subprocess.run(["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True, check=False)
 
 
 def available() -> str | None:
