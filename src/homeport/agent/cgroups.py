@@ -6,6 +6,7 @@ execs, so nothing it starts escapes the limits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -75,11 +76,12 @@ class Cgroup:
 
     def take_over(self, joined: Cgroup) -> None:
         """Become `joined`, a cgroup a process joined ahead (a zygote's spare child): its
-        directories renamed to ours (made, empty, by create()), then our limits written to them.
-        Moving a process between cgroups waits out an RCU grace period (6-16 ms measured
-        here, on the path of a cold start); a rename does not."""
+        directories renamed to ours (not made yet, or made empty by create()), then our
+        limits written to them. Moving a process between cgroups waits out an RCU grace
+        period (6-16 ms measured here, on the path of a cold start); a rename does not."""
         for controller, path in self.paths.items():
-            path.rmdir()
+            with contextlib.suppress(FileNotFoundError):
+                path.rmdir()
             os.rename(joined.paths[controller], path)
         self._write_limits()
 

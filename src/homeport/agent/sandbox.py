@@ -272,10 +272,11 @@ class PreparedContainer:
 
 
 async def prepare(
-    spec: ContainerSpec, limits_enabled: bool, top_layer: Path | None = None
+    spec: ContainerSpec, limits_enabled: bool, top_layer: Path | None = None, create_cgroup: bool = True
 ) -> PreparedContainer:
     """The container's work directory: its arguments, the mounts layer, /etc/hosts, the
-    overlay (mounted later, in the child) and its cgroup."""
+    overlay (mounted later, in the child) and its cgroup (made here unless the caller makes
+    it: a zygote's spare brings one of its own, which becomes it)."""
     spec.work_dir.mkdir(parents=True, exist_ok=True)
     arguments_path = spec.work_dir / ARGUMENTS_FILE
     arguments_path.write_bytes(spec.container_arguments)
@@ -309,7 +310,8 @@ async def prepare(
         cgroup = cgroups.Cgroup(
             spec.task_id, cgroups.Limits(memory_mib=spec.memory_mib, cpu_cores=spec.cpu_cores)
         )
-        cgroup.create()
+        if create_cgroup:
+            cgroup.create()
     return PreparedContainer(overlay, hosts, arguments_path, environment, cgroup)
 
 
@@ -344,7 +346,6 @@ class SandboxRuntime:
     async def start(
         self, spec: ContainerSpec, on_output: OutputCallback, launch: Launch | None = None
     ) -> ProcessContainer | ForkedContainer:
-        prepared = await prepare(spec, self.limits_enabled, launch.top_layer if launch else None)
         zygote = None
         # Forked containers get a network namespace of their own: with no bridge (containers
         # on the host's network) they start the ordinary way.
@@ -354,11 +355,17 @@ class SandboxRuntime:
         )
         if self.zygotes is not None and image is not None and forkable and launch is None:
             zygote = await self.zygotes.get(image)
+        # A forked container's cgroup is made by the zygote (agent/zygote.py, _place).
+        prepared = await prepare(
+            spec, self.limits_enabled, launch.top_layer if launch else None, create_cgroup=zygote is None
+        )
         if zygote is not None:
             try:
                 return await zygote.fork(spec, prepared, on_output)
             except ZygoteUnavailable as error:
                 log.warning("container %s starts the ordinary way: %s", spec.task_id, error)
+                if prepared.cgroup is not None:
+                    prepared.cgroup.create()
             except BaseException:
                 prepared.release(spec)
                 raise

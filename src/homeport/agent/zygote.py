@@ -562,8 +562,9 @@ class Zygote:
         return container
 
     def _place(self, blank: Blank, cgroup: cgroups.Cgroup) -> None:
-        """Put the child in the container's cgroup: by taking over the one it joined
-        ahead, or (none, or that failed) by moving it."""
+        """Put the child in the container's cgroup (not made yet: sandbox.prepare leaves it
+        to us): by taking over the one it joined ahead, or (none, or that failed) by making
+        it and moving the child."""
         if blank.cgroup is not None:
             try:
                 cgroup.take_over(blank.cgroup)
@@ -572,7 +573,7 @@ class Zygote:
                 log.warning(
                     "zygote %s: cgroup not taken over (%s); moving the child", self.directory.name, error
                 )
-                cgroup.create()
+        cgroup.create()
         cgroup.add(*blank.child.processes())
 
     async def stop(self) -> None:
