@@ -1,5 +1,6 @@
 """What a container start reads from memory instead of the database: its app's layout
-(services/apps.py `layout`) and its own credential (server/auth.py `remember_task`)."""
+(services/apps.py `layout`), its mounts' files (services/mounts.py `files`) and its own
+credential (server/auth.py `remember_task`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from homeport.config import Settings
 from homeport.server.auth import AuthService, hash_secret
 from homeport.server.notify import Notifier
 from homeport.server.services import apps as apps_module
+from homeport.server.services import mounts as mounts_module
 from homeport.server.services.apps import AppService
+from homeport.server.services.mounts import MountService
 from homeport.server.state import open_engine
 from homeport.server.store import schema
 
@@ -90,3 +93,40 @@ def test_a_remembered_credential_works_without_a_read_and_stops_when_forgotten(t
     with pytest.raises(GRPCError) as stopped:
         auth.verify_task("ta-1", "s3cret")
     assert stopped.value.status == Status.UNAUTHENTICATED and "stopped" in str(stopped.value.message)
+
+
+def test_a_function_given_to_another_app_leaves_the_first_apps_layout(tmp_path: Path) -> None:
+    engine = open_engine(Settings(data_dir=tmp_path))
+    apps = AppService(engine, Notifier())
+    workspace_id, first_app = _app(engine, apps)
+    second_app = apps.create(workspace_id, "main", "shop", api_pb2.APP_STATE_EPHEMERAL, "cl-2")
+    moved = _deployed_function(apps, first_app, "moved")
+    assert dict(apps.layout(first_app).function_ids) == {"moved": moved}
+    metadata = api_pb2.FunctionHandleMetadata(function_name="moved")
+    apps.save_function(moved, second_app, "moved", api_pb2.Function(function_name="moved"), metadata, None)
+    assert dict(apps.layout(first_app).function_ids) == {}
+    assert dict(apps.layout(second_app).function_ids) == {"moved": moved}
+
+
+def test_mounts_files_are_kept_within_a_bound_the_least_recently_used_going_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = open_engine(Settings(data_dir=tmp_path))
+    with engine.begin() as connection:
+        connection.execute(
+            schema.mount_contents.insert(),
+            [{"sha256_hex": f"{n:064x}", "blob_id": f"bl-{n}", "size": 1} for n in range(3)],
+        )
+    service = MountService(engine, None)  # type: ignore[arg-type]  # no blobs read here
+    files = [{"path": f"/f{n}", "sha256": f"{n:064x}", "mode": 0o644} for n in range(3)]
+    mounts = [service.create(None, None, files) for _ in range(4)]
+    monkeypatch.setattr(mounts_module, "FILES_CACHED", 12)  # room for 4 mounts of 3 files
+    for mount_id in mounts:
+        assert [f["blob_id"] for f in service.files(mount_id)[1]] == ["bl-0", "bl-1", "bl-2"]
+    service.files(mounts[0])  # used again: the second is now the least recently used
+    newest = service.create(None, None, files)
+    service.files(newest)
+    assert list(service._files) == [mounts[2], mounts[3], mounts[0], newest]
+    monkeypatch.setattr(mounts_module, "FILES_CACHED", 8)  # a mount over a quarter of it
+    assert [f["path"] for f in service.files(service.create(None, None, files))[1]] == ["/f0", "/f1", "/f2"]
+    assert len(service._files) == 4  # read, not kept

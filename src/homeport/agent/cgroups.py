@@ -79,7 +79,12 @@ class Cgroup:
         directories renamed to ours (not made yet, or made empty by create()), then our
         limits written to them. Moving a process between cgroups waits out an RCU grace
         period (6-16 ms measured here, on the path of a cold start); a rename does not."""
+        hierarchies = set()
         for controller, path in self.paths.items():
+            hierarchy = os.path.realpath(path.parent)
+            if hierarchy in hierarchies:
+                continue  # cpu and cpuacct mounted together (one directory, two names)
+            hierarchies.add(hierarchy)
             with contextlib.suppress(FileNotFoundError):
                 path.rmdir()
             os.rename(joined.paths[controller], path)

@@ -364,8 +364,12 @@ class SandboxRuntime:
                 return await zygote.fork(spec, prepared, on_output)
             except ZygoteUnavailable as error:
                 log.warning("container %s starts the ordinary way: %s", spec.task_id, error)
-                if prepared.cgroup is not None:
-                    prepared.cgroup.create()
+                try:
+                    if prepared.cgroup is not None:
+                        prepared.cgroup.create()
+                except BaseException:
+                    prepared.release(spec)
+                    raise
             except BaseException:
                 prepared.release(spec)
                 raise

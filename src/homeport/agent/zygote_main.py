@@ -294,8 +294,10 @@ class Container:
             signal.signal(signum, signal.SIG_DFL)
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
         check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET), "unshare")
-        # Nothing of ours propagates to the zygote, while what the server stages for this
-        # container there (zygote_stage.py) still reaches us until "go".
+        # The zygote's mounts are slaves already (its namespace was made in a user namespace
+        # of its own); made so again here, so that nothing mounted below could ever reach
+        # the zygote or a sibling, while what the server stages for this container
+        # (zygote_stage.py) still reaches us until "go" (private from then on).
         mount(None, "/", None, MS_REC | MS_SLAVE)
         self.make_dev(DEV_AHEAD)
         os.write(self.ready_w, b"r")

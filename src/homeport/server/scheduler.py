@@ -453,7 +453,6 @@ class Scheduler:
     def _settle(self, running: RunningContainer, ended: ContainerExit) -> None:
         code = ended.code
         self.containers.pop(running.task_id, None)
-        self.forget_credential(running.task_id)
         runtime_reason = ended.reason
         if running.stop_reason is None and ended.lost:
             # The platform lost it (its zygote died): its inputs run again elsewhere, retries untouched.
@@ -476,6 +475,8 @@ class Scheduler:
                 .where(schema.tasks.c.id == running.task_id)
                 .values(state="stopped", exit_code=code, stop_reason=reason, stopped_at=time.time())
             )
+        # After the update: a check that read the row before it cannot keep the credential.
+        self.forget_credential(running.task_id)
         log.info("container %s stopped: %s", running.task_id, reason)
         self.usage.record(usage_record(running, ended))
         orphans = self.calls.claimed_by(running.task_id)

@@ -320,9 +320,12 @@ class AppService:
         return layout
 
     def _changed(self, app_id: str) -> None:
-        """Its functions or classes changed here (committed): its layout is read afresh."""
+        """Its functions or classes changed here (committed): layouts are read afresh. All
+        of them, not only `app_id`'s: an existing function or class may be given to
+        another app (FunctionCreate and ClassCreate name it by id), and these writes come
+        only with deploys."""
         self._layout_changes += 1
-        self._layouts.pop(app_id, None)
+        self._layouts.clear()
 
     def stop(self, app_id: str) -> bool:
         """Stop an app (idempotent). Returns True if it was live."""

@@ -20,10 +20,11 @@ from homeport.server.blobstore import LocalBlobStore
 from homeport.server.store import db, schema
 
 CLIENT_MOUNT_NAME = f"modal-client-mount-{SUPPORTED_CLIENT_VERSION}"
-# Mounts whose files are kept in memory: every container start reads its function's
-# mounts, and a mount never changes (rows are only inserted, and a file's content id with
-# them), so what was read once holds on every replica.
-FILES_CACHED = 512
+# Mounts' files kept in memory, at most this many in all (about 0.5 KB each): every
+# container start reads its function's mounts, and a mount never changes (rows are only
+# inserted, and a file's content id with them), so what was read once holds on every
+# replica. A mount may hold 100,000 files, and every `modal run` makes new mounts.
+FILES_CACHED = 100_000
 
 
 class MountService:
@@ -33,6 +34,7 @@ class MountService:
         self._files: collections.OrderedDict[str, tuple[str | None, tuple[dict[str, object], ...]]] = (
             collections.OrderedDict()
         )
+        self._files_cached = 0
 
     def missing(self, hashes: list[str]) -> list[str]:
         c = schema.mount_contents
@@ -138,7 +140,11 @@ class MountService:
             }
         for f in files:
             f["blob_id"] = blob_ids[f["sha256"]]
-        found = self._files[mount_id] = (row.name, tuple(files))
-        if len(self._files) > FILES_CACHED:
-            self._files.popitem(last=False)
+        found = (row.name, tuple(files))
+        if len(files) <= FILES_CACHED // 4:
+            self._files[mount_id] = found
+            self._files_cached += len(files)
+            while self._files_cached > FILES_CACHED:
+                _, (_, evicted) = self._files.popitem(last=False)  # the least recently used
+                self._files_cached -= len(evicted)
         return found
