@@ -20,6 +20,8 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
+import shlex
 import subprocess
 import threading
 import time
@@ -34,6 +36,11 @@ NETNS_DIR = Path("/run/netns")
 CLAIMS_DIR = Path("/run/homeport/container-addresses")
 NAMESPACE_PREFIX = "hp-"
 ORPHAN_AGE_S = 60.0
+# Each host port a server or node opens to its containers is one ACCEPT rule, named for the
+# process that asked for it: a server killed (or an older one that never removed them)
+# leaves them behind, and the next setup removes those whose process is gone. Left in
+# place, they let containers reach whatever later listens on that port of the bridge.
+PORT_OWNER = "homeport-pid-"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -83,12 +90,11 @@ class BridgeNetwork:
             "HOMEPORT-INPUT",
             ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
         )
+        removed = _remove_orphaned_ports()
+        if removed:
+            log.info("removed %d port rule(s) left on %s by processes that are gone", removed, self.bridge)
         for port in allowed_ports:
-            _ensure_rule(
-                "filter",
-                "HOMEPORT-INPUT",
-                ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"],
-            )
+            _ensure_rule("filter", "HOMEPORT-INPUT", self._port_rule(port))
         _ensure_rule("filter", "HOMEPORT-INPUT", ["-j", "DROP"], append_last=True)
         swept = self.sweep()
         if swept:
@@ -140,12 +146,15 @@ class BridgeNetwork:
 
     def forget_ports(self, ports: list[int]) -> None:
         for port in ports:
-            rule = ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"]
             subprocess.run(
-                ["iptables", "-w", "-t", "filter", "-D", "HOMEPORT-INPUT", *rule],
+                ["iptables", "-w", "-t", "filter", "-D", "HOMEPORT-INPUT", *self._port_rule(port)],
                 capture_output=True,
                 check=False,
             )
+
+    def _port_rule(self, port: int) -> list[str]:
+        owner = f"{PORT_OWNER}{os.getpid()}"
+        return ["-d", self.gateway, "-p", "tcp", "--dport", str(port), "-m", "comment", "--comment", owner, "-j", "ACCEPT"]  # fmt: skip
 
     # -- containers ----------------------------------------------------------------------
 
@@ -347,6 +356,35 @@ def _ensure_rule(
         # goes (-D takes the first match). Taken out first, every server and node sharing
         # this bridge would accept what it drops until it was back.
         subprocess.run(["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True, check=False)
+
+
+def _remove_orphaned_ports() -> int:
+    """Delete the port rules of HOMEPORT-INPUT whose process is gone (or that name none:
+    left by servers from before rules were named), in one iptables-restore."""
+    listing = subprocess.run(
+        ["iptables", "-w", "-t", "filter", "-S", "HOMEPORT-INPUT"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    orphaned = []
+    for line in listing.splitlines():
+        if not line.startswith("-A HOMEPORT-INPUT ") or "--dport" not in line:
+            continue
+        owner = re.search(rf"--comment \"?{PORT_OWNER}(\d+)", line)
+        if owner is None or not _alive(int(owner.group(1))):
+            orphaned.append("-D" + line[2:])
+    if orphaned:
+        script = "*filter\n" + "\n".join(orphaned) + "\nCOMMIT\n"
+        result = subprocess.run(
+            ["iptables-restore", "-w", "--noflush"], input=script, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:  # another server removed some first: one at a time
+            for rule in orphaned:
+                subprocess.run(
+                    ["iptables", "-w", "-t", "filter", *shlex.split(rule)], capture_output=True, check=False
+                )
+    return len(orphaned)
 
 
 def available() -> str | None:
