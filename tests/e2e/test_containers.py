@@ -175,9 +175,28 @@ with app.run():
         gpu_server.stop()
 
 
-ESCAPES = """
+# Run inside a container: every container's way to the server is bound read-only, its
+# mode not theirs (uid 0 inside owns the host's socket file: a chmod would cut every
+# container on the node, of any workspace, off the server). Its own mode again: harmless
+# if it were allowed.
+CHMOD_CONTROL_SOCKET = """
+def chmod_control_socket():
+    import errno, os
+    path = "/__homeport/grpc.sock"
+    try:
+        os.chmod(path, os.stat(path).st_mode & 0o7777)
+        return "changed"
+    except OSError as error:
+        return errno.errorcode[error.errno]
+"""
+
+ESCAPES = (
+    """
 import ctypes, errno, os, modal
 app = modal.App("escapes")
+"""
+    + CHMOD_CONTROL_SOCKET
+    + """
 
 @app.function()
 def escapes():
@@ -216,18 +235,14 @@ def escapes():
     except OSError as error:
         results["proc_sys"] = errno.errorcode[error.errno]
     results["processes"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-    socket_path = "/__homeport/grpc.sock"  # every container's way to the server: its mode is not theirs
-    try:  # its own mode again: harmless if it were allowed
-        os.chmod(socket_path, os.stat(socket_path).st_mode & 0o7777)
-        results["control_socket_mode"] = "changed"
-    except OSError as error:
-        results["control_socket_mode"] = errno.errorcode[error.errno]
+    results["control_socket_mode"] = chmod_control_socket()
     return results
 
 @app.local_entrypoint()
 def main():
     print("ESCAPES", escapes.remote())
 """
+)
 
 
 def test_escapes_from_a_container_are_refused(server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -341,11 +356,9 @@ def test_gvisor_runtime_runs_functions_in_a_user_space_kernel(tmp_path) -> None:
     gvisor = start_server(tmp_path, server_env={"HOMEPORT_RUNTIME": "gvisor"})
     try:
         (tmp_path / "kernel.py").write_text(
-            "import errno, os, socket, modal\napp = modal.App('kernel')\n"
-            "def chmod_control_socket():\n    path = '/__homeport/grpc.sock'\n"
-            "    try:\n        os.chmod(path, os.stat(path).st_mode & 0o7777)\n        return 'changed'\n"
-            "    except OSError as error:\n        return errno.errorcode[error.errno]\n"
-            "@app.function()\ndef kernel():\n"
+            "import os, socket, modal\napp = modal.App('kernel')\n"
+            + CHMOD_CONTROL_SOCKET
+            + "@app.function()\ndef kernel():\n"
             "    return os.uname().release, socket.gethostname() == os.environ['MODAL_TASK_ID'], chmod_control_socket()\n"
             "@app.function(block_network=True)\ndef offline():\n    return sorted(name for _, name in socket.if_nameindex())\n"
             "@app.local_entrypoint()\ndef main():\n    print('KERNEL', kernel.remote())\n    print('OFFLINE', offline.remote())\n"

@@ -41,12 +41,12 @@ def test_a_port_rule_outlives_its_process_only_until_the_next_setup() -> None:
         assert len(ports) == 1 and "--dport 41001" in ports[0], ports
         assert f"{PORT_OWNER}{os.getpid()}" in ports[0]
         assert _rules()[-1] == "-A HOMEPORT-INPUT -j DROP"  # the catch-all stays last
-        bridge.forget_ports([41001])
+        bridge.forget_ports()
         assert not [line for line in _rules() if bridge.gateway in line]
     finally:
         for rule in (orphan, unnamed):
             subprocess.run(["iptables", "-w", "-D", "HOMEPORT-INPUT", *rule], capture_output=True)
-        bridge.forget_ports([41001])
+        bridge.forget_ports()
         subprocess.run(["ip", "link", "del", "hptestrules"], capture_output=True)
         subprocess.run(
             ["iptables", "-w", "-D", "INPUT", "-i", "hptestrules", "-j", "HOMEPORT-INPUT"],

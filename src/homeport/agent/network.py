@@ -67,6 +67,7 @@ class BridgeNetwork:
         self.network = ipaddress.ip_network(subnet)
         self.gateway = str(next(self.network.hosts()))
         self._lock = threading.Lock()
+        self._opened: set[int] = set()  # the host ports setup() opened to containers
 
     # -- the node ------------------------------------------------------------------------
 
@@ -95,6 +96,7 @@ class BridgeNetwork:
             log.info("removed %d port rule(s) left on %s by processes that are gone", removed, self.bridge)
         for port in allowed_ports:
             _ensure_rule("filter", "HOMEPORT-INPUT", self._port_rule(port))
+            self._opened.add(port)
         _ensure_rule("filter", "HOMEPORT-INPUT", ["-j", "DROP"], append_last=True)
         swept = self.sweep()
         if swept:
@@ -144,8 +146,10 @@ class BridgeNetwork:
                 claim.unlink(missing_ok=True)
         return swept
 
-    def forget_ports(self, ports: list[int]) -> None:
-        for port in ports:
+    def forget_ports(self) -> None:
+        """Close the ports setup() opened to containers again."""
+        while self._opened:
+            port = self._opened.pop()
             subprocess.run(
                 ["iptables", "-w", "-t", "filter", "-D", "HOMEPORT-INPUT", *self._port_rule(port)],
                 capture_output=True,

@@ -214,17 +214,16 @@ class AuthService:
             raise errors.unauthenticated(
                 f"container {task_id} has stopped; its credential is no longer valid"
             )
-        verified = VerifiedTask(row.workspace_id, TaskIdentity(task_id, row.app_id, row.function_id))
-        self._tasks[(task_id, secret)] = (time.monotonic() + CACHE_TTL_S, verified)
-        return verified
+        return self.remember_task(task_id, secret, row.workspace_id, row.app_id, row.function_id)
 
     def remember_task(
         self, task_id: str, secret: str, workspace_id: str, app_id: str, function_id: str
-    ) -> None:
-        """A credential this server has just made (its task row committed): the container's
-        first request finds it here, not in the database (a cold start's first RPC)."""
+    ) -> VerifiedTask:
+        """A credential verified, or one this server has just made (its task row committed:
+        the container's first request finds it here, not in the database)."""
         verified = VerifiedTask(workspace_id, TaskIdentity(task_id, app_id, function_id))
         self._tasks[(task_id, secret)] = (time.monotonic() + CACHE_TTL_S, verified)
+        return verified
 
     def forget_task(self, task_id: str) -> None:
         """A stopped container's credential stops working at once on this node."""

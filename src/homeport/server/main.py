@@ -197,9 +197,5 @@ async def serve(settings: Settings) -> None:
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         if state.network is not None:
-            opened = [settings.effective_blob_port]
-            container_router = state.placement.builds.container_router_url if state.placement.builds else ""
-            if container_router:  # the sandbox router's port for containers (start_router)
-                opened.append(int(container_router.rsplit(":", 1)[1]))
-            state.network.forget_ports(opened)
+            state.network.forget_ports()  # the blob port, the sandbox router's for containers
         state.engine.dispose()

@@ -98,7 +98,7 @@ class Scheduler:
         self.max_containers = max_containers
         self.forget_credential: Callable[[str], None] = lambda task_id: None
         # (task id, secret, workspace, app, function) of a credential just made
-        self.remember_credential: Callable[[str, str, str, str, str], None] = lambda *credential: None
+        self.remember_credential: Callable[[str, str, str, str, str], object] = lambda *credential: None
         self.limits = limits
         self.storage = storage
         self.queues = queues

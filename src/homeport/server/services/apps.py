@@ -288,7 +288,7 @@ class AppService:
                     .values(state=api_pb2.APP_STATE_STOPPED, stopped_at=now)
                 )
         self._recent.pop(app_id, None)
-        self._changed(app_id)
+        self._changed()
         if previous_app_id:
             self._recent.pop(previous_app_id, None)
             self.notifier.notify(app_done_key(previous_app_id))
@@ -306,22 +306,24 @@ class AppService:
         for function in self.app_functions(app_id):
             layout.objects.add(object_id=function.id, function_handle_metadata=function.handle_metadata)
             layout.function_ids[function.tag] = function.id
-        for tag, class_id in self.app_classes(app_id).items():
-            found = self.class_by_tag(app_id, tag)
-            metadata = api_pb2.ClassHandleMetadata()
-            if found is not None and found[1]:
-                metadata.ParseFromString(found[1])
-            layout.objects.add(object_id=class_id, class_handle_metadata=metadata)
-            layout.class_ids[tag] = class_id
+        c = schema.classes
+        with self.engine.connect() as connection:
+            classes = connection.execute(
+                sa.select(c.c.id, c.c.tag, c.c.handle_metadata).where(c.c.app_id == app_id)
+            ).all()
+        for row in classes:
+            metadata = api_pb2.ClassHandleMetadata.FromString(row.handle_metadata or b"")
+            layout.objects.add(object_id=row.id, class_handle_metadata=metadata)
+            layout.class_ids[row.tag] = row.id
         if changes == self._layout_changes:
             if len(self._layouts) >= LAYOUTS_KEPT:
                 self._layouts.pop(next(iter(self._layouts)))  # the oldest read
             self._layouts[app_id] = (now, layout.SerializeToString())
         return layout
 
-    def _changed(self, app_id: str) -> None:
-        """Its functions or classes changed here (committed): layouts are read afresh. All
-        of them, not only `app_id`'s: an existing function or class may be given to
+    def _changed(self) -> None:
+        """An app's functions or classes changed here (committed): layouts are read afresh.
+        All of them, not only that app's: an existing function or class may be given to
         another app (FunctionCreate and ClassCreate name it by id), and these writes come
         only with deploys."""
         self._layout_changes += 1
@@ -389,7 +391,7 @@ class AppService:
                         id=function_id, app_id=app_id, tag=tag, created_at=time.time()
                     )
                 )
-        self._changed(app_id)
+        self._changed()
         return function_id
 
     def save_function(
@@ -422,7 +424,7 @@ class AppService:
                 connection.execute(
                     schema.functions.insert().values(id=function_id, created_at=time.time(), **values)
                 )
-        self._changed(app_id)
+        self._changed()
 
     def function(self, function_id: str) -> FunctionRow:
         cached = self._functions.get(function_id)
@@ -490,7 +492,7 @@ class AppService:
                     created_at=time.time(),
                 )
             )
-        self._changed(app_id)
+        self._changed()
         return class_id
 
     def class_by_tag(self, app_id: str, tag: str) -> tuple[str, bytes] | None:
@@ -500,12 +502,6 @@ class AppService:
                 sa.select(c.c.id, c.c.handle_metadata).where(c.c.app_id == app_id, c.c.tag == tag)
             ).first()
         return (row.id, row.handle_metadata or b"") if row else None
-
-    def app_classes(self, app_id: str) -> dict[str, str]:
-        c = schema.classes
-        with self.engine.connect() as connection:
-            rows = connection.execute(sa.select(c.c.id, c.c.tag).where(c.c.app_id == app_id))
-            return {row.tag: row.id for row in rows}
 
     def update_definition(self, function_id: str, definition: api_pb2.Function) -> None:
         """A live change to a function's definition (update_autoscaler)."""

@@ -141,7 +141,7 @@ class MountService:
         for f in files:
             f["blob_id"] = blob_ids[f["sha256"]]
         found = (row.name, tuple(files))
-        if len(files) <= FILES_CACHED // 4:
+        if len(files) <= FILES_CACHED // 4 and mount_id not in self._files:  # (read twice at once)
             self._files[mount_id] = found
             self._files_cached += len(files)
             while self._files_cached > FILES_CACHED:
